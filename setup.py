@@ -1,0 +1,64 @@
+"""Build vrrpd: Cython extensions from pyx/ compiled into the vrrpd package.
+
+Each extension's typed interface lives at vrrpd/<name>.pxd (Cython finds a
+.pxd by the module's dotted name), its code at pyx/<name>.pyx.  The sources
+keep to syntax that both Cython >= 3 (PyPI) and Debian 12's cython3 0.29
+accept, so the Debian package can build with Debian's toolchain.
+
+VRRPD_ONLY=_codec,_engine limits the build to some extensions (handy while
+one of them is being written).
+"""
+import glob
+import os
+
+from setuptools import Extension, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def read_version():
+    with open(os.path.join(HERE, "vrrpd", "__init__.py")) as f:
+        for line in f:
+            if line.startswith("__version__"):
+                return line.split("=")[1].strip().strip("\"'")
+    raise RuntimeError("no __version__ in vrrpd/__init__.py")
+
+
+def extensions():
+    only = {n for n in os.environ.get("VRRPD_ONLY", "").split(",") if n}
+    exts = []
+    for path in sorted(glob.glob(os.path.join("pyx", "*.pyx"))):
+        name = os.path.splitext(os.path.basename(path))[0]
+        if only and name not in only:
+            continue
+        exts.append(Extension("vrrpd." + name, [path],
+                              extra_compile_args=["-O2"]))
+    from Cython.Build import cythonize
+    return cythonize(exts, include_path=[HERE],
+                     compiler_directives={"language_level": "3",
+                                          "boundscheck": False,
+                                          "wraparound": False,
+                                          "cdivision": True})
+
+
+setup(
+    name="vrrpd",
+    version=read_version(),
+    description="VRRP router-redundancy daemon, keepalived-compatible, Cython hot path",
+    python_requires=">=3.11",
+    packages=["vrrpd"],
+    package_data={"vrrpd": ["*.pxd"]},
+    ext_modules=extensions(),
+    install_requires=["uvloop", "pyroute2", "prometheus-client"],
+    extras_require={
+        "test": ["pytest", "pytest-benchmark", "pytest-timeout", "hypothesis",
+                 "scapy", "aiosmtpd", "matplotlib"],
+    },
+    entry_points={
+        "console_scripts": [
+            "vrrpd = vrrpd.daemon:main",
+            "vrrpctl = vrrpd.ctl:main",
+            "vrrpd-lab = vrrpd.lab:main",
+        ],
+    },
+)
