@@ -48,13 +48,19 @@ cdef struct advert_t:
     const uint8_t* auth_data  # 8 bytes (v2 auth type 1) or NULL
 
 # Internet checksum (RFC 1071) of buf, folded, not inverted, starting from sum.
+# csum_add adds buf's big-endian 16-bit words to sum (an odd last byte is
+# zero padded, so chain only even-length pieces before the last); csum_fold
+# folds the carries into 16 bits.  The checksum field is ~csum_fold(s) &
+# 0xffff; a message with a correct checksum has csum_fold(s) == 0xffff.
 cdef uint32_t csum_add(uint32_t sum, const uint8_t* buf, size_t n) noexcept nogil
 cdef uint16_t csum_fold(uint32_t sum) noexcept nogil
 
 # Decode and validate one VRRP message (the IP payload).  src/dst are the
 # packed IP source/destination (4 or 16 bytes) for the v3 pseudo-header.
 # Returns REJECT_NONE and fills out, or a Reject reason.  Never reads past
-# pkt[length-1]; never raises.
+# pkt[length-1]; never raises.  length must be exactly the message length
+# (trailing bytes are REJECT_BAD_LENGTH, as keepalived).  With src or dst
+# NULL a v3 packet can only match CKSUM_V3_NO_PSEUDO (IPv4).
 cdef int decode_advert(const uint8_t* pkt, size_t length, int family,
                        const uint8_t* src, const uint8_t* dst,
                        advert_t* out) noexcept nogil
