@@ -11,7 +11,7 @@ one of them is being written).
 import glob
 import os
 
-from setuptools import Extension, setup
+from setuptools import Extension, find_packages, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -46,7 +46,7 @@ setup(
     version=read_version(),
     description="VRRP router-redundancy daemon, keepalived-compatible, Cython hot path",
     python_requires=">=3.11",
-    packages=["vrrpd"],
+    packages=find_packages(include=["vrrpd", "vrrpd.*"]),
     package_data={"vrrpd": ["*.pxd"]},
     ext_modules=extensions(),
     install_requires=["uvloop", "pyroute2", "prometheus-client"],

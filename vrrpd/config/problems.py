@@ -1,0 +1,41 @@
+"""Problems found while loading a configuration, each pointing at FILE:LINE."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+Where = tuple[str, int]          # (file, line) of the config text a thing came from
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    file: str
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.message}"
+
+
+@dataclass(slots=True)
+class Report:
+    """Collects errors and warnings; shared by lexer, parser, builder and validator."""
+    errors: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
+
+    def error(self, where: Where, message: str) -> None:
+        self.errors.append(Problem(where[0], where[1], message))
+
+    def warn(self, where: Where, message: str) -> None:
+        self.warnings.append(Problem(where[0], where[1], message))
+
+
+@dataclass(frozen=True, slots=True)
+class LoadResult:
+    config: Any                  # vrrpd.config.model.Config, or None when there are errors
+    errors: list[Problem]
+    warnings: list[Problem]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
