@@ -1,0 +1,1134 @@
+# VRRP protocol engine: RFC 5798 / RFC 3768 state machine with keepalived's
+# FAULT state, advert timers in one indexed heap, batched raw-socket I/O.
+#
+# The steady state (a master sending adverts, a backup restarting its
+# master-down timer) never touches a Python object: only state changes and
+# rare events are queued for the daemon (pop_events).  Time is injected: every
+# entry point takes `now` in monotonic microseconds, so tests drive it with a
+# fake clock.  See vrrpd/_engine.pxd for the data layout.
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, int64_t, uint64_t
+from libc.stdlib cimport malloc, calloc, realloc, free
+from libc.string cimport memcpy, memcmp, memset
+from libc.errno cimport errno, EINTR, EAGAIN
+from cpython.bytes cimport PyBytes_FromStringAndSize
+
+from vrrpd._codec cimport (
+    advert_t, decode_advert, encode_advert, patch_priority,
+    REJECT_NONE, REJECT_TOO_SHORT, REJECT_BAD_LENGTH, REJECT_BAD_TTL,
+    REJECT_UNKNOWN_VRID, REJECT_VERSION_MISMATCH, REJECT_AUTH_MISMATCH,
+    REJECT_ADVERT_INT_MISMATCH, REJECT_ADDR_MISMATCH, REJECT_OWN_ADVERT,
+    REJECT_UNICAST_UNKNOWN_PEER, REJECT_COUNT,
+    CKSUM_V2, CKSUM_V3_PSEUDO, CKSUM_V3_NO_PSEUDO,
+)
+
+cdef extern from "<sys/uio.h>" nogil:
+    cdef struct iovec:
+        void* iov_base
+        size_t iov_len
+
+cdef extern from "<sys/socket.h>" nogil:
+    ctypedef unsigned int socklen_t
+    cdef struct msghdr:
+        void* msg_name
+        socklen_t msg_namelen
+        iovec* msg_iov
+        size_t msg_iovlen
+        void* msg_control
+        size_t msg_controllen
+        int msg_flags
+    cdef struct mmsghdr:
+        msghdr msg_hdr
+        unsigned int msg_len
+    cdef struct cmsghdr:
+        size_t cmsg_len
+        int cmsg_level
+        int cmsg_type
+    cmsghdr* CMSG_FIRSTHDR(msghdr*)
+    cmsghdr* CMSG_NXTHDR(msghdr*, cmsghdr*)
+    unsigned char* CMSG_DATA(cmsghdr*)
+    size_t CMSG_SPACE(size_t)
+    size_t CMSG_LEN(size_t)
+    int recvmmsg(int, mmsghdr*, unsigned int, int, void*)
+    int sendmmsg(int, mmsghdr*, unsigned int, int)
+    enum:
+        AF_INET
+        AF_INET6
+        MSG_DONTWAIT
+        MSG_TRUNC
+        MSG_CTRUNC
+
+cdef extern from "<netinet/in.h>" nogil:
+    cdef struct in_addr:
+        uint32_t s_addr
+    cdef struct in6_addr:
+        unsigned char s6_addr[16]
+    cdef struct sockaddr_in:
+        unsigned short sin_family
+        uint16_t sin_port
+        in_addr sin_addr
+    cdef struct sockaddr_in6:
+        unsigned short sin6_family
+        uint16_t sin6_port
+        uint32_t sin6_flowinfo
+        in6_addr sin6_addr
+        uint32_t sin6_scope_id
+    cdef struct in_pktinfo:
+        int ipi_ifindex
+        in_addr ipi_spec_dst
+        in_addr ipi_addr
+    cdef struct in6_pktinfo:
+        in6_addr ipi6_addr
+        unsigned int ipi6_ifindex
+    enum:
+        IPPROTO_IP
+        IPPROTO_IPV6
+        IP_PKTINFO
+        IPV6_PKTINFO
+        IPV6_HOPLIMIT
+
+# --- exported vocabulary ---------------------------------------------------
+# States: keepalived's numbering (vrrp.h), RFC 5798 6.4 plus FAULT.
+cdef enum:
+    S_INIT = 0
+    S_BACKUP = 1
+    S_MASTER = 2
+    S_FAULT = 3
+
+INIT, BACKUP, MASTER, FAULT = S_INIT, S_BACKUP, S_MASTER, S_FAULT
+STATE_NAMES = ("INIT", "BACKUP", "MASTER", "FAULT")
+
+# Event kinds; events are (idx, kind, arg1, arg2):
+#   EV_STATE        (idx, EV_STATE, new_state, reason)
+#   EV_RX_LOWER_PRI (idx, EV_RX_LOWER_PRI, their_priority, their_address)
+#   EV_REJECT       (idx, EV_REJECT, reject_reason, source_address)
+#   EV_SOCK_REJECT  (sock_id, EV_SOCK_REJECT, reject_reason, source_address)
+# Reject events are rate limited per socket (counters are exact).
+cdef enum:
+    E_STATE = 1
+    E_RX_LOWER_PRI = 2
+    E_REJECT = 3
+    E_SOCK_REJECT = 4
+
+EV_STATE, EV_RX_LOWER_PRI, EV_REJECT, EV_SOCK_REJECT = (
+    E_STATE, E_RX_LOWER_PRI, E_REJECT, E_SOCK_REJECT)
+EVENT_NAMES = {E_STATE: "state", E_RX_LOWER_PRI: "rx_lower_pri",
+               E_REJECT: "reject", E_SOCK_REJECT: "sock_reject"}
+
+# Transition reasons (for logs and notify).
+cdef enum:
+    R_STARTUP = 0
+    R_MASTER_DOWN_TIMER = 1
+    R_HIGHER_PRIORITY_ADVERT = 2
+    R_PRIORITY_ZERO_ADVERT = 3
+    R_PREEMPT = 4
+    R_FAULT = 5
+    R_FAULT_CLEARED = 6
+    R_SHUTDOWN = 7
+
+REASON_NAMES = ("startup", "master_down_timer", "higher_priority_advert",
+                "priority_zero_advert", "preempt", "fault", "fault_cleared",
+                "shutdown")
+(REASON_STARTUP, REASON_MASTER_DOWN_TIMER, REASON_HIGHER_PRIORITY_ADVERT,
+ REASON_PRIORITY_ZERO_ADVERT, REASON_PREEMPT, REASON_FAULT,
+ REASON_FAULT_CLEARED, REASON_SHUTDOWN) = range(8)
+
+# Reject reasons, in vrrpd/_codec.pxd's numbering.
+REJECT_NAMES = (
+    "none", "too_short", "bad_version", "bad_type", "bad_length",
+    "bad_checksum", "zero_advert_int", "auth_ah", "bad_auth_type", "v2_ipv6",
+    "bad_ttl", "unknown_vrid", "version_mismatch", "auth_mismatch",
+    "advert_int_mismatch", "addr_mismatch", "own_advert",
+    "unicast_unknown_peer")
+assert len(REJECT_NAMES) == REJECT_COUNT
+
+# Per-instance counters; rejects follow at C_REJECT + reason.
+cdef enum:
+    C_ADVERTS_SENT = 0
+    C_ADVERTS_RECEIVED
+    C_PRI0_SENT
+    C_PRI0_RECEIVED
+    C_TO_INIT               # C_TO_INIT + state: transitions into each state
+    C_TO_BACKUP
+    C_TO_MASTER
+    C_TO_FAULT
+    C_RX_LOWER_PRI
+    C_RX_CKSUM_V2           # C_RX_CKSUM_V2 + ChecksumKind of accepted adverts
+    C_RX_CKSUM_V3_PSEUDO
+    C_RX_CKSUM_V3_NO_PSEUDO
+    C_ADVERTS_LATE          # advert slots skipped because tick() ran late
+    C_REJECT
+    NICTR = C_REJECT + REJECT_COUNT
+
+_ICTR_NAMES = ("adverts_sent", "adverts_received", "pri0_sent",
+               "pri0_received", "became_init", "became_backup",
+               "became_master", "became_fault", "rx_lower_pri",
+               "rx_checksum_v2", "rx_checksum_v3_pseudo",
+               "rx_checksum_v3_no_pseudo", "adverts_late")
+
+# Per-socket counters; rejects not attributable to an instance at S_REJECT.
+cdef enum:
+    S_RX_PACKETS = 0
+    S_RX_BATCHES
+    S_RX_ERRORS
+    S_TX_PACKETS
+    S_TX_BATCHES
+    S_TX_ERRORS
+    S_TX_DROPPED            # queue could not grow (out of memory)
+    S_LAST_ERRNO
+    S_REJECT
+    NSCTR = S_REJECT + REJECT_COUNT
+
+_SCTR_NAMES = ("rx_packets", "rx_batches", "rx_errors", "tx_packets",
+               "tx_batches", "tx_errors", "tx_dropped", "last_errno")
+
+cdef enum:
+    FD_CAPTURE = -1         # test sink: keep what is sent (pop_sent)
+    FD_DISCARD = -2         # bench sink: count what is sent
+    BATCH = 64              # recvmmsg batch
+    TX_BATCH = 1024         # sendmmsg batch (UIO_MAXIOV)
+    RXBUF = 4608            # > 60 IP header + 8 + 255*16 + 8
+    CTRL = 128              # cmsg space per message (pktinfo + hop limit)
+    NAMELEN = 32            # >= sizeof(sockaddr_in6)
+    MAX_PKT = 8 + 255 * 16 + 8
+    EV_CAP_MAX = 1 << 20
+    VRRP_TTL = 255          # RFC 5798 5.1.1.3 / 7.1
+
+# Reject events per socket: token bucket, REJ_RATE per second, burst REJ_BURST.
+cdef double REJ_RATE = 10.0
+cdef double REJ_BURST = 20.0
+
+assert len(_ICTR_NAMES) == C_REJECT and len(_SCTR_NAMES) == S_REJECT
+
+
+cdef inline bint _is_multicast(const uint8_t* a, int alen) noexcept nogil:
+    if alen == 4:
+        return (a[0] & 0xF0) == 0xE0
+    return a[0] == 0xFF
+
+
+cdef inline void _follow_master(inst_t* p, advert_t* adv, const uint8_t* src) noexcept nogil:
+    # RFC 5798 6.4.2: Master_Adver_Interval := the advert's interval (v3;
+    # v2 intervals must match, RFC 3768 7.1); remember who the master is.
+    if p.version == 3:
+        p.master_adver_int = <int64_t>(adv.advert_int & 0x0FFF) * 10000
+    memcpy(p.master_addr, src, p.alen)
+    p.have_master = 1
+    p.master_priority = adv.priority
+
+
+cdef dict _counter_dict(const uint64_t* c, tuple names, int reject_base):
+    cdef int i
+    cdef dict d = {}
+    for i in range(len(names)):
+        d[names[i]] = c[i]
+    for i in range(1, REJECT_COUNT):
+        d["reject_" + REJECT_NAMES[i]] = c[reject_base + i]
+    return d
+
+
+cdef class Engine:
+    """The VRRP engine for many instances over a few raw sockets.
+
+    Life of an instance: add_instance -> start -> (tick / on_readable /
+    set_priority / set_fault)* -> stop -> remove_instance.  After any call
+    the daemon re-arms its single timer at next_deadline() (tick() returns
+    it too) and drains pop_events().
+    """
+
+    def __cinit__(self, int max_instances=16384):
+        if max_instances < 1:
+            raise ValueError("max_instances must be >= 1")
+        self._max = max_instances
+        self._inst = <inst_t*>calloc(max_instances, sizeof(inst_t))
+        self._free = <int*>malloc(max_instances * sizeof(int))
+        self._ictr = <uint64_t*>calloc(<size_t>max_instances * NICTR, sizeof(uint64_t))
+        self._heap = <int*>malloc(max_instances * sizeof(int))
+        self._dirty = NULL
+        self._socks = NULL
+        self._sctr = NULL
+        self._nsocks = 0
+        self._ev_cap = 256
+        self._ev = <ev_t*>malloc(self._ev_cap * sizeof(ev_t))
+        cdef size_t nb = TX_BATCH
+        self._msgs = calloc(nb, sizeof(mmsghdr))
+        self._iov = calloc(nb, sizeof(iovec))
+        self._names = <uint8_t*>calloc(nb, NAMELEN)
+        self._ctrl = <uint8_t*>calloc(nb, CTRL)
+        self._rxbuf = <uint8_t*>malloc(<size_t>BATCH * RXBUF)
+        if (not self._inst or not self._free or not self._ictr or not self._heap
+                or not self._ev or not self._msgs or not self._iov
+                or not self._names or not self._ctrl or not self._rxbuf):
+            raise MemoryError()
+        cdef int i
+        for i in range(max_instances):
+            self._free[i] = max_instances - 1 - i     # hand out 0, 1, 2, ...
+        self._nfree = max_instances
+        self._sent = []
+
+    def __dealloc__(self):
+        cdef int i
+        if self._inst:
+            for i in range(self._max):
+                if self._inst[i].used:
+                    self._free_bufs(&self._inst[i])
+        for i in range(self._nsocks):
+            free(self._socks[i].outq)
+        free(self._inst); free(self._free); free(self._ictr); free(self._heap)
+        free(self._socks); free(self._sctr); free(self._dirty); free(self._ev)
+        free(self._msgs); free(self._iov); free(self._names); free(self._ctrl)
+        free(self._rxbuf)
+
+    cdef void _free_bufs(self, inst_t* p) noexcept:
+        free(p.vips); free(p.dsts); free(p.pkts); free(p.pkts0)
+        p.vips = p.dsts = p.pkts = p.pkts0 = NULL
+
+    cdef inst_t* _get(self, int idx) except NULL:
+        if idx < 0 or idx >= self._max or not self._inst[idx].used:
+            raise KeyError(f"no VRRP instance {idx}")
+        return &self._inst[idx]
+
+    # --- configuration ----------------------------------------------------
+    def add_socket(self, int fd, int family, int ifindex):
+        """Register a raw socket (vrrpd.sockets.open_vrrp_socket) -> sock_id.
+
+        fd=-1: capture mode (sends kept for pop_sent), fd=-2: discard mode
+        (sends counted only); neither makes a syscall.
+        """
+        if family != AF_INET and family != AF_INET6:
+            raise ValueError("family must be AF_INET or AF_INET6")
+        if fd < FD_DISCARD:
+            raise ValueError("bad fd")
+        cdef int n = self._nsocks + 1
+        cdef sock_t* socks = <sock_t*>realloc(self._socks, n * sizeof(sock_t))
+        if not socks:
+            raise MemoryError()
+        self._socks = socks
+        cdef uint64_t* sctr = <uint64_t*>realloc(self._sctr, n * NSCTR * sizeof(uint64_t))
+        if not sctr:
+            raise MemoryError()
+        self._sctr = sctr
+        cdef int* dirty = <int*>realloc(self._dirty, n * sizeof(int))
+        if not dirty:
+            raise MemoryError()
+        self._dirty = dirty
+        cdef int sid = self._nsocks
+        cdef sock_t* s = &self._socks[sid]
+        memset(s, 0, sizeof(sock_t))
+        memset(&self._sctr[sid * NSCTR], 0, NSCTR * sizeof(uint64_t))
+        s.used = 1
+        s.fd = fd
+        s.family = family
+        s.ifindex = ifindex
+        s.tokens = REJ_BURST
+        self._nsocks = n
+        return sid
+
+    def add_instance(self, *, int sock_id, int vrid, int version, int priority,
+                     int advert_int_cs, bint preempt=True, int preempt_delay_cs=0,
+                     bytes src, list dsts, list vips, int auth_type=0,
+                     bytes auth_pass=b"", bint v3_checksum_as_v2=False,
+                     bint owner=False, bint accept_unicast_from_peers_only=True,
+                     int down_timer_adverts=3):
+        """Configure one virtual router -> idx.  Raises ValueError on bad config.
+
+        src: our primary address (packed), the adverts' source.  dsts: the
+        multicast group, or the unicast peers.  vips: the advert's addresses.
+        advert_int_cs: centiseconds (v2: whole seconds, so a multiple of 100).
+        """
+        if sock_id < 0 or sock_id >= self._nsocks:
+            raise ValueError(f"no socket {sock_id}")
+        cdef sock_t* s = &self._socks[sock_id]
+        cdef int family = s.family
+        cdef int alen = 4 if family == AF_INET else 16
+        if not 1 <= vrid <= 255:
+            raise ValueError("vrid must be 1..255")
+        if version not in (2, 3):
+            raise ValueError("version must be 2 or 3")
+        if version == 2 and family != AF_INET:
+            raise ValueError("VRRPv2 is IPv4 only (RFC 3768)")
+        if not 1 <= priority <= 255:
+            raise ValueError("priority must be 1..255")
+        if s.vrid_map[vrid]:
+            raise ValueError(f"VRID {vrid} already used on socket {sock_id}")
+        cdef int field
+        if version == 2:
+            if advert_int_cs % 100 or not 1 <= advert_int_cs // 100 <= 255:
+                raise ValueError("VRRPv2 advert_int must be 1..255 whole seconds")
+            field = advert_int_cs // 100
+        else:
+            if not 1 <= advert_int_cs <= 4095:     # 12-bit field, RFC 5798 5.2.7
+                raise ValueError("VRRPv3 advert_int must be 1..4095 centiseconds")
+            field = advert_int_cs
+        if preempt_delay_cs < 0:
+            raise ValueError("preempt_delay must be >= 0")
+        if auth_type not in (0, 1) or (auth_type and version != 2):
+            raise ValueError("auth_type: 0, or 1 (password) with VRRPv2 only")
+        if len(src) != alen:
+            raise ValueError("src has the wrong address length")
+        if not dsts or any(len(d) != alen for d in dsts):
+            raise ValueError("dsts must be non-empty packed addresses")
+        if len(vips) > 255 or any(len(v) != alen for v in vips):
+            raise ValueError("vips must be at most 255 packed addresses")
+        if not 1 <= down_timer_adverts <= 255:
+            raise ValueError("down_timer_adverts must be 1..255")
+        if not self._nfree:
+            raise ValueError("no free instance slot (max_instances)")
+
+        cdef int idx = self._free[self._nfree - 1]
+        cdef inst_t* p = &self._inst[idx]
+        memset(p, 0, sizeof(inst_t))
+        p.version = version
+        p.vrid = vrid
+        p.priority = priority
+        p.preempt = preempt
+        p.owner = owner
+        p.auth_type = auth_type
+        p.v3_as_v2 = v3_checksum_as_v2
+        p.peers_only = accept_unicast_from_peers_only
+        p.naddr = len(vips)
+        p.alen = alen
+        p.family = family
+        p.sock_id = sock_id
+        p.ndst = len(dsts)
+        p.down_timer_adverts = down_timer_adverts
+        p.advert_field = field
+        p.adver_int = field * (1000000 if version == 2 else 10000)
+        p.master_adver_int = p.adver_int
+        p.preempt_delay = <int64_t>preempt_delay_cs * 10000
+        p.heap_pos = -1
+        memcpy(p.src, <const char*>src, alen)
+        cdef bytes b = auth_pass[:8]            # keepalived: 8 bytes, zero padded
+        memcpy(p.auth_data, <const char*>b, len(b))
+        b = dsts[0]
+        p.multicast = p.ndst == 1 and _is_multicast(<const uint8_t*><const char*>b, alen)
+
+        p.vips = <uint8_t*>malloc(max(1, p.naddr * alen))
+        p.dsts = <uint8_t*>malloc(p.ndst * alen)
+        p.pkts = <uint8_t*>malloc(<size_t>p.ndst * MAX_PKT)
+        p.pkts0 = <uint8_t*>malloc(<size_t>p.ndst * MAX_PKT)
+        if not p.vips or not p.dsts or not p.pkts or not p.pkts0:
+            self._free_bufs(p)
+            raise MemoryError()
+        cdef int i
+        for i in range(p.naddr):
+            b = vips[i]
+            memcpy(p.vips + i * alen, <const char*>b, alen)
+        for i in range(p.ndst):
+            b = dsts[i]
+            memcpy(p.dsts + i * alen, <const char*>b, alen)
+        # Pre-encode one advert per destination (the v3 IPv4 checksum covers
+        # the destination); priority changes are patched in place later.
+        cdef int n = 0, first = -1
+        for i in range(p.ndst):
+            n = encode_advert(p.pkts + i * MAX_PKT, MAX_PKT, version, family,
+                              vrid, priority, field, p.vips, p.naddr,
+                              auth_type, p.auth_data, p.src, p.dsts + i * alen,
+                              v3_checksum_as_v2)
+            if n < 0 or (first >= 0 and n != first):
+                self._free_bufs(p)
+                raise ValueError("cannot encode an advert for this configuration")
+            first = n
+        p.pkt_len = n
+        # Compact to pkt_len stride and derive the priority-0 variant.
+        for i in range(p.ndst):
+            memcpy(p.pkts + i * n, p.pkts + i * MAX_PKT, n)
+            memcpy(p.pkts0 + i * n, p.pkts + i * n, n)
+            patch_priority(p.pkts0 + i * n, 0)
+        p.used = 1
+        p.state = S_INIT
+        self._nfree -= 1
+        s.vrid_map[vrid] = idx + 1
+        memset(&self._ictr[<size_t>idx * NICTR], 0, NICTR * sizeof(uint64_t))
+        return idx
+
+    def remove_instance(self, int idx):
+        """Free the slot (reload).  A master first sends priority 0 (keepalived)."""
+        cdef inst_t* p = self._get(idx)
+        if p.state == S_MASTER:
+            self._enqueue(idx, True)
+            self._flush()
+        self._heap_remove(idx)
+        self._socks[p.sock_id].vrid_map[p.vrid] = 0
+        self._free_bufs(p)
+        p.used = 0
+        self._free[self._nfree] = idx
+        self._nfree += 1
+
+    # --- control (the daemon) ------------------------------------------------
+    def start(self, int idx, int64_t now, bint want_master=False):
+        """INIT -> BACKUP with the master-down timer running, or FAULT if faulted.
+
+        keepalived: every instance enters BACKUP first.  want_master (config
+        `state MASTER`) makes an owner MASTER at once and shortens a
+        non-owner's first down timer to Advert_Interval + minimal skew.
+        """
+        cdef inst_t* p = self._get(idx)
+        if p.state != S_INIT:
+            return
+        p.want_master = want_master
+        p.master_adver_int = p.adver_int
+        p.have_master = 0
+        if p.faulted:
+            self._set_state(idx, S_FAULT, R_STARTUP)
+        elif p.owner and want_master:
+            self._become_master(idx, now, now, R_STARTUP)
+        else:
+            # preempt_delay runs from startup (keepalived vrrp_scheduler.c)
+            p.preempt_time = now + p.preempt_delay if p.preempt_delay else 0
+            self._set_state(idx, S_BACKUP, R_STARTUP)
+            p.down_reason = R_MASTER_DOWN_TIMER
+            if want_master:
+                self._heap_set(idx, now + p.adver_int + self._skew_pri(p, 255))
+            else:
+                self._heap_set(idx, now + self._master_down(p))
+        self._flush()
+
+    def set_priority(self, int idx, int priority, int64_t now):
+        """Set the effective priority; a master re-advertises at once."""
+        cdef inst_t* p = self._get(idx)
+        if not 1 <= priority <= 255:
+            raise ValueError("priority must be 1..255")
+        if priority == p.priority:
+            return
+        p.priority = priority
+        cdef int i
+        for i in range(p.ndst):
+            patch_priority(p.pkts + i * p.pkt_len, priority)
+        if p.state == S_MASTER:
+            self._enqueue(idx, False)
+            self._flush()
+
+    def set_fault(self, int idx, bint faulted, int64_t now):
+        """Enter FAULT (a master first sends priority 0) or leave it -> BACKUP."""
+        cdef inst_t* p = self._get(idx)
+        p.faulted = faulted
+        if faulted:
+            if p.state == S_MASTER:
+                self._enqueue(idx, True)
+            if p.state == S_MASTER or p.state == S_BACKUP:
+                self._heap_remove(idx)
+                self._set_state(idx, S_FAULT, R_FAULT)
+        elif p.state == S_FAULT:
+            if p.owner and p.want_master:
+                self._become_master(idx, now, now, R_FAULT_CLEARED)
+            else:
+                self._become_backup(idx, now, R_FAULT_CLEARED)
+        self._flush()
+
+    def stop(self, int idx, int64_t now):
+        """Shutdown: a master sends priority 0 (RFC 5798 6.4.3); state INIT."""
+        cdef inst_t* p = self._get(idx)
+        if p.state == S_INIT:
+            return
+        if p.state == S_MASTER:
+            self._enqueue(idx, True)
+        self._heap_remove(idx)
+        self._set_state(idx, S_INIT, R_SHUTDOWN)
+        self._flush()
+
+    # --- timers ----------------------------------------------------------
+    def tick(self, int64_t now):
+        """Run every due timer; -> next deadline (us) or -1 if none.
+
+        Due adverts go out in one sendmmsg per socket; expired master-down
+        timers make their instance MASTER.
+        """
+        cdef int idx
+        cdef inst_t* p
+        cdef int64_t d
+        while self._heap_len and self._inst[self._heap[0]].deadline <= now:
+            idx = self._heap[0]
+            p = &self._inst[idx]
+            if p.state == S_MASTER:
+                self._enqueue(idx, False)
+                # Jitter-free: the next slot follows the previous deadline;
+                # slots missed by a late tick are skipped, not bunched.
+                d = p.deadline + p.adver_int
+                while d <= now:
+                    d += p.adver_int
+                    self._ictr[<size_t>idx * NICTR + C_ADVERTS_LATE] += 1
+                self._heap_set(idx, d)
+            elif p.state == S_BACKUP:
+                self._become_master(idx, p.deadline, now, p.down_reason)
+            else:
+                self._heap_remove(idx)
+        self._flush()
+        return self._inst[self._heap[0]].deadline if self._heap_len else -1
+
+    def next_deadline(self):
+        """Earliest timer (us) or -1."""
+        return self._inst[self._heap[0]].deadline if self._heap_len else -1
+
+    # --- receive ---------------------------------------------------------
+    def on_readable(self, int sock_id, int64_t now):
+        """Drain the socket with recvmmsg (bounded per call) -> packets read."""
+        if sock_id < 0 or sock_id >= self._nsocks:
+            raise ValueError(f"no socket {sock_id}")
+        cdef sock_t* s = &self._socks[sock_id]
+        if s.fd < 0:
+            return 0
+        cdef mmsghdr* msgs = <mmsghdr*>self._msgs
+        cdef iovec* iov = <iovec*>self._iov
+        cdef uint64_t* sc = &self._sctr[sock_id * NSCTR]
+        cdef int i, r, rounds = 0, total = 0
+        for i in range(BATCH):
+            iov[i].iov_base = self._rxbuf + i * RXBUF
+            iov[i].iov_len = RXBUF
+            msgs[i].msg_hdr.msg_iov = &iov[i]
+            msgs[i].msg_hdr.msg_iovlen = 1
+        # At most 16 batches per call: the loop stays responsive under a
+        # flood; the reader is level-triggered and calls again.
+        while rounds < 16:
+            for i in range(BATCH):
+                msgs[i].msg_hdr.msg_name = self._names + i * NAMELEN
+                msgs[i].msg_hdr.msg_namelen = NAMELEN
+                msgs[i].msg_hdr.msg_control = self._ctrl + i * CTRL
+                msgs[i].msg_hdr.msg_controllen = CTRL
+                msgs[i].msg_hdr.msg_flags = 0
+            r = recvmmsg(s.fd, msgs, BATCH, MSG_DONTWAIT, NULL)
+            if r < 0:
+                if errno == EINTR:
+                    continue
+                if errno != EAGAIN:          # == EWOULDBLOCK on Linux
+                    sc[S_RX_ERRORS] += 1
+                    sc[S_LAST_ERRNO] = errno
+                break
+            sc[S_RX_BATCHES] += 1
+            sc[S_RX_PACKETS] += r
+            for i in range(r):
+                self._rx_one(sock_id, i, now)
+            total += r
+            rounds += 1
+            if r < BATCH:
+                break
+        self._flush()
+        return total
+
+    cdef void _rx_one(self, int sid, int i, int64_t now) noexcept:
+        cdef mmsghdr* m = &(<mmsghdr*>self._msgs)[i]
+        cdef uint8_t* buf = self._rxbuf + i * RXBUF
+        cdef size_t n = m.msg_len
+        cdef size_t ihl, tot
+        cdef int ttl = -1
+        cdef cmsghdr* c
+        cdef const uint8_t* dst = NULL
+        cdef uint8_t zero16[16]
+        if m.msg_hdr.msg_flags & MSG_TRUNC:
+            self._reject(sid, -1, REJECT_BAD_LENGTH, NULL, now)
+            return
+        if self._socks[sid].family == AF_INET:
+            # Raw IPv4 delivers the IP header: TTL, source, destination.
+            if n < 20:
+                self._reject(sid, -1, REJECT_TOO_SHORT, NULL, now)
+                return
+            ihl = (buf[0] & 0x0F) * 4
+            tot = (buf[2] << 8) | buf[3]
+            if ihl < 20 or ihl > n:
+                self._reject(sid, -1, REJECT_TOO_SHORT, buf + 12, now)
+                return
+            if tot != n:
+                self._reject(sid, -1, REJECT_BAD_LENGTH, buf + 12, now)
+                return
+            self._dispatch(sid, buf + ihl, n - ihl, buf + 12, buf + 16, buf[8], now)
+            return
+        # IPv6 gives the payload; source from msg_name, destination and hop
+        # limit from IPV6_PKTINFO / IPV6_HOPLIMIT (IPV6_RECV* socket options).
+        c = CMSG_FIRSTHDR(&m.msg_hdr)
+        while c != NULL:
+            if c.cmsg_level == IPPROTO_IPV6:
+                if c.cmsg_type == IPV6_PKTINFO:
+                    dst = (<in6_pktinfo*>CMSG_DATA(c)).ipi6_addr.s6_addr
+                elif c.cmsg_type == IPV6_HOPLIMIT:
+                    ttl = (<int*>CMSG_DATA(c))[0]
+            c = CMSG_NXTHDR(&m.msg_hdr, c)
+        if dst == NULL:
+            memset(zero16, 0, 16)       # checksum will not match: counted
+            dst = zero16
+        self._dispatch(sid, buf, n,
+                       (<sockaddr_in6*>(self._names + i * NAMELEN)).sin6_addr.s6_addr,
+                       dst, ttl, now)
+
+    def inject(self, int sock_id, bytes payload, bytes src, bytes dst, int ttl,
+               int64_t now):
+        """Tests: process payload (the VRRP message) as if received on sock_id.
+
+        ttl=-1 means unknown (not checked), like a missing hop-limit cmsg.
+        """
+        if sock_id < 0 or sock_id >= self._nsocks:
+            raise ValueError(f"no socket {sock_id}")
+        cdef int alen = 4 if self._socks[sock_id].family == AF_INET else 16
+        if len(src) != alen or len(dst) != alen:
+            raise ValueError("src/dst have the wrong address length")
+        self._sctr[sock_id * NSCTR + S_RX_PACKETS] += 1
+        self._dispatch(sock_id, <const uint8_t*><const char*>payload, len(payload),
+                       <const uint8_t*><const char*>src,
+                       <const uint8_t*><const char*>dst, ttl, now)
+        self._flush()
+
+    cdef void _dispatch(self, int sid, const uint8_t* pkt, size_t n,
+                        const uint8_t* src, const uint8_t* dst, int ttl,
+                        int64_t now) noexcept:
+        cdef sock_t* s = &self._socks[sid]
+        cdef int idx = s.vrid_map[pkt[1]] - 1 if n >= 2 else -1
+        cdef advert_t adv
+        cdef int rc = decode_advert(pkt, n, s.family, src, dst, &adv)
+        if rc != REJECT_NONE:
+            self._reject(sid, idx, rc, src, now)
+            return
+        if idx < 0:
+            self._reject(sid, -1, REJECT_UNKNOWN_VRID, src, now)
+            return
+        cdef inst_t* p = &self._inst[idx]
+        cdef int alen = p.alen
+        cdef int i, j
+        cdef bint found
+        # RFC 5798 7.1 / keepalived vrrp_check_packet, in that order.
+        if adv.version != p.version:
+            self._reject(sid, idx, REJECT_VERSION_MISMATCH, src, now)
+            return
+        # TTL/hop limit must be 255; keepalived skips this for unicast peers
+        # (they may be routed), and so do we.
+        if p.multicast and ttl >= 0 and ttl != VRRP_TTL:
+            self._reject(sid, idx, REJECT_BAD_TTL, src, now)
+            return
+        if memcmp(src, p.src, alen) == 0:
+            self._reject(sid, idx, REJECT_OWN_ADVERT, src, now)
+            return
+        if not p.multicast and p.peers_only:
+            found = False
+            for i in range(p.ndst):
+                if memcmp(src, p.dsts + i * alen, alen) == 0:
+                    found = True
+                    break
+            if not found:
+                self._reject(sid, idx, REJECT_UNICAST_UNKNOWN_PEER, src, now)
+                return
+        if p.version == 2:
+            if adv.auth_type != p.auth_type or (
+                    p.auth_type == 1 and (adv.auth_data == NULL or
+                                          memcmp(adv.auth_data, p.auth_data, 8) != 0)):
+                self._reject(sid, idx, REJECT_AUTH_MISMATCH, src, now)
+                return
+            # RFC 3768 7.1: a differing interval is discarded.
+            if adv.advert_int != p.advert_field:
+                self._reject(sid, idx, REJECT_ADVERT_INT_MISMATCH, src, now)
+                return
+        # The address list must hold exactly our VIPs, in any order.
+        # keepalived 2.2 drops such adverts (vrrp_check_packet: naddr !=
+        # vip_cnt or a VIP missing -> VRRP_PACKET_KO), so do we.
+        if adv.naddr != p.naddr:
+            self._reject(sid, idx, REJECT_ADDR_MISMATCH, src, now)
+            return
+        if memcmp(adv.addrs, p.vips, p.naddr * alen) != 0:
+            for i in range(p.naddr):
+                found = False
+                for j in range(adv.naddr):
+                    if memcmp(p.vips + i * alen, adv.addrs + j * alen, alen) == 0:
+                        found = True
+                        break
+                if not found:
+                    self._reject(sid, idx, REJECT_ADDR_MISMATCH, src, now)
+                    return
+        self._on_advert(idx, &adv, src, now)
+
+    cdef void _on_advert(self, int idx, advert_t* adv, const uint8_t* src,
+                         int64_t now) noexcept:
+        cdef inst_t* p = &self._inst[idx]
+        cdef uint64_t* c = &self._ictr[<size_t>idx * NICTR]
+        cdef int their = adv.priority
+        cdef int cmp
+        c[C_ADVERTS_RECEIVED] += 1
+        if adv.checksum_kind <= CKSUM_V3_NO_PSEUDO:
+            c[C_RX_CKSUM_V2 + adv.checksum_kind] += 1
+        if their == 0:
+            c[C_PRI0_RECEIVED] += 1
+        if p.state == S_BACKUP:
+            if their == 0:
+                # RFC 5798 6.4.2: the master is leaving; take over after Skew_Time.
+                p.down_reason = R_PRIORITY_ZERO_ADVERT
+                self._heap_set(idx, now + self._skew(p))
+            elif (not p.preempt or their >= p.priority or
+                  (p.preempt_delay and (p.preempt_time == 0 or p.preempt_time > now))):
+                # Accept this master.  keepalived's preempt_delay: a lower
+                # priority master is still accepted until preempt_delay has
+                # run since startup or since its first lower advert.
+                _follow_master(p, adv, src)
+                if p.preempt_delay:
+                    if their >= p.priority:
+                        p.preempt_time = 0
+                    elif p.preempt_time == 0:
+                        p.preempt_time = now + p.preempt_delay
+                p.down_reason = R_MASTER_DOWN_TIMER
+                self._heap_set(idx, now + self._master_down(p))
+            else:
+                # Lower priority and we may preempt: discard; the running
+                # down timer expires and we take over (RFC 5798 6.4.2).
+                # The address is still noted, as keepalived does for SNMP.
+                memcpy(p.master_addr, src, p.alen)
+                p.have_master = 1
+                p.master_priority = their
+                p.down_reason = R_PREEMPT
+        elif p.state == S_MASTER:
+            if their == 0:
+                # RFC 5798 6.4.3: answer at once so backups keep us.
+                self._enqueue(idx, False)
+                return
+            cmp = memcmp(src, p.src, p.alen)
+            if their > p.priority or (their == p.priority and cmp > 0):
+                # Step down without sending priority 0 (keepalived).
+                _follow_master(p, adv, src)
+                p.preempt_time = 0
+                p.down_reason = R_MASTER_DOWN_TIMER
+                self._set_state(idx, S_BACKUP, R_HIGHER_PRIORITY_ADVERT)
+                self._heap_set(idx, now + self._master_down(p))
+            else:
+                # Lower (or equal with a lower address): re-assert at once
+                # and tell the daemon (notify_master_rx_lower_pri).
+                self._enqueue(idx, False)
+                c[C_RX_LOWER_PRI] += 1
+                self._event(idx, E_RX_LOWER_PRI, their, 0, src, p.alen)
+
+    cdef void _reject(self, int sid, int idx, int reason, const uint8_t* src,
+                      int64_t now) noexcept:
+        cdef sock_t* s = &self._socks[sid]
+        cdef int alen = 4 if s.family == AF_INET else 16
+        if idx >= 0:
+            self._ictr[<size_t>idx * NICTR + C_REJECT + reason] += 1
+        else:
+            self._sctr[sid * NSCTR + S_REJECT + reason] += 1
+        # Log a sample: token bucket per socket keeps a flood from flooding us.
+        if now > s.tokens_at:
+            s.tokens = min(REJ_BURST, s.tokens + (now - s.tokens_at) * (REJ_RATE / 1e6))
+            s.tokens_at = now
+        if s.tokens < 1.0:
+            return
+        s.tokens -= 1.0
+        if idx >= 0:
+            self._event(idx, E_REJECT, reason, 0, src, alen if src else 0)
+        else:
+            self._event(sid, E_SOCK_REJECT, reason, 0, src, alen if src else 0)
+
+    # --- transitions -----------------------------------------------------
+    cdef int64_t _skew_pri(self, inst_t* p, int prio) noexcept:
+        # keepalived VRRP_TIMER_SKEW: v2 (256-Priority)/256 s (RFC 3768 6.1);
+        # v3 ((256-Priority) * Master_Adver_Interval)/256 (RFC 5798 6.1).
+        if p.version == 2:
+            return (256 - prio) * 1000000 // 256
+        return (256 - prio) * p.master_adver_int // 256
+
+    cdef int64_t _skew(self, inst_t* p) noexcept:
+        return self._skew_pri(p, p.priority)
+
+    cdef int64_t _master_down(self, inst_t* p) noexcept:
+        # Master_Down_Interval = 3 * Master_Adver_Interval + Skew_Time
+        return p.down_timer_adverts * p.master_adver_int + self._skew(p)
+
+    cdef void _become_master(self, int idx, int64_t base, int64_t now, int reason) noexcept:
+        cdef inst_t* p = &self._inst[idx]
+        cdef int64_t d
+        p.master_adver_int = p.adver_int      # we advertise our own interval
+        memcpy(p.master_addr, p.src, p.alen)
+        p.have_master = 1
+        p.master_priority = p.priority
+        self._set_state(idx, S_MASTER, reason)
+        # RFC 5798 6.4.2: send an advert at once, then every Advert_Interval
+        # counted from the timer's deadline (not from when we ran).
+        self._enqueue(idx, False)
+        d = base + p.adver_int
+        while d <= now:
+            d += p.adver_int
+        self._heap_set(idx, d)
+
+    cdef void _become_backup(self, int idx, int64_t now, int reason) noexcept:
+        cdef inst_t* p = &self._inst[idx]
+        p.master_adver_int = p.adver_int
+        p.preempt_time = 0
+        p.have_master = 0
+        p.down_reason = R_MASTER_DOWN_TIMER
+        self._set_state(idx, S_BACKUP, reason)
+        self._heap_set(idx, now + self._master_down(p))
+
+    cdef void _set_state(self, int idx, int state, int reason) noexcept:
+        self._inst[idx].state = state
+        self._ictr[<size_t>idx * NICTR + C_TO_INIT + state] += 1
+        self._event(idx, E_STATE, state, reason, NULL, 0)
+
+    cdef void _event(self, int idx, int kind, int a1, int a2,
+                     const uint8_t* addr, int alen) noexcept:
+        cdef ev_t* ev
+        cdef int cap
+        if self._ev_len == self._ev_cap:
+            cap = self._ev_cap * 2
+            if cap > EV_CAP_MAX:
+                self._ev_dropped += 1
+                return
+            ev = <ev_t*>realloc(self._ev, cap * sizeof(ev_t))
+            if not ev:
+                self._ev_dropped += 1
+                return
+            self._ev = ev
+            self._ev_cap = cap
+        ev = &self._ev[self._ev_len]
+        self._ev_len += 1
+        ev.idx = idx
+        ev.kind = kind
+        ev.arg1 = a1
+        ev.arg2 = a2
+        ev.alen = alen
+        if alen:
+            memcpy(ev.addr, addr, alen)
+
+    def pop_events(self):
+        """-> [(idx, kind, arg1, arg2)] since the last call (see EV_*)."""
+        cdef list out = []
+        cdef ev_t* ev
+        cdef int i
+        for i in range(self._ev_len):
+            ev = &self._ev[i]
+            if ev.kind == E_STATE:
+                out.append((ev.idx, ev.kind, ev.arg1, ev.arg2))
+            else:
+                out.append((ev.idx, ev.kind, ev.arg1,
+                            PyBytes_FromStringAndSize(<char*>ev.addr, ev.alen)
+                            if ev.alen else None))
+        self._ev_len = 0
+        return out
+
+    # --- transmit --------------------------------------------------------
+    cdef void _enqueue(self, int idx, bint zero) noexcept:
+        cdef inst_t* p = &self._inst[idx]
+        cdef sock_t* s = &self._socks[p.sock_id]
+        cdef uint64_t* c = &self._ictr[<size_t>idx * NICTR]
+        cdef int i, cap
+        cdef out_t* q
+        c[C_ADVERTS_SENT] += 1
+        if zero:
+            c[C_PRI0_SENT] += 1
+        if s.outq_len + p.ndst > s.outq_cap:
+            cap = max(64, s.outq_cap * 2, s.outq_len + p.ndst)
+            q = <out_t*>realloc(s.outq, cap * sizeof(out_t))
+            if not q:
+                self._sctr[p.sock_id * NSCTR + S_TX_DROPPED] += p.ndst
+                return
+            s.outq = q
+            s.outq_cap = cap
+        for i in range(p.ndst):
+            q = &s.outq[s.outq_len]
+            s.outq_len += 1
+            q.idx = idx
+            q.dst_i = i
+            q.zero = zero
+        if not s.dirty:
+            s.dirty = 1
+            self._dirty[self._ndirty] = p.sock_id
+            self._ndirty += 1
+
+    cdef void _flush(self) noexcept:
+        cdef int k, sid
+        for k in range(self._ndirty):
+            sid = self._dirty[k]
+            self._flush_sock(sid)
+            self._socks[sid].dirty = 0
+            self._socks[sid].outq_len = 0
+        self._ndirty = 0
+
+    cdef void _flush_sock(self, int sid) noexcept:
+        cdef sock_t* s = &self._socks[sid]
+        cdef uint64_t* sc = &self._sctr[sid * NSCTR]
+        cdef int n = s.outq_len
+        cdef int i, j, k, m, r
+        cdef out_t* q
+        cdef inst_t* p
+        cdef const uint8_t* pkt
+        cdef mmsghdr* msgs = <mmsghdr*>self._msgs
+        cdef iovec* iov = <iovec*>self._iov
+        cdef msghdr* h
+        cdef cmsghdr* cm
+        cdef sockaddr_in* a4
+        cdef sockaddr_in6* a6
+        cdef in_pktinfo* pi4
+        cdef in6_pktinfo* pi6
+        if s.fd == FD_DISCARD:
+            sc[S_TX_PACKETS] += n
+            sc[S_TX_BATCHES] += 1
+            return
+        if s.fd == FD_CAPTURE:
+            for i in range(n):
+                q = &s.outq[i]
+                p = &self._inst[q.idx]
+                pkt = (p.pkts0 if q.zero else p.pkts) + q.dst_i * p.pkt_len
+                try:
+                    self._sent.append((sid,
+                        PyBytes_FromStringAndSize(<char*>p.dsts + q.dst_i * p.alen, p.alen),
+                        PyBytes_FromStringAndSize(<char*>pkt, p.pkt_len)))
+                except MemoryError:
+                    sc[S_TX_DROPPED] += 1
+                    continue
+                sc[S_TX_PACKETS] += 1
+            sc[S_TX_BATCHES] += 1
+            return
+        i = 0
+        while i < n:
+            m = min(n - i, <int>TX_BATCH)
+            for j in range(m):
+                q = &s.outq[i + j]
+                p = &self._inst[q.idx]
+                pkt = (p.pkts0 if q.zero else p.pkts) + q.dst_i * p.pkt_len
+                iov[j].iov_base = <void*>pkt
+                iov[j].iov_len = p.pkt_len
+                h = &msgs[j].msg_hdr
+                h.msg_iov = &iov[j]
+                h.msg_iovlen = 1
+                h.msg_name = self._names + j * NAMELEN
+                h.msg_control = self._ctrl + j * CTRL
+                h.msg_flags = 0
+                memset(h.msg_control, 0, CTRL)
+                # Source per instance via PKTINFO (it may differ per instance
+                # on one socket); the kernel adds the IP header and TTL 255.
+                if s.family == AF_INET:
+                    a4 = <sockaddr_in*>h.msg_name
+                    memset(a4, 0, sizeof(sockaddr_in))
+                    a4.sin_family = AF_INET
+                    memcpy(&a4.sin_addr, p.dsts + q.dst_i * 4, 4)
+                    h.msg_namelen = sizeof(sockaddr_in)
+                    h.msg_controllen = CMSG_SPACE(sizeof(in_pktinfo))
+                    cm = CMSG_FIRSTHDR(h)
+                    cm.cmsg_level = IPPROTO_IP
+                    cm.cmsg_type = IP_PKTINFO
+                    cm.cmsg_len = CMSG_LEN(sizeof(in_pktinfo))
+                    pi4 = <in_pktinfo*>CMSG_DATA(cm)
+                    pi4.ipi_ifindex = s.ifindex
+                    memcpy(&pi4.ipi_spec_dst, p.src, 4)
+                else:
+                    a6 = <sockaddr_in6*>h.msg_name
+                    memset(a6, 0, sizeof(sockaddr_in6))
+                    a6.sin6_family = AF_INET6
+                    memcpy(a6.sin6_addr.s6_addr, p.dsts + q.dst_i * 16, 16)
+                    a6.sin6_scope_id = s.ifindex
+                    h.msg_namelen = sizeof(sockaddr_in6)
+                    h.msg_controllen = CMSG_SPACE(sizeof(in6_pktinfo))
+                    cm = CMSG_FIRSTHDR(h)
+                    cm.cmsg_level = IPPROTO_IPV6
+                    cm.cmsg_type = IPV6_PKTINFO
+                    cm.cmsg_len = CMSG_LEN(sizeof(in6_pktinfo))
+                    pi6 = <in6_pktinfo*>CMSG_DATA(cm)
+                    pi6.ipi6_ifindex = s.ifindex
+                    memcpy(pi6.ipi6_addr.s6_addr, p.src, 16)
+            k = 0
+            while k < m:
+                r = sendmmsg(s.fd, msgs + k, m - k, MSG_DONTWAIT)
+                sc[S_TX_BATCHES] += 1
+                if r < 0:
+                    if errno == EINTR:
+                        continue
+                    # This message failed (e.g. link down): count, skip it.
+                    sc[S_TX_ERRORS] += 1
+                    sc[S_LAST_ERRNO] = errno
+                    k += 1
+                else:
+                    sc[S_TX_PACKETS] += r
+                    k += r
+            i += m
+
+    def pop_sent(self):
+        """Capture mode: -> [(sock_id, dst, payload)] sent since the last call."""
+        out = self._sent
+        self._sent = []
+        return out
+
+    # --- timer heap (indexed: one entry per instance, no stale entries) -------
+    cdef void _heap_set(self, int idx, int64_t deadline) noexcept:
+        cdef inst_t* p = &self._inst[idx]
+        p.deadline = deadline
+        if p.heap_pos < 0:
+            p.heap_pos = self._heap_len
+            self._heap[self._heap_len] = idx
+            self._heap_len += 1
+        self._sift_up(p.heap_pos)
+        self._sift_down(p.heap_pos)
+
+    cdef void _heap_remove(self, int idx) noexcept:
+        cdef int pos = self._inst[idx].heap_pos
+        cdef int last
+        if pos < 0:
+            return
+        self._inst[idx].heap_pos = -1
+        self._heap_len -= 1
+        if pos == self._heap_len:
+            return
+        last = self._heap[self._heap_len]
+        self._heap[pos] = last
+        self._inst[last].heap_pos = pos
+        self._sift_up(pos)
+        self._sift_down(self._inst[last].heap_pos)
+
+    cdef void _sift_up(self, int pos) noexcept:
+        cdef int* h = self._heap
+        cdef int idx = h[pos]
+        cdef int64_t d = self._inst[idx].deadline
+        cdef int parent
+        while pos > 0:
+            parent = (pos - 1) >> 1
+            if self._inst[h[parent]].deadline <= d:
+                break
+            h[pos] = h[parent]
+            self._inst[h[pos]].heap_pos = pos
+            pos = parent
+        h[pos] = idx
+        self._inst[idx].heap_pos = pos
+
+    cdef void _sift_down(self, int pos) noexcept:
+        cdef int* h = self._heap
+        cdef int n = self._heap_len
+        cdef int idx = h[pos]
+        cdef int64_t d = self._inst[idx].deadline
+        cdef int child
+        while True:
+            child = 2 * pos + 1
+            if child >= n:
+                break
+            if child + 1 < n and self._inst[h[child + 1]].deadline < self._inst[h[child]].deadline:
+                child += 1
+            if self._inst[h[child]].deadline >= d:
+                break
+            h[pos] = h[child]
+            self._inst[h[pos]].heap_pos = pos
+            pos = child
+        h[pos] = idx
+        self._inst[idx].heap_pos = pos
+
+    # --- introspection ---------------------------------------------------
+    def state(self, int idx):
+        return self._get(idx).state
+
+    def priority(self, int idx):
+        return self._get(idx).priority
+
+    def master_address(self, int idx):
+        """Packed address of the current master (ours when MASTER), or None."""
+        cdef inst_t* p = self._get(idx)
+        if not p.have_master:
+            return None
+        return PyBytes_FromStringAndSize(<char*>p.master_addr, p.alen)
+
+    def master_adver_int_us(self, int idx):
+        return self._get(idx).master_adver_int
+
+    def deadline(self, int idx):
+        """This instance's timer (advert or master down), or -1."""
+        cdef inst_t* p = self._get(idx)
+        return p.deadline if p.heap_pos >= 0 else -1
+
+    def counters(self, int idx):
+        cdef inst_t* p = self._get(idx)
+        return _counter_dict(&self._ictr[<size_t>idx * NICTR], _ICTR_NAMES, C_REJECT)
+
+    def socket_counters(self, int sock_id):
+        if sock_id < 0 or sock_id >= self._nsocks:
+            raise ValueError(f"no socket {sock_id}")
+        return _counter_dict(&self._sctr[sock_id * NSCTR], _SCTR_NAMES, S_REJECT)
+
+    def stats(self):
+        """Engine-wide: instances in use, armed timers, events dropped."""
+        return {"instances": self._max - self._nfree, "timers": self._heap_len,
+                "events_dropped": self._ev_dropped, "sockets": self._nsocks}
