@@ -88,7 +88,10 @@ async def serve(plan) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    from .reporting import Reporter
+
     daemon = Daemon(plan)
+    daemon.hooks.append(Reporter(plan.config))
     try:
         await daemon.start()
     except (RuntimeError, OSError) as e:

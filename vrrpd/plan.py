@@ -1,0 +1,88 @@
+"""The configuration resolved for the runtime: what the engine and netlink
+need per instance, in the engine's units (centiseconds, packed addresses)."""
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+
+from .config.model import Config, VrrpInstance
+
+# rtnetlink scope numbers for virtual_ipaddress `scope NAME` (iproute2's rt_scopes).
+SCOPES = {None: 0, "global": 0, "universe": 0, "site": 200, "link": 253, "host": 254, "nowhere": 255}
+
+
+@dataclass(frozen=True)
+class VipSpec:
+    address: str          # "192.0.2.1/32"
+    dev: str | None
+    label: str | None
+    scope: int
+    broadcast: str | None
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    name: str
+    conf: VrrpInstance
+    where: str
+    interface: str
+    family: int
+    vrid: int
+    version: int
+    priority: int
+    advert_int_cs: int
+    preempt: bool
+    preempt_delay_cs: int
+    src_ip: str | None
+    unicast_peers: list[str]
+    vips: list[VipSpec]           # every address to add as MASTER (incl. _excluded)
+    advert_addrs: list[str]       # the addresses listed in adverts
+    auth_type: int
+    auth_pass: bytes
+    v3_checksum_as_v2: bool
+
+
+@dataclass
+class Plan:
+    config: Config
+    instances: list[InstanceSpec] = field(default_factory=list)
+    mcast_group4: str = "224.0.0.18"
+    mcast_group6: str = "ff02::12"
+    startup_delay: float = 0.0
+
+
+def _vip(v) -> VipSpec:
+    brd = v.brd if v.brd is None or isinstance(v.brd, str) else str(v.brd)
+    return VipSpec(str(v.address), v.dev, v.label, SCOPES.get(v.scope, 0),
+                   None if brd in ("-", None) else brd)
+
+
+def instance_spec(inst: VrrpInstance, config: Config) -> InstanceSpec:
+    g = config.global_defs
+    family = socket.AF_INET6 if inst.family == 6 else socket.AF_INET
+    auth = inst.authentication
+    # Only simple-password auth reaches the engine; AH is rejected by validation.
+    auth_type = 1 if auth is not None and auth.auth_type == "PASS" else 0
+    src = inst.source_address
+    return InstanceSpec(
+        name=inst.name, conf=inst, where=f"{inst.where[0]}:{inst.where[1]}",
+        interface=inst.interface, family=family, vrid=inst.virtual_router_id,
+        version=inst.version, priority=inst.priority, advert_int_cs=inst.advert_int_cs,
+        preempt=not inst.nopreempt, preempt_delay_cs=int(round(inst.preempt_delay * 100)),
+        src_ip=str(src) if src is not None else None,
+        unicast_peers=[str(p.address) for p in inst.unicast_peer],
+        vips=[_vip(v) for v in inst.virtual_ipaddress + inst.virtual_ipaddress_excluded],
+        # virtual_ipaddress_excluded exists to keep addresses out of the advert
+        # (and of the other family); an advert lists at most 255.
+        advert_addrs=[str(v.address.ip) for v in inst.virtual_ipaddress
+                      if v.family == inst.family][:255],
+        auth_type=auth_type, auth_pass=(auth.auth_pass.encode()[:8] if auth_type else b""),
+        v3_checksum_as_v2=inst.v3_checksum_as_v2 or g.v3_checksum_as_v2)
+
+
+def build_plan(config: Config) -> Plan:
+    g = config.global_defs
+    return Plan(config=config,
+                instances=[instance_spec(i, config) for i in config.instances.values()],
+                mcast_group4=str(g.vrrp_mcast_group4), mcast_group6=str(g.vrrp_mcast_group6),
+                startup_delay=g.vrrp_startup_delay)

@@ -1,0 +1,265 @@
+"""The running daemon: wires the configuration to the engine, sockets, VIPs,
+tracking and notify on one asyncio (uvloop) loop.
+
+The C engine owns every timer and packet; Python only sees the rare events
+it queues (state changes, lower-priority adverts) and the changes tracking
+makes (priority, fault).  Per transition, in keepalived's order (vrrp.c
+vrrp_state_become_master / vrrp_state_leave_master): VIPs are added and
+GARPs sent before the MASTER notify, removed before the BACKUP/FAULT notify.
+Those side effects run in one ordered queue so a burst of thousands of
+transitions costs one netlink batch, and per instance they happen in
+transition order.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from dataclasses import dataclass, field
+
+from . import _engine, sockets
+from .addresses import AddressManager, Vip
+from .links import Link, LinkEvent, LinkMonitor
+
+log = logging.getLogger("vrrpd")
+
+STATE_NAMES = {_engine.INIT: "INIT", _engine.BACKUP: "BACKUP",
+               _engine.MASTER: "MASTER", _engine.FAULT: "FAULT"}
+
+
+def now_us() -> int:
+    return time.monotonic_ns() // 1000
+
+
+def _addr(packed: bytes | None) -> str:
+    if not packed:
+        return "?"
+    return socket.inet_ntop(socket.AF_INET6 if len(packed) == 16 else socket.AF_INET, packed)
+
+
+@dataclass
+class Instance:
+    """Runtime view of one vrrp_instance."""
+    name: str
+    spec: object          # plan.InstanceSpec
+    family: int
+    ifname: str
+    idx: int = -1
+    sock_id: int = -1
+    vips: list[Vip] = field(default_factory=list)
+    state: int = _engine.INIT
+    priority: int = 0             # effective priority as last reported
+    link_up: bool = True
+    transitions: int = 0
+    last_transition: float = 0.0
+    last_reason: str = ""
+
+
+class Daemon:
+    def __init__(self, plan, *, max_instances: int | None = None):
+        """plan: vrrpd.plan.Plan, the configuration resolved for the runtime."""
+        self.plan = plan
+        self.instances: dict[str, Instance] = {}
+        self.by_idx: dict[int, Instance] = {}
+        self.engine = _engine.Engine(max_instances or max(1024, 2 * len(plan.instances)))
+        self.links = LinkMonitor(on_link=self._on_link)
+        self.addresses = AddressManager()
+        self._sockets: dict[tuple[str, int], tuple[int, socket.socket]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = -1
+        self._effects: asyncio.Queue = asyncio.Queue()
+        self._effects_task: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.stopping = False
+        self.hooks = []         # objects with on_transition(inst, old, new, reason) (notify, metrics)
+
+    # -- start-up --------------------------------------------------------------------
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await self.links.start()
+        for spec in self.plan.instances:
+            self._add_instance(spec)
+        for h in self.hooks:
+            h.open()
+        self._effects_task = asyncio.create_task(self._run_effects())
+        if self.plan.startup_delay:
+            # keepalived's vrrp_startup_delay: let the network settle before electing.
+            await asyncio.sleep(self.plan.startup_delay)
+        t = now_us()
+        for inst in self.instances.values():
+            # keepalived: only an address owner with `state MASTER` skips BACKUP.
+            self.engine.start(inst.idx, t, want_master=inst.spec.conf.state == "MASTER")
+            if not inst.link_up:
+                self.engine.set_fault(inst.idx, True, t)
+        self._pump()
+
+    def _socket_for(self, ifname: str, family: int, link: Link) -> int:
+        key = (ifname, family)
+        if key not in self._sockets:
+            groups = [self.plan.mcast_group4 if family == socket.AF_INET else self.plan.mcast_group6]
+            sock = sockets.open_vrrp_socket(family, ifname, link.index, groups)
+            sock_id = self.engine.add_socket(sock.fileno(), family, link.index)
+            self._loop.add_reader(sock.fileno(), self._on_readable, sock_id)
+            self._sockets[key] = (sock_id, sock)
+        return self._sockets[key][0]
+
+    def _add_instance(self, spec) -> Instance:
+        link = self.links.by_name(spec.interface)
+        if link is None:
+            raise RuntimeError(f"{spec.where}: instance {spec.name}: interface {spec.interface} does not exist")
+        src = spec.src_ip or (link.primary_ipv4() if spec.family == socket.AF_INET else link.ipv6_link_local())
+        if src is None:
+            raise RuntimeError(f"{spec.where}: instance {spec.name}: no usable source address on {spec.interface}")
+        inst = Instance(spec.name, spec, spec.family, spec.interface)
+        inst.sock_id = self._socket_for(spec.interface, spec.family, link)
+        inst.vips = [Vip.parse(v.address, self.links.ifindex(v.dev or spec.interface) or link.index,
+                               label=v.label, scope=v.scope, broadcast=v.broadcast)
+                     for v in spec.vips]
+        family = spec.family
+        group = self.plan.mcast_group4 if family == socket.AF_INET else self.plan.mcast_group6
+        dsts = spec.unicast_peers or [group]
+        inst.idx = self.engine.add_instance(
+            sock_id=inst.sock_id, vrid=spec.vrid, version=spec.version, priority=spec.priority,
+            advert_int_cs=spec.advert_int_cs, preempt=spec.preempt,
+            preempt_delay_cs=spec.preempt_delay_cs,
+            src=socket.inet_pton(family, src),
+            dsts=[socket.inet_pton(family, d) for d in dsts],
+            vips=[socket.inet_pton(family, a) for a in spec.advert_addrs],
+            auth_type=spec.auth_type, auth_pass=spec.auth_pass,
+            v3_checksum_as_v2=spec.v3_checksum_as_v2, owner=spec.priority == 255,
+            down_timer_adverts=spec.conf.down_timer_adverts)
+        inst.link_up = link.is_up
+        self.instances[spec.name] = inst
+        self.by_idx[inst.idx] = inst
+        return inst
+
+    # -- the hot loop's Python side --------------------------------------------------
+    def _on_readable(self, sock_id: int) -> None:
+        self.engine.on_readable(sock_id, now_us())
+        self._pump()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = -1
+        self._pump()
+
+    def _pump(self) -> None:
+        """Run due timers, hand events to the effects queue, re-arm the one timer."""
+        next_at = self.engine.tick(now_us())
+        events = self.engine.pop_events()
+        if events:
+            self._on_events(events)
+        if next_at < 0:
+            return
+        if self._timer is not None and self._timer_at <= next_at:
+            return          # the armed timer fires first; tick() handles whatever is due then
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = next_at
+        delay = max(0.0, (next_at - now_us()) / 1e6)
+        self._timer = self._loop.call_later(delay, self._on_timer)
+
+    def _on_events(self, events) -> None:
+        batch = []
+        for ev in events:
+            idx, kind = ev[0], ev[1]
+            if kind == _engine.EV_SOCK_REJECT:
+                log.warning("advert from %s on socket %d rejected: %s", _addr(ev[3]), idx,
+                            _engine.REJECT_NAMES[ev[2]])
+                continue
+            inst = self.by_idx.get(idx)
+            if inst is None:
+                continue
+            if kind == _engine.EV_STATE:
+                old, new = inst.state, ev[2]
+                reason = _engine.REASON_NAMES[ev[3]]
+                inst.state = new
+                inst.priority = self.engine.priority(idx)
+                inst.transitions += 1
+                inst.last_transition = time.time()
+                inst.last_reason = reason
+                log.info("(%s) Entering %s STATE (%s)", inst.name, STATE_NAMES.get(new, new), reason)
+                batch.append((inst, old, new, reason))
+            elif kind == _engine.EV_RX_LOWER_PRI:
+                log.info("(%s) received lower priority (%d) advert from %s", inst.name, ev[2],
+                         _addr(ev[3]))
+                for h in self.hooks:
+                    h.on_rx_lower_pri(inst, ev[2])
+            elif kind == _engine.EV_REJECT:
+                # The engine rate-limits these events; its counters stay exact.
+                log.warning("(%s) advert from %s rejected: %s", inst.name, _addr(ev[3]),
+                            _engine.REJECT_NAMES[ev[2]])
+        if batch:
+            self._effects.put_nowait(batch)
+
+    # -- side effects, in order ------------------------------------------------------
+    async def _run_effects(self) -> None:
+        while True:
+            batch = await self._effects.get()
+            try:
+                await self._apply(batch)
+            except Exception:       # never let one failure stop later transitions
+                log.exception("applying transitions failed")
+            finally:
+                self._effects.task_done()
+
+    async def _apply(self, batch) -> None:
+        add, remove = [], []
+        for inst, old, new, _ in batch:
+            if new == _engine.MASTER and old != _engine.MASTER:
+                add.extend(inst.vips)
+            elif old == _engine.MASTER and new != _engine.MASTER:
+                remove.extend(inst.vips)
+        if remove:
+            r = await self.addresses.remove(remove)
+            for vip, err in r.failed:
+                log.warning("removing VIP %s failed: errno %d", vip.address, err)
+        if add:
+            r = await self.addresses.add(add)
+            for vip, err in r.failed:
+                log.warning("adding VIP %s failed: errno %d", vip.address, err)
+        for inst, old, new, reason in batch:
+            for h in self.hooks:
+                try:
+                    h.on_transition(inst, old, new, reason)
+                except Exception:
+                    log.exception("(%s) transition hook failed", inst.name)
+
+    # -- tracking inputs -------------------------------------------------------------
+    def _on_link(self, link: Link, event: LinkEvent, old: Link | None) -> None:
+        """The instance's own interface going down is FAULT (keepalived)."""
+        t = now_us()
+        for inst in self.instances.values():
+            if inst.ifname != link.name:
+                continue
+            up = event not in (LinkEvent.DOWN, LinkEvent.DELETED) and link.is_up
+            if up != inst.link_up:
+                inst.link_up = up
+                log.info("(%s) interface %s %s", inst.name, link.name, "up" if up else "down")
+                self.engine.set_fault(inst.idx, not up, t)
+        self._pump()
+
+    # -- shutdown --------------------------------------------------------------------
+    async def stop(self) -> None:
+        """Priority-0 adverts from every master, VIPs removed, STOP reported."""
+        self.stopping = True
+        t = now_us()
+        for inst in self.instances.values():
+            self.engine.stop(inst.idx, t)
+        self._pump()
+        await self._effects.join()
+        r = await self.addresses.remove_all()
+        if r.failed:
+            log.warning("%d VIPs could not be removed at shutdown", len(r.failed))
+        for h in self.hooks:
+            await h.on_stop(self)
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._effects_task is not None:
+            self._effects_task.cancel()
+        for sock_id, sock in self._sockets.values():
+            self._loop.remove_reader(sock.fileno())
+            sock.close()
+        self.links.close()
+        self.addresses.close()
