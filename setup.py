@@ -49,7 +49,7 @@ setup(
     packages=find_packages(include=["vrrpd", "vrrpd.*"]),
     package_data={"vrrpd": ["*.pxd"]},
     ext_modules=extensions(),
-    install_requires=["uvloop", "pyroute2", "prometheus-client"],
+    install_requires=["uvloop", "pyroute2", "prometheus-client", "aiosmtplib"],
     extras_require={
         "test": ["pytest", "pytest-benchmark", "pytest-timeout", "hypothesis",
                  "scapy", "aiosmtpd", "matplotlib"],
