@@ -42,11 +42,13 @@ def vip(spec: LabSpec, i: int, k: int = 0) -> str:
 
 
 def host_config(spec: LabSpec, host: int, peers: list[dict[int, str]] | None = None,
-                priority: int = 100, state: str = "BACKUP") -> str:
+                priority: int = 100, state: str = "BACKUP", src: dict[int, str] | None = None) -> str:
     """keepalived.conf text for one host.
 
     peers: for unicast, per other host a {nic: address} map (this host's
-    unicast_peer list).
+    unicast_peer list); src: this host's {nic: address} for unicast_src_ip
+    (needed for IPv6 unicast, where the default source is the link-local
+    address that the peers do not list).
     """
     lines = ["global_defs {", f"    router_id lab{host}", "    vrrp_garp_master_delay 0",
              "    vrrp_garp_master_repeat 1"]
@@ -63,6 +65,8 @@ def host_config(spec: LabSpec, host: int, peers: list[dict[int, str]] | None = N
                   f"    priority {priority}",
                   f"    advert_int {spec.advert_int:g}",
                   f"    version {spec.version}"]
+        if spec.unicast and src:
+            lines.append(f"    unicast_src_ip {src[nic]}")
         if spec.unicast and peers:
             lines.append("    unicast_peer {")
             lines += [f"        {p[nic]}" for p in peers]

@@ -211,6 +211,10 @@ class Daemon:
                 add.extend(inst.vips)
             elif old == _engine.MASTER and new != _engine.MASTER:
                 remove.extend(inst.vips)
+            elif old == _engine.INIT and new != _engine.MASTER:
+                # Starting as BACKUP/FAULT: clear VIPs a crashed previous run
+                # left behind, so that only the master holds them.
+                remove.extend(inst.vips)
         if remove:
             r = await self.addresses.remove(remove)
             for vip, err in r.failed:

@@ -1,0 +1,156 @@
+"""Two vrrpd hosts in namespaces: election, crash and graceful failover,
+preemption, nopreempt and preempt_delay; v2/v3, IPv4/IPv6, multicast/unicast.
+
+Timing bounds are the protocol's (RFC 5798 6.1): a backup takes over at
+most Master_Down_Interval after the master's last advert, so at most that
+long after a kill -9; after a priority-0 advert (SIGTERM), within
+Skew_Time.  The slack covers the notify fifo's delivery only.
+"""
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from daemons import DaemonProc, vips_on
+from vrrpd.labconf import LabSpec, host_config, vip
+
+pytestmark = [pytest.mark.netns]
+
+SLACK = 0.020
+
+
+def skew_time(version: int, priority: int, advert_int: float) -> float:
+    if version == 2:
+        return (256 - priority) / 256          # RFC 3768 6.1: seconds
+    return (256 - priority) * advert_int / 256  # RFC 5798 6.1: of Master_Adver_Interval
+
+
+def master_down_interval(version: int, priority: int, advert_int: float) -> float:
+    return 3 * advert_int + skew_time(version, priority, advert_int)
+
+
+class Pair:
+    """host 0 (priority 200) and host 1 (priority 100) running one instance VI_0."""
+
+    def __init__(self, lan, tmp_path, version, family, unicast, extra0="", extra1=""):
+        self.lan = lan(hosts=2)
+        self.version, self.family = version, family
+        self.advert_int = 1.0 if version == 2 else 0.1
+        self.spec = LabSpec(instances=1, version=version, advert_int=self.advert_int,
+                            family=family, unicast=unicast, notify_fifo="@FIFO@")
+        self.tmp = str(tmp_path)
+        self.prios = (200, 100)
+        self.extra = (extra0, extra1)
+        self.procs: list[DaemonProc | None] = [None, None]
+        self.vip = vip(self.spec, 0) + ("/128" if family == 6 else "/32")
+
+    def config(self, i: int) -> str:
+        other = 1 - i
+        peers = [{0: self.lan.host_ip(other, self.family)}]
+        src = {0: self.lan.host_ip(i, self.family)}
+        self.spec.extra_instance = self.extra[i]
+        return host_config(self.spec, i, peers=peers, src=src, priority=self.prios[i])
+
+    def start(self, i: int, tag: str = "") -> DaemonProc:
+        d = DaemonProc(self.lan.hosts[i], "vrrpd", self.config(i), self.tmp, tag=tag)
+        self.procs[i] = d.start()
+        return d
+
+    def has_vip(self, i: int) -> bool:
+        return self.vip in vips_on(self.lan.hosts[i])
+
+    def mdi(self, i: int) -> float:
+        return master_down_interval(self.version, self.prios[i], self.advert_int)
+
+    def skew(self, i: int) -> float:
+        return skew_time(self.version, self.prios[i], self.advert_int)
+
+    def close(self):
+        for d in self.procs:
+            if d is not None:
+                d.stop()
+
+
+@pytest.fixture
+def pair(lan, tmp_path):
+    made = []
+
+    def make(*args, **kw):
+        p = Pair(lan, tmp_path, *args, **kw)
+        made.append(p)
+        return p
+
+    yield make
+    for p in made:
+        p.close()
+
+
+CASES = [
+    pytest.param(3, 4, False, id="v3-ipv4-multicast"),
+    pytest.param(3, 6, False, id="v3-ipv6-multicast"),
+    pytest.param(3, 4, True, id="v3-ipv4-unicast"),
+    pytest.param(3, 6, True, id="v3-ipv6-unicast"),
+    pytest.param(2, 4, False, id="v2-ipv4-multicast"),
+    pytest.param(2, 4, True, id="v2-ipv4-unicast"),
+]
+
+
+@pytest.mark.parametrize("version,family,unicast", CASES)
+def test_election_crash_preempt_graceful(pair, version, family, unicast):
+    p = pair(version, family, unicast)
+    m = p.start(0)
+    m.wait_state("VI_0", "MASTER", timeout=10)
+    b = p.start(1)
+    b.wait_state("VI_0", "BACKUP")
+    time.sleep(2 * p.advert_int)
+    assert b.state("VI_0") == "BACKUP", "the lower-priority host must stay BACKUP"
+    assert p.has_vip(0) and not p.has_vip(1)
+
+    # kill -9 of the master: takeover within Master_Down_Interval.
+    t_kill = m.signal(signal.SIGKILL)
+    t_master = b.wait_state("VI_0", "MASTER", timeout=p.mdi(1) + 5)
+    assert t_master - t_kill <= p.mdi(1) + SLACK, (t_master - t_kill, p.mdi(1))
+    assert p.has_vip(1)
+
+    # The old master comes back and preempts (priority 200 > 100).
+    m = p.start(0, tag="r")
+    m.wait_state("VI_0", "MASTER", timeout=p.mdi(0) + 5)
+    b.wait_state("VI_0", "BACKUP", timeout=5)
+    time.sleep(0.3)
+    assert p.has_vip(0) and not p.has_vip(1)
+
+    # SIGTERM: priority 0 advert, takeover within Skew_Time.
+    t_term = m.signal(signal.SIGTERM)
+    t_master = b.wait_state("VI_0", "MASTER", timeout=5)
+    assert t_master - t_term <= p.skew(1) + SLACK, (t_master - t_term, p.skew(1))
+    assert m.wait_exit() == 0
+    assert p.has_vip(1) and not p.has_vip(0), "a stopped master removes its VIPs"
+    assert m.state("VI_0") == "STOP"
+
+
+def test_nopreempt_keeps_lower_priority_master(pair):
+    p = pair(3, 4, False, extra0="nopreempt")
+    b = p.start(1)
+    b.wait_state("VI_0", "MASTER", timeout=5)
+    m = p.start(0)
+    m.wait_state("VI_0", "BACKUP")
+    time.sleep(3 * p.mdi(0))
+    assert m.state("VI_0") == "BACKUP" and b.state("VI_0") == "MASTER"
+    assert p.has_vip(1) and not p.has_vip(0)
+
+
+def test_preempt_delay(pair):
+    delay = 1.5
+    p = pair(3, 4, False, extra0=f"preempt_delay {delay}")
+    b = p.start(1)
+    b.wait_state("VI_0", "MASTER", timeout=5)
+    m = p.start(0)
+    t0 = m.wait_state("VI_0", "BACKUP")
+    t_master = m.wait_state("VI_0", "MASTER", timeout=delay + 5)
+    # keepalived: preempt_delay runs from start-up; then the lower-priority
+    # master's adverts are discarded and the down timer runs out.
+    assert t_master - t0 >= delay - 0.05
+    assert t_master - t0 <= delay + p.mdi(0) + 0.2
+    b.wait_state("VI_0", "BACKUP", timeout=5)
