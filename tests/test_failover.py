@@ -154,3 +154,32 @@ def test_preempt_delay(pair):
     assert t_master - t0 >= delay - 0.05
     assert t_master - t0 <= delay + p.mdi(0) + 0.2
     b.wait_state("VI_0", "BACKUP", timeout=5)
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_new_master_announces_vip(pair, family):
+    """Gratuitous ARP / unsolicited NA for the VIP from the new master's MAC."""
+    p = pair(3, family, False)
+    watcher = p.lan.hosts[0]
+    mac = p.lan.hosts[1].run("cat", "/sys/class/net/eth0/address").stdout.strip()
+    if family == 4:
+        filt, fields = "arp", ["-e", "arp.src.proto_ipv4", "-e", "arp.src.hw_mac",
+                               "-e", "arp.dst.proto_ipv4"]
+    else:
+        filt, fields = "icmp6", ["-e", "icmpv6.nd.na.target_address",
+                                 "-e", "icmpv6.opt.linkaddr", "-e", "icmpv6.nd.na.flag.o"]
+    cap = watcher.popen("tshark", "-q", "-i", "eth0", "-a", "duration:4", "-f", filt,
+                        "-T", "fields", *fields, stdout=__import__("subprocess").PIPE, text=True)
+    time.sleep(1.0)     # tshark is listening
+    b = p.start(1)
+    b.wait_state("VI_0", "MASTER", timeout=5)
+    out, _ = cap.communicate(timeout=20)
+    rows = [line.split("\t") for line in out.splitlines() if line.strip()]
+    address = p.vip.split("/")[0]
+    announced = [r for r in rows if r[0] == address]
+    assert announced, rows
+    assert all(r[1] == mac for r in announced), (mac, announced)
+    if family == 4:
+        assert all(r[2] == address for r in announced)   # gratuitous: target = sender
+    else:
+        assert all(r[2] in ("1", "True") for r in announced)   # override flag

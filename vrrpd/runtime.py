@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from . import _engine, sockets
 from .addresses import AddressManager, Vip
+from .garp import Announce, GarpConfig, GarpScheduler
 from .links import Link, LinkEvent, LinkMonitor
 
 log = logging.getLogger("vrrpd")
@@ -65,6 +66,7 @@ class Daemon:
         self.engine = _engine.Engine(max_instances or max(1024, 2 * len(plan.instances)))
         self.links = LinkMonitor(on_link=self._on_link)
         self.addresses = AddressManager()
+        self.garp = GarpScheduler()
         self._sockets: dict[tuple[str, int], tuple[int, socket.socket]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = -1
@@ -184,6 +186,8 @@ class Daemon:
             elif kind == _engine.EV_RX_LOWER_PRI:
                 log.info("(%s) received lower priority (%d) advert from %s", inst.name, ev[2],
                          _addr(ev[3]))
+                for key, ann in self._announces(inst):
+                    self.garp.lower_prio(key, ann)
                 for h in self.hooks:
                     h.on_rx_lower_pri(inst, ev[2])
             elif kind == _engine.EV_REJECT:
@@ -224,11 +228,40 @@ class Daemon:
             for vip, err in r.failed:
                 log.warning("adding VIP %s failed: errno %d", vip.address, err)
         for inst, old, new, reason in batch:
+            # keepalived: GARPs right after the VIPs, before the MASTER notify.
+            if new == _engine.MASTER and old != _engine.MASTER:
+                for key, ann in self._announces(inst):
+                    self.garp.master(key, ann)
+            elif old == _engine.MASTER:
+                for key, _ in self._announces(inst):
+                    self.garp.stop(key)
             for h in self.hooks:
                 try:
                     h.on_transition(inst, old, new, reason)
                 except Exception:
                     log.exception("(%s) transition hook failed", inst.name)
+
+    def _announces(self, inst: Instance):
+        """(key, Announce) per interface the instance's VIPs live on."""
+        conf = inst.spec.conf
+        g = self.plan.config.global_defs
+        cfg = GarpConfig(master_delay=conf.garp_master_delay, master_repeat=conf.garp_master_repeat,
+                         master_refresh=conf.garp_master_refresh,
+                         master_refresh_repeat=conf.garp_master_refresh_repeat,
+                         lower_prio_delay=conf.garp_lower_prio_delay,
+                         lower_prio_repeat=conf.garp_lower_prio_repeat,
+                         garp_interval=g.vrrp_garp_interval, gna_interval=g.vrrp_gna_interval)
+        by_if: dict[int, list[Vip]] = {}
+        for v in inst.vips:
+            by_if.setdefault(v.ifindex, []).append(v)
+        for ifindex, vips in by_if.items():
+            link = self.links.links.get(ifindex)
+            if link is None or link.mac is None:
+                continue
+            yield (inst.name, ifindex), Announce(
+                ifindex, link.name, link.mac,
+                [v.packed for v in vips if v.family == socket.AF_INET],
+                [v.packed for v in vips if v.family == socket.AF_INET6], cfg)
 
     # -- tracking inputs -------------------------------------------------------------
     def _on_link(self, link: Link, event: LinkEvent, old: Link | None) -> None:
@@ -260,6 +293,7 @@ class Daemon:
             await h.on_stop(self)
         if self._timer is not None:
             self._timer.cancel()
+        self.garp.close()
         if self._effects_task is not None:
             self._effects_task.cancel()
         for sock_id, sock in self._sockets.values():
