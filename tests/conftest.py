@@ -1,11 +1,12 @@
 import os
 import shutil
+import subprocess
 import sys
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from netns import Lan, Netns, new_name, our_namespaces  # noqa: E402
+from netns import PREFIX, Lan, Netns, new_name, our_namespaces  # noqa: E402
 
 
 def _can_netns() -> bool:
@@ -21,12 +22,31 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def _host_netns_view() -> tuple[str, str]:
+    """The host namespace's links and addresses (tests must never change them)."""
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    addrs = subprocess.run(["ip", "-o", "addr", "show"], capture_output=True, text=True).stdout
+    # Only names and addresses: counters and flags like LOWER_UP may change.
+    return (" ".join(sorted(line.split(":")[1].strip() for line in links.splitlines())),
+            " ".join(sorted(line.split()[3] for line in addrs.splitlines())))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def nothing_left_behind():
-    """Fail the run if any test leaves a namespace of ours behind."""
+    """Fail the run if a test leaves a namespace or process of ours behind, or
+    changed the host's own namespace (links, addresses: VIPs must never land there)."""
+    if not _can_netns():
+        yield
+        return
+    before = _host_netns_view()
     yield
     left = our_namespaces()
     assert not left, f"tests left network namespaces behind: {sorted(left)}"
+    # Every daemon a test starts has a config path with its namespace's name in it.
+    stray = subprocess.run(["pgrep", "-af", f"{PREFIX}{os.getpid() % 10000}"],
+                           capture_output=True, text=True).stdout.strip()
+    assert not stray, f"tests left processes behind:\n{stray}"
+    assert _host_netns_view() == before, "tests changed the host namespace's links or addresses"
 
 
 @pytest.fixture
