@@ -124,13 +124,14 @@ cdef enum:
     R_FAULT = 5
     R_FAULT_CLEARED = 6
     R_SHUTDOWN = 7
+    R_SYNC_GROUP = 8
 
 REASON_NAMES = ("startup", "master_down_timer", "higher_priority_advert",
                 "priority_zero_advert", "preempt", "fault", "fault_cleared",
-                "shutdown")
+                "shutdown", "sync_group")
 (REASON_STARTUP, REASON_MASTER_DOWN_TIMER, REASON_HIGHER_PRIORITY_ADVERT,
  REASON_PRIORITY_ZERO_ADVERT, REASON_PREEMPT, REASON_FAULT,
- REASON_FAULT_CLEARED, REASON_SHUTDOWN) = range(8)
+ REASON_FAULT_CLEARED, REASON_SHUTDOWN, REASON_SYNC_GROUP) = range(9)
 
 # Reject reasons, in vrrpd/_codec.pxd's numbering.
 REJECT_NAMES = (
@@ -513,6 +514,22 @@ cdef class Engine:
                 self._become_master(idx, now, now, R_FAULT_CLEARED)
             else:
                 self._become_backup(idx, now, R_FAULT_CLEARED)
+        self._flush()
+
+    def force_state(self, int idx, int state, int64_t now):
+        """Sync group: follow a member into MASTER or BACKUP (keepalived
+        vrrp_sync_master / vrrp_sync_backup).  Only BACKUP <-> MASTER moves;
+        FAULT and INIT instances stay put.  A master pushed to BACKUP sends
+        priority 0 so the peer group's members take over after Skew_Time
+        together, instead of one Master_Down_Interval later."""
+        cdef inst_t* p = self._get(idx)
+        if state == S_MASTER and p.state == S_BACKUP:
+            self._become_master(idx, now, now, R_SYNC_GROUP)
+        elif state == S_BACKUP and p.state == S_MASTER:
+            self._enqueue(idx, True)
+            self._become_backup(idx, now, R_SYNC_GROUP)
+        elif state != S_MASTER and state != S_BACKUP:
+            raise ValueError("force_state: MASTER or BACKUP only")
         self._flush()
 
     def stop(self, int idx, int64_t now):

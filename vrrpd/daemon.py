@@ -91,7 +91,7 @@ async def serve(plan) -> int:
     from .reporting import Reporter
 
     daemon = Daemon(plan)
-    daemon.hooks.append(Reporter(plan.config))
+    daemon.hooks.append(Reporter(plan.config, daemon.runner))
     try:
         await daemon.start()
     except (RuntimeError, OSError) as e:

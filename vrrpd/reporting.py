@@ -20,16 +20,20 @@ NOTIFY_KEYWORDS = ("notify_master", "notify_backup", "notify_fault", "notify_sto
 
 
 class Reporter:
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, runner: ScriptRunner):
         g = config.global_defs
-        self.runner = ScriptRunner(script_user=g.script_user, script_group=g.script_group,
-                                   enable_script_security=g.enable_script_security)
+        self.runner = runner
         fifos = [self._fifo(f) for f in (g.notify_fifo, g.vrrp_notify_fifo) if f is not None]
         self.notifier = Notifier(self.runner, fifos)
         self.scripts: dict[str, NotifyScripts] = {
             name: NotifyScripts(**{k: self._prepare(getattr(inst, k), f"{k} of {name}")
                                    for k in NOTIFY_KEYWORDS})
             for name, inst in config.instances.items()}
+        self.group_scripts: dict[str, NotifyScripts] = {
+            name: NotifyScripts(**{k: self._prepare(getattr(grp, k), f"{k} of group {name}")
+                                   for k in NOTIFY_KEYWORDS if hasattr(grp, k)})
+            for name, grp in config.sync_groups.items()}
+        self.group_smtp = {name: grp.smtp_alert for name, grp in config.sync_groups.items()}
 
     def _prepare(self, cmd: Command | None, label: str):
         if cmd is None:
@@ -50,6 +54,14 @@ class Reporter:
             return
         self.notifier.notify("INSTANCE", inst.name, word, inst.priority,
                              self.scripts.get(inst.name), smtp_alert=inst.spec.conf.smtp_alert)
+
+    def on_group_transition(self, group: str, state: int | None) -> None:
+        """state None: the daemon is stopping (GROUP ... STOP 0 after the members)."""
+        word = "STOP" if state is None else STATE_WORDS.get(state)
+        if word is None:
+            return
+        self.notifier.notify("GROUP", group, word, 0, self.group_scripts.get(group),
+                             smtp_alert=self.group_smtp.get(group, False))
 
     def on_rx_lower_pri(self, inst, priority: int) -> None:
         self.notifier.master_rx_lower_pri(inst.name, inst.priority, self.scripts.get(inst.name))

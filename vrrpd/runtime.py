@@ -22,6 +22,10 @@ from . import _engine, sockets
 from .addresses import AddressManager, Vip
 from .garp import Announce, GarpConfig, GarpScheduler
 from .links import Link, LinkEvent, LinkMonitor
+from .scripts import ScriptRunner
+from .syncgroups import SyncGroups
+from .trackers import Trackers
+from .tracking import Verdict
 
 log = logging.getLogger("vrrpd")
 
@@ -51,16 +55,25 @@ class Instance:
     vips: list[Vip] = field(default_factory=list)
     state: int = _engine.INIT
     priority: int = 0             # effective priority as last reported
-    link_up: bool = True
+    started: bool = False         # engine.start() done (held while a script is pending)
+    fault: bool = False           # own tracking verdict: FAULT
     transitions: int = 0
     last_transition: float = 0.0
     last_reason: str = ""
 
 
 class Daemon:
-    def __init__(self, plan, *, max_instances: int | None = None):
-        """plan: vrrpd.plan.Plan, the configuration resolved for the runtime."""
+    def __init__(self, plan, runner: ScriptRunner | None = None, *,
+                 max_instances: int | None = None):
+        """plan: vrrpd.plan.Plan, the configuration resolved for the runtime;
+        runner: runs track scripts (shared with the notify hook)."""
         self.plan = plan
+        g = plan.config.global_defs
+        self.runner = runner or ScriptRunner(script_user=g.script_user, script_group=g.script_group,
+                                             enable_script_security=g.enable_script_security)
+        self.trackers = Trackers(plan.config, self.runner, self._on_verdict)
+        self.syncgroups = SyncGroups(plan.config)
+        self._electing = False        # after vrrp_startup_delay: instances may start
         self.instances: dict[str, Instance] = {}
         self.by_idx: dict[int, Instance] = {}
         self.engine = _engine.Engine(max_instances or max(1024, 2 * len(plan.instances)))
@@ -74,7 +87,9 @@ class Daemon:
         self._effects_task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.stopping = False
-        self.hooks = []         # objects with on_transition(inst, old, new, reason) (notify, metrics)
+        # Objects with open(), on_transition(inst, old, new, reason),
+        # on_group_transition(group, state), on_rx_lower_pri(inst, prio), on_stop(daemon).
+        self.hooks = []
 
     # -- start-up --------------------------------------------------------------------
     async def start(self) -> None:
@@ -85,15 +100,14 @@ class Daemon:
         for h in self.hooks:
             h.open()
         self._effects_task = asyncio.create_task(self._run_effects())
+        self.trackers.start(self.links.links)
         if self.plan.startup_delay:
             # keepalived's vrrp_startup_delay: let the network settle before electing.
             await asyncio.sleep(self.plan.startup_delay)
+        self._electing = True
         t = now_us()
         for inst in self.instances.values():
-            # keepalived: only an address owner with `state MASTER` skips BACKUP.
-            self.engine.start(inst.idx, t, want_master=inst.spec.conf.state == "MASTER")
-            if not inst.link_up:
-                self.engine.set_fault(inst.idx, True, t)
+            self._apply_verdict(inst, t)
         self._pump()
 
     def _socket_for(self, ifname: str, family: int, link: Link) -> int:
@@ -131,7 +145,6 @@ class Daemon:
             auth_type=spec.auth_type, auth_pass=spec.auth_pass,
             v3_checksum_as_v2=spec.v3_checksum_as_v2, owner=spec.priority == 255,
             down_timer_adverts=spec.conf.down_timer_adverts)
-        inst.link_up = link.is_up
         self.instances[spec.name] = inst
         self.by_idx[inst.idx] = inst
         return inst
@@ -149,9 +162,10 @@ class Daemon:
     def _pump(self) -> None:
         """Run due timers, hand events to the effects queue, re-arm the one timer."""
         next_at = self.engine.tick(now_us())
-        events = self.engine.pop_events()
-        if events:
+        # Sync-group moves queue more events; drain until quiet.
+        while events := self.engine.pop_events():
             self._on_events(events)
+        next_at = self.engine.next_deadline()
         if next_at < 0:
             return
         if self._timer is not None and self._timer_at <= next_at:
@@ -183,6 +197,7 @@ class Daemon:
                 inst.last_reason = reason
                 log.info("(%s) Entering %s STATE (%s)", inst.name, STATE_NAMES.get(new, new), reason)
                 batch.append((inst, old, new, reason))
+                self._follow_group(inst, old, new, reason)
             elif kind == _engine.EV_RX_LOWER_PRI:
                 log.info("(%s) received lower priority (%d) advert from %s", inst.name, ev[2],
                          _addr(ev[3]))
@@ -240,6 +255,11 @@ class Daemon:
                     h.on_transition(inst, old, new, reason)
                 except Exception:
                     log.exception("(%s) transition hook failed", inst.name)
+        # A group's notification follows its members' (keepalived).
+        states = {name: i.state for name, i in self.instances.items()}
+        for group, state in self.syncgroups.settled(states):
+            for h in self.hooks:
+                h.on_group_transition(group, state)
 
     def _announces(self, inst: Instance):
         """(key, Announce) per interface the instance's VIPs live on."""
@@ -263,19 +283,50 @@ class Daemon:
                 [v.packed for v in vips if v.family == socket.AF_INET],
                 [v.packed for v in vips if v.family == socket.AF_INET6], cfg)
 
-    # -- tracking inputs -------------------------------------------------------------
+    # -- tracking and sync groups ----------------------------------------------------
     def _on_link(self, link: Link, event: LinkEvent, old: Link | None) -> None:
-        """The instance's own interface going down is FAULT (keepalived)."""
+        self.trackers.on_link(link, event, old)
+
+    def _on_verdict(self, name: str, verdict: Verdict) -> None:
+        inst = self.instances.get(name)
+        if inst is None or not self._electing:
+            return
         t = now_us()
-        for inst in self.instances.values():
-            if inst.ifname != link.name:
-                continue
-            up = event not in (LinkEvent.DOWN, LinkEvent.DELETED) and link.is_up
-            if up != inst.link_up:
-                inst.link_up = up
-                log.info("(%s) interface %s %s", inst.name, link.name, "up" if up else "down")
-                self.engine.set_fault(inst.idx, not up, t)
+        group = self.syncgroups.group_of.get(name)
+        members = self.syncgroups.members[group] if group else (name,)
+        for m in members:
+            self._apply_verdict(self.instances[m], t)
         self._pump()
+
+    def _apply_verdict(self, inst: Instance, t: int) -> None:
+        """Tracking verdict -> engine: start once no weight-0 script is pending
+        (keepalived holds the instance in INIT until then), then priority and
+        FAULT (a group member is FAULT while any member is)."""
+        verdict = self.trackers.verdict(inst.name)
+        if not inst.started:
+            if verdict.pending:
+                return
+            inst.started = True
+            # keepalived: only an address owner with `state MASTER` skips BACKUP.
+            self.engine.start(inst.idx, t, want_master=inst.spec.conf.state == "MASTER")
+        if not inst.spec.priority == 255 and verdict.priority != self.engine.priority(inst.idx):
+            log.info("(%s) effective priority %d", inst.name, verdict.priority)
+            self.engine.set_priority(inst.idx, verdict.priority, t)
+        own = {m: self.trackers.verdict(m).fault
+               for m in self.syncgroups.members.get(self.syncgroups.group_of.get(inst.name), ())}
+        own[inst.name] = verdict.fault
+        self.engine.set_fault(inst.idx, self.syncgroups.group_faulted(inst.name, own), t)
+
+    def _follow_group(self, inst: Instance, old: int, new: int, reason: str) -> None:
+        moved = self.syncgroups.followers(inst.name, new, old, reason)
+        if moved is None:
+            return
+        group, state = moved
+        t = now_us()
+        for m in self.syncgroups.others(group, inst.name):
+            other = self.instances[m]
+            if other.started:
+                self.engine.force_state(other.idx, state, t)
 
     # -- shutdown --------------------------------------------------------------------
     async def stop(self) -> None:
@@ -286,6 +337,10 @@ class Daemon:
             self.engine.stop(inst.idx, t)
         self._pump()
         await self._effects.join()
+        for group in self.syncgroups.members:
+            for h in self.hooks:
+                h.on_group_transition(group, None)      # None: STOP
+        await self.trackers.stop()
         r = await self.addresses.remove_all()
         if r.failed:
             log.warning("%d VIPs could not be removed at shutdown", len(r.failed))

@@ -529,12 +529,20 @@ class TrackedInstance:
 
     def update(self, kind: str, name: str, value: bool | int) -> Verdict:
         self._values[(kind, name)] = value
-        verdict = self._evaluate()
+        return self._changed(self._evaluate())
+
+    def _changed(self, verdict: Verdict) -> Verdict:
         if verdict != self.verdict:
             self.verdict = verdict
             if self.on_change is not None:
                 self.on_change(verdict)
         return verdict
+
+    def remove(self, kind: str, name: str) -> Verdict:
+        """Stop tracking an object (keepalived drops a disabled script)."""
+        self.tracks = [t for t in self.tracks if not (t.kind == kind and t.name == name)]
+        self._values.pop((kind, name), None)
+        return self._changed(self._evaluate())
 
     def tracks_object(self, kind: str, name: str) -> bool:
         return any(t.kind == kind and t.name == name for t in self.tracks)

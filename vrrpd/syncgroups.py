@@ -1,0 +1,61 @@
+"""vrrp_sync_group: members move together (keepalived vrrp_sync.c).
+
+- A member that becomes MASTER takes the others with it; one that leaves
+  MASTER for BACKUP takes the others to BACKUP (vrrp_sync_master /
+  vrrp_sync_backup).  Moves made on the group's behalf carry the reason
+  "sync_group" and do not propagate again.
+- One member in FAULT puts every member in FAULT (vrrp_sync_fault); the
+  group recovers when no member is faulted.
+- The group's own notification (GROUP name STATE 0) follows its members'
+  once all of them are in the same state.
+
+Not modelled: keepalived 2.2's wait for every member to *want* MASTER
+before any goes (with identical timers on both routers the members' timers
+expire together, so the group moves at once either way).
+"""
+from __future__ import annotations
+
+from . import _engine
+from .config.model import Config
+
+
+class SyncGroups:
+    def __init__(self, config: Config):
+        self.members: dict[str, tuple[str, ...]] = {
+            name: tuple(m for m in g.group if m in config.instances)
+            for name, g in config.sync_groups.items()}
+        self.group_of = {m: g for g, ms in self.members.items() for m in ms}
+        self.state: dict[str, int] = {g: _engine.INIT for g in self.members}
+
+    def followers(self, name: str, new: int, old: int, reason: str) -> tuple[str, int] | None:
+        """Members to force, and into which state, after `name` moved old -> new."""
+        group = self.group_of.get(name)
+        if group is None or reason == "sync_group":
+            return None
+        if new == _engine.MASTER or (old == _engine.MASTER and new == _engine.BACKUP):
+            return group, new
+        return None
+
+    def others(self, group: str, name: str) -> tuple[str, ...]:
+        return tuple(m for m in self.members[group] if m != name)
+
+    def group_faulted(self, name: str, own_fault: dict[str, bool]) -> bool:
+        """Whether `name` must be FAULT: it or any member of its group is faulted."""
+        group = self.group_of.get(name)
+        if group is None:
+            return own_fault.get(name, False)
+        return any(own_fault.get(m, False) for m in self.members[group])
+
+    def settled(self, states: dict[str, int]) -> list[tuple[str, int]]:
+        """Groups whose members now all share a new state: (group, state) to notify."""
+        out = []
+        for group, members in self.members.items():
+            if not members:
+                continue
+            st = {states[m] for m in members}
+            if len(st) == 1:
+                (s,) = st
+                if s != self.state[group] and s != _engine.INIT:
+                    self.state[group] = s
+                    out.append((group, s))
+        return out

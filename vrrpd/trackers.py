@@ -1,0 +1,144 @@
+"""Every tracked object of the configuration, feeding each instance's verdict.
+
+Builds, from the config model, one vrrpd.tracking.TrackedInstance per
+vrrp_instance (its track_* entries with keepalived's default weights, the
+sync group's own track_*, and its own interface unless dont_track_primary),
+runs the watchers (vrrp_script trackers, track_file inotify, track_process
+scan), feeds link events, and reports each changed Verdict(fault, priority,
+pending) to the daemon.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+from .config.model import Config, VrrpInstance
+from .links import Link, LinkEvent
+from .scripts import ScriptRunner
+from .tracking import (ProcessWatcher, Track, TrackedInstance, TrackFile, TrackFileWatcher,
+                       Verdict, VrrpScript, VrrpScriptTracker, VrrpTrackProcess)
+
+log = logging.getLogger("vrrpd.track")
+
+
+def _tracks(kind: str, entries, defaults: dict) -> list[Track]:
+    """track_* lines -> Track, an omitted weight taking the object's own
+    (keepalived: 'an unspecified weight means the script's weight is used')."""
+    out = []
+    for t in entries:
+        if t.weight is None:
+            weight, reverse = defaults.get(t.name, (0, False))
+        else:
+            weight, reverse = t.weight, t.reverse
+        out.append(Track(kind, t.name, weight, reverse))
+    return out
+
+
+class Trackers:
+    def __init__(self, config: Config, runner: ScriptRunner,
+                 on_verdict: Callable[[str, Verdict], None]):
+        self.config = config
+        self.runner = runner
+        self.on_verdict = on_verdict
+        defaults = {
+            "script": {n: (s.weight, s.weight_reverse) for n, s in config.scripts.items()},
+            "file": {n: (f.weight, f.weight_reverse) for n, f in config.track_files.items()},
+            "process": {n: (p.weight, p.weight_reverse) for n, p in config.track_processes.items()},
+            "interface": {},
+        }
+        self.instances: dict[str, TrackedInstance] = {}
+        for name, inst in config.instances.items():
+            group = config.sync_groups.get(inst.sync_group) if inst.sync_group else None
+            own = self._own_tracks(inst, defaults)
+            group_tracks = self._group_tracks(group, defaults) if group else []
+            self.instances[name] = TrackedInstance(
+                name, inst.priority, own, group_tracks, sync_group=group is not None,
+                sync_group_tracking_weight=bool(group and group.sync_group_tracking_weight),
+                on_change=lambda v, n=name: self.on_verdict(n, v))
+        self._script_trackers: list[VrrpScriptTracker] = []
+        self._files: TrackFileWatcher | None = None
+        self._processes: ProcessWatcher | None = None
+
+    @staticmethod
+    def _own_tracks(inst: VrrpInstance, defaults) -> list[Track]:
+        tracks = []
+        for kind in ("script", "interface", "file", "process"):
+            tracks += _tracks(kind, getattr(inst, f"track_{kind}"), defaults[kind])
+        if not inst.dont_track_primary:
+            # The instance's own interface going down is FAULT (keepalived),
+            # not subject to the sync-group weight rule: weight 0 already.
+            tracks.append(Track("interface", inst.interface, 0))
+        return tracks
+
+    @staticmethod
+    def _group_tracks(group, defaults) -> list[Track]:
+        tracks = []
+        for kind in ("script", "interface", "file", "process"):
+            tracks += _tracks(kind, getattr(group, f"track_{kind}"), defaults[kind])
+        return tracks
+
+    def _used(self, kind: str) -> set[str]:
+        return {t.name for ti in self.instances.values() for t in ti.tracks if t.kind == kind}
+
+    # -- lifecycle -------------------------------------------------------------------
+    def start(self, links: dict[int, Link]) -> None:
+        by_name = {link.name: link for link in links.values()}
+        for name in self._used("interface"):
+            link = by_name.get(name)
+            self._update("interface", name, bool(link and link.is_up))
+        for name in sorted(self._used("script")):
+            vs = self.config.scripts[name]
+            script = None
+            if vs.script is not None:
+                script = self.runner.prepare(list(vs.script.argv), vs.user or vs.script.user,
+                                             vs.group or vs.script.group,
+                                             label=f"vrrp_script {name}")
+            if script is None:
+                # keepalived removes a disabled script from its instances.
+                log.warning("vrrp_script %s disabled: its instances ignore it", name)
+                for ti in self.instances.values():
+                    ti.remove("script", name)
+                continue
+            tracker = VrrpScriptTracker(
+                self.runner,
+                VrrpScript(name, script, vs.interval, vs.effective_timeout, vs.weight,
+                           vs.weight_reverse, vs.rise, vs.fall, vs.init_fail),
+                lambda n, up: self._update("script", n, up))
+            self._script_trackers.append(tracker)
+            tracker.start()
+        files = [TrackFile(n, f.file, f.weight, f.weight_reverse,
+                           f.init_value if f.init_file else None, f.init_overwrite)
+                 for n, f in self.config.track_files.items() if n in self._used("file") and f.file]
+        if files:
+            self._files = TrackFileWatcher(lambda n, v: self._update("file", n, v))
+            self._files.start(files)
+        procs = [VrrpTrackProcess(n, p.process, p.param_match, p.weight, p.weight_reverse,
+                                  p.quorum, p.quorum_max, p.fork_delay, p.terminate_delay,
+                                  p.full_command)
+                 for n, p in self.config.track_processes.items() if n in self._used("process")]
+        if procs:
+            self._processes = ProcessWatcher(procs, lambda n, up: self._update("process", n, up))
+            self._processes.start()
+
+    async def stop(self) -> None:
+        for t in self._script_trackers:
+            t.stop()
+        if self._files is not None:
+            self._files.stop()
+        if self._processes is not None:
+            await self._processes.stop()
+
+    # -- inputs ----------------------------------------------------------------------
+    def on_link(self, link: Link, event: LinkEvent, old: Link | None) -> None:
+        up = event not in (LinkEvent.DOWN, LinkEvent.DELETED) and link.is_up
+        if event == LinkEvent.RENAMED and old is not None:
+            self._update("interface", old.name, False)
+        self._update("interface", link.name, up)
+
+    def _update(self, kind: str, name: str, value) -> None:
+        for ti in self.instances.values():
+            if ti.tracks_object(kind, name):
+                ti.update(kind, name, value)
+
+    def verdict(self, name: str) -> Verdict:
+        return self.instances[name].verdict
