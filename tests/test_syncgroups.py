@@ -1,0 +1,147 @@
+"""Sync groups and tracking verdicts, without sockets: the engine in capture
+mode with an injected clock, and SyncGroups' bookkeeping."""
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from vrrpd import _engine
+from vrrpd.config.model import Config, SyncGroup, VrrpInstance
+from vrrpd.syncgroups import SyncGroups
+
+SRC = socket.inet_aton("192.0.2.10")
+GROUP = socket.inet_aton("224.0.0.18")
+
+
+def engine_with(n: int):
+    e = _engine.Engine(16)
+    sid = e.add_socket(-1, socket.AF_INET, 1)
+    idx = [e.add_instance(sock_id=sid, vrid=i + 1, version=3, priority=100, advert_int_cs=10,
+                          src=SRC, dsts=[GROUP], vips=[socket.inet_aton(f"198.19.0.{i + 1}")])
+           for i in range(n)]
+    return e, idx
+
+
+def test_force_state_master_and_back_sends_priority_zero():
+    e, (a,) = engine_with(1)
+    e.start(a, 0)
+    e.pop_events()
+    e.force_state(a, _engine.MASTER, 1000)
+    assert e.state(a) == _engine.MASTER
+    assert e.pop_events()[-1][:4] == (a, _engine.EV_STATE, _engine.MASTER, _engine.REASON_SYNC_GROUP)
+    sent = e.pop_sent()
+    assert sent and sent[-1][2][2] == 100          # an advert at once, our priority
+    e.force_state(a, _engine.BACKUP, 2000)
+    assert e.state(a) == _engine.BACKUP
+    assert e.pop_sent()[-1][2][2] == 0             # priority 0: the peer group takes over fast
+
+
+def test_force_state_leaves_fault_and_init_alone():
+    e, (a, b) = engine_with(2)
+    e.start(a, 0)
+    e.set_fault(a, True, 0)
+    e.force_state(a, _engine.MASTER, 10)
+    e.force_state(b, _engine.MASTER, 10)            # never started: INIT
+    assert e.state(a) == _engine.FAULT and e.state(b) == _engine.INIT
+    with pytest.raises(ValueError):
+        e.force_state(a, _engine.FAULT, 10)
+
+
+def config(tracking_weight=False) -> Config:
+    inst = {n: VrrpInstance(name=n, interface="eth0", virtual_router_id=i + 1,
+                            sync_group="G" if n != "C" else None)
+            for i, n in enumerate("ABC")}
+    return Config(instances=inst,
+                  sync_groups={"G": SyncGroup(name="G", group=("A", "B"),
+                                              sync_group_tracking_weight=tracking_weight)})
+
+
+def test_followers_only_for_own_moves():
+    sg = SyncGroups(config())
+    assert sg.followers("A", _engine.MASTER, _engine.BACKUP, "master_down_timer") == ("G", _engine.MASTER)
+    assert sg.followers("A", _engine.BACKUP, _engine.MASTER, "higher_priority_advert") == ("G", _engine.BACKUP)
+    assert sg.followers("A", _engine.MASTER, _engine.BACKUP, "sync_group") is None
+    assert sg.followers("A", _engine.BACKUP, _engine.INIT, "startup") is None
+    assert sg.followers("C", _engine.MASTER, _engine.BACKUP, "master_down_timer") is None
+    assert sg.others("G", "A") == ("B",)
+
+
+def test_one_member_faulted_faults_the_group():
+    sg = SyncGroups(config())
+    assert sg.group_faulted("B", {"A": True, "B": False})
+    assert not sg.group_faulted("B", {"A": False, "B": False})
+    assert not sg.group_faulted("C", {"A": True})
+
+
+def test_group_notified_once_all_members_agree():
+    sg = SyncGroups(config())
+    M, B = _engine.MASTER, _engine.BACKUP
+    assert sg.settled({"A": B, "B": _engine.INIT, "C": M}) == []
+    assert sg.settled({"A": B, "B": B, "C": M}) == [("G", B)]
+    assert sg.settled({"A": B, "B": B, "C": M}) == []          # no repeat
+    assert sg.settled({"A": M, "B": B, "C": M}) == []
+    assert sg.settled({"A": M, "B": M, "C": B}) == [("G", M)]
+
+
+# -- Trackers: how the config's track_* become verdicts -------------------------------
+
+from vrrpd.config.model import Track as TrackLine, VrrpScript  # noqa: E402
+from vrrpd.links import Link, LinkEvent  # noqa: E402
+from vrrpd.trackers import Trackers  # noqa: E402
+from vrrpd import netlink as nl  # noqa: E402
+
+
+def link(name, up=True, index=2):
+    flags = nl.IFF_UP | nl.IFF_RUNNING if up else 0
+    return Link(index=index, name=name, flags=flags, mac=b"\0" * 6)
+
+
+def trackers_for(instances, scripts=(), groups=()):
+    verdicts = []
+    cfg = Config(instances={i.name: i for i in instances},
+                 scripts={s.name: s for s in scripts},
+                 sync_groups={g.name: g for g in groups})
+    return Trackers(cfg, runner=None, on_verdict=lambda n, v: verdicts.append((n, v))), verdicts
+
+
+def test_omitted_weight_takes_the_scripts_own():
+    inst = VrrpInstance(name="A", interface="eth0", virtual_router_id=1, priority=100,
+                        track_script=(TrackLine(name="chk"), TrackLine(name="chk2", weight=5)))
+    t, _ = trackers_for([inst], scripts=[VrrpScript(name="chk", weight=-30),
+                                         VrrpScript(name="chk2", weight=-30)])
+    weights = {tr.name: tr.weight for tr in t.instances["A"].tracks}
+    assert weights == {"chk": -30, "chk2": 5, "eth0": 0}
+
+
+def test_sync_group_members_weights_zeroed_unless_kept():
+    inst = VrrpInstance(name="A", interface="eth0", virtual_router_id=1, sync_group="G",
+                        track_interface=(TrackLine(name="eth1", weight=-20),))
+    for keep, expected in ((False, 0), (True, -20)):
+        t, _ = trackers_for([inst], groups=[SyncGroup(name="G", group=("A",),
+                                                      sync_group_tracking_weight=keep)])
+        weights = {tr.name: tr.weight for tr in t.instances["A"].tracks}
+        assert weights["eth1"] == expected
+
+
+def test_own_interface_down_is_fault_unless_dont_track_primary():
+    for dont, fault in ((False, True), (True, False)):
+        inst = VrrpInstance(name="A", interface="eth0", virtual_router_id=1, dont_track_primary=dont)
+        t, verdicts = trackers_for([inst])
+        t.start({2: link("eth0")})
+        assert not t.verdict("A").fault
+        t.on_link(link("eth0", up=False), LinkEvent.DOWN, None)
+        assert t.verdict("A").fault is fault
+
+
+def test_interface_weight_moves_priority():
+    inst = VrrpInstance(name="A", interface="eth0", virtual_router_id=1, priority=100,
+                        track_interface=(TrackLine(name="eth1", weight=-30),
+                                         TrackLine(name="eth2", weight=20)))
+    t, verdicts = trackers_for([inst])
+    t.start({2: link("eth0"), 3: link("eth1", index=3), 4: link("eth2", index=4)})
+    assert t.verdict("A").priority == 120
+    t.on_link(link("eth1", up=False, index=3), LinkEvent.DOWN, None)
+    assert t.verdict("A").priority == 90
+    t.on_link(link("eth2", up=False, index=4), LinkEvent.DELETED, None)
+    assert t.verdict("A").priority == 70 and verdicts[-1] == ("A", t.verdict("A"))
