@@ -8,12 +8,15 @@ Skew_Time.  The slack covers the notify fifo's delivery only.
 """
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
 import time
 
 import pytest
 
 from daemons import DaemonProc, vips_on
+from netns import wait_for
 from vrrpd.labconf import LabSpec, host_config, vip
 
 pytestmark = [pytest.mark.netns]
@@ -168,11 +171,15 @@ def test_new_master_announces_vip(pair, family):
     else:
         filt, fields = "icmp6", ["-e", "icmpv6.nd.na.target_address",
                                  "-e", "icmpv6.opt.linkaddr", "-e", "icmpv6.nd.na.flag.o"]
-    cap = watcher.popen("tshark", "-q", "-i", "eth0", "-a", "duration:4", "-f", filt,
-                        "-T", "fields", *fields, stdout=__import__("subprocess").PIPE, text=True)
-    time.sleep(1.0)     # tshark is listening
+    cap = watcher.popen("tshark", "-l", "-q", "-i", "eth0", "-a", "duration:60", "-f", filt,
+                        "-T", "fields", *fields, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                        text=True)
+    wait_for(lambda: "Capture started" in os.read(cap.stderr.fileno(), 4096).decode(), 30,
+             what="tshark listening")
     b = p.start(1)
-    b.wait_state("VI_0", "MASTER", timeout=5)
+    b.wait_state("VI_0", "MASTER", timeout=20)
+    time.sleep(1.0)     # the first burst is sent right after the VIPs are added
+    cap.send_signal(signal.SIGINT)
     out, _ = cap.communicate(timeout=20)
     rows = [line.split("\t") for line in out.splitlines() if line.strip()]
     address = p.vip.split("/")[0]
