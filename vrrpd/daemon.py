@@ -30,6 +30,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="accepted for keepalived compatibility; vrrpd never forks")
     p.add_argument("-i", "--config-id", help="config id for @id conditional lines (default: hostname)")
     p.add_argument("-P", "--vrrp", action="store_true", help="accepted for keepalived compatibility")
+    from .control import DEFAULT_PATH
+    from .dumps import DATA_PATH, JSON_PATH, STATS_PATH
+    p.add_argument("--control-socket", metavar="PATH", default=DEFAULT_PATH,
+                   help=f"vrrpctl's unix socket (default {DEFAULT_PATH}; 'none' disables it)")
+    p.add_argument("--metrics", metavar="ADDR:PORT",
+                   help="serve Prometheus metrics over HTTP there (off by default)")
+    p.add_argument("--data-dump", metavar="PATH", default=DATA_PATH,
+                   help=f"SIGUSR1 data dump (default {DATA_PATH})")
+    p.add_argument("--stats-dump", metavar="PATH", default=STATS_PATH,
+                   help=f"SIGUSR2 stats dump (default {STATS_PATH})")
+    p.add_argument("--json-dump", metavar="PATH", default=JSON_PATH,
+                   help=f"SIGRTMIN+2 JSON dump (default {JSON_PATH})")
     return p
 
 
@@ -72,7 +84,9 @@ def run(args) -> int:
             f.write(f"{os.getpid()}\n")
     try:
         import uvloop
-        return uvloop.run(serve(plan))
+        # asyncio.Runner rather than uvloop.run(): Debian 12's uvloop 0.17 lacks the latter.
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(serve(plan, args))
     finally:
         if args.pidfile:
             try:
@@ -81,15 +95,16 @@ def run(args) -> int:
                 pass
 
 
-async def serve(plan) -> int:
+async def serve(plan, args=None) -> int:
+    from . import sdnotify
+    from .reporting import Reporter
     from .runtime import Daemon
 
+    args = args or build_parser().parse_args([])
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    from .reporting import Reporter
-
     daemon = Daemon(plan)
     daemon.hooks.append(Reporter(plan.config, daemon.runner))
     try:
@@ -97,11 +112,76 @@ async def serve(plan) -> int:
     except (RuntimeError, OSError) as e:
         log.error("start-up failed: %s", e)
         return 1
+    try:
+        ops = await Operations.start(daemon, args)
+    except (OSError, ValueError) as e:          # socket path, metrics port in use...
+        log.error("start-up failed: %s", e)
+        await daemon.stop()
+        return 1
     log.info("vrrpd %s running %d instances", __version__, len(daemon.instances))
+    sdnotify.notify("READY=1", f"MAINPID={os.getpid()}")
     await stop.wait()
     log.info("stopping")
+    sdnotify.notify("STOPPING=1")
+    await ops.close()
     await daemon.stop()
     return 0
+
+
+class Operations:
+    """What operators reach the running daemon through: the control socket,
+    signals (HUP reload, USR1/USR2/RTMIN+2 dumps), metrics, the watchdog."""
+
+    @classmethod
+    async def start(cls, daemon, args) -> "Operations":
+        from . import sdnotify
+        from .control import ControlServer
+        from .dumps import Dumps, show, stats, status
+        from .reload import Reloader
+
+        self = cls()
+        loop = asyncio.get_running_loop()
+        self.reloader = Reloader(daemon, args.config, args.config_id)
+        dumps = Dumps(daemon, self.reloader, args.data_dump, args.stats_dump, args.json_dump)
+        self.control = self.metrics = self.watchdog = None
+        self._tasks: set[asyncio.Task] = set()
+        loop.add_signal_handler(signal.SIGHUP, self._spawn, self.reloader)
+        loop.add_signal_handler(signal.SIGUSR1, dumps.data)
+        loop.add_signal_handler(signal.SIGUSR2, dumps.stats)
+        loop.add_signal_handler(signal.SIGRTMIN + 2, dumps.json)     # keepalived's SIGJSON
+        if args.control_socket and args.control_socket != "none":
+            self.control = ControlServer(args.control_socket, {
+                "status": lambda: status(daemon),
+                "show": lambda name: show(daemon, name),
+                "stats": lambda: stats(daemon, self.reloader),
+                "reload": self.reloader})
+            await self.control.start()
+        if args.metrics:
+            from .metrics import Metrics, parse_addr
+            self.metrics = Metrics(daemon, *parse_addr(args.metrics))
+            self.metrics.start()
+        interval = sdnotify.watchdog_interval()
+        if interval:
+            self.watchdog = sdnotify.Watchdog(interval)
+            self.watchdog.start()
+        return self
+
+    def _spawn(self, coro_fn) -> None:
+        task = asyncio.create_task(coro_fn())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGRTMIN + 2):
+            loop.remove_signal_handler(sig)
+        for t in list(self._tasks):
+            await t                 # a reload in progress finishes before the shutdown
+        if self.control is not None:
+            await self.control.close()
+        for part in (self.metrics, self.watchdog):
+            if part is not None:
+                part.stop()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,160 @@
+"""vrrpctl against running daemons on two namespace hosts: status/show/stats
+agree with what the other oracles see (the notify fifo, the VIPs in the
+kernel, the peer's address), bad requests get error replies, and the
+control socket refuses everyone but root (file mode and SO_PEERCRED)."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import subprocess
+
+import pytest
+
+from daemons import VENV_BIN, DaemonProc, vips_on
+from vrrpd.labconf import LabSpec, host_config, vip
+
+pytestmark = [pytest.mark.netns]
+
+VRRPCTL = os.path.join(VENV_BIN, "vrrpctl")
+
+
+class OpsDaemon(DaemonProc):
+    """vrrpd with its control socket (and any extra flags) under the test's tmp dir."""
+
+    def __init__(self, ns, config_text, workdir, tag="", extra=(), sockdir=None):
+        super().__init__(ns, "vrrpd", config_text, str(workdir), tag)
+        self.sock = os.path.join(str(sockdir or workdir), f"{ns.name}{tag}.ctl")
+        self.extra = ["--control-socket", self.sock, *extra]
+
+    def argv(self) -> list[str]:
+        return super().argv() + self.extra
+
+    def ctl(self, *args: str, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+        return subprocess.run([*prefix, VRRPCTL, "--socket", self.sock, *args],
+                              capture_output=True, text=True, timeout=60)
+
+    def ctl_json(self, *args: str):
+        r = self.ctl(*args, "--json")
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+    def wait_socket(self) -> None:
+        from netns import wait_for
+        wait_for(lambda: self.check_alive() or os.path.exists(self.sock), 15,
+                 what=f"control socket {self.sock}\n{self.log_tail()}")
+
+
+def two_hosts(lan, tmp_path, instances=2, extra=(), sockdir=None, **spec_kw):
+    """host 0 (priority 200) and host 1 (100), both started; every instance settled."""
+    spec = LabSpec(instances=instances, version=3, advert_int=0.1, notify_fifo="@FIFO@", **spec_kw)
+    net = lan(hosts=2, nics=spec.nics)
+    names = [f"VI_{i}" for i in range(instances)]
+    procs = []
+    for i, prio in enumerate((200, 100)):
+        d = OpsDaemon(net.hosts[i], host_config(spec, i, priority=prio), tmp_path, extra=extra,
+                      sockdir=sockdir)
+        procs.append(d.start())
+    procs[0].wait_all(names, "MASTER", timeout=30)
+    procs[1].wait_all(names, "BACKUP", timeout=30)
+    for d in procs:
+        d.wait_socket()
+    return net, spec, procs
+
+
+@pytest.fixture
+def hosts(lan, tmp_path):
+    made = []
+
+    def make(**kw):
+        net, spec, procs = two_hosts(lan, tmp_path, **kw)
+        made.extend(procs)
+        return net, spec, procs
+
+    yield make
+    for d in made:
+        d.stop()
+
+
+def test_status_show_stats(hosts):
+    net, spec, (m, b) = hosts()
+    sm, sb = m.ctl_json("status"), b.ctl_json("status")
+    assert sm["schema"] == 1 and [v["name"] for v in sm["instances"]] == ["VI_0", "VI_1"]
+    for st, d, state, ip in ((sm, m, "MASTER", net.host_ip(0)), (sb, b, "BACKUP", net.host_ip(0))):
+        for v in st["instances"]:
+            assert v["state"] == state == d.state(v["name"])        # the fifo agrees
+            assert v["master_address"] == ip                        # the backup learnt the peer
+            assert v["interface"] == "eth0" and v["family"] == 4 and v["version"] == 3
+            assert v["advert_int"] == 0.1 and v["last_reason"] is not None
+    v0 = sm["instances"][0]
+    assert v0["vrid"] == 1 and v0["base_priority"] == v0["effective_priority"] == 200
+    assert v0["vips"] == [vip(spec, 0) + "/32"]
+    assert vip(spec, 0) + "/32" in vips_on(net.hosts[0]) and vip(spec, 0) + "/32" not in vips_on(net.hosts[1])
+
+    text = m.ctl("status").stdout.splitlines()
+    assert text[0].split()[:5] == ["NAME", "IFACE", "VRID", "STATE", "PRIO"]
+    assert text[1].split()[:5] == ["VI_0", "eth0", "1", "MASTER", "200/200"]
+
+    shown = m.ctl_json("show", "VI_1")
+    assert shown["name"] == "VI_1" and shown["counters"]["adverts_sent"] > 0
+    assert shown["counters"]["became_master"] == 1
+    assert {"kind": "interface", "name": "eth0", "weight": 0, "reverse": False,
+            "value": True} in shown["tracking"]["tracks"]
+    assert "adverts_sent" in m.ctl("show", "VI_1").stdout
+    backup_view = b.ctl_json("show", "VI_1")["counters"]
+    assert backup_view["adverts_received"] > 0
+
+    st = b.ctl_json("stats")
+    assert set(st["instances"]) == {"VI_0", "VI_1"}
+    for name, c in st["instances"].items():     # every transition the fifo saw, counted
+        for state in ("MASTER", "BACKUP", "FAULT"):
+            lines = [e for e in b.fifo.events() if e[2] == name and e[3] == state]
+            assert c["became_" + state.lower()] == len(lines), (name, state)
+    assert st["sockets"][0]["interface"] == "eth0" and st["sockets"][0]["counters"]["rx_packets"] > 0
+    assert "RECEIVED" in b.ctl("stats").stdout
+
+    r = m.ctl("show", "NOPE")
+    assert r.returncode == 1 and "no instance 'NOPE'" in r.stderr
+
+
+def test_errors_and_bad_requests(hosts, tmp_path):
+    net, spec, (m, b) = hosts(instances=1)
+    r = subprocess.run([VRRPCTL, "--socket", str(tmp_path / "nothing.sock"), "status"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "cannot talk to vrrpd" in r.stderr
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(m.sock)
+        f = s.makefile("rwb")
+        for line, error in ((b"not json\n", "bad request"), (b'{"cmd": "format-disk"}\n', "unknown command"),
+                            (b'{"cmd": "status", "args": [1]}\n', "bad request"),
+                            (b'{"cmd": "show"}\n', "missing"), (b"[]\n", "bad request")):
+            f.write(line)
+            f.flush()
+            reply = json.loads(f.readline())
+            assert reply["ok"] is False and error in reply["error"], (line, reply)
+        f.write(b'{"cmd": "status"}\n')         # the same connection still works
+        f.flush()
+        assert json.loads(f.readline())["ok"] is True
+    m.check_alive()
+
+
+def test_refuses_non_root(hosts, tmp_path):
+    # A directory nobody may enter, unlike pytest's tmp_path (0700).
+    sockdir = tmp_path / "open"
+    sockdir.mkdir()
+    for d in (sockdir, *sockdir.parents):
+        if d == tmp_path.parent.parent.parent:
+            break
+        d.chmod(d.stat().st_mode | 0o005)
+    net, spec, (m, b) = hosts(instances=1, sockdir=sockdir)
+    mode = os.stat(m.sock).st_mode
+    assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
+    nobody = ("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups")
+    r = m.ctl("status", prefix=nobody)
+    assert r.returncode == 2 and "Permission denied" in r.stderr      # the file mode
+    # With the file opened up, SO_PEERCRED still refuses a non-root peer.
+    os.chmod(m.sock, 0o666)
+    r = m.ctl("status", prefix=nobody)
+    assert r.returncode == 1 and "root only" in r.stderr, r
+    assert m.ctl("status").returncode == 0

@@ -1,0 +1,169 @@
+"""Reload (vrrpctl reload / SIGHUP) on running daemons in namespaces.
+
+The wire is the oracle for "no advert gap": a raw AF_PACKET capture in the
+backup's namespace stamps every advert with the kernel's receive time
+(SO_TIMESTAMPNS); the notify fifos are the oracle for "no transition".
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from daemons import vips_on
+from netns import wait_for
+from test_ctl import two_hosts
+from vrrpd.labconf import LabSpec, host_config, vip
+
+pytestmark = [pytest.mark.netns]
+
+# Runs inside a namespace: every received IPv4 VRRP packet as
+# [kernel time, interface, source, vrid, priority], for `seconds`.
+CAPTURE = r"""
+import json, socket, struct, sys, time
+SO_TIMESTAMPNS = 35
+s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))
+s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 24)
+s.settimeout(0.2)
+print("ready", flush=True)
+end, out = time.monotonic() + float(sys.argv[1]), []
+while time.monotonic() < end:
+    try:
+        data, anc, _, addr = s.recvmsg(128, 64)
+    except socket.timeout:
+        continue
+    if addr[2] == socket.PACKET_OUTGOING or len(data) < 24 or data[9] != 112:
+        continue
+    ihl = (data[0] & 15) * 4
+    sec, nsec = struct.unpack("qq", anc[0][2][:16])
+    out.append([sec + nsec / 1e9, addr[0], socket.inet_ntoa(data[12:16]), data[ihl + 1], data[ihl + 2]])
+json.dump(out, sys.stdout)
+"""
+
+
+class Capture:
+    def __init__(self, ns, seconds: float):
+        self.proc = ns.popen(sys.executable, "-c", CAPTURE, str(seconds),
+                             stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout.readline().strip() == "ready"
+
+    def packets(self) -> list:
+        out, _ = self.proc.communicate(timeout=60)
+        return json.loads(out)
+
+
+def max_gaps(packets, srcs: set[str]) -> dict:
+    """(interface, vrid) -> largest interval between consecutive adverts from srcs."""
+    last, gaps = {}, {}
+    for t, ifname, s, vrid, _ in packets:
+        if s not in srcs:
+            continue
+        key = (ifname, vrid)
+        if key in last:
+            gaps[key] = max(gaps.get(key, 0.0), t - last[key])
+        last[key] = t
+    return gaps
+
+
+def reconfigure(d, text: str) -> None:
+    with open(d.conf, "w") as f:
+        f.write(text.replace("@FIFO@", d.fifo_path))
+
+
+def test_reload_1000_instances_changes_only_one(lan, tmp_path):
+    n = 1000
+    net, spec, (m, b) = two_hosts(lan, tmp_path, instances=n)
+    try:
+        # VRIDs by NIC (labconf: 255 per NIC); the test also sees the 4 NICs.
+        assert spec.nics == 4
+        cap = Capture(net.hosts[1], 4.0)
+        time.sleep(1.5)
+        t_reload = time.monotonic()
+        wall_reload = time.time()       # SO_TIMESTAMPNS is wall-clock time
+        text = host_config(spec, 0, priority=200).replace(
+            "vrrp_instance VI_5 {\n    state BACKUP\n    interface eth0\n    virtual_router_id 6\n"
+            "    priority 200",
+            "vrrp_instance VI_5 {\n    state BACKUP\n    interface eth0\n    virtual_router_id 6\n"
+            "    priority 150")
+        assert text.count("priority 150") == 1
+        reconfigure(m, text)
+        r = m.ctl_json("reload")
+        wall_done = time.time()
+        assert r["ok"], r
+        assert r["kept"] == n and r["changed"] == ["VI_5"]
+        assert r["replaced"] == r["added"] == r["removed"] == []
+        packets = cap.packets()
+
+        shown = m.ctl_json("show", "VI_5")
+        assert shown["base_priority"] == shown["effective_priority"] == 150
+        assert shown["state"] == "MASTER"
+        # The wire: VI_5 now advertises 150, every other instance still 200.
+        master_ips = {net.host_ip(0, 4, nic) for nic in range(spec.nics)}
+        prios = {(p[1], p[3]): p[4] for p in packets if p[2] in master_ips}
+        assert len(prios) == n
+        assert sorted(prios.values()).count(150) == 1
+
+        # No transition or notify line anywhere since the reload.
+        for d in (m, b):
+            assert [e for e in d.fifo.events(t_reload)] == []
+        # Gaps in the second before the reload (the machine's own jitter) and
+        # from the reload until 1 s after it; the reload must add nothing.
+        before = max_gaps([p for p in packets if wall_reload - 1.0 <= p[0] < wall_reload], master_ips)
+        during = max_gaps([p for p in packets if wall_reload <= p[0] < wall_done + 1.0], master_ips)
+        assert len(before) == len(during) == n
+        base, worst = max(before.values()), max(during.values())
+        print(f"largest advert gap over {n} instances: {worst * 1000:.1f} ms around the reload "
+              f"({(wall_done - wall_reload) * 1000:.0f} ms), {base * 1000:.1f} ms in the second before")
+        assert worst <= max(spec.advert_int, base) + 0.005, sorted(during.values())[-5:]
+    finally:
+        m.stop()
+        b.stop()
+
+
+def test_broken_config_kept_then_add_and_remove(lan, tmp_path):
+    net, spec, (m, b) = two_hosts(lan, tmp_path, instances=3)
+    try:
+        good = host_config(spec, 0, priority=200)
+        # A broken file: the daemon keeps running the old configuration.
+        reconfigure(m, good.replace("virtual_router_id 2", "virtual_router_id 300"))
+        r = m.ctl("reload")
+        assert r.returncode == 1 and "virtual_router_id" in r.stdout and "rejected" in r.stdout
+        t_hup = time.monotonic()
+        m.signal(signal.SIGHUP)
+        wait_for(lambda: m.log_tail(400).count("reload rejected") >= 2, 10,
+                 what="SIGHUP's rejection in the log")
+        st = m.ctl_json("status")
+        assert [v["state"] for v in st["instances"]] == ["MASTER"] * 3
+        assert m.ctl_json("stats")["reload_failures"] == 2
+        assert m.fifo.events(t_hup) == [] and b.fifo.events(t_hup) == []
+
+        # VI_2 removed, VI_3 added (same spec, one more instance; drop VI_2's block).
+        spec4 = LabSpec(**{**spec.__dict__, "instances": 4})
+        blocks = host_config(spec4, 0, priority=200).split("vrrp_instance ")
+        new = "vrrp_instance ".join(x for x in blocks if not x.startswith("VI_2 "))
+        cap = Capture(net.hosts[1], 1.5)
+        t0 = time.monotonic()
+        reconfigure(m, new)
+        r = m.ctl_json("reload")
+        assert r["ok"] and r["removed"] == ["VI_2"] and r["added"] == ["VI_3"] and r["kept"] == 2
+        m.wait_state("VI_3", "MASTER", timeout=5)
+        b.wait_state("VI_2", "MASTER", timeout=5)       # the peer takes over what we gave up
+        packets = cap.packets()
+        vi2 = [p for p in packets if p[2] == net.host_ip(0) and p[3] == 3]
+        assert vi2 and vi2[-1][4] == 0, vi2[-3:]        # its last advert: priority 0
+        wait_for(lambda: vip(spec4, 2) + "/32" not in vips_on(net.hosts[0]), 5, what="VI_2's VIP gone")
+        assert vip(spec4, 3) + "/32" in vips_on(net.hosts[0])
+        # VI_0 and VI_1 saw nothing.
+        assert [e for e in m.fifo.events(t0) if e[2] in ("VI_0", "VI_1")] == [], (b.fifo.events(t0), m.log_tail(40), b.log_tail(30))
+        assert [v["name"] for v in m.ctl_json("status")["instances"]] == ["VI_0", "VI_1", "VI_3"]
+    finally:
+        m.stop()
+        b.stop()
+
+
