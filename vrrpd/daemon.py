@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -119,6 +120,10 @@ async def serve(plan, args=None) -> int:
         await daemon.stop()
         return 1
     log.info("vrrpd %s running %d instances", __version__, len(daemon.instances))
+    # Move everything built at start-up out of the collector's sight: a full
+    # collection over it would stall the loop (and the adverts) for tens of ms.
+    gc.collect()
+    gc.freeze()
     sdnotify.notify("READY=1", f"MAINPID={os.getpid()}")
     await stop.wait()
     log.info("stopping")

@@ -23,6 +23,7 @@ adverts on time; only the swap runs on the loop.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import sys
 import dataclasses
@@ -46,8 +47,8 @@ RELOAD_SWITCH_INTERVAL = 0.0005
 
 def engine_settings(spec: InstanceSpec) -> tuple:
     """What Engine.add_instance() fixes; a change means replacing the instance."""
-    return (spec.version, spec.advert_int_cs, spec.preempt, spec.preempt_delay_cs, spec.src_ip,
-            tuple(spec.unicast_peers), tuple(spec.advert_addrs), spec.auth_type, spec.auth_pass,
+    return (spec.advert_interface, spec.version, spec.advert_int_cs, spec.preempt,
+            spec.preempt_delay_cs, spec.src_ip, tuple(spec.unicast_peers), tuple(spec.advert_addrs), spec.auth_type, spec.auth_pass,
             spec.v3_checksum_as_v2, spec.priority == 255, spec.conf.down_timer_adverts)
 
 
@@ -120,10 +121,14 @@ class Reloader:
         loop = asyncio.get_running_loop()
         old_interval = sys.getswitchinterval()
         sys.setswitchinterval(RELOAD_SWITCH_INTERVAL)
+        # No collections while the worker allocates the new configuration: a
+        # full pass over the old one, in either thread, holds the GIL for long.
+        gc.disable()
         try:
             result, prepared = await loop.run_in_executor(None, self._prepare)
         finally:
             sys.setswitchinterval(old_interval)
+            gc.enable()
         out = {"ok": not result.errors, "errors": [str(e) for e in result.errors],
                "warnings": [str(w) for w in result.warnings]}
         for w in result.warnings:
@@ -166,9 +171,7 @@ class Reloader:
 
 
 def _vips(daemon, spec) -> list[Vip]:
-    link = daemon.links.by_name(spec.interface)
-    return [Vip.parse(v.address, daemon.links.ifindex(v.dev or spec.interface) or link.index,
-                      label=v.label, scope=v.scope, broadcast=v.broadcast) for v in spec.vips]
+    return daemon.vips_of(spec)
 
 
 async def apply(daemon, p: Prepared) -> None:
@@ -180,6 +183,8 @@ async def apply(daemon, p: Prepared) -> None:
         if daemon.links.by_name(spec.interface) is None:
             raise RuntimeError(f"{spec.where}: instance {spec.name}: "
                                f"interface {spec.interface} does not exist")
+    # New vmacs before anything changes (awaits; vmacs of removed instances stay until shutdown).
+    await daemon.create_vmacs(d.added + [s for _, s in d.replaced])
     engine = daemon.engine
     old_verdicts = {id(inst): daemon.trackers.verdict(inst.name) for inst, _ in d.kept}
     vip_add, vip_remove = [], []
