@@ -51,6 +51,7 @@ setup(
     ext_modules=extensions(),
     install_requires=["uvloop", "pyroute2", "prometheus-client", "aiosmtplib"],
     extras_require={
+        "lab": ["matplotlib"],
         "test": ["pytest", "pytest-benchmark", "pytest-timeout", "hypothesis",
                  "scapy", "aiosmtpd", "matplotlib"],
     },

@@ -1,0 +1,103 @@
+"""vrrpd-lab: routers in network namespaces, a demo, and the failover benchmark.
+
+    vrrpd-lab demo                      two routers, three VIPs, a failover and preemption
+    vrrpd-lab failover --daemon ...     steady-state cost and failover latency, as JSON
+    vrrpd-lab cleanup                   remove what a killed lab left behind
+
+Everything runs in namespaces named vlab*, never in the host's own.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+
+from ..labconf import LabSpec
+from .testbed import SCENARIOS, cleanup
+
+
+def _list(choices):
+    def parse(text: str) -> list[str]:
+        items = [x for x in text.split(",") if x]
+        bad = [x for x in items if x not in choices]
+        if bad or not items:
+            raise argparse.ArgumentTypeError(f"choose from {','.join(choices)}")
+        return items
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vrrpd-lab", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="two routers, a failover and preemption, live")
+    d.add_argument("--daemon", choices=("vrrpd", "keepalived"), default="vrrpd")
+    d.add_argument("--advert-int", type=float, default=0.1, metavar="S")
+    d.add_argument("--vrrpd-binary", metavar="PATH", help="vrrpd executable (default: beside python)")
+
+    f = sub.add_parser("failover", help="measure CPU, memory and failover time")
+    f.add_argument("--daemon", type=_list(("vrrpd", "keepalived")), default=["vrrpd"],
+                   help="vrrpd, keepalived or vrrpd,keepalived")
+    f.add_argument("--instances", type=int, default=100, metavar="N")
+    f.add_argument("--advert-int", type=float, default=0.1, metavar="S")
+    f.add_argument("--version", type=int, choices=(2, 3), default=3)
+    f.add_argument("--family", type=int, choices=(4, 6), default=4)
+    f.add_argument("--scenario", type=_list(SCENARIOS), default=["crash"],
+                   help="crash (kill -9), graceful (SIGTERM), link-down; a comma list runs each")
+    f.add_argument("--repeat", type=int, default=1, metavar="K")
+    f.add_argument("--window", type=float, default=5.0, metavar="S",
+                   help="steady-state measuring window")
+    f.add_argument("--json", required=True, metavar="OUT")
+    f.add_argument("--plot", metavar="OUT.png", help="CDF of per-instance failover times")
+    f.add_argument("--vrrpd-binary", metavar="PATH", help="vrrpd executable (default: beside python)")
+    f.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    sub.add_parser("cleanup", help="remove every vlab* namespace and the daemons in it")
+    return p
+
+
+def _exit_on_signal(signum, frame):
+    # SystemExit unwinds through every finally: namespaces and daemons are removed.
+    raise SystemExit(128 + signum)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if os.geteuid() != 0:
+        print("vrrpd-lab: needs root (network namespaces): run it with sudo", file=sys.stderr)
+        return 2
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _exit_on_signal)
+    try:
+        if args.command == "cleanup":
+            gone = cleanup()
+            print(f"removed {len(gone)} namespace(s)" + (": " + " ".join(gone) if gone else ""))
+            return 0
+        if args.command == "demo":
+            from .demo import demo
+            return demo(args.daemon, args.advert_int, args.vrrpd_binary)
+        return failover_command(args)
+    except KeyboardInterrupt:
+        print("\nvrrpd-lab: interrupted, lab removed", file=sys.stderr)
+        return 130
+
+
+def failover_command(args) -> int:
+    from . import failover
+    from .report import plot_result
+
+    spec = LabSpec(instances=args.instances, version=args.version, advert_int=args.advert_int,
+                   family=args.family)
+    if args.version == 2 and (args.family == 6 or args.advert_int != int(args.advert_int)):
+        print("vrrpd-lab: VRRPv2 is IPv4-only with whole-second adverts", file=sys.stderr)
+        return 2
+    result = failover.run(args.daemon, spec, args.scenario, args.repeat, args.window,
+                          args.vrrpd_binary, progress=not args.quiet)
+    with open(args.json, "w") as f:
+        json.dump(result, f, indent=1)
+    failover.print_summary(result)
+    if args.plot:
+        plot_result(result, args.plot)
+    return 0

@@ -1,0 +1,169 @@
+"""A two-router lab: a master host (priority 150) and a backup (100) on one LAN.
+
+Both run the same daemon kind on the same generated keepalived.conf (only
+router_id and priority differ).  Every namespace carries the lab prefix, so
+`vrrpd-lab cleanup` finds leftovers of a lab that was killed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import signal
+import tempfile
+import time
+
+from ..labconf import LabSpec, VRIDS_PER_NIC, host_config, vip
+from ..labnet import Lan, namespaces, sh, wait_for
+from ..labrun import DaemonProc
+from .watch import AddrMonitor, WireCapture
+
+PREFIX = "vlab"
+WORKDIR_PREFIX = "vrrpd-lab-"
+MASTER_PRIORITY, BACKUP_PRIORITY = 150, 100
+SCENARIOS = ("crash", "graceful", "link-down")
+
+
+def skew_time(spec: LabSpec, priority: int) -> float:
+    # RFC 5798 6.1 (v3); RFC 3768 6.1 (v2) uses whole seconds of the same formula.
+    return (256 - priority) * spec.advert_int / 256 if spec.version == 3 else (256 - priority) / 256
+
+
+def master_down_interval(spec: LabSpec, priority: int) -> float:
+    return 3 * spec.advert_int + skew_time(spec, priority)
+
+
+class Testbed:
+    def __init__(self, spec: LabSpec, kind: str, binary: str | None = None, tag: str = "f"):
+        self.spec = dataclasses.replace(spec, notify_fifo="@FIFO@")
+        self.kind = kind
+        self.names = [f"VI_{i}" for i in range(spec.instances)]
+        self.vips = [vip(spec, i) for i in range(spec.instances)]
+        self.workdir = tempfile.mkdtemp(prefix=WORKDIR_PREFIX)
+        self.lan = None
+        self.daemons: list[DaemonProc] = []
+        self.monitor = None
+        try:
+            self.lan = Lan(hosts=2, nics=spec.nics, prefix=PREFIX, tag=tag)
+            for i, prio in enumerate((MASTER_PRIORITY, BACKUP_PRIORITY)):
+                conf = host_config(self.spec, i, priority=prio)
+                self.daemons.append(DaemonProc(self.lan.hosts[i], kind, conf, self.workdir,
+                                               binary=binary))
+            self.monitor = AddrMonitor(self.backup.ns)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def master(self) -> DaemonProc:
+        return self.daemons[0]
+
+    @property
+    def backup(self) -> DaemonProc:
+        return self.daemons[1]
+
+    def setup_timeout(self) -> float:
+        # keepalived needs seconds per thousand instances to read its config.
+        return 30 + self.spec.instances * 0.02 + 5 * master_down_interval(self.spec, BACKUP_PRIORITY)
+
+    def start(self, progress=None) -> float:
+        """Master first (so it wins without a contest), then the backup; returns seconds taken."""
+        t0 = time.monotonic()
+        n = len(self.names)
+        self.master.start().wait_all(self.names, "MASTER", self.setup_timeout(), progress)
+        self.backup.start().wait_all(self.names, "BACKUP", self.setup_timeout(),
+                                     progress and (lambda k: progress(n + k)))
+        return time.monotonic() - t0
+
+    def ports(self, host: int) -> list[str]:
+        """The backup's bridge ports in the switch namespace (see labnet.Lan)."""
+        return [f"h{host}n{n}" for n in range(self.spec.nics)]
+
+    def capture(self, timeout: float) -> WireCapture:
+        return WireCapture(self.lan.switch, self.ports(1), self.spec.instances, timeout)
+
+    def instance_of(self, port: str, vrid: int) -> int:
+        return int(port.rsplit("n", 1)[1]) * VRIDS_PER_NIC + vrid - 1
+
+    def fault(self, scenario: str) -> float:
+        """Break the master; returns the monotonic time of the fault."""
+        if scenario == "crash":
+            return self.master.signal(signal.SIGKILL)
+        if scenario == "graceful":
+            return self.master.signal(signal.SIGTERM)
+        if scenario == "link-down":
+            return self._links(self.master, "down")
+        raise ValueError(f"unknown scenario {scenario!r}")
+
+    def _links(self, d: DaemonProc, updown: str) -> float:
+        batch = "".join(f"link set eth{n} {updown}\n" for n in range(self.spec.nics))
+        t = time.monotonic()
+        sh("ip", "-n", d.ns.name, "-batch", "-", input=batch)
+        return t
+
+    def restore(self, scenario: str) -> float:
+        """Bring the master back and wait until it has preempted every instance."""
+        t0 = time.monotonic()
+        if scenario == "link-down":
+            self._links(self.master, "up")
+        else:
+            self.master.proc.wait(30)           # graceful: let it finish its shutdown
+            self.master.kill()                  # keepalived's children, if any
+            self.master.start()
+        self.master.wait_all(self.names, "MASTER", self.setup_timeout())
+        self.backup.wait_all(self.names, "BACKUP", self.setup_timeout())
+        return time.monotonic() - t0
+
+    def takeover_times(self, since: float) -> tuple[dict[str, float], dict[str, float]]:
+        """Per instance: MASTER fifo line on the backup, and its VIP added there (monotonic)."""
+        fifo = {}
+        for t, kind, name, state, _ in self.backup.fifo.events(since):
+            if kind == "INSTANCE" and state == "MASTER" and name not in fifo:
+                fifo[name] = t
+        added = self.monitor.first_added(since)
+        vips = {n: added[a] for n, a in zip(self.names, self.vips) if a in added}
+        return fifo, vips
+
+    def wait_takeover(self, since: float, timeout: float, progress=None):
+        def done():
+            fifo, vips = self.takeover_times(since)
+            n = sum(1 for x in self.names if x in fifo and x in vips)
+            if progress:
+                progress(n)
+            return n == len(self.names)
+        try:
+            wait_for(done, timeout, interval=0.05)
+        except AssertionError:
+            pass                                # reported as missing instances
+        return self.takeover_times(since)
+
+    def close(self) -> None:
+        try:
+            if self.monitor:
+                self.monitor.close()
+            for d in self.daemons:
+                d.stop()
+        finally:
+            if self.lan:
+                self.lan.delete()           # kills whatever still runs in the namespaces
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def cleanup(prefix: str = PREFIX) -> list[str]:
+    """Remove every lab namespace (killing what runs in it) and stale work dirs."""
+    gone = []
+    for name in sorted(namespaces(prefix)):
+        for pid in sh("ip", "netns", "pids", name, check=False).stdout.split():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+        sh("ip", "netns", "delete", name, check=False)
+        gone.append(name)
+    if prefix != PREFIX:
+        return gone                     # a subset: other labs' work dirs stay
+    tmp = tempfile.gettempdir()
+    for entry in os.listdir(tmp):
+        if entry.startswith(WORKDIR_PREFIX):
+            shutil.rmtree(os.path.join(tmp, entry), ignore_errors=True)
+    return gone

@@ -1,0 +1,103 @@
+"""Independent observers of a takeover: VIPs appearing (netlink) and adverts on the wire.
+
+VIP presence comes from iproute2's `ip -ts -o monitor address` run in the
+host's namespace: a separate process (no setns dance, no GIL shared with
+the lab's fifo readers) that stamps each netlink event when it reads it,
+and an oracle that is not ours.  Its stamps are wall-clock; they are turned
+into time.monotonic() values, the clock of the fifo readers and the faults.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime
+
+from ..labnet import Netns
+
+
+def mono_from_wall(wall: float) -> float:
+    return wall - (time.time() - time.monotonic())
+
+
+class AddrMonitor(threading.Thread):
+    """Addresses added in a namespace, as (monotonic time, address) pairs."""
+
+    def __init__(self, ns: Netns):
+        super().__init__(daemon=True)
+        self.proc = ns.popen("ip", "-ts", "-o", "monitor", "address",
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.added: list[tuple[float, str]] = []
+        self.lock = threading.Lock()
+        self.start()
+
+    def run(self) -> None:
+        for line in self.proc.stdout:
+            # [2026-11-25T14:18:52.268231] 1: lo    inet 198.19.0.1/32 scope global lo\ ...
+            stamp, _, rest = line.partition("] ")
+            words = rest.split()
+            if not words or words[0] == "Deleted" or "tentative" in words:
+                continue
+            try:
+                addr = words[words.index("inet" if "inet" in words else "inet6") + 1]
+                t = mono_from_wall(datetime.fromisoformat(stamp.lstrip("[")).timestamp())
+            except (ValueError, IndexError):
+                continue
+            with self.lock:
+                self.added.append((t, addr.split("/")[0]))
+
+    def first_added(self, since: float) -> dict[str, float]:
+        """Address -> first time it was added at or after `since`."""
+        out: dict[str, float] = {}
+        with self.lock:
+            for t, addr in self.added:
+                if t >= since and addr not in out:
+                    out[addr] = t
+        return out
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                pass                    # deleting the namespace kills what is left
+
+
+class WireCapture:
+    """vrrpd.lab.capture running in the switch namespace on some bridge ports."""
+
+    def __init__(self, switch: Netns, ports: list[str], expect: int, timeout: float):
+        self.proc = switch.popen(sys.executable, "-m", "vrrpd.lab.capture", "--expect", str(expect),
+                                 "--timeout", str(timeout), *ports,
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if line.strip() != "ready":
+            self.proc.kill()
+            raise RuntimeError(f"wire capture did not start: {line!r}")
+        self.packets = 0
+        self._out: list[str] = []
+        # Read its (possibly large) report as it comes, so it never blocks on a full pipe.
+        self._reader = threading.Thread(target=lambda: self._out.append(self.proc.stdout.read()),
+                                        daemon=True)
+        self._reader.start()
+
+    def arm(self) -> None:
+        """Count adverts from now on (call just before the fault)."""
+        self.proc.stdin.write(f"since {time.time()!r}\n")
+        self.proc.stdin.flush()
+
+    def result(self, grace: float = 2.0) -> dict[tuple[str, int], float]:
+        """(port, VRID) -> monotonic time of its first advert; ends the capture."""
+        self._reader.join(grace)
+        self.proc.stdin.close()           # tells a capture still running to report now
+        self._reader.join(10)
+        self.proc.wait(10)
+        try:
+            data = json.loads("".join(self._out).strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            return {}
+        self.packets = data["packets"]
+        return {(p, v): mono_from_wall(t) for p, v, t in data["first"]}
