@@ -102,6 +102,9 @@ async def serve(plan, args=None) -> int:
     from .runtime import Daemon
 
     args = args or build_parser().parse_args([])
+    # Worker threads (script spawning, config parsing on reload) must not hold
+    # the GIL for the default 5 ms when the loop needs it to send adverts.
+    sys.setswitchinterval(0.0005)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

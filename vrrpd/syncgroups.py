@@ -7,7 +7,13 @@
 - One member in FAULT puts every member in FAULT (vrrp_sync_fault); the
   group recovers when no member is faulted.
 - The group's own notification (GROUP name STATE 0) follows its members'
-  once all of them are in the same state.
+  once all of them are in the same state: reported() is told of each
+  member transition as its notifications go out, so the group's line comes
+  after the last member's even when the members' moves are applied in
+  separate batches.
+- At start-up a group none of whose members waits for a track script is
+  announced BACKUP (FAULT if a member is faulted) *before* its members
+  (keepalived vrrp_init_state sends the group notifies first): initial().
 
 Not modelled: keepalived 2.2's wait for every member to *want* MASTER
 before any goes (with identical timers on both routers the members' timers
@@ -26,6 +32,36 @@ class SyncGroups:
             for name, g in config.sync_groups.items()}
         self.group_of = {m: g for g, ms in self.members.items() for m in ms}
         self.state: dict[str, int] = {g: _engine.INIT for g in self.members}
+        self._reported: dict[str, int] = {}     # member -> state last notified
+
+    def initial(self, pending: dict[str, bool], fault: dict[str, bool]) -> list[tuple[str, int]]:
+        """Groups to announce before any member starts: (group, BACKUP|FAULT).
+
+        pending/fault: each instance's tracking verdict.  A group with a
+        member still waiting for a script stays INIT (keepalived: the
+        member holds in INIT) and is announced after its members instead.
+        """
+        out = []
+        for group, members in self.members.items():
+            if not members or any(pending.get(m, False) for m in members):
+                continue
+            state = _engine.FAULT if any(fault.get(m, False) for m in members) else _engine.BACKUP
+            self.state[group] = state
+            out.append((group, state))
+        return out
+
+    def reported(self, name: str, state: int) -> tuple[str, int] | None:
+        """A member's transition was notified; (group, state) if the group now moves."""
+        group = self.group_of.get(name)
+        if group is None:
+            return None
+        self._reported[name] = state
+        if state == _engine.INIT or state == self.state[group]:
+            return None
+        if all(self._reported.get(m) == state for m in self.members[group]):
+            self.state[group] = state
+            return group, state
+        return None
 
     def followers(self, name: str, new: int, old: int, reason: str) -> tuple[str, int] | None:
         """Members to force, and into which state, after `name` moved old -> new."""
