@@ -5,7 +5,9 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass, field
 
-from .config.model import Config, VrrpInstance
+from .config.model import Config, VirtualAddress, VrrpInstance
+from .strict import needs_drop
+from .vmac import VmacSpec, advert_interface, vip_interface
 
 # rtnetlink scope numbers for virtual_ipaddress `scope NAME` (iproute2's rt_scopes).
 SCOPES = {None: 0, "global": 0, "universe": 0, "site": 200, "link": 253, "host": 254, "nowhere": 255}
@@ -14,7 +16,7 @@ SCOPES = {None: 0, "global": 0, "universe": 0, "site": 200, "link": 253, "host":
 @dataclass(frozen=True)
 class VipSpec:
     address: str          # "192.0.2.1/32"
-    dev: str | None
+    dev: str | None       # the interface it goes on (a vmac's, see vmac.vip_interface)
     label: str | None
     scope: int
     broadcast: str | None
@@ -25,7 +27,9 @@ class InstanceSpec:
     name: str
     conf: VrrpInstance
     where: str
-    interface: str
+    interface: str                # as configured: the base interface with use_vmac
+    advert_interface: str         # where adverts leave and arrive (the vmac unless vmac_xmit_base)
+    vmac: VmacSpec | None
     family: int
     vrid: int
     version: int
@@ -40,6 +44,7 @@ class InstanceSpec:
     auth_type: int
     auth_pass: bytes
     v3_checksum_as_v2: bool
+    needs_drop: bool              # not owner, no accept mode: drop VIP traffic while master
 
 
 @dataclass
@@ -49,11 +54,12 @@ class Plan:
     mcast_group4: str = "224.0.0.18"
     mcast_group6: str = "ff02::12"
     startup_delay: float = 0.0
+    static_vips: list[VipSpec] = field(default_factory=list)     # global static_ipaddress
 
 
-def _vip(v) -> VipSpec:
+def _vip(v: VirtualAddress, dev: str | None) -> VipSpec:
     brd = v.brd if v.brd is None or isinstance(v.brd, str) else str(v.brd)
-    return VipSpec(str(v.address), v.dev, v.label, SCOPES.get(v.scope, 0),
+    return VipSpec(str(v.address), dev, v.label, SCOPES.get(v.scope, 0),
                    None if brd in ("-", None) else brd)
 
 
@@ -64,20 +70,25 @@ def instance_spec(inst: VrrpInstance, config: Config) -> InstanceSpec:
     # Only simple-password auth reaches the engine; AH is rejected by validation.
     auth_type = 1 if auth is not None and auth.auth_type == "PASS" else 0
     src = inst.source_address
+    vmac = VmacSpec.for_instance(inst, g)
+    vmac_name = vmac.name if vmac else None
     return InstanceSpec(
         name=inst.name, conf=inst, where=f"{inst.where[0]}:{inst.where[1]}",
-        interface=inst.interface, family=family, vrid=inst.virtual_router_id,
+        interface=inst.interface, advert_interface=advert_interface(inst, vmac_name), vmac=vmac,
+        family=family, vrid=inst.virtual_router_id,
         version=inst.version, priority=inst.priority, advert_int_cs=inst.advert_int_cs,
         preempt=not inst.nopreempt, preempt_delay_cs=int(round(inst.preempt_delay * 100)),
         src_ip=str(src) if src is not None else None,
         unicast_peers=[str(p.address) for p in inst.unicast_peer],
-        vips=[_vip(v) for v in inst.virtual_ipaddress + inst.virtual_ipaddress_excluded],
+        vips=[_vip(v, vip_interface(inst, v, False, vmac_name)) for v in inst.virtual_ipaddress] +
+             [_vip(v, vip_interface(inst, v, True, vmac_name)) for v in inst.virtual_ipaddress_excluded],
         # virtual_ipaddress_excluded exists to keep addresses out of the advert
         # (and of the other family); an advert lists at most 255.
         advert_addrs=[str(v.address.ip) for v in inst.virtual_ipaddress
                       if v.family == inst.family][:255],
         auth_type=auth_type, auth_pass=(auth.auth_pass.encode()[:8] if auth_type else b""),
-        v3_checksum_as_v2=inst.v3_checksum_as_v2 or g.v3_checksum_as_v2)
+        v3_checksum_as_v2=inst.v3_checksum_as_v2 or g.v3_checksum_as_v2,
+        needs_drop=needs_drop(inst))
 
 
 def build_plan(config: Config) -> Plan:
@@ -85,4 +96,5 @@ def build_plan(config: Config) -> Plan:
     return Plan(config=config,
                 instances=[instance_spec(i, config) for i in config.instances.values()],
                 mcast_group4=str(g.vrrp_mcast_group4), mcast_group6=str(g.vrrp_mcast_group6),
-                startup_delay=g.vrrp_startup_delay)
+                startup_delay=g.vrrp_startup_delay,
+                static_vips=[_vip(v, v.dev) for v in config.static_ipaddress])

@@ -6,6 +6,11 @@ it queues (state changes, lower-priority adverts) and the changes tracking
 makes (priority, fault).  Per transition, in keepalived's order (vrrp.c
 vrrp_state_become_master / vrrp_state_leave_master): VIPs are added and
 GARPs sent before the MASTER notify, removed before the BACKUP/FAULT notify.
+With them go the strict-mode VIP drop (added before the VIPs, removed after),
+virtual_routes and virtual_rules (added after the VIPs, removed before).
+use_vmac instances send, receive and hold their VIPs on a macvlan made at
+start-up (vmac.py); static addresses/routes/rules are set at start-up and,
+as keepalived does (vrrp_daemon.c stop_vrrp), removed at shutdown.
 Those side effects run in one ordered queue so a burst of thousands of
 transitions costs one netlink batch, and per instance they happen in
 transition order.
@@ -18,14 +23,16 @@ import socket
 import time
 from dataclasses import dataclass, field
 
-from . import _engine, sockets
+from . import _engine, sockets, strict
 from .addresses import AddressManager, Vip
 from .garp import Announce, GarpConfig, GarpScheduler
 from .links import Link, LinkEvent, LinkMonitor
+from .routes import RouteManager
 from .scripts import ScriptRunner
 from .syncgroups import SyncGroups
 from .trackers import Trackers
 from .tracking import Verdict
+from .vmac import VmacManager, create_all
 
 log = logging.getLogger("vrrpd")
 
@@ -62,6 +69,22 @@ class Instance:
     last_reason: str = ""
 
 
+@dataclass
+class Side:
+    """What one direction of a transition batch changes, gathered across instances."""
+    vips: list = field(default_factory=list)
+    drop: list = field(default_factory=list)        # VIPs for the strict-mode drop
+    routes: list = field(default_factory=list)
+    rules: list = field(default_factory=list)
+
+    def take(self, inst: Instance) -> None:
+        self.vips += inst.vips
+        if inst.spec.needs_drop:
+            self.drop += inst.vips
+        self.routes += inst.spec.conf.virtual_routes
+        self.rules += inst.spec.conf.virtual_rules
+
+
 class Daemon:
     def __init__(self, plan, runner: ScriptRunner | None = None, *,
                  max_instances: int | None = None):
@@ -79,6 +102,9 @@ class Daemon:
         self.engine = _engine.Engine(max_instances or max(1024, 2 * len(plan.instances)))
         self.links = LinkMonitor(on_link=self._on_link)
         self.addresses = AddressManager()
+        self.vmacs = VmacManager()
+        self.routes = RouteManager(self.links.ifindex)
+        self.firewall = strict.firewall_for(plan.config)     # None: no instance needs the drop
         self.garp = GarpScheduler()
         self._sockets: dict[tuple[str, int], tuple[int, socket.socket]] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -95,6 +121,8 @@ class Daemon:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         await self.links.start()
+        await self.create_vmacs(self.plan.instances)
+        await self._add_static()
         for spec in self.plan.instances:
             self._add_instance(spec)
         for h in self.hooks:
@@ -110,6 +138,48 @@ class Daemon:
             self._apply_verdict(inst, t)
         self._pump()
 
+    async def create_vmacs(self, specs, timeout: float = 5.0) -> None:
+        """The macvlans of use_vmac instances, then wait until the link monitor
+        knows them (their index and MAC feed the sockets and GARPs).  A vmac
+        that cannot be made is logged; its instance runs on the base interface."""
+        wanted = [s.vmac for s in specs if s.vmac is not None and s.vmac.name not in self.vmacs.vmacs]
+        if not wanted:
+            return
+        made = await create_all(self.vmacs, wanted, self.links.by_name)
+        deadline = self._loop.time() + timeout
+        while any(self.links.by_name(name) is None for name in made):
+            if self._loop.time() > deadline:
+                log.error("vmacs %s not reported by netlink",
+                          sorted(n for n in made if self.links.by_name(n) is None))
+                return
+            await asyncio.sleep(0.01)
+
+    async def _add_static(self) -> None:
+        """Global static_ipaddress / static_routes / static_rules: set once, not tracked."""
+        vips = []
+        for v in self.plan.static_vips:
+            index = self.links.ifindex(v.dev) if v.dev else None
+            if index is None:
+                log.error("static_ipaddress %s: interface %s does not exist", v.address, v.dev)
+                continue
+            vips.append(self._vip(v, index))
+        if vips:
+            r = await self.addresses.add(vips)
+            for vip, err in r.failed:
+                log.warning("adding static address %s failed: errno %d", vip.address, err)
+        c = self.plan.config
+        if c.static_routes or c.static_rules:
+            await self.routes.add(c.static_routes, c.static_rules)
+
+    @staticmethod
+    def _vip(v, ifindex: int) -> Vip:
+        return Vip.parse(v.address, ifindex, label=v.label, scope=v.scope, broadcast=v.broadcast)
+
+    def vips_of(self, spec) -> list[Vip]:
+        """The instance's VIPs, each on its interface (a vmac's if it has one)."""
+        base = self.links.ifindex(spec.interface)
+        return [self._vip(v, self.links.ifindex(v.dev) or base) for v in spec.vips]
+
     def _socket_for(self, ifname: str, family: int, link: Link) -> int:
         key = (ifname, family)
         if key not in self._sockets:
@@ -121,17 +191,16 @@ class Daemon:
         return self._sockets[key][0]
 
     def _add_instance(self, spec) -> Instance:
-        link = self.links.by_name(spec.interface)
-        if link is None:
+        base = self.links.by_name(spec.interface)
+        if base is None:
             raise RuntimeError(f"{spec.where}: instance {spec.name}: interface {spec.interface} does not exist")
-        src = spec.src_ip or (link.primary_ipv4() if spec.family == socket.AF_INET else link.ipv6_link_local())
-        if src is None:
-            raise RuntimeError(f"{spec.where}: instance {spec.name}: no usable source address on {spec.interface}")
-        inst = Instance(spec.name, spec, spec.family, spec.interface)
-        inst.sock_id = self._socket_for(spec.interface, spec.family, link)
-        inst.vips = [Vip.parse(v.address, self.links.ifindex(v.dev or spec.interface) or link.index,
-                               label=v.label, scope=v.scope, broadcast=v.broadcast)
-                     for v in spec.vips]
+        vmac = self.vmacs.vmacs.get(spec.vmac.name) if spec.vmac else None
+        link = self.links.by_name(spec.advert_interface) if vmac else None
+        link = link or base
+        src = spec.src_ip or self._source(spec, base, vmac if link is not base else None)
+        inst = Instance(spec.name, spec, spec.family, link.name)
+        inst.sock_id = self._socket_for(link.name, spec.family, link)
+        inst.vips = self.vips_of(spec)
         family = spec.family
         group = self.plan.mcast_group4 if family == socket.AF_INET else self.plan.mcast_group6
         dsts = spec.unicast_peers or [group]
@@ -148,6 +217,22 @@ class Daemon:
         self.instances[spec.name] = inst
         self.by_idx[inst.idx] = inst
         return inst
+
+    @staticmethod
+    def _source(spec, base: Link, vmac) -> str:
+        """IPv4: the base interface's primary address (a vmac has none of its own
+        until it is master); IPv6: the link-local address (RFC 5798 5.1.2.1), the
+        vmac's when sending from one."""
+        if spec.family == socket.AF_INET:
+            src = base.primary_ipv4()
+            what = "IPv4 address"
+        else:
+            src = vmac.link_local if vmac is not None and vmac.link_local else base.ipv6_link_local()
+            what = "IPv6 link-local address (an IPv6 instance sends its adverts from one)"
+        if src is None:
+            raise RuntimeError(f"{spec.where}: instance {spec.name}: no usable {what} on "
+                               f"{spec.interface}")
+        return src
 
     # -- the hot loop's Python side --------------------------------------------------
     def _on_readable(self, sock_id: int) -> None:
@@ -224,24 +309,34 @@ class Daemon:
                 self._effects.task_done()
 
     async def _apply(self, batch) -> None:
-        add, remove = [], []
+        up, down, stale = Side(), Side(), []
         for inst, old, new, _ in batch:
             if new == _engine.MASTER and old != _engine.MASTER:
-                add.extend(inst.vips)
+                up.take(inst)
             elif old == _engine.MASTER and new != _engine.MASTER:
-                remove.extend(inst.vips)
+                down.take(inst)
             elif old == _engine.INIT and new != _engine.MASTER:
                 # Starting as BACKUP/FAULT: clear VIPs a crashed previous run
                 # left behind, so that only the master holds them.
-                remove.extend(inst.vips)
-        if remove:
-            r = await self.addresses.remove(remove)
+                stale.extend(inst.vips)
+        # Leaving master (vrrp_state_leave_master): rules, routes, VIPs, then the drop.
+        if down.routes or down.rules:
+            await self.routes.remove(down.routes, down.rules)
+        if down.vips or stale:
+            r = await self.addresses.remove(down.vips + stale)
             for vip, err in r.failed:
                 log.warning("removing VIP %s failed: errno %d", vip.address, err)
-        if add:
-            r = await self.addresses.add(add)
+        if down.drop and self.firewall is not None:
+            await self.firewall.remove_vips(down.drop)
+        # Becoming master (vrrp_state_become_master): the drop, VIPs, routes, rules.
+        if up.drop and self.firewall is not None:
+            await self.firewall.add_vips(up.drop)
+        if up.vips:
+            r = await self.addresses.add(up.vips)
             for vip, err in r.failed:
                 log.warning("adding VIP %s failed: errno %d", vip.address, err)
+        if up.routes or up.rules:
+            await self.routes.add(up.routes, up.rules)
         for inst, old, new, reason in batch:
             # keepalived: GARPs right after the VIPs, before the MASTER notify.
             if new == _engine.MASTER and old != _engine.MASTER:
@@ -344,6 +439,10 @@ class Daemon:
         r = await self.addresses.remove_all()
         if r.failed:
             log.warning("%d VIPs could not be removed at shutdown", len(r.failed))
+        await self.routes.remove_all()
+        self.routes.close()
+        if self.firewall is not None:
+            await self.firewall.close()
         for h in self.hooks:
             await h.on_stop(self)
         if self._timer is not None:
@@ -356,3 +455,4 @@ class Daemon:
             sock.close()
         self.links.close()
         self.addresses.close()
+        await self.vmacs.close()        # last: sockets and VIPs on them are gone
