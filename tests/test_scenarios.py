@@ -301,15 +301,7 @@ EXPECTED = {
 }
 # Where vrrpd differs from keepalived 2.2.7 today: scenario -> (what, why / fix).
 # The vrrpd run of such a scenario is an expected failure until it is fixed.
-DIFFERENCES: dict[str, tuple[str, str]] = {
-    "sync_group_startup": (
-        "vrrpd writes GROUP G1 BACKUP after its members' BACKUP lines at start-up, keepalived before",
-        "fix in runtime.Daemon.start: announce SyncGroups.initial() before starting the instances"),
-    "sync_group": (
-        "vrrpd can write GROUP G1 MASTER before the following member's MASTER line (the members' "
-        "moves are applied in separate batches and settled() looks at live, not notified, states)",
-        "fix in runtime.Daemon._apply: call SyncGroups.reported() after each member's hooks"),
-}
+DIFFERENCES: dict[str, tuple[str, str]] = {}
 
 
 # -- scenarios ------------------------------------------------------------------------

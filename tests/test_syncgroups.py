@@ -74,14 +74,33 @@ def test_one_member_faulted_faults_the_group():
     assert not sg.group_faulted("C", {"A": True})
 
 
-def test_group_notified_once_all_members_agree():
+def test_group_notified_after_its_last_member():
     sg = SyncGroups(config())
     M, B = _engine.MASTER, _engine.BACKUP
-    assert sg.settled({"A": B, "B": _engine.INIT, "C": M}) == []
-    assert sg.settled({"A": B, "B": B, "C": M}) == [("G", B)]
-    assert sg.settled({"A": B, "B": B, "C": M}) == []          # no repeat
-    assert sg.settled({"A": M, "B": B, "C": M}) == []
-    assert sg.settled({"A": M, "B": M, "C": B}) == [("G", M)]
+    assert sg.reported("A", B) is None                 # B not yet notified
+    assert sg.reported("C", M) is None                 # not in a group
+    assert sg.reported("B", B) == ("G", B)
+    assert sg.reported("B", B) is None                 # no repeat
+    assert sg.reported("A", M) is None
+    assert sg.reported("B", M) == ("G", M)
+
+
+def test_group_announced_first_unless_a_member_waits_for_a_script():
+    F, B = _engine.FAULT, _engine.BACKUP
+    assert SyncGroups(config()).initial({}, {}) == [("G", B)]
+    assert SyncGroups(config()).initial({}, {"B": True}) == [("G", F)]
+    sg = SyncGroups(config())
+    assert sg.initial({"A": True}, {}) == []
+    assert sg.reported("A", B) is None and sg.reported("B", B) == ("G", B)
+
+
+def test_reload_carries_what_was_notified():
+    old = SyncGroups(config())
+    old.reported("A", _engine.MASTER)
+    old.reported("B", _engine.MASTER)
+    new = SyncGroups(config())
+    new.carry(old)
+    assert new.reported("A", _engine.MASTER) is None   # already the group's state
 
 
 # -- Trackers: how the config's track_* become verdicts -------------------------------

@@ -12,6 +12,7 @@ import re
 import shutil
 import signal
 import subprocess
+import tempfile
 import sys
 import threading
 import time
@@ -94,6 +95,7 @@ class DaemonProc:
         self.ns, self.kind = ns, kind
         self.binary = binary or (default_vrrpd() if kind == "vrrpd" else KEEPALIVED)
         base = os.path.join(workdir, f"{ns.name}{tag}")
+        self.ctl_path = os.path.join(tempfile.gettempdir(), f"vrrpd-{ns.name}{tag}.ctl")
         self.conf = base + ".conf"
         self.fifo_path = base + ".fifo"
         self.log_path = base + f".{kind}.log"
@@ -107,7 +109,9 @@ class DaemonProc:
 
     def argv(self) -> list[str]:
         if self.kind == "vrrpd":
-            return [self.binary, "-l", "-D", "-f", self.conf]
+            # Each lab daemon gets its own control socket (a short path: the
+            # limit is 108 bytes), not the shared default under /run/vrrpd.
+            return [self.binary, "-l", "-D", "-f", self.conf, "--control-socket", self.ctl_path]
         # Unique pid files: keepalived refuses to start when another copy's exist.
         return [self.binary, "-n", "-l", "-D", "--vrrp", "-f", self.conf,
                 "-p", self.pidfile, "-r", self.pidfile + ".vrrp", "-c", self.pidfile + ".chk"]
@@ -213,6 +217,10 @@ class DaemonProc:
     def stop(self) -> None:
         self.kill()
         self.fifo.close()
+        try:
+            os.unlink(self.ctl_path)    # left behind by a kill -9
+        except FileNotFoundError:
+            pass
 
 
 def vips_on(ns: Netns, dev: str = "eth0") -> set[str]:

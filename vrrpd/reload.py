@@ -218,9 +218,7 @@ async def apply(daemon, p: Prepared) -> None:
         daemon.instances[inst.name] = inst
     daemon.plan = p.plan
     old_trackers, daemon.trackers = daemon.trackers, p.trackers
-    for g, st in daemon.syncgroups.state.items():
-        if g in p.syncgroups.state:
-            p.syncgroups.state[g] = st
+    p.syncgroups.carry(daemon.syncgroups)
     daemon.syncgroups = p.syncgroups
     touched = [daemon._add_instance(spec) for spec in d.added + [s for _, s in d.replaced]]
     # Priority and fault from the new trackers where they differ; new

@@ -40,6 +40,9 @@ STATE_NAMES = {_engine.INIT: "INIT", _engine.BACKUP: "BACKUP",
                _engine.MASTER: "MASTER", _engine.FAULT: "FAULT"}
 
 
+EFFECTS_SLICE = 0.002     # s of transition side effects between returns to the loop
+
+
 def now_us() -> int:
     return time.monotonic_ns() // 1000
 
@@ -133,6 +136,12 @@ class Daemon:
             # keepalived's vrrp_startup_delay: let the network settle before electing.
             await asyncio.sleep(self.plan.startup_delay)
         self._electing = True
+        # keepalived (vrrp_init_state) announces a sync group before its members.
+        verdicts = {n: self.trackers.verdict(n) for n in self.instances}
+        for group, state in self.syncgroups.initial({n: v.pending for n, v in verdicts.items()},
+                                                    {n: v.fault for n, v in verdicts.items()}):
+            for h in self.hooks:
+                h.on_group_transition(group, state)
         t = now_us()
         for inst in self.instances.values():
             self._apply_verdict(inst, t)
@@ -337,7 +346,13 @@ class Daemon:
                 log.warning("adding VIP %s failed: errno %d", vip.address, err)
         if up.routes or up.rules:
             await self.routes.add(up.routes, up.rules)
+        yielded = time.monotonic()
         for inst, old, new, reason in batch:
+            # Thousands of transitions at once: let the loop run due adverts
+            # in between instead of holding it for the whole batch.
+            if time.monotonic() - yielded > EFFECTS_SLICE:
+                await asyncio.sleep(0)
+                yielded = time.monotonic()
             # keepalived: GARPs right after the VIPs, before the MASTER notify.
             if new == _engine.MASTER and old != _engine.MASTER:
                 for key, ann in self._announces(inst):
@@ -350,11 +365,11 @@ class Daemon:
                     h.on_transition(inst, old, new, reason)
                 except Exception:
                     log.exception("(%s) transition hook failed", inst.name)
-        # A group's notification follows its members' (keepalived).
-        states = {name: i.state for name, i in self.instances.items()}
-        for group, state in self.syncgroups.settled(states):
-            for h in self.hooks:
-                h.on_group_transition(group, state)
+            # A group's notification follows its last member's (keepalived).
+            moved = self.syncgroups.reported(inst.name, new)
+            if moved is not None:
+                for h in self.hooks:
+                    h.on_group_transition(*moved)
 
     def _announces(self, inst: Instance):
         """(key, Announce) per interface the instance's VIPs live on."""

@@ -50,6 +50,13 @@ class SyncGroups:
             out.append((group, state))
         return out
 
+    def carry(self, old: "SyncGroups") -> None:
+        """Reload: groups and members that still exist keep what was notified."""
+        for g, st in old.state.items():
+            if g in self.state:
+                self.state[g] = st
+        self._reported.update({m: st for m, st in old._reported.items() if m in self.group_of})
+
     def reported(self, name: str, state: int) -> tuple[str, int] | None:
         """A member's transition was notified; (group, state) if the group now moves."""
         group = self.group_of.get(name)
@@ -81,17 +88,3 @@ class SyncGroups:
         if group is None:
             return own_fault.get(name, False)
         return any(own_fault.get(m, False) for m in self.members[group])
-
-    def settled(self, states: dict[str, int]) -> list[tuple[str, int]]:
-        """Groups whose members now all share a new state: (group, state) to notify."""
-        out = []
-        for group, members in self.members.items():
-            if not members:
-                continue
-            st = {states[m] for m in members}
-            if len(st) == 1:
-                (s,) = st
-                if s != self.state[group] and s != _engine.INIT:
-                    self.state[group] = s
-                    out.append((group, s))
-        return out
