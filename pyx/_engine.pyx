@@ -201,6 +201,11 @@ cdef double REJ_BURST = 20.0
 assert len(_ICTR_NAMES) == C_REJECT and len(_SCTR_NAMES) == S_REJECT
 
 
+cdef inline int64_t _phase(int idx, int64_t interval) noexcept nogil:
+    # Fibonacci hashing of the slot: neighbouring slots land far apart.
+    return <int64_t>((<uint32_t>idx * <uint32_t>2654435761u) >> 22) * (interval // 2) // 1024
+
+
 cdef inline bint _is_multicast(const uint8_t* a, int alen) noexcept nogil:
     if alen == 4:
         return (a[0] & 0xF0) == 0xE0
@@ -236,9 +241,14 @@ cdef class Engine:
     it too) and drains pop_events().
     """
 
-    def __cinit__(self, int max_instances=16384):
+    def __cinit__(self, int max_instances=16384, bint defer_sends=False):
+        # defer_sends: adverts queued by start/set_priority/set_fault/
+        # force_state wait for the next tick()/flush() instead of one
+        # sendmmsg per call -- a daemon applying a thousand tracking changes
+        # in one loop turn sends them in one batch per socket.
         if max_instances < 1:
             raise ValueError("max_instances must be >= 1")
+        self._deferred = defer_sends
         self._max = max_instances
         self._inst = <inst_t*>calloc(max_instances, sizeof(inst_t))
         self._free = <int*>malloc(max_instances * sizeof(int))
@@ -482,7 +492,7 @@ cdef class Engine:
                 self._heap_set(idx, now + p.adver_int + self._skew_pri(p, 255))
             else:
                 self._heap_set(idx, now + self._master_down(p))
-        self._flush()
+        self._flush_unless_deferred()
 
     def set_priority(self, int idx, int priority, int64_t now):
         """Set the effective priority; a master re-advertises at once."""
@@ -497,7 +507,7 @@ cdef class Engine:
             patch_priority(p.pkts + i * p.pkt_len, priority)
         if p.state == S_MASTER:
             self._enqueue(idx, False)
-            self._flush()
+            self._flush_unless_deferred()
 
     def set_fault(self, int idx, bint faulted, int64_t now):
         """Enter FAULT (a master first sends priority 0) or leave it -> BACKUP."""
@@ -514,7 +524,7 @@ cdef class Engine:
                 self._become_master(idx, now, now, R_FAULT_CLEARED)
             else:
                 self._become_backup(idx, now, R_FAULT_CLEARED)
-        self._flush()
+        self._flush_unless_deferred()
 
     def force_state(self, int idx, int state, int64_t now):
         """Sync group: follow a member into MASTER or BACKUP (keepalived
@@ -530,7 +540,7 @@ cdef class Engine:
             self._become_backup(idx, now, R_SYNC_GROUP)
         elif state != S_MASTER and state != S_BACKUP:
             raise ValueError("force_state: MASTER or BACKUP only")
-        self._flush()
+        self._flush_unless_deferred()
 
     def stop(self, int idx, int64_t now):
         """Shutdown: a master sends priority 0 (RFC 5798 6.4.3); state INIT."""
@@ -849,9 +859,14 @@ cdef class Engine:
         p.master_priority = p.priority
         self._set_state(idx, S_MASTER, reason)
         # RFC 5798 6.4.2: send an advert at once, then every Advert_Interval
-        # counted from the timer's deadline (not from when we ran).
+        # counted from the timer's deadline (not from when we ran).  Instances
+        # that become master together (start-up, a failover of many) would
+        # otherwise advertise in one burst forever after; the second advert
+        # comes up to half an interval early, at a per-instance phase, which
+        # spreads them over the interval (an early advert only restarts the
+        # backups' timers; v3 backups learn the interval from the field).
         self._enqueue(idx, False)
-        d = base + p.adver_int
+        d = base + p.adver_int - _phase(idx, p.adver_int)
         while d <= now:
             d += p.adver_int
         self._heap_set(idx, d)
@@ -939,6 +954,14 @@ cdef class Engine:
             s.dirty = 1
             self._dirty[self._ndirty] = p.sock_id
             self._ndirty += 1
+
+    def flush(self):
+        """Send every queued advert now (one sendmmsg per socket)."""
+        self._flush()
+
+    cdef void _flush_unless_deferred(self) noexcept:
+        if not self._deferred:
+            self._flush()
 
     cdef void _flush(self) noexcept:
         cdef int k, sid

@@ -164,3 +164,20 @@ def test_interface_weight_moves_priority():
     assert t.verdict("A").priority == 90
     t.on_link(link("eth2", up=False, index=4), LinkEvent.DELETED, None)
     assert t.verdict("A").priority == 70 and verdicts[-1] == ("A", t.verdict("A"))
+
+
+def test_deferred_sends_wait_for_flush():
+    e = _engine.Engine(4, defer_sends=True)
+    sid = e.add_socket(-1, socket.AF_INET, 1)
+    a = e.add_instance(sock_id=sid, vrid=1, version=3, priority=255, advert_int_cs=10,
+                       src=SRC, dsts=[GROUP], vips=[], owner=True)
+    e.start(a, 0, want_master=True)
+    assert e.state(a) == _engine.MASTER and e.pop_sent() == []      # queued
+    e.flush()
+    assert len(e.pop_sent()) == 1
+    e.set_priority(a, 200, 10)
+    assert e.pop_sent() == []
+    e.tick(20)                                                     # a tick sends the queue
+    assert [p[2][2] for p in e.pop_sent()] == [200]
+    e.stop(a, 30)                                                  # shutdown never waits
+    assert [p[2][2] for p in e.pop_sent()] == [0]

@@ -79,6 +79,7 @@ cdef struct ev_t:
 cdef class Engine:
     cdef inst_t* _inst
     cdef int _max
+    cdef bint _deferred             # queue API-triggered adverts until tick()/flush()
     cdef int* _free                 # stack of free instance slots
     cdef int _nfree
     cdef uint64_t* _ictr            # _max * NICTR counters
@@ -111,6 +112,7 @@ cdef class Engine:
                      const uint8_t* addr, int alen) noexcept
     cdef void _set_state(self, int idx, int state, int reason) noexcept
     cdef void _enqueue(self, int idx, bint zero) noexcept
+    cdef void _flush_unless_deferred(self) noexcept
     cdef void _flush(self) noexcept
     cdef void _flush_sock(self, int sid) noexcept
     cdef int64_t _skew_pri(self, inst_t* p, int prio) noexcept

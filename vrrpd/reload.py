@@ -121,14 +121,23 @@ class Reloader:
         loop = asyncio.get_running_loop()
         old_interval = sys.getswitchinterval()
         sys.setswitchinterval(RELOAD_SWITCH_INTERVAL)
-        # No collections while the worker allocates the new configuration: a
-        # full pass over the old one, in either thread, holds the GIL for long.
+        # No collections while the new configuration is built and swapped in:
+        # a full pass over it, in either thread, holds the GIL (and the
+        # adverts) for tens of ms.  Afterwards it is frozen like the first one
+        # (the old one is freed by reference counting: it has no cycles).
         gc.disable()
+        try:
+            return await self._reload_gc_off(loop, old_interval)
+        finally:
+            sys.setswitchinterval(old_interval)
+            gc.freeze()
+            gc.enable()
+
+    async def _reload_gc_off(self, loop, old_interval) -> dict:
         try:
             result, prepared = await loop.run_in_executor(None, self._prepare)
         finally:
             sys.setswitchinterval(old_interval)
-            gc.enable()
         out = {"ok": not result.errors, "errors": [str(e) for e in result.errors],
                "warnings": [str(w) for w in result.warnings]}
         for w in result.warnings:

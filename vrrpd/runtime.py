@@ -102,7 +102,8 @@ class Daemon:
         self._electing = False        # after vrrp_startup_delay: instances may start
         self.instances: dict[str, Instance] = {}
         self.by_idx: dict[int, Instance] = {}
-        self.engine = _engine.Engine(max_instances or max(1024, 2 * len(plan.instances)))
+        self.engine = _engine.Engine(max_instances or max(1024, 2 * len(plan.instances)),
+                                     defer_sends=True)
         self.links = LinkMonitor(on_link=self._on_link)
         self.addresses = AddressManager()
         self.vmacs = VmacManager()
@@ -259,6 +260,7 @@ class Daemon:
         # Sync-group moves queue more events; drain until quiet.
         while events := self.engine.pop_events():
             self._on_events(events)
+        self.engine.flush()         # what tracking and sync groups queued, in one batch
         next_at = self.engine.next_deadline()
         if next_at < 0:
             return

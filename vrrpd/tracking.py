@@ -528,6 +528,8 @@ class TrackedInstance:
         self.verdict = self._evaluate()
 
     def update(self, kind: str, name: str, value: bool | int) -> Verdict:
+        if self._values.get((kind, name)) == value and (kind, name) in self._values:
+            return self.verdict             # nothing new (a re-dump, a reload)
         self._values[(kind, name)] = value
         return self._changed(self._evaluate())
 
