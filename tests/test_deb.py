@@ -70,6 +70,7 @@ def test_man_page_lists_exactly_the_options():
     text = open(os.path.join(PKG, "man", "vrrpd.8")).read().replace("\\-", "-")
     options = text.split(".SH OPTIONS", 1)[1].split("\n.SH ", 1)[0]
     documented = set(re.findall(r"^\.BR (-[a-zA-Z]) \", \" (--[a-z-]+)", options, re.M))
+    documented |= {(o,) for o in re.findall(r"^\.BR (--[a-z-]+)", options, re.M)}
     actual = {tuple(a.option_strings) for a in build_parser()._actions}
     assert documented == actual
 
