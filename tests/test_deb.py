@@ -66,6 +66,13 @@ def test_example_config_is_valid(tmp_path):
     assert r.config.global_defs.vrrp_notify_fifo is not None
 
 
+def test_unit_waits_for_readiness():
+    text = open(os.path.join(PKG, "vrrpd.service")).read()
+    assert unit_setting(text, "Type") == ["notify"]
+    assert unit_setting(text, "NotifyAccess") == ["main"]
+    assert "/bin/kill -HUP $MAINPID" in " ".join(unit_setting(text, "ExecReload"))
+
+
 def test_man_page_lists_exactly_the_options():
     text = open(os.path.join(PKG, "man", "vrrpd.8")).read().replace("\\-", "-")
     options = text.split(".SH OPTIONS", 1)[1].split("\n.SH ", 1)[0]
