@@ -201,9 +201,15 @@ cdef double REJ_BURST = 20.0
 assert len(_ICTR_NAMES) == C_REJECT and len(_SCTR_NAMES) == S_REJECT
 
 
+cdef enum:
+    PHASES = 8              # advert phase slots per interval (see _phase)
+
+
 cdef inline int64_t _phase(int idx, int64_t interval) noexcept nogil:
-    # Fibonacci hashing of the slot: neighbouring slots land far apart.
-    return <int64_t>((<uint32_t>idx * <uint32_t>2654435761u) >> 22) * (interval // 2) // 1024
+    # One of PHASES slots in the first half interval (Fibonacci hashing of the
+    # slot number spreads neighbours): few enough that the loop still wakes
+    # only PHASES times per interval, each wake sending one batch per socket.
+    return <int64_t>((<uint32_t>idx * <uint32_t>2654435761u) >> 29) * (interval // 2) // PHASES
 
 
 cdef inline bint _is_multicast(const uint8_t* a, int alen) noexcept nogil:

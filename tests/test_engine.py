@@ -207,7 +207,8 @@ def test_jitter_free_schedule_many_instances_one_heap():
     for v, d in enumerate(second):
         adv = (10 + v % 7) * 10_000
         assert T0 + adv // 2 <= d <= T0 + adv
-    assert len(set(second)) > 200, "phases spread over the interval"
+    same_interval = {d for v, d in enumerate(second) if v % 7 == 0}   # 37 instances
+    assert 6 <= len(same_interval) <= 8, "spread over the engine's 8 phase slots"
     t = T0
     while t < T0 + 10_000_000:                   # tick exactly at each deadline
         t = e.tick(t)
