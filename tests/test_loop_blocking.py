@@ -25,21 +25,22 @@ from daemons import DaemonProc
 from netns import wait_for
 from vrrpd.labconf import LabSpec, host_config
 
-pytestmark = [
-    pytest.mark.netns, pytest.mark.slow,
-    # Measured 2026-11-25 on the shared 2-core machine: max gap 116-294 ms even
-    # with no scripts at all (late bursts of one socket's 255 adverts), 470-510 ms
-    # while 100 track scripts time out.  The bound is the issue's; the engine's
-    # batching/scheduling does not meet it yet (see the issue 5 note).  Kept
-    # running so the numbers stay visible; xfail so it does not gate CI until fixed.
-    pytest.mark.xfail(reason="advert gaps exceed advert_int + 5 ms at 1,000 instances",
-                      strict=False),
-]
+pytestmark = [pytest.mark.netns, pytest.mark.slow]
+
+# Measured 2026-11-25 on the shared 2-core VM: with no scripts the largest gap
+# is 103 ms (p99 102 ms); while 100 track scripts time out and 3,000 notify
+# scripts sleep it is 128-161 ms (p99 105-117 ms), above the issue's bound.
+# xfail (not strict) keeps the numbers visible without gating CI until fixed.
+SCRIPTS_XFAIL = pytest.mark.xfail(reason="gaps exceed advert_int + 5 ms while scripts hang",
+                                  strict=False)
 
 N = 1000
 SCRIPTS = 100
 ADVERT_MS = 100
-BOUND_MS = ADVERT_MS + 5
+BOUND_MS = ADVERT_MS + 5          # the issue's bound, for the run with hanging scripts
+# The run without scripts is the baseline and a regression guard: it measures
+# 101.9-104.7 ms here; before the engine spread advert phases it was 116-132 ms.
+BASELINE_BOUND_MS = ADVERT_MS + 10
 WINDOW = 9.0          # seconds of capture: start-up transitions plus ~6 s of hanging scripts
 CAPTURE = os.path.join(os.path.dirname(__file__), "scenarios", "wire_gaps.py")
 
@@ -71,7 +72,7 @@ def percentile(values: list[float], q: float) -> float:
 
 # "none": the same 1,000 instances without scripts, the baseline that tells a
 # stall caused by scripts from one the engine has anyway.
-@pytest.mark.parametrize("load", ["none", "scripts"])
+@pytest.mark.parametrize("load", ["none", pytest.param("scripts", marks=SCRIPTS_XFAIL)])
 def test_adverts_keep_time_while_scripts_hang(lan, tmp_path, load):
     spec = LabSpec(instances=N)
     net = lan(hosts=2, nics=spec.nics)
@@ -101,4 +102,4 @@ def test_adverts_keep_time_while_scripts_hang(lan, tmp_path, load):
                f"p99.9 {percentile(pooled, 0.999):.2f} ms, median {percentile(pooled, 0.5):.2f} ms")
     print(summary)
     assert min(len(v) for v in gaps.values()) >= (WINDOW - 3) * 1000 / ADVERT_MS, "window too short"
-    assert max(pooled) <= BOUND_MS, summary
+    assert max(pooled) <= (BOUND_MS if load == "scripts" else BASELINE_BOUND_MS), summary

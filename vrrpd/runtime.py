@@ -66,7 +66,6 @@ class Instance:
     state: int = _engine.INIT
     priority: int = 0             # effective priority as last reported
     started: bool = False         # engine.start() done (held while a script is pending)
-    fault: bool = False           # own tracking verdict: FAULT
     transitions: int = 0
     last_transition: float = 0.0
     last_reason: str = ""
@@ -256,7 +255,7 @@ class Daemon:
 
     def _pump(self) -> None:
         """Run due timers, hand events to the effects queue, re-arm the one timer."""
-        next_at = self.engine.tick(now_us())
+        self.engine.tick(now_us())
         # Sync-group moves queue more events; drain until quiet.
         while events := self.engine.pop_events():
             self._on_events(events)
