@@ -21,3 +21,13 @@ def Lan(*args, **kw):
 
 def our_namespaces() -> set[str]:
     return labnet.namespaces(PREFIX + str(os.getpid() % 10000))
+
+
+def veth_host(ns: Netns, address: str | None = "192.0.2.10/24") -> Netns:
+    """A lone host: eth0 (with `address`) wired to eth1 inside the same namespace, both up."""
+    ns.run("ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth1")
+    for dev in ("eth0", "eth1"):
+        ns.run("ip", "link", "set", dev, "up")
+    if address:
+        ns.run("ip", "addr", "add", address, "dev", "eth0")
+    return ns

@@ -11,7 +11,7 @@ import tempfile
 
 import pytest
 
-from netns import wait_for
+from netns import veth_host, wait_for
 from vrrpd.config import load
 from vrrpd.strict import DEFAULT_TABLE, firewall_for, needs_drop
 
@@ -130,11 +130,7 @@ def test_drop_rule_blocks_vip_traffic_while_in_place(lan):
 def test_ruleset_same_as_keepalived(netns, tmp_path):
     rulesets = {}
     for who in ("keepalived", "vrrpd"):
-        ns = netns(who[:2])
-        ns.run("ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth1")
-        for dev in ("eth0", "eth1"):
-            ns.run("ip", "link", "set", dev, "up")
-        ns.run("ip", "addr", "add", "192.0.2.10/24", "dev", "eth0")
+        ns = veth_host(netns(who[:2]))
         if who == "keepalived":
             conf = str(tmp_path / f"{ns.name}.conf")
             with open(conf, "w") as f:

@@ -15,7 +15,7 @@ import tempfile
 
 import pytest
 
-from netns import wait_for
+from netns import veth_host, wait_for
 from vrrpd.config import load
 from vrrpd.vmac import VmacSpec, advert_interface, eui64_link_local, vip_interface, virtual_mac
 
@@ -185,10 +185,7 @@ def test_vmac_lifecycle_and_arp_from_virtual_mac(lan, tmp_path):
 
 @pytest.mark.netns
 def test_vmac_adopts_or_replaces_leftovers(netns, tmp_path):
-    ns = netns()
-    ns.run("ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth1")
-    for dev in ("eth0", "eth1"):
-        ns.run("ip", "link", "set", dev, "up")
+    ns = veth_host(netns(), address=None)
     # vrrp.7 left with the wrong MAC (replaced); vrrp.8 a non-macvlan (never touched).
     ns.run("ip", "link", "add", "link", "eth0", "vrrp.7", "address", "02:00:00:00:00:07",
            "type", "macvlan", "mode", "private")
@@ -207,11 +204,7 @@ def test_vmac_same_as_keepalived(netns, tmp_path):
     """Both daemons build the vmacs for the same config on the same kind of host."""
     prints = {}
     for who in ("keepalived", "vrrpd"):
-        ns = netns(who[:2])
-        ns.run("ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth1")
-        for dev in ("eth0", "eth1"):
-            ns.run("ip", "link", "set", dev, "up")
-        ns.run("ip", "addr", "add", "192.0.2.10/24", "dev", "eth0")
+        ns = veth_host(netns(who[:2]))
         conf = str(tmp_path / f"{ns.name}.conf")
         with open(conf, "w") as f:
             f.write(CONF)
