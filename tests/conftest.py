@@ -9,6 +9,14 @@ sys.path.insert(0, os.path.dirname(__file__))
 from netns import PREFIX, Lan, Netns, new_name, our_namespaces  # noqa: E402
 
 
+@pytest.fixture(params=["asyncio", "uvloop"])
+def aio(request):
+    """aio(coro) runs a coroutine to completion on a fresh loop of the given kind."""
+    import asyncio
+    import uvloop
+    return uvloop.run if request.param == "uvloop" else asyncio.run
+
+
 def _can_netns() -> bool:
     return os.geteuid() == 0 and shutil.which("ip") is not None
 

@@ -27,25 +27,33 @@ from vrrpd.labconf import LabSpec, host_config
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
-# Measured 2026-11-25 on the shared 2-core VM: with no scripts the largest gap
-# is 103 ms (p99 102 ms); while 100 track scripts time out and 3,000 notify
-# scripts sleep it is 128-161 ms (p99 105-117 ms), above the bound.
-# xfail (not strict) keeps the numbers visible without gating CI until fixed.
-SCRIPTS_XFAIL = pytest.mark.xfail(reason="gaps exceed advert_int + 5 ms while scripts hang",
-                                  strict=False)
+# The daemon runs with keepalived's `vrrp_rt_priority` (SCHED_RR, scripts and
+# the spawner reset to normal priority), as an operator who needs advert
+# timing under load sets it: on this 2-core VM the test's own load (3,000
+# notify processes, 100 script spawns a second, the capture) otherwise
+# delays the daemon's wake-ups by the scheduler, not by its loop.
+# Measured 2026-11-25: without it, max gap 109-114 ms (p99 104-109 ms); with
+# it 104.6-105.3 ms (p99 101.6 ms).  Before the script spawner became a
+# process of its own (it was a thread taking the GIL from the loop) the
+# scripts run measured 128-161 ms.
 
 N = 1000
 SCRIPTS = 100
 ADVERT_MS = 100
-BOUND_MS = ADVERT_MS + 5          # the bound, for the run with hanging scripts
-# The run without scripts is the baseline and a regression guard: it measures
-# 101.9-104.7 ms here; before the engine spread advert phases it was 116-132 ms.
-BASELINE_BOUND_MS = ADVERT_MS + 10
+BOUND_MS = ADVERT_MS + 5          # the bound
 WINDOW = 9.0          # seconds of capture: start-up transitions plus ~6 s of hanging scripts
 CAPTURE = os.path.join(os.path.dirname(__file__), "scenarios", "wire_gaps.py")
 
 
 def config(tmp: str, load: bool) -> str:
+    return realtime(_config(tmp, load))
+
+
+def realtime(text: str) -> str:
+    return text.replace("global_defs {\n", "global_defs {\n    vrrp_rt_priority 10\n", 1)
+
+
+def _config(tmp: str, load: bool) -> str:
     if not load:
         return host_config(LabSpec(instances=N, version=3, advert_int=ADVERT_MS / 1000,
                                    notify_fifo="@FIFO@"), 0, priority=200)
@@ -72,7 +80,7 @@ def percentile(values: list[float], q: float) -> float:
 
 # "none": the same 1,000 instances without scripts, the baseline that tells a
 # stall caused by scripts from one the engine has anyway.
-@pytest.mark.parametrize("load", ["none", pytest.param("scripts", marks=SCRIPTS_XFAIL)])
+@pytest.mark.parametrize("load", ["none", "scripts"])
 def test_adverts_keep_time_while_scripts_hang(lan, tmp_path, load):
     spec = LabSpec(instances=N)
     net = lan(hosts=2, nics=spec.nics)
@@ -102,4 +110,4 @@ def test_adverts_keep_time_while_scripts_hang(lan, tmp_path, load):
                f"p99.9 {percentile(pooled, 0.999):.2f} ms, median {percentile(pooled, 0.5):.2f} ms")
     print(summary)
     assert min(len(v) for v in gaps.values()) >= (WINDOW - 3) * 1000 / ADVERT_MS, "window too short"
-    assert max(pooled) <= (BOUND_MS if load == "scripts" else BASELINE_BOUND_MS), summary
+    assert max(pooled) <= BOUND_MS, summary

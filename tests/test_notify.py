@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from test_scripts import aio, alive, write_script  # noqa: F401  (fixture)
+from test_scripts import alive, write_script
 from vrrpd.notify import NotifyFifo, Notifier, NotifyScripts, fifo_line
 from vrrpd.scripts import ScriptRunner
 
@@ -38,22 +38,22 @@ def test_notify_scripts_start_in_order_with_their_arguments(aio, tmp_path):
     rec = write_script(tmp_path / "rec.sh", RECORDER.format(log=log))
 
     async def main():
-        r = ScriptRunner()
-        inst = NotifyScripts(
-            notify_master=r.prepare(f"{rec} master 'quoted arg'"),
-            notify_backup=r.prepare(f"{rec} backup"),
-            notify_fault=r.prepare(f"{rec} fault"),
-            notify=r.prepare(rec),
-        )
-        group = NotifyScripts(notify=r.prepare(f"{rec} group-generic"))
-        n = Notifier(r)
-        n.notify("INSTANCE", "VI_1", "BACKUP", 100, inst)
-        n.notify("INSTANCE", "VI_1", "MASTER", 100, inst)
-        n.notify("GROUP", "G1", "MASTER", 100, group)          # group priority is always 0
-        n.notify("INSTANCE", "VI_1", "FAULT", 90, inst)
-        while r.counters.runs < 7 or r.running:            # notify() never waits; we do
-            await asyncio.sleep(0.01)
-        return r
+        async with ScriptRunner() as r:
+            inst = NotifyScripts(
+                notify_master=r.prepare(f"{rec} master 'quoted arg'"),
+                notify_backup=r.prepare(f"{rec} backup"),
+                notify_fault=r.prepare(f"{rec} fault"),
+                notify=r.prepare(rec),
+            )
+            group = NotifyScripts(notify=r.prepare(f"{rec} group-generic"))
+            n = Notifier(r)
+            n.notify("INSTANCE", "VI_1", "BACKUP", 100, inst)
+            n.notify("INSTANCE", "VI_1", "MASTER", 100, inst)
+            n.notify("GROUP", "G1", "MASTER", 100, group)          # group priority is always 0
+            n.notify("INSTANCE", "VI_1", "FAULT", 90, inst)
+            while r.counters.runs < 7 or r.running:            # notify() never waits; we do
+                await asyncio.sleep(0.01)
+            return r
 
     r = aio(main())
     rows = recorded(log, 7)
@@ -75,15 +75,15 @@ def test_master_rx_lower_pri_and_stop(aio, tmp_path):
     slow_stop = write_script(tmp_path / "stop.sh", f"sleep 0.3; {RECORDER.format(log=log)}")
 
     async def main():
-        r = ScriptRunner()
-        s = NotifyScripts(notify_master_rx_lower_pri=r.prepare(f"{rec} rxlower"),
-                          notify_stop=r.prepare(f"{slow_stop} stop"))
-        n = Notifier(r)
-        n.master_rx_lower_pri("VI_1", 100, s)
-        n.notify("INSTANCE", "VI_1", "STOP", 100, s)
-        t0 = time.monotonic()
-        await n.shutdown()                      # waits for notify_stop (bounded)
-        return time.monotonic() - t0
+        async with ScriptRunner() as r:
+            s = NotifyScripts(notify_master_rx_lower_pri=r.prepare(f"{rec} rxlower"),
+                              notify_stop=r.prepare(f"{slow_stop} stop"))
+            n = Notifier(r)
+            n.master_rx_lower_pri("VI_1", 100, s)
+            n.notify("INSTANCE", "VI_1", "STOP", 100, s)
+            t0 = time.monotonic()
+            await n.shutdown()                      # waits for notify_stop (bounded)
+            return time.monotonic() - t0
 
     waited = aio(main())
     assert 0.2 < waited < 1.5
@@ -94,22 +94,22 @@ def test_fifo_lines_are_exact(aio, tmp_path):
     path = str(tmp_path / "fifo")
 
     async def main():
-        r = ScriptRunner()
-        fifo = NotifyFifo(path)
-        n = Notifier(r, [fifo])
-        n.open()
-        reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-        n.notify("INSTANCE", "VI_1", "BACKUP", 100)
-        n.notify("INSTANCE", "VI_1", "MASTER", 100)
-        n.notify("GROUP", "G1", "MASTER", 100)
-        n.master_rx_lower_pri("VI_1", 100)
-        n.priority_changed("VI_1", "MASTER", 90)
-        n.notify("INSTANCE", "VI_1", "STOP", 90)
-        n.notify("GROUP", "G1", "STOP", 90)
-        data = os.read(reader, 65536)
-        os.close(reader)
-        await n.shutdown()
-        return data, fifo
+        async with ScriptRunner() as r:
+            fifo = NotifyFifo(path)
+            n = Notifier(r, [fifo])
+            n.open()
+            reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+            n.notify("INSTANCE", "VI_1", "BACKUP", 100)
+            n.notify("INSTANCE", "VI_1", "MASTER", 100)
+            n.notify("GROUP", "G1", "MASTER", 100)
+            n.master_rx_lower_pri("VI_1", 100)
+            n.priority_changed("VI_1", "MASTER", 90)
+            n.notify("INSTANCE", "VI_1", "STOP", 90)
+            n.notify("GROUP", "G1", "STOP", 90)
+            data = os.read(reader, 65536)
+            os.close(reader)
+            await n.shutdown()
+            return data, fifo
 
     data, fifo = aio(main())
     assert data.decode().splitlines() == [
@@ -172,18 +172,18 @@ def test_slow_fifo_script_gets_every_line_and_is_stopped(aio, tmp_path):
                           f'sleep 0.002; done < "$1"')
 
     async def main():
-        r = ScriptRunner()
-        fifo = NotifyFifo(path, r.prepare(reader))
-        n = Notifier(r, [fifo])
-        n.open()
-        for i in range(300):
-            n.notify("INSTANCE", f"VI_{i}", "BACKUP", 50)
-        for _ in range(500):
-            await asyncio.sleep(0.01)
-            if out.exists() and len(out.read_text().splitlines()) == 300:
-                break
-        await n.shutdown()
-        return fifo
+        async with ScriptRunner() as r:
+            fifo = NotifyFifo(path, r.prepare(reader))
+            n = Notifier(r, [fifo])
+            n.open()
+            for i in range(300):
+                n.notify("INSTANCE", f"VI_{i}", "BACKUP", 50)
+            for _ in range(500):
+                await asyncio.sleep(0.01)
+                if out.exists() and len(out.read_text().splitlines()) == 300:
+                    break
+            await n.shutdown()
+            return fifo
 
     fifo = aio(main())
     lines = out.read_text().splitlines()
@@ -287,20 +287,20 @@ def test_same_script_arguments_and_fifo_lines_as_keepalived(aio, netns, tmp_path
 
     # Replay them through our Notifier.
     async def main():
-        r = ScriptRunner(script_user="root", enable_script_security=True)
-        rec = str(our_dir / "rec.sh")
-        s = NotifyScripts(notify_master=r.prepare(f"{rec} master 'quoted arg'"),
-                          notify_backup=r.prepare(f"{rec} backup"),
-                          notify_stop=r.prepare(f"{rec} stop"), notify=r.prepare(rec))
-        n = Notifier(r, [NotifyFifo(str(our_dir / "fifo"), r.prepare(str(our_dir / "reader.sh")))])
-        n.open()
-        for kind, name, state, prio in transitions:
-            n.notify(kind, name, state, int(prio), s)
-        for _ in range(500):
-            if len(lines_of(our_dir / "fifo.out")) == len(transitions):
-                break
-            await asyncio.sleep(0.01)
-        await n.shutdown()
+        async with ScriptRunner(script_user="root", enable_script_security=True) as r:
+            rec = str(our_dir / "rec.sh")
+            s = NotifyScripts(notify_master=r.prepare(f"{rec} master 'quoted arg'"),
+                              notify_backup=r.prepare(f"{rec} backup"),
+                              notify_stop=r.prepare(f"{rec} stop"), notify=r.prepare(rec))
+            n = Notifier(r, [NotifyFifo(str(our_dir / "fifo"), r.prepare(str(our_dir / "reader.sh")))])
+            n.open()
+            for kind, name, state, prio in transitions:
+                n.notify(kind, name, state, int(prio), s)
+            for _ in range(500):
+                if len(lines_of(our_dir / "fifo.out")) == len(transitions):
+                    break
+                await asyncio.sleep(0.01)
+            await n.shutdown()
 
     aio(main())
     # keepalived may stop its fifo reader before it reads the STOP line: compare a prefix.

@@ -8,20 +8,14 @@ import logging
 import os
 import resource
 import shutil
+import signal
 import tempfile
 import time
 
 import pytest
-import uvloop
 
-from vrrpd import scripts
+from vrrpd import scripts, spawner
 from vrrpd.scripts import CommandSyntaxError, ScriptResult, ScriptRunner, split_command
-
-
-@pytest.fixture(params=["asyncio", "uvloop"])
-def aio(request):
-    """aio(coro) runs a coroutine to completion on a fresh loop of the given kind."""
-    return uvloop.run if request.param == "uvloop" else asyncio.run
 
 
 def write_script(path, body, mode=0o755):
@@ -74,10 +68,10 @@ def test_exit_status_args_and_environment(aio, tmp_path, monkeypatch):
                      f'printf "%s|" "$@" "$VRRPD_TEST_ENV" > {out}; exit "$1"')
 
     async def main():
-        r = ScriptRunner()
-        script = r.prepare(f"{s} 7 'with space'")
-        res = await r.run(script, "extra")
-        return r, res
+        async with ScriptRunner() as r:
+            script = r.prepare(f"{s} 7 'with space'")
+            res = await r.run(script, "extra")
+            return r, res
 
     r, res = aio(main())
     assert res == ScriptResult("exited", 7) and not res.ok
@@ -90,14 +84,14 @@ def test_missing_and_crashing_scripts_are_counted(aio, tmp_path, caplog):
     vanish = write_script(tmp_path / "vanish.sh", "exit 0")
 
     async def main():
-        r = ScriptRunner()
-        assert r.prepare(str(tmp_path / "nope.sh")) is None          # disabled at prepare
-        assert r.prepare("no-such-command-anywhere") is None
-        gone = r.prepare(vanish)
-        os.unlink(vanish)                                             # vanished after prepare
-        res_gone = await r.run(gone)
-        res_crash = await r.run(r.prepare(crash))
-        return r, res_gone, res_crash
+        async with ScriptRunner() as r:
+            assert r.prepare(str(tmp_path / "nope.sh")) is None          # disabled at prepare
+            assert r.prepare("no-such-command-anywhere") is None
+            gone = r.prepare(vanish)
+            os.unlink(vanish)                                             # vanished after prepare
+            res_gone = await r.run(gone)
+            res_crash = await r.run(r.prepare(crash))
+            return r, res_gone, res_crash
 
     r, res_gone, res_crash = aio(main())
     assert res_gone.status == "exec_error"
@@ -113,8 +107,8 @@ def test_script_without_shebang_runs_through_sh(aio, tmp_path):
     p.chmod(0o755)
 
     async def main():
-        r = ScriptRunner()
-        return await r.run(r.prepare(str(p)))
+        async with ScriptRunner() as r:
+            return await r.run(r.prepare(str(p)))
 
     assert aio(main()) == ScriptResult("exited", 5)
 
@@ -124,10 +118,10 @@ def test_timeout_kills_the_whole_process_group(aio, tmp_path):
     s = write_script(tmp_path / "fork.sh", f"sleep 60 & echo $! > {pids}; echo $$ >> {pids}; sleep 60")
 
     async def main():
-        r = ScriptRunner()
-        t0 = time.monotonic()
-        res = await r.run(r.prepare(s), timeout=0.3)
-        return r, res, time.monotonic() - t0
+        async with ScriptRunner() as r:
+            t0 = time.monotonic()
+            res = await r.run(r.prepare(s), timeout=0.3)
+            return r, res, time.monotonic() - t0
 
     r, res, took = aio(main())
     assert res.status == "timeout" and res.returncode == -15
@@ -146,12 +140,12 @@ def test_sigterm_ignoring_grandchild_gets_sigkill(aio, tmp_path):
                      f"sh -c 'trap \"\" TERM; echo $$ > {pidf}; while :; do sleep 0.05; done' & sleep 60")
 
     async def main():
-        r = ScriptRunner()
-        res = await r.run(r.prepare(s), timeout=0.3)
-        pid = int(pidf.read_text())
-        assert alive(pid)                       # survived SIGTERM
-        await asyncio.sleep(scripts.KILL_DELAY + 0.5)
-        return res, pid
+        async with ScriptRunner() as r:
+            res = await r.run(r.prepare(s), timeout=0.3)
+            pid = int(pidf.read_text())
+            assert alive(pid)                       # survived SIGTERM
+            await asyncio.sleep(spawner.KILL_DELAY + 0.5)
+            return res, pid
 
     res, pid = aio(main())
     assert res.status == "timeout"
@@ -162,11 +156,11 @@ def test_flooding_stdout_neither_blocks_nor_grows_memory(aio, tmp_path):
     s = write_script(tmp_path / "flood.sh", "head -c 200000000 /dev/zero; head -c 50000000 /dev/zero >&2")
 
     async def main():
-        r = ScriptRunner()
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        res = await r.run(r.prepare(s), timeout=30)
-        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return res, after - before
+        async with ScriptRunner() as r:
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            res = await r.run(r.prepare(s), timeout=30)
+            after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            return res, after - before
 
     res, grown_kib = aio(main())
     assert res.ok
@@ -178,22 +172,22 @@ def test_loop_stays_live_while_100_scripts_hang_past_timeout(aio, tmp_path):
 
     async def main():
         loop = asyncio.get_running_loop()
-        r = ScriptRunner()
-        script = r.prepare(s)
-        lateness = []
+        async with ScriptRunner() as r:
+            script = r.prepare(s)
+            lateness = []
 
-        async def ticker():
-            while True:
-                t = loop.time()
-                await asyncio.sleep(0.01)
-                lateness.append(loop.time() - t - 0.01)
+            async def ticker():
+                while True:
+                    t = loop.time()
+                    await asyncio.sleep(0.01)
+                    lateness.append(loop.time() - t - 0.01)
 
-        tick = asyncio.create_task(ticker())
-        await asyncio.sleep(0.05)
-        results = await asyncio.gather(*(r.start(script, timeout=0.3) for _ in range(100)))
-        await asyncio.sleep(0.1)
-        tick.cancel()
-        return r, results, max(lateness), len(lateness)
+            tick = asyncio.create_task(ticker())
+            await asyncio.sleep(0.05)
+            results = await asyncio.gather(*(r.start(script, timeout=0.3) for _ in range(100)))
+            await asyncio.sleep(0.1)
+            tick.cancel()
+            return r, results, max(lateness), len(lateness)
 
     r, results, worst, ticks = aio(main())
     assert all(res.status == "timeout" for res in results)
@@ -208,14 +202,84 @@ def test_terminate_all_stops_running_scripts(aio, tmp_path):
     s = write_script(tmp_path / "hang.sh", "sleep 30")
 
     async def main():
-        r = ScriptRunner()
-        futs = [r.start(r.prepare(s)) for _ in range(3)]
-        await asyncio.sleep(0.1)
-        await r.terminate_all(grace=1.0)
-        return r, [f.result() for f in futs]
+        async with ScriptRunner() as r:
+            futs = [r.start(r.prepare(s)) for _ in range(3)]
+            await asyncio.sleep(0.1)
+            await r.terminate_all(grace=1.0)
+            return r, [f.result() for f in futs]
 
     r, results = aio(main())
     assert r.running == 0 and all(res.returncode == -15 for res in results)
+
+
+def test_terminate_all_ends_the_spawner_process(aio, tmp_path):
+    s = write_script(tmp_path / "ok.sh", "exit 0")
+
+    async def main():
+        r = ScriptRunner()
+        assert (await r.run(r.prepare(s))).ok
+        proc = r._spawner.proc
+        await r.terminate_all()
+        return proc.returncode, r.start(r.prepare(s)).result()
+
+    rc, after = aio(main())
+    assert rc == 0                              # exited by itself on EOF
+    assert after.status == "exec_error"         # nothing runs once shut down
+
+
+def test_signals_for_the_daemon_spare_the_spawner_not_the_scripts(aio, tmp_path):
+    """Ctrl-C or a SIGTERM meant for the daemon's process group must not take
+    the spawner down, yet a script it starts must still die of SIGTERM (a
+    handler, unlike SIG_IGN, is reset at exec)."""
+    s = write_script(tmp_path / "hang.sh", "exec sleep 30")
+
+    async def main():
+        async with ScriptRunner() as r:
+            first = r.start(r.prepare(s), timeout=0.3)
+            await asyncio.sleep(0.2)
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                os.kill(r._spawner.proc.pid, sig)
+            res = await asyncio.wait_for(first, 5)
+            return res, (await r.run(r.prepare(write_script(tmp_path / "ok.sh", "exit 3")))), \
+                r._spawner.proc.poll()
+
+    res, later, spawner_rc = aio(main())
+    assert res == ScriptResult("timeout", -signal.SIGTERM)
+    assert later == ScriptResult("exited", 3) and spawner_rc is None
+
+
+def test_a_killed_spawner_fails_its_scripts_and_is_replaced(aio, tmp_path, caplog):
+    s = write_script(tmp_path / "hang.sh", "exec sleep 30")
+
+    async def main():
+        async with ScriptRunner() as r:
+            futs = [r.start(r.prepare(s)) for _ in range(3)]
+            await asyncio.sleep(0.2)
+            old = r._spawner.proc
+            pids = [run.pid for run in r._runs.values()]
+            old.kill()
+            results = [await asyncio.wait_for(f, 5) for f in futs]
+            again = await r.run(r.prepare(write_script(tmp_path / "ok.sh", "exit 0")))
+            for pid in pids:          # orphans of the dead spawner: not ours to reap
+                os.kill(pid, signal.SIGKILL)
+            return r.counters, results, again, old.wait(5)
+
+    counters, results, again, _ = aio(main())
+    assert all(res.status == "exec_error" for res in results) and counters.exec_errors == 3
+    assert again.ok
+    assert "spawner exited" in caplog.text
+
+
+def test_an_oversized_command_is_refused_not_fatal(aio, tmp_path):
+    s = write_script(tmp_path / "ok.sh", "exit 0")
+
+    async def main():
+        async with ScriptRunner() as r:
+            huge = await r.run(r.prepare(s), "x" * (spawner.MAX_MESSAGE + 1))
+            return huge, await r.run(r.prepare(s)), r.counters.exec_errors
+
+    huge, normal, errors = aio(main())
+    assert huge.status == "exec_error" and errors == 1 and normal.ok
 
 
 # -- users and script security --------------------------------------------------------
@@ -239,12 +303,12 @@ def test_runs_as_configured_user(aio, world_dir):
                      '[ "$(id -u)" = 65534 ] && [ "$(id -g)" = 65534 ] && [ "$(id -G)" = 65534 ]')
 
     async def main():
-        r = ScriptRunner(script_user="nobody")
-        script = r.prepare(s)
-        assert (script.uid, script.gid) == (65534, 65534)
-        own = r.prepare(s, "root")                      # the script's own user wins
-        assert (own.uid, own.gid) == (0, 0)
-        return await r.run(script)
+        async with ScriptRunner(script_user="nobody") as r:
+            script = r.prepare(s)
+            assert (script.uid, script.gid) == (65534, 65534)
+            own = r.prepare(s, "root")                      # the script's own user wins
+            assert (own.uid, own.gid) == (0, 0)
+            return await r.run(script)
 
     assert aio(main()).ok
 

@@ -5,7 +5,6 @@ import socket
 import pytest
 from aiosmtpd.controller import Controller
 
-from test_scripts import aio  # noqa: F401  (fixture)
 from vrrpd.notify import Notifier
 from vrrpd.scripts import ScriptRunner
 from vrrpd.smtp import SmtpAlerter, SmtpSettings

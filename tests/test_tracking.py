@@ -10,7 +10,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from test_scripts import aio, write_script  # noqa: F401  (fixture)
+from test_scripts import write_script
 from vrrpd.scripts import ScriptRunner
 from vrrpd.tracking import (
     ProcessWatcher, RiseFall, Track, TrackedInstance, TrackFile, TrackFileWatcher, Verdict,
@@ -198,19 +198,19 @@ def test_vrrp_script_tracker_rise_fall_live(aio, tmp_path):
     s = write_script(tmp_path / "chk.sh", f'exit "$(cat {ctl})"')
 
     async def main():
-        runner = ScriptRunner()
-        changes = []
-        vs = VrrpScript("chk", runner.prepare(s), interval=0.03, rise=2, fall=3)
-        tr = VrrpScriptTracker(runner, vs, lambda n, up: changes.append(up))
-        tr.start()
-        await wait_for(lambda: changes == [True])          # first success: up at once
-        ctl.write_text("1")
-        await wait_for(lambda: changes == [True, False])   # after 3 failures
-        failed_runs = runner.counters.failures
-        ctl.write_text("0")
-        await wait_for(lambda: changes == [True, False, True])
-        tr.stop()
-        return failed_runs
+        async with ScriptRunner() as runner:
+            changes = []
+            vs = VrrpScript("chk", runner.prepare(s), interval=0.03, rise=2, fall=3)
+            tr = VrrpScriptTracker(runner, vs, lambda n, up: changes.append(up))
+            tr.start()
+            await wait_for(lambda: changes == [True])          # first success: up at once
+            ctl.write_text("1")
+            await wait_for(lambda: changes == [True, False])   # after 3 failures
+            failed_runs = runner.counters.failures
+            ctl.write_text("0")
+            await wait_for(lambda: changes == [True, False, True])
+            tr.stop()
+            return failed_runs
 
     assert aio(main()) >= 3
 
@@ -219,14 +219,14 @@ def test_vrrp_script_tracker_skips_overlapping_runs_and_times_out(aio, tmp_path)
     s = write_script(tmp_path / "slow.sh", "sleep 10")
 
     async def main():
-        runner = ScriptRunner()
-        changes = []
-        vs = VrrpScript("slow", runner.prepare(s), interval=0.05, timeout=0.2)
-        tr = VrrpScriptTracker(runner, vs, lambda n, up: changes.append(up))
-        tr.start()
-        await wait_for(lambda: changes == [False])          # the timeout is a failure
-        tr.stop()
-        return tr.skipped, runner.counters
+        async with ScriptRunner() as runner:
+            changes = []
+            vs = VrrpScript("slow", runner.prepare(s), interval=0.05, timeout=0.2)
+            tr = VrrpScriptTracker(runner, vs, lambda n, up: changes.append(up))
+            tr.start()
+            await wait_for(lambda: changes == [False])          # the timeout is a failure
+            tr.stop()
+            return tr.skipped, runner.counters
 
     skipped, counters = aio(main())
     assert skipped >= 2 and counters.timeouts >= 1 and counters.runs <= 2
@@ -236,16 +236,16 @@ def test_init_fail_reports_down_before_first_run(aio, tmp_path):
     s = write_script(tmp_path / "ok.sh", "exit 0")
 
     async def main():
-        runner = ScriptRunner()
-        changes = []
-        tr = VrrpScriptTracker(runner, VrrpScript("c", runner.prepare(s), interval=0.05,
-                                                  init_fail=True),
-                               lambda n, up: changes.append(up))
-        tr.start()
-        first = list(changes)
-        await wait_for(lambda: changes == [False, True])
-        tr.stop()
-        return first
+        async with ScriptRunner() as runner:
+            changes = []
+            tr = VrrpScriptTracker(runner, VrrpScript("c", runner.prepare(s), interval=0.05,
+                                                      init_fail=True),
+                                   lambda n, up: changes.append(up))
+            tr.start()
+            first = list(changes)
+            await wait_for(lambda: changes == [False, True])
+            tr.stop()
+            return first
 
     assert aio(main()) == [False]
 

@@ -69,6 +69,7 @@ def config_test(path: str, config_id: str | None = None) -> int:
 
 
 def run(args) -> int:
+    from . import procsched
     from .config import load
     from .plan import build_plan
 
@@ -89,6 +90,7 @@ def run(args) -> int:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             return runner.run(serve(plan, args))
     finally:
+        procsched.release()
         if args.pidfile:
             try:
                 os.unlink(args.pidfile)
@@ -97,7 +99,7 @@ def run(args) -> int:
 
 
 async def serve(plan, args=None) -> int:
-    from . import sdnotify
+    from . import procsched, sdnotify
     from .reporting import Reporter
     from .runtime import Daemon
 
@@ -109,6 +111,9 @@ async def serve(plan, args=None) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    applied = procsched.apply(plan.config.global_defs)
+    if applied:
+        log.info("process settings: %s", ", ".join(applied))
     daemon = Daemon(plan)
     daemon.hooks.append(Reporter(plan.config, daemon.runner))
     try:

@@ -6,11 +6,10 @@ timeout can kill everything it forked), with stdin/stdout/stderr on /dev/null
 (keepalived's set_std_fd(): a script that floods stdout costs nothing) and the
 daemon's environment (keepalived passes `environ` to execve).
 
-Spawning happens on one worker thread (fork+exec waits for the child's exec,
-~1 ms each, which must not stall the loop; one FIFO worker keeps start order).
-Waiting: each child is watched through a pidfd registered with
-loop.add_reader(), so it behaves the same on uvloop and on asyncio, needs no
-child watcher and no thread per script.
+Spawning, timeouts and reaping happen in a separate process (vrrpd.spawner):
+fork+exec costs ~1 ms of Python per script, which on the daemon's own GIL
+delayed adverts.  The loop only sends a request and reads a few replies per
+script, and it behaves the same on uvloop and on asyncio.
 
 Security (keepalived's check_script_secure()): a script that runs as root must
 not be replaceable by anyone else: every path component, of the configured
@@ -22,21 +21,20 @@ they only draw a warning.  Like keepalived we do not check the #! interpreter.
 from __future__ import annotations
 
 import asyncio
-import errno
 import grp
+import itertools
 import logging
 import os
 import pwd
-import signal
 import stat
-import subprocess
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from string import hexdigits
 
+from . import spawner
+from .spawner import Spawner
+
 log = logging.getLogger(__name__)
 
-KILL_DELAY = 2.0            # keepalived: SIGKILL the group 2 s after the timeout SIGTERM
 DEFAULT_SCRIPT_USER = "keepalived_script"
 _WHITE_SPACE = " \t\f\n\r\v"
 _ESCAPES = {"a": "\a", "b": "\b", "E": "\x1b", "f": "\f", "n": "\n",
@@ -218,27 +216,26 @@ def path_insecurity(path: str) -> str | None:
 
 
 class _Run:
-    """One running child: its Popen, pidfd, timers and the future of its result."""
-    __slots__ = ("script", "proc", "pidfd", "future", "timed_out", "stopping", "timeout_handle")
+    """One script asked for: its future, and what the spawner told of it."""
+    __slots__ = ("script", "future", "pid", "timed_out", "stopping")
 
-    def __init__(self, script: Script, proc: subprocess.Popen, pidfd: int, future: asyncio.Future):
+    def __init__(self, script: Script, future: asyncio.Future):
         self.script = script
-        self.proc = proc
-        self.pidfd = pidfd
         self.future = future
+        self.pid: int | None = None
         self.timed_out = False
         self.stopping = False          # we are stopping it: its death is no failure
-        self.timeout_handle: asyncio.TimerHandle | None = None
 
 
 class ScriptRunner:
     """Prepares and runs scripts; never raises for a script's misbehaviour.
 
     `prepare()` turns a configured command into a `Script` (or None when it
-    must be disabled, logged and counted).  `start()` queues the spawn (the
-    order of start() calls is the order the processes start) and returns a
-    future of the `ScriptResult`; `run()` awaits it.  Not supported: the
-    keepalived idiom of a script starting with "<" run through /bin/sh.
+    must be disabled, logged and counted).  `start()` asks the spawner
+    process (vrrpd.spawner) to run it and returns a future of the
+    `ScriptResult`; the order of start() calls is the order the processes
+    start.  `run()` awaits it.  Not supported: the keepalived idiom of a
+    script starting with "<" run through /bin/sh.
     """
 
     def __init__(self, *, script_user: str | None = None, script_group: str | None = None,
@@ -249,8 +246,9 @@ class ScriptRunner:
         self.enable_script_security = enable_script_security
         self.counters = ScriptCounters()
         self._loop = loop
-        self._running: dict[int, _Run] = {}
-        self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vrrpd-spawn")
+        self._runs: dict[int, _Run] = {}
+        self._ids = itertools.count(1)
+        self._spawner: Spawner | None = None
         self._closing = False
         self._warned_unsecured = False
 
@@ -262,7 +260,13 @@ class ScriptRunner:
 
     @property
     def running(self) -> int:
-        return len(self._running)
+        return len(self._runs)
+
+    async def __aenter__(self) -> "ScriptRunner":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.terminate_all()
 
     # -- preparation ---------------------------------------------------------
 
@@ -327,117 +331,94 @@ class ScriptRunner:
 
     def start(self, script: Script, *extra_args: str, timeout: float | None = None,
               ) -> asyncio.Future:
-        """Queue the spawn and return a future of the ScriptResult.
-
-        fork+exec waits for the child's exec (~1 ms each here), so 100 at once
-        would stall the loop for 100 ms: spawns run on one worker thread, in
-        call order (start order == call order; keepalived's notify ordering).
-        """
-        loop = self.loop
-        fut = loop.create_future()
-        argv = [*script.argv, *map(str, extra_args)]
-        spawning = loop.run_in_executor(self._spawner, self._spawn, argv, script)
-        spawning.add_done_callback(lambda sp: self._spawned(sp, script, fut, timeout))
+        """Ask the spawner to run `script` with `extra_args`; a future of the ScriptResult.
+        The timeout's SIGTERM goes to the script's process group, SIGKILL 2 s later."""
+        fut = self.loop.create_future()
+        if self._closing:
+            log.warning("not running %s: shutting down", script)
+            fut.set_result(ScriptResult(ScriptResult.EXEC_ERROR))
+            return fut
+        if self._spawner is None:
+            self._spawner = Spawner(self.loop, self._reply, self._spawner_lost)
+        run_id = next(self._ids)
+        self._runs[run_id] = _Run(script, fut)       # a lost spawner resolves it
+        try:
+            self._spawner.send(spawner.RUN, run_id, [*script.argv, *map(str, extra_args)],
+                               script.uid, script.gid, float(timeout or 0))
+        except ValueError as e:
+            del self._runs[run_id]
+            self.counters.exec_errors += 1
+            log.error("cannot run %s: %s", script, e)
+            fut.set_result(ScriptResult(ScriptResult.EXEC_ERROR))
         return fut
 
     async def run(self, script: Script, *extra_args: str, timeout: float | None = None,
                   ) -> ScriptResult:
         return await self.start(script, *extra_args, timeout=timeout)
 
-    @staticmethod
-    def _spawn(argv: list[str], script: Script) -> subprocess.Popen:
-        """Runs on the spawner thread."""
-        kw = dict(stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                  stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
-        if script.uid != os.geteuid() or script.gid != os.getegid():
-            # keepalived: setgid, setgroups(1, &gid), setuid in the child.
-            kw.update(user=script.uid, group=script.gid, extra_groups=[script.gid])
-        try:
-            return subprocess.Popen(argv, **kw)
-        except OSError as e:
-            if e.errno != errno.ENOEXEC:
-                raise
-            # No #! line: keepalived then runs it through /bin/sh (system()).
-            return subprocess.Popen(["/bin/sh", *argv], **kw)
-
-    def _spawned(self, spawning: asyncio.Future, script: Script, fut: asyncio.Future,
-                 timeout: float | None) -> None:
-        try:
-            proc = spawning.result()
-        except (OSError, subprocess.SubprocessError, ValueError) as e:
+    def _reply(self, msg: tuple) -> None:
+        kind, run_id = msg[0], msg[1]
+        run = self._runs.get(run_id)
+        if run is None:
+            return
+        if kind == spawner.STARTED:
+            self.counters.runs += 1
+            run.pid = msg[2]
+        elif kind == spawner.TIMEDOUT:
+            run.timed_out = True
+            self.counters.timeouts += 1
+            log.warning("%s timed out; sent SIGTERM to its process group", run.script)
+        elif kind == spawner.FAILED:
+            del self._runs[run_id]
             self.counters.exec_errors += 1
-            log.error("cannot run %s (%s): %s", script, script.argv[0], e)
-            fut.set_result(ScriptResult(ScriptResult.EXEC_ERROR))
-            return
-        self.counters.runs += 1
-        run = _Run(script, proc, os.pidfd_open(proc.pid), fut)
-        self._running[proc.pid] = run
-        self.loop.add_reader(run.pidfd, self._reap, run)
-        if self._closing:
-            run.stopping = True
-            _killpg(proc.pid, signal.SIGKILL)
-        elif timeout is not None and timeout > 0:
-            run.timeout_handle = self.loop.call_later(timeout, self._on_timeout, run)
+            log.error("cannot run %s (%s): %s", run.script, run.script.argv[0], msg[2])
+            run.future.set_result(ScriptResult(ScriptResult.EXEC_ERROR))
+        elif kind == spawner.EXITED:
+            del self._runs[run_id]
+            rc = msg[2]
+            if run.timed_out:
+                result = ScriptResult(ScriptResult.TIMEOUT, rc)
+            else:
+                result = ScriptResult(ScriptResult.EXITED, rc)
+                if rc != 0 and not run.stopping:
+                    self.counters.failures += 1
+                    log.info("%s exited with %s", run.script,
+                             f"signal {-rc}" if rc < 0 else f"status {rc}")
+            if not run.future.done():
+                run.future.set_result(result)
 
-    def _reap(self, run: _Run) -> None:
-        if run.proc.poll() is None:        # spurious wakeup
+    def _spawner_lost(self) -> None:
+        """The spawner died (killed, out of memory): what it ran is unknown.
+        The next start() starts a new one."""
+        self._spawner = None
+        if not self._runs:
             return
-        self.loop.remove_reader(run.pidfd)
-        os.close(run.pidfd)
-        self._running.pop(run.proc.pid, None)
-        if run.timeout_handle is not None:
-            run.timeout_handle.cancel()
-        rc = run.proc.returncode
-        if run.timed_out:
-            result = ScriptResult(ScriptResult.TIMEOUT, rc)
-        else:
-            result = ScriptResult(ScriptResult.EXITED, rc)
-            if rc != 0 and not run.stopping:
-                self.counters.failures += 1
-                log.info("%s exited with %s", run.script,
-                         f"signal {-rc}" if rc < 0 else f"status {rc}")
-        if not run.future.done():
-            run.future.set_result(result)
-
-    def _on_timeout(self, run: _Run) -> None:
-        run.timeout_handle = None
-        run.timed_out = True
-        self.counters.timeouts += 1
-        log.warning("%s timed out; sending SIGTERM to its process group", run.script)
-        pgid = run.proc.pid            # own session: pgid == pid
-        _killpg(pgid, signal.SIGTERM)
-        # SIGKILL the whole group later even if the leader obeys: its children may not.
-        self.loop.call_later(KILL_DELAY, _killpg, pgid, signal.SIGKILL)
+        log.error("script spawner exited; %d scripts' results are lost", len(self._runs))
+        runs, self._runs = self._runs, {}
+        for run in runs.values():
+            self.counters.exec_errors += 1
+            if not run.future.done():
+                run.future.set_result(ScriptResult(ScriptResult.EXEC_ERROR))
 
     async def stop(self, fut: asyncio.Future, grace: float = 1.0) -> None:
         """Stop the script whose start() returned `fut` (e.g. a notify fifo script)."""
-        await self._terminate([r for r in self._running.values() if r.future is fut], grace)
+        await self._terminate([(i, r) for i, r in self._runs.items() if r.future is fut], grace)
 
     async def terminate_all(self, grace: float = 1.0) -> None:
-        """Shutdown: stop every running script; those still queued are killed as they start."""
+        """Shutdown: stop every running script, then the spawner."""
         self._closing = True
-        await self.loop.run_in_executor(self._spawner, lambda: None)   # drain the spawn queue
-        await asyncio.sleep(0)
-        await self._terminate(list(self._running.values()), grace)
-        self._spawner.shutdown(wait=False)
+        await self._terminate(list(self._runs.items()), grace)
+        if self._spawner is not None:
+            sp, self._spawner = self._spawner, None
+            sp.close()
+            await sp.wait_closed()
 
-    async def _terminate(self, runs: list[_Run], grace: float) -> None:
-        """SIGTERM the groups, SIGKILL those still there after `grace` (keepalived)."""
-        for run in runs:
+    async def _terminate(self, runs: list[tuple[int, _Run]], grace: float) -> None:
+        """SIGTERM the groups, SIGKILL them after `grace` (keepalived)."""
+        for run_id, run in runs:
             run.stopping = True
-            _killpg(run.proc.pid, signal.SIGTERM)
-        pending = {r.future for r in runs}
+            if self._spawner is not None:
+                self._spawner.send(spawner.STOP, run_id, grace)
+        pending = {r.future for _, r in runs}
         if pending:
-            _, pending = await asyncio.wait(pending, timeout=grace)
-        for run in runs:
-            if run.future in pending:
-                _killpg(run.proc.pid, signal.SIGKILL)
-        if pending:
-            await asyncio.wait(pending, timeout=grace)
-
-
-def _killpg(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass          # the whole group is already gone
+            await asyncio.wait(pending, timeout=grace + 1.0)
