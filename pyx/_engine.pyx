@@ -471,6 +471,45 @@ cdef class Engine:
         self._free[self._nfree] = idx
         self._nfree += 1
 
+    def set_advert_addrs(self, int idx, list vips):
+        """Reload: a new virtual_ipaddress list for a running instance.  The
+        adverts (both priority variants) are re-encoded; state, timers and
+        counters stay (keepalived keeps an instance whose VIPs changed).
+        Adverts from others are checked against the new list from now on."""
+        cdef inst_t* p = self._get(idx)
+        cdef int alen = p.alen
+        if len(vips) > 255 or any(len(v) != alen for v in vips):
+            raise ValueError("vips must be at most 255 packed addresses")
+        cdef int naddr = len(vips)
+        cdef uint8_t* addrs = <uint8_t*>malloc(max(1, naddr * alen))
+        cdef uint8_t* pkts = <uint8_t*>malloc(<size_t>p.ndst * MAX_PKT)
+        if not addrs or not pkts:
+            free(addrs); free(pkts)
+            raise MemoryError()
+        cdef int i, n = 0
+        cdef bytes b
+        for i in range(naddr):
+            b = vips[i]
+            memcpy(addrs + i * alen, <const char*>b, alen)
+        for i in range(p.ndst):
+            n = encode_advert(pkts + i * MAX_PKT, MAX_PKT, p.version, p.family,
+                              p.vrid, p.priority, p.advert_field, addrs, naddr,
+                              p.auth_type, p.auth_data, p.src, p.dsts + i * alen,
+                              p.v3_as_v2)
+            if n < 0:
+                free(addrs); free(pkts)
+                raise ValueError("cannot encode an advert with these addresses")
+        # Sends already queued go out at flush time from pkts: all of one length.
+        for i in range(p.ndst):
+            memcpy(p.pkts + i * n, pkts + i * MAX_PKT, n)
+            memcpy(p.pkts0 + i * n, pkts + i * MAX_PKT, n)
+            patch_priority(p.pkts0 + i * n, 0)
+        free(pkts)
+        free(p.vips)
+        p.vips = addrs
+        p.naddr = naddr
+        p.pkt_len = n
+
     # --- control (the daemon) ------------------------------------------------
     def start(self, int idx, int64_t now, bint want_master=False):
         """INIT -> BACKUP with the master-down timer running, or FAULT if faulted.

@@ -7,7 +7,6 @@ backup's namespace stamps every advert with the kernel's receive time
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,13 +16,14 @@ import pytest
 
 from daemons import vips_on
 from netns import wait_for
-from test_ctl import two_hosts
+from test_ctl import VRRPCTL, two_hosts
+from vrrpd.ctl import request
 from vrrpd.labconf import LabSpec, host_config, vip
 
 pytestmark = [pytest.mark.netns]
 
 # Runs inside a namespace: every received IPv4 VRRP packet as
-# [kernel time, interface, source, vrid, priority], for `seconds`.
+# [kernel time, interface, source, vrid, priority, address count], for `seconds`.
 CAPTURE = r"""
 import json, socket, struct, sys, time
 SO_TIMESTAMPNS = 35
@@ -42,7 +42,8 @@ while time.monotonic() < end:
         continue
     ihl = (data[0] & 15) * 4
     sec, nsec = struct.unpack("qq", anc[0][2][:16])
-    out.append([sec + nsec / 1e9, addr[0], socket.inet_ntoa(data[12:16]), data[ihl + 1], data[ihl + 2]])
+    out.append([sec + nsec / 1e9, addr[0], socket.inet_ntoa(data[12:16]), data[ihl + 1], data[ihl + 2],
+                data[ihl + 3]])
 json.dump(out, sys.stdout)
 """
 
@@ -58,15 +59,18 @@ class Capture:
         return json.loads(out)
 
 
-def max_gaps(packets, srcs: set[str]) -> dict:
-    """(interface, vrid) -> largest interval between consecutive adverts from srcs."""
+def max_gaps(packets, srcs: set[str], ends: dict | None = None) -> dict:
+    """(interface, vrid) -> largest interval between consecutive adverts from
+    srcs; ends, if given, gets the time each of those intervals ended."""
     last, gaps = {}, {}
-    for t, ifname, s, vrid, _ in packets:
+    for t, ifname, s, vrid, *_ in packets:
         if s not in srcs:
             continue
         key = (ifname, vrid)
-        if key in last:
-            gaps[key] = max(gaps.get(key, 0.0), t - last[key])
+        if key in last and t - last[key] > gaps.get(key, 0.0):
+            gaps[key] = t - last[key]
+            if ends is not None:
+                ends[key] = t
         last[key] = t
     return gaps
 
@@ -93,7 +97,11 @@ def test_reload_1000_instances_changes_only_one(lan, tmp_path):
             "    priority 150")
         assert text.count("priority 150") == 1
         reconfigure(m, text)
-        r = m.ctl_json("reload")
+        # vrrpctl's own code, in this process: starting a Python interpreter
+        # for the client costs ~150 ms of CPU on this 2-core machine, which
+        # delays the daemons' adverts by itself (measured: +1.6-5.7 ms with
+        # the vrrpctl command, the same reload by SIGHUP -0.1-2.9 ms).
+        r = request(m.sock, "reload")
         wall_done = time.time()
         assert r["ok"], r
         assert r["kept"] == n and r["changed"] == ["VI_5"]
@@ -116,16 +124,26 @@ def test_reload_1000_instances_changes_only_one(lan, tmp_path):
         # machine adverts are advert_int apart) and from the reload until 1 s
         # after it; the reload must add no more than 5 ms to that.
         before = max_gaps([p for p in packets if wall_reload - 2.0 <= p[0] < wall_reload], master_ips)
-        during = max_gaps([p for p in packets if wall_reload <= p[0] < wall_done + 1.0], master_ips)
+        ends = {}
+        during = max_gaps([p for p in packets if wall_reload <= p[0] < wall_done + 1.0], master_ips,
+                          ends)
         assert len(before) == len(during) == n
         base, worst = max(before.values()), max(during.values())
+        at = ends[max(during, key=during.get)] - wall_reload
         print(f"largest advert gap over {n} instances: {worst * 1000:.1f} ms around the reload "
-              f"({(wall_done - wall_reload) * 1000:.0f} ms), {base * 1000:.1f} ms in the 2 s before")
+              f"(ending {at * 1000:.0f} ms after it began; the reload took "
+              f"{(wall_done - wall_reload) * 1000:.0f} ms), {base * 1000:.1f} ms in the 2 s before")
         # Over the machine's own jitter (on this 2-core VM 1,000 instances'
-        # adverts are up to 4-9 ms late with no reload at all) the reload adds
-        # 0-6.2 ms (measured in 8 runs); before the gc fix it added 50-250 ms.
-        # The issue asks for 5 ms: not met reliably yet, so the guard is 10 ms.
-        assert worst <= max(spec.advert_int, base) + 0.010, sorted(during.values())[-5:]
+        # adverts are up to 4-9 ms late with no reload at all), the reload --
+        # parse in a forked child, fork() timed between advert bursts, the
+        # swap in ~1 ms slices -- added -1.6 to +6.4 ms in 7 runs (5 of them
+        # under 5 ms); the large ones end 100-250 ms after the reload began,
+        # while the child parses.  The issue asks for 5 ms: not met reliably
+        # yet, so the guard stays at 10 ms.
+        top = sorted(((g, ends[k] - wall_reload) for k, g in during.items()), reverse=True)[:5]
+        print("  largest gaps (ms, ending at ms after the reload began):",
+              [(round(g * 1000, 1), round(e * 1000)) for g, e in top])
+        assert worst <= max(spec.advert_int, base) + 0.010, top
     finally:
         m.stop()
         b.stop()
@@ -172,3 +190,66 @@ def test_broken_config_kept_then_add_and_remove(lan, tmp_path):
         b.stop()
 
 
+
+
+def _routes(ns) -> str:
+    return ns.run("ip", "-o", "route", "show", "proto", "keepalived").stdout
+
+
+def _rules(ns) -> str:
+    return ns.run("ip", "rule", "show").stdout
+
+
+def test_vip_change_keeps_state_and_removed_instance_takes_its_routes(lan, tmp_path):
+    """A reload gives VI_1 a virtual route and rule (kept: the master adds
+    them); the next one gives VI_0 a second VIP (kept: no transition or
+    notify anywhere, the master adds the address and advertises both) and
+    removes VI_1: its route and rule go with its VIP."""
+    net, spec, (m, b) = two_hosts(lan, tmp_path, instances=2)
+    try:
+        extra = ("    virtual_routes {\n        198.51.100.0/24 dev eth0\n    }\n"
+                 "    virtual_rules {\n        from 198.51.100.0/24 table 100\n    }\n")
+        text = host_config(spec, 0, priority=200)
+        i = text.index("vrrp_instance VI_1 {\n") + len("vrrp_instance VI_1 {\n")
+        reconfigure(m, text[:i] + extra + text[i:])
+        r = m.ctl_json("reload")
+        assert r["ok"] and r["changed"] == ["VI_1"] and r["kept"] == 2, r
+        wait_for(lambda: "198.51.100.0/24" in _routes(net.hosts[0]), 5, what="VI_1's route")
+        assert "lookup 100" in _rules(net.hosts[0])
+
+        new_vip = "198.19.200.1"
+        texts = []
+        for d, prio in ((m, 200), (b, 100)):
+            text = host_config(spec, 0 if d is m else 1, priority=prio)
+            text = text.replace(f"        {vip(spec, 0)}/32 dev eth0\n",
+                                f"        {vip(spec, 0)}/32 dev eth0\n        {new_vip}/32 dev eth0\n")
+            blocks = text.split("vrrp_instance ")
+            texts.append("vrrp_instance ".join(x for x in blocks if not x.startswith("VI_1 ")))
+        cap = Capture(net.hosts[1], 2.5)
+        t0 = time.monotonic()
+        for d, text in zip((m, b), texts):
+            reconfigure(d, text)
+        # Both at once: until both run the new list each drops the other's adverts.
+        procs = [subprocess.Popen([VRRPCTL, "--socket", d.sock, "reload", "--json"],
+                                  stdout=subprocess.PIPE, text=True) for d in (m, b)]
+        for p in procs:
+            r = json.loads(p.communicate(timeout=60)[0])
+            assert r["ok"] and r["changed"] == ["VI_0"] and r["removed"] == ["VI_1"], r
+            assert r["replaced"] == r["added"] == [] and r["kept"] == 1
+        wait_for(lambda: new_vip + "/32" in vips_on(net.hosts[0]), 5, what="the new VIP on the master")
+        wait_for(lambda: "198.51.100.0/24" not in _routes(net.hosts[0]), 5, what="VI_1's route gone")
+        assert "lookup 100" not in _rules(net.hosts[0])
+        assert vip(spec, 1) + "/32" not in vips_on(net.hosts[0])
+        assert vip(spec, 0) + "/32" in vips_on(net.hosts[0])
+        assert new_vip + "/32" not in vips_on(net.hosts[1])
+        packets = cap.packets()
+        vi0 = [p for p in packets if p[2] == net.host_ip(0) and p[3] == 1]
+        assert vi0[-1][5] == 2 and vi0[-1][4] == 200, vi0[-3:]     # both addresses, still master
+        time.sleep(0.5)         # a takeover would need Master_Down_Interval (0.36 s)
+        # VI_0 saw no transition on either host.
+        assert [e for e in m.fifo.events(t0) if e[2] == "VI_0"] == []
+        assert [e for e in b.fifo.events(t0) if e[2] == "VI_0"] == []
+        assert m.ctl_json("show", "VI_0")["state"] == "MASTER"
+    finally:
+        m.stop()
+        b.stop()

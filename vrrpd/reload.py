@@ -6,97 +6,105 @@ instances are matched by their identity, Config.instance_key (VRID, family,
 interface, source address) -- not by name:
 
 - kept: same key, same engine settings.  The engine slot, state and timers
-  stay; name, VIPs, priority, notify and tracking are updated in place (a
-  master adds/removes the VIPs that changed).  No transition, no notify.
+  stay; name, VIPs, advert address list, priority, notify and tracking are
+  updated in place.  A master adds the VIPs (with their strict-mode drop,
+  routes and rules) that are new and sends GARPs for them, and removes
+  those that went (keepalived restore_vrrp_state / clear_diff_vrrp_vip).
+  No transition, no notify.
 - replaced: same key, but a setting the engine fixes at add_instance()
-  changed (version, advert_int, preempt, advert addresses, peers, auth...):
-  the old one leaves as if removed, the new one starts.
+  changed (version, advert_int, preempt, peers, auth...): the old one
+  leaves as if removed, the new one starts.
 - added: start.  removed: a master sends priority 0 (engine.remove_instance)
-  and its VIPs are removed.
+  and its routes, rules, VIPs and strict-mode drop entries are removed.
 
 A configuration with errors changes nothing: its errors are logged and
-returned to `vrrpctl reload`.  Reading and resolving the new configuration
-(about 0.3 s for 1,000 instances) runs in a worker thread, and so does
-building the new trackers and notify hook, so the loop keeps sending
-adverts on time; only the swap runs on the loop.
+returned to `vrrpctl reload`.
+
+Nothing here may hold the loop (adverts are due every 100 ms or less, and
+the issue allows a reload to delay them by 5 ms): reading, resolving and
+diffing the new configuration runs in a forked child (reloadchild.py) that
+sends back only what changed; what must run on the loop runs in slices of
+about SLICE seconds.  Unchanged instances keep their objects; tracking and
+notify scripts are extended in place when nothing global changed, else
+rebuilt beside the running ones and swapped in.
 """
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import logging
-import sys
-import dataclasses
+import os
+import pickle
+import socket
+import time
 from dataclasses import dataclass, field
 
-from . import _engine, sdnotify
-from .addresses import Vip
-from .config import Config, load
-from .plan import InstanceSpec, build_plan
-from .runtime import now_us
+from . import _engine, reloadchild, sdnotify, strict
+from .plan import InstanceSpec, Plan
+from .reloadchild import ADDED, CHANGED, REPLACED, Outcome
 from .reporting import Reporter
+from .runtime import now_us
 from .syncgroups import SyncGroups
 from .trackers import Trackers
 
 log = logging.getLogger("vrrpd")
 
-# While the worker thread parses, hand the GIL back to the loop quickly
-# (the default 5 ms would delay adverts by up to that much).
-RELOAD_SWITCH_INTERVAL = 0.0005
+SLICE = 0.001           # s of reload work on the loop between returns to it
+ROOM_US = 1500          # resume only if no advert is due sooner (a slice fits)
+FORK_ROOM_US = 8000     # fork() costs 2-8 ms at 1,000 instances: between advert bursts
+MAX_WAIT = 0.2          # s to wait for that room before going ahead anyway
 
 
-def engine_settings(spec: InstanceSpec) -> tuple:
-    """What Engine.add_instance() fixes; a change means replacing the instance."""
-    return (spec.advert_interface, spec.version, spec.advert_int_cs, spec.preempt,
-            spec.preempt_delay_cs, spec.src_ip, tuple(spec.unicast_peers), tuple(spec.advert_addrs), spec.auth_type, spec.auth_pass,
-            spec.v3_checksum_as_v2, spec.priority == 255, spec.conf.down_timer_adverts)
+class Slices:
+    """await slices() inside a loop: once SLICE seconds of synchronous work
+    have run, return to the event loop and resume at a moment when the
+    engine has no advert due for ROOM_US (its deadlines come in bursts)."""
 
+    def __init__(self, engine):
+        self.engine = engine
+        self.t = time.perf_counter()
 
-@dataclass
-class Diff:
-    kept: list = field(default_factory=list)        # (Instance, new InstanceSpec)
-    replaced: list = field(default_factory=list)    # (Instance, new InstanceSpec)
-    added: list = field(default_factory=list)       # InstanceSpec
-    removed: list = field(default_factory=list)     # Instance
-    changed: list = field(default_factory=list)     # names of kept instances with new settings
+    async def __call__(self) -> None:
+        if time.perf_counter() - self.t >= SLICE:
+            await self.pause()
 
-    def summary(self) -> dict:
-        return {"kept": len(self.kept), "changed": sorted(self.changed),
-                "replaced": sorted(s.name for _, s in self.replaced),
-                "added": sorted(s.name for s in self.added),
-                "removed": sorted(i.name for i in self.removed)}
+    async def pause(self, room_us: int = ROOM_US) -> None:
+        await asyncio.sleep(0)
+        give_up = time.perf_counter() + MAX_WAIT
+        while time.perf_counter() < give_up:
+            due = self.engine.next_deadline()
+            wait = due - now_us()
+            if due < 0 or wait > room_us:
+                break
+            await asyncio.sleep(max(wait, 0) / 1e6 + 0.0002)
+        self.t = time.perf_counter()
 
-
-def diff(instances, new_specs) -> Diff:
-    old = {Config.instance_key(i.spec.conf): i for i in instances}
-    d = Diff()
-    for spec in new_specs:
-        inst = old.pop(Config.instance_key(spec.conf), None)
-        if inst is None:
-            d.added.append(spec)
-        elif engine_settings(inst.spec) == engine_settings(spec):
-            d.kept.append((inst, spec))
-            if _settings(inst.spec) != _settings(spec):
-                d.changed.append(spec.name)
-        else:
-            d.replaced.append((inst, spec))
-    d.removed = list(old.values())
-    return d
-
-
-def _settings(spec: InstanceSpec):
-    # Where it was read from does not make an instance different.
-    return spec.name, dataclasses.replace(spec.conf, name="", where=("", 0))
+    async def drain(self, steps) -> None:
+        for _ in steps:
+            await self()
 
 
 @dataclass
 class Prepared:
-    """Everything built off the loop for one reload."""
-    plan: object
-    diff: Diff
-    trackers: Trackers
-    syncgroups: SyncGroups
-    reporter: Reporter | None
+    """The new configuration, assembled on the loop from the child's outcome."""
+    plan: Plan
+    globals_same: bool
+    unchanged: int = 0
+    kept: list = field(default_factory=list)        # (Instance, new InstanceSpec): settings changed
+    replaced: list = field(default_factory=list)    # (Instance, new InstanceSpec)
+    added: list = field(default_factory=list)       # InstanceSpec
+    removed: list = field(default_factory=list)     # Instance
+
+    def summary(self) -> dict:
+        return {"kept": self.unchanged + len(self.kept),
+                "changed": sorted(s.name for _, s in self.kept),
+                "replaced": sorted(s.name for _, s in self.replaced),
+                "added": sorted(s.name for s in self.added),
+                "removed": sorted(i.name for i in self.removed)}
+
+    def starting(self) -> list[InstanceSpec]:
+        return self.added + [s for _, s in self.replaced]
 
 
 class Reloader:
@@ -107,6 +115,7 @@ class Reloader:
         self._lock = asyncio.Lock()
         self.reloads = 0
         self.failures = 0
+        self.fork_seconds = 0.0      # the last fork()'s cost in the daemon
 
     async def __call__(self) -> dict:
         async with self._lock:
@@ -118,39 +127,32 @@ class Reloader:
 
     async def _reload(self) -> dict:
         log.info("reloading configuration from %s", self.path)
-        loop = asyncio.get_running_loop()
-        old_interval = sys.getswitchinterval()
-        sys.setswitchinterval(RELOAD_SWITCH_INTERVAL)
-        # No collections while the new configuration is built and swapped in:
-        # a full pass over it, in either thread, holds the GIL (and the
-        # adverts) for tens of ms.  Afterwards it is frozen like the first one
-        # (the old one is freed by reference counting: it has no cycles).
+        # No collections while the new configuration is swapped in: a full
+        # pass holds the loop (and the adverts) for tens of ms.  Afterwards
+        # it is frozen like the first one.
         gc.disable()
         try:
-            return await self._reload_gc_off(loop, old_interval)
+            return await self._reload_gc_off()
         finally:
-            sys.setswitchinterval(old_interval)
             gc.freeze()
             gc.enable()
 
-    async def _reload_gc_off(self, loop, old_interval) -> dict:
-        try:
-            result, prepared = await loop.run_in_executor(None, self._prepare)
-        finally:
-            sys.setswitchinterval(old_interval)
-        out = {"ok": not result.errors, "errors": [str(e) for e in result.errors],
-               "warnings": [str(w) for w in result.warnings]}
-        for w in result.warnings:
+    async def _reload_gc_off(self) -> dict:
+        slices = Slices(self.daemon.engine)
+        outcome = await self._child(slices)
+        out = {"ok": not outcome.errors, "errors": outcome.errors, "warnings": outcome.warnings}
+        for w in outcome.warnings:
             log.warning("%s", w)
-        if result.errors:
+        if outcome.errors:
             self.failures += 1
-            for e in result.errors:
+            for e in outcome.errors:
                 log.error("%s", e)
             log.error("reload rejected: %d errors; the running configuration stays",
-                      len(result.errors))
+                      len(outcome.errors))
             return out
         try:
-            await apply(self.daemon, prepared)
+            prepared = await prepare(self.daemon, outcome, slices)
+            await apply(self.daemon, prepared, slices)
         except (RuntimeError, OSError, ValueError) as e:
             # e.g. a new instance on an interface that does not exist.
             self.failures += 1
@@ -158,120 +160,306 @@ class Reloader:
             out.update(ok=False, errors=[str(e)])
             return out
         self.reloads += 1
-        out.update(prepared.diff.summary())
+        out.update(prepared.summary())
         log.info("reload done: %d kept (%d changed), %d replaced, %d added, %d removed",
                  out["kept"], len(out["changed"]), len(out["replaced"]), len(out["added"]),
                  len(out["removed"]))
         return out
 
-    def _prepare(self):
-        """Worker thread: parse, plan, diff, and build the new trackers and hooks."""
-        result = load(self.path, config_id=self.config_id)
-        if result.errors:
-            return result, None
+    async def _child(self, slices: Slices) -> Outcome:
+        """Fork the reader (reloadchild.run), collect its outcome without blocking."""
         d = self.daemon
-        plan = build_plan(result.config)
-        trackers = Trackers(plan.config, d.runner, d._on_verdict)
-        _carry_tracking(d.trackers, trackers)
-        has_reporter = any(isinstance(h, Reporter) for h in d.hooks)
-        return result, Prepared(plan, diff(list(d.instances.values()), plan.instances), trackers,
-                                SyncGroups(plan.config),
-                                Reporter(plan.config, d.runner) if has_reporter else None)
+        loop = asyncio.get_running_loop()
+        await slices.pause(FORK_ROOM_US)
+        room = d.engine.next_deadline() - now_us()
+        t = time.perf_counter()
+        rfd, wfd = os.pipe()
+        try:
+            pid = os.fork()
+        except OSError as e:
+            os.close(rfd)
+            os.close(wfd)
+            return Outcome(errors=[f"reload: cannot start the configuration reader: {e}"])
+        if pid == 0:                                    # the child: never returns
+            os.close(rfd)
+            reloadchild.run(wfd, self.path, self.config_id, d.plan,
+                            {name: inst.spec for name, inst in d.instances.items()})
+        self.fork_seconds = time.perf_counter() - t
+        log.debug("reload: fork() took %.2f ms, %.1f ms before the next advert",
+                  self.fork_seconds * 1000, room / 1000)
+        os.close(wfd)
+        try:
+            data = await _read_all(loop, rfd)
+        finally:
+            os.close(rfd)
+            await _reap(loop, pid)
+        if not data:
+            return Outcome(errors=["reload: the configuration reader died"])
+        await slices.pause()
+        return pickle.loads(data)           # small: changed instances stay pickled
 
 
-def _vips(daemon, spec) -> list[Vip]:
-    return daemon.vips_of(spec)
+async def _read_all(loop, fd: int) -> bytes:
+    os.set_blocking(fd, False)
+    chunks: list[bytes] = []
+    done = loop.create_future()
+
+    def readable() -> None:
+        while not done.done():
+            try:
+                data = os.read(fd, 1 << 20)
+            except BlockingIOError:
+                return
+            except OSError as e:
+                done.set_exception(e)
+                return
+            if not data:
+                done.set_result(None)
+            chunks.append(data)
+
+    loop.add_reader(fd, readable)
+    try:
+        await done
+    finally:
+        loop.remove_reader(fd)
+    return b"".join(chunks)
 
 
-async def apply(daemon, p: Prepared) -> None:
-    """Swap in the new configuration.  The engine part runs without awaiting,
-    and per-instance work only for what changed: the loop must not stall for
-    more than a few milliseconds (adverts are due every 100 ms or less)."""
-    d = p.diff
-    for spec in d.added + [s for _, s in d.replaced]:      # fail before changing anything
+async def _reap(loop, pid: int) -> None:
+    """Wait for the child without blocking the loop (pidfd)."""
+    pidfd = os.pidfd_open(pid)
+    exited = loop.create_future()
+    loop.add_reader(pidfd, lambda: exited.done() or exited.set_result(None))
+    try:
+        await exited
+    finally:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+
+
+async def prepare(daemon, o: Outcome, slices: Slices) -> Prepared:
+    """The new plan from the child's outcome: unchanged instances keep their
+    running spec objects; changed ones are unpickled one at a time.  (Right
+    after fork() every first write to a page of the daemon's memory, even a
+    reference count, is a copy-on-write fault: this walk over 1,000
+    instances takes milliseconds, so it too runs in slices.)"""
+    running = daemon.instances
+    p = Prepared(plan=o.skeleton, globals_same=o.globals_same)
+    ordered = []
+    for name in o.names.split("\n") if o.names else ():
+        inst = running.get(name)
+        ordered.append(inst.spec if inst is not None else None)
+        await slices()
+    for (pos, kind, name), blob in zip(o.changes, o.specs):
+        spec = ordered[pos] = pickle.loads(blob)
+        if kind == CHANGED:
+            p.kept.append((running[name], spec))
+        elif kind == REPLACED:
+            p.replaced.append((running[name], spec))
+        else:
+            assert kind == ADDED
+            p.added.append(spec)
+        await slices()
+    p.unchanged = len(ordered) - len(o.changes)
+    p.removed = [running[name] for name in o.removed]
+    instances = {}
+    for spec in ordered:
+        instances[spec.name] = spec.conf
+        await slices()
+    config = dataclasses.replace(o.skeleton.config, instances=instances)
+    p.plan = dataclasses.replace(o.skeleton, config=config, instances=ordered)
+    return p
+
+
+@dataclass
+class NetChanges:
+    """What the reload changes on the network, in keepalived's order."""
+    vips_add: list = field(default_factory=list)
+    vips_remove: list = field(default_factory=list)
+    drop_add: list = field(default_factory=list)
+    drop_remove: list = field(default_factory=list)
+    routes_add: list = field(default_factory=list)
+    routes_remove: list = field(default_factory=list)
+    rules_add: list = field(default_factory=list)
+    rules_remove: list = field(default_factory=list)
+    announce: list = field(default_factory=list)     # kept masters with new VIPs: GARP
+
+    def leave(self, inst) -> None:
+        """A master instance goes away: everything it holds."""
+        self.vips_remove += inst.vips
+        if inst.spec.needs_drop:
+            self.drop_remove += inst.vips
+        self.routes_remove += inst.spec.conf.virtual_routes
+        self.rules_remove += inst.spec.conf.virtual_rules
+
+    def update(self, inst, spec, new_vips) -> None:
+        """A kept master: the difference between what it holds and the new settings."""
+        old_drop = inst.vips if inst.spec.needs_drop else []
+        new_drop = new_vips if spec.needs_drop else []
+        added = [v for v in new_vips if v not in inst.vips]
+        self.vips_add += added
+        self.vips_remove += [v for v in inst.vips if v not in new_vips]
+        self.drop_add += [v for v in new_drop if v not in old_drop]
+        self.drop_remove += [v for v in old_drop if v not in new_drop]
+        for mine, theirs, add, remove in (
+                (inst.spec.conf.virtual_routes, spec.conf.virtual_routes, self.routes_add, self.routes_remove),
+                (inst.spec.conf.virtual_rules, spec.conf.virtual_rules, self.rules_add, self.rules_remove)):
+            add += [r for r in theirs if r not in mine]
+            remove += [r for r in mine if r not in theirs]
+        if added:
+            self.announce.append(inst)
+
+    async def run(self, daemon) -> None:
+        if self.routes_remove or self.rules_remove:
+            await daemon.routes.remove(self.routes_remove, self.rules_remove)
+        await _addresses(daemon.addresses.remove, self.vips_remove, "removing")
+        if self.drop_remove and daemon.firewall is not None:
+            await daemon.firewall.remove_vips(self.drop_remove)
+        if self.drop_add:
+            if daemon.firewall is None:
+                daemon.firewall = strict.firewall_for(daemon.plan.config)
+            await daemon.firewall.add_vips(self.drop_add)
+        await _addresses(daemon.addresses.add, self.vips_add, "adding")
+        if self.routes_add or self.rules_add:
+            await daemon.routes.add(self.routes_add, self.rules_add)
+        for inst in self.announce:
+            # keepalived sends GARPs after adding VIPs on reload (vrrp_send_link_update).
+            if daemon.engine.state(inst.idx) == _engine.MASTER:
+                for key, ann in daemon._announces(inst):
+                    daemon.garp.master(key, ann)
+
+
+async def _addresses(op, vips, what: str) -> None:
+    if vips:
+        r = await op(vips)
+        for vip, err in r.failed:
+            log.warning("%s VIP %s failed: errno %d", what, vip.address, err)
+
+
+async def apply(daemon, p: Prepared, slices: Slices) -> None:
+    """Swap in the new configuration, in slices: the engine keeps running the
+    old configuration for what is not yet swapped."""
+    for spec in p.starting():                    # fail before changing anything
         if daemon.links.by_name(spec.interface) is None:
             raise RuntimeError(f"{spec.where}: instance {spec.name}: "
                                f"interface {spec.interface} does not exist")
-    # New vmacs before anything changes (awaits; vmacs of removed instances stay until shutdown).
-    await daemon.create_vmacs(d.added + [s for _, s in d.replaced])
+    # New vmacs before anything changes (vmacs of removed instances stay until shutdown).
+    await daemon.create_vmacs(p.starting())
+    config = p.plan.config
+    new_specs = [s for _, s in p.kept] + p.starting()
+    rebuilt = [s.name for s in new_specs]
+    # Tracking and notify scripts: extended in place when nothing global
+    # changed and no new tracked object needs a watcher; else rebuilt beside.
+    old_trackers = daemon.trackers
+    old_verdicts = {n: ti.verdict for n, ti in old_trackers.instances.items()}
+    in_place = p.globals_same and old_trackers.watches_all(s.conf for s in new_specs)
+    if in_place:
+        trackers = old_trackers
+        trackers.config = config
+        await slices.drain(trackers.build(rebuilt))
+    else:
+        trackers = Trackers(config, daemon.runner, daemon._on_verdict, build=False)
+        await slices.drain(trackers.build(list(config.instances), carry=old_trackers))
+    reporter = next((h for h in daemon.hooks if isinstance(h, Reporter)), None)
+    if reporter is not None:
+        if p.globals_same:
+            reporter.config = config
+            await slices.drain(reporter.build(rebuilt))
+        else:
+            new_reporter = Reporter(config, daemon.runner, build=False)
+            await slices.drain(new_reporter.build(list(config.instances)))
+
     engine = daemon.engine
-    old_verdicts = {id(inst): daemon.trackers.verdict(inst.name) for inst, _ in d.kept}
-    vip_add, vip_remove = [], []
-    # Old slots first: a replacement reuses the VRID on the same socket.
-    for inst, spec in [(i, None) for i in d.removed] + d.replaced:
+    net = NetChanges()
+    syncgroups = SyncGroups(config)
+    syncgroups.carry(daemon.syncgroups)
+
+    def leave(inst, spec) -> None:
         log.info("(%s) %s by reload", inst.name, "removed" if spec is None else "replaced")
         if engine.state(inst.idx) == _engine.MASTER:
-            # A replacement's own INIT transition sets the VIPs it keeps.
-            keep = _vips(daemon, spec) if spec is not None else []
-            vip_remove += [v for v in inst.vips if v not in keep]
+            net.leave(inst)
             for key, _ in daemon._announces(inst):
                 daemon.garp.stop(key)
         engine.remove_instance(inst.idx)             # a master sends priority 0
         del daemon.by_idx[inst.idx]
-        daemon.instances.pop(inst.name, None)
-    renamed = []
-    for inst, spec in d.kept:
-        if spec.vips != inst.spec.vips:
-            new_vips = _vips(daemon, spec)
-            if engine.state(inst.idx) == _engine.MASTER:
-                vip_add += [v for v in new_vips if v not in inst.vips]
-                vip_remove += [v for v in inst.vips if v not in new_vips]
-            inst.vips = new_vips
+        if daemon.instances.get(inst.name) is inst:
+            del daemon.instances[inst.name]
+
+    # Sync-group members leave and join in one step with the groups
+    # themselves (the runtime looks members up by name); the rest in slices.
+    leaving = [(i, None) for i in p.removed] + p.replaced
+    grouped_old, grouped_new = daemon.syncgroups.group_of, syncgroups.group_of
+    for inst, spec in leaving:                   # old slots first: a replacement reuses the VRID
+        if inst.name not in grouped_old:
+            leave(inst, spec)
+            await slices()
+    old_names = {}                              # id(kept Instance) -> its name before the reload
+    for inst, spec in p.kept:
+        old_names[id(inst)] = inst.name
+        if spec.advert_addrs != inst.spec.advert_addrs:
+            engine.set_advert_addrs(inst.idx, [socket.inet_pton(spec.family, a)
+                                               for a in spec.advert_addrs])
+        new_vips = daemon.vips_of(spec)
+        if engine.state(inst.idx) == _engine.MASTER:
+            net.update(inst, spec, new_vips)
+        inst.vips = new_vips
+        await slices()
+    check = [inst for inst, _ in p.kept] if in_place else list(daemon.instances.values())
+    # One step: the swap.
+    for inst, spec in leaving:
+        if inst.name in grouped_old:
+            leave(inst, spec)
+    for inst, spec in p.kept:
+        if daemon.instances.get(inst.name) is inst:
+            del daemon.instances[inst.name]
         if inst.name != spec.name:
             log.info("(%s) renamed %s by reload", inst.name, spec.name)
-            renamed.append(inst)
-            daemon.instances.pop(inst.name, None)
-            inst.name = spec.name
-        inst.spec = spec
-    for inst in renamed:
+        inst.name, inst.spec = spec.name, spec
+    for inst, _ in p.kept:
         daemon.instances[inst.name] = inst
     daemon.plan = p.plan
-    old_trackers, daemon.trackers = daemon.trackers, p.trackers
-    p.syncgroups.carry(daemon.syncgroups)
-    daemon.syncgroups = p.syncgroups
-    touched = [daemon._add_instance(spec) for spec in d.added + [s for _, s in d.replaced]]
-    # Priority and fault from the new trackers where they differ; new
+    daemon.trackers, daemon.syncgroups = trackers, syncgroups
+    touched = [daemon._add_instance(s) for s in p.starting() if s.name in grouped_new]
+    if in_place:
+        # Forget instances that went away (or were renamed) only now: until
+        # here the runtime could still ask for their verdicts.
+        for name in set(old_verdicts) - set(config.instances):
+            trackers.drop(name)
+    for spec in p.starting():
+        if spec.name not in grouped_new:
+            touched.append(daemon._add_instance(spec))
+            await slices()
+    # Priority and fault from the new tracking where it differs; new
     # instances start here (or once their weight-0 scripts have reported).
-    touched += [inst for inst, spec in d.kept
-                if p.trackers.verdict(inst.name) != old_verdicts[id(inst)]]
+    for inst in check:
+        if daemon.instances.get(inst.name) is inst and \
+                trackers.verdict(inst.name) != old_verdicts.get(old_names.get(id(inst), inst.name)):
+            touched.append(inst)
+        await slices()
     t = now_us()
     for inst in touched:
         daemon._apply_verdict(inst, t)
+        await slices()
     daemon._pump()
     # The rest may await: the engine already runs the new configuration.
-    await old_trackers.stop()
-    p.trackers.start(daemon.links.links)
-    if p.reporter is not None:
-        await _swap_reporter(daemon, p.reporter)
-    if vip_remove:
-        r = await daemon.addresses.remove(vip_remove)
-        for vip, err in r.failed:
-            log.warning("removing VIP %s failed: errno %d", vip.address, err)
-    if vip_add:
-        r = await daemon.addresses.add(vip_add)
-        for vip, err in r.failed:
-            log.warning("adding VIP %s failed: errno %d", vip.address, err)
+    if not in_place:
+        await old_trackers.stop()
+        trackers.start(daemon.links.links)
+    if reporter is not None and not p.globals_same:
+        await _swap_reporter(daemon, reporter, new_reporter)
+    elif reporter is not None:
+        for name in set(reporter.scripts) - set(config.instances):
+            del reporter.scripts[name]
+    await net.run(daemon)
 
 
-def _carry_tracking(old: Trackers, new: Trackers) -> None:
-    """Known tracked values (scripts' last results, links, files, processes)
-    carry over, so a kept instance keeps its effective priority instead of
-    falling back to its base until every watcher has reported again."""
-    known: dict = {}
-    for ti in list(old.instances.values()):
-        known.update(dict(ti._values))
-    for ti in new.instances.values():
-        for t in ti.tracks:
-            value = known.get((t.kind, t.name))
-            if value is not None:
-                ti._values[(t.kind, t.name)] = value
-        ti.verdict = ti._evaluate()
-
-
-async def _swap_reporter(daemon, new: Reporter) -> None:
+async def _swap_reporter(daemon, old: Reporter, new: Reporter) -> None:
     """Notify scripts follow the new configuration; the fifos stay open (and
     keep their queued lines) when their settings did not change."""
-    i, old = next((i, h) for i, h in enumerate(daemon.hooks) if isinstance(h, Reporter))
     if [(f.path, f.script) for f in old.notifier.fifos] == \
             [(f.path, f.script) for f in new.notifier.fifos]:
         new.notifier = old.notifier
@@ -279,4 +467,4 @@ async def _swap_reporter(daemon, new: Reporter) -> None:
         for f in old.notifier.fifos:
             await f.close(old.runner)
         new.open()
-    daemon.hooks[i] = new
+    daemon.hooks[daemon.hooks.index(old)] = new

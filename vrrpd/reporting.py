@@ -20,20 +20,31 @@ NOTIFY_KEYWORDS = ("notify_master", "notify_backup", "notify_fault", "notify_sto
 
 
 class Reporter:
-    def __init__(self, config: Config, runner: ScriptRunner):
+    def __init__(self, config: Config, runner: ScriptRunner, *, build: bool = True):
+        """build=False: no instance scripts yet; a reload adds them with build()."""
         g = config.global_defs
+        self.config = config
         self.runner = runner
         fifos = [self._fifo(f) for f in (g.notify_fifo, g.vrrp_notify_fifo) if f is not None]
         self.notifier = Notifier(self.runner, fifos)
-        self.scripts: dict[str, NotifyScripts] = {
-            name: NotifyScripts(**{k: self._prepare(getattr(inst, k), f"{k} of {name}")
-                                   for k in NOTIFY_KEYWORDS})
-            for name, inst in config.instances.items()}
+        self.scripts: dict[str, NotifyScripts] = {}
         self.group_scripts: dict[str, NotifyScripts] = {
             name: NotifyScripts(**{k: self._prepare(getattr(grp, k), f"{k} of group {name}")
                                    for k in NOTIFY_KEYWORDS if hasattr(grp, k)})
             for name, grp in config.sync_groups.items()}
         self.group_smtp = {name: grp.smtp_alert for name, grp in config.sync_groups.items()}
+        if build:
+            for _ in self.build(config.instances):
+                pass
+
+    def build(self, names):
+        """The notify scripts of the named instances of self.config, one
+        instance per step (a generator: a reload yields to the loop between)."""
+        for name in names:
+            inst = self.config.instances[name]
+            self.scripts[name] = NotifyScripts(
+                **{k: self._prepare(getattr(inst, k), f"{k} of {name}") for k in NOTIFY_KEYWORDS})
+            yield
 
     def _prepare(self, cmd: Command | None, label: str):
         if cmd is None:

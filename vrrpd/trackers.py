@@ -36,29 +36,89 @@ def _tracks(kind: str, entries, defaults: dict) -> list[Track]:
 
 class Trackers:
     def __init__(self, config: Config, runner: ScriptRunner,
-                 on_verdict: Callable[[str, Verdict], None]):
+                 on_verdict: Callable[[str, Verdict], None], *, build: bool = True):
+        """build=False: empty; a reload fills it with build() in slices."""
         self.config = config
         self.runner = runner
         self.on_verdict = on_verdict
-        defaults = {
-            "script": {n: (s.weight, s.weight_reverse) for n, s in config.scripts.items()},
-            "file": {n: (f.weight, f.weight_reverse) for n, f in config.track_files.items()},
-            "process": {n: (p.weight, p.weight_reverse) for n, p in config.track_processes.items()},
-            "interface": {},
-        }
         self.instances: dict[str, TrackedInstance] = {}
-        for name, inst in config.instances.items():
-            group = config.sync_groups.get(inst.sync_group) if inst.sync_group else None
-            own = self._own_tracks(inst, defaults)
-            group_tracks = self._group_tracks(group, defaults) if group else []
-            self.instances[name] = TrackedInstance(
-                name, inst.priority, own, group_tracks, sync_group=group is not None,
-                sync_group_tracking_weight=bool(group and group.sync_group_tracking_weight),
-                on_change=lambda v, n=name: self.on_verdict(n, v))
-        self._index()
+        # (kind, name) -> the instances tracking it: one tracked object's change
+        # touches only those, not every instance (100 scripts x 10,000 instances).
+        self._by_object: dict[tuple[str, str], list[TrackedInstance]] = {}
+        self._links: dict[int, Link] = {}
         self._script_trackers: list[VrrpScriptTracker] = []
         self._files: TrackFileWatcher | None = None
         self._processes: ProcessWatcher | None = None
+        if build:
+            for _ in self.build(config.instances):
+                pass
+
+    def _defaults(self) -> dict:
+        c = self.config
+        return {
+            "script": {n: (s.weight, s.weight_reverse) for n, s in c.scripts.items()},
+            "file": {n: (f.weight, f.weight_reverse) for n, f in c.track_files.items()},
+            "process": {n: (p.weight, p.weight_reverse) for n, p in c.track_processes.items()},
+            "interface": {},
+        }
+
+    def build(self, names, carry: "Trackers | None" = None):
+        """(Re)build the tracking of the named instances of self.config, one
+        per step (a generator, so a reload can yield to the loop between
+        steps).  Values known for their tracked objects -- here, in `carry`
+        (the previous Trackers), or the link table -- are carried over, so a
+        kept instance keeps its effective priority instead of falling back
+        to its base until every watcher has reported again."""
+        defaults = self._defaults()
+        for name in names:
+            old = self.drop(name)
+            inst = self.config.instances[name]
+            group = self.config.sync_groups.get(inst.sync_group) if inst.sync_group else None
+            ti = TrackedInstance(
+                name, inst.priority, self._own_tracks(inst, defaults),
+                self._group_tracks(group, defaults) if group else [], sync_group=group is not None,
+                sync_group_tracking_weight=bool(group and group.sync_group_tracking_weight),
+                on_change=lambda v, n=name: self.on_verdict(n, v))
+            for key in {(t.kind, t.name) for t in ti.tracks}:
+                value = self._known(key, old, carry)
+                if value is not None:
+                    ti._values[key] = value
+                self._by_object.setdefault(key, []).append(ti)
+            ti.verdict = ti._evaluate()
+            self.instances[name] = ti
+            yield
+
+    def _known(self, key: tuple[str, str], old: TrackedInstance | None, carry):
+        for source in (old, *self._by_object.get(key, ())[:1],
+                       *((carry._by_object.get(key) or ())[:1] if carry else ())):
+            if source is not None and key in source._values:
+                return source._values[key]
+        if key[0] == "interface" and self._links:
+            link = next((lk for lk in self._links.values() if lk.name == key[1]), None)
+            return bool(link and link.is_up)
+        return None
+
+    def drop(self, name: str) -> TrackedInstance | None:
+        """Forget an instance (reload); returns its tracking."""
+        ti = self.instances.pop(name, None)
+        if ti is not None:
+            for key in {(t.kind, t.name) for t in ti.tracks}:
+                users = self._by_object.get(key)
+                if users is not None and ti in users:
+                    users.remove(ti)
+        return ti
+
+    def watches_all(self, instances) -> bool:
+        """Whether every script/file/process these instances track is already
+        watched here: then a reload can extend this object in place."""
+        defaults = self._defaults()
+        for inst in instances:
+            group = self.config.sync_groups.get(inst.sync_group) if inst.sync_group else None
+            for t in self._own_tracks(inst, defaults) + (self._group_tracks(group, defaults)
+                                                          if group else []):
+                if t.kind != "interface" and not self._by_object.get((t.kind, t.name)):
+                    return False
+        return True
 
     @staticmethod
     def _own_tracks(inst: VrrpInstance, defaults) -> list[Track]:
@@ -78,19 +138,12 @@ class Trackers:
             tracks += _tracks(kind, getattr(group, f"track_{kind}"), defaults[kind])
         return tracks
 
-    def _index(self) -> None:
-        # (kind, name) -> the instances tracking it: one tracked object's change
-        # touches only those, not every instance (100 scripts x 10,000 instances).
-        self._by_object: dict[tuple[str, str], list[TrackedInstance]] = {}
-        for ti in self.instances.values():
-            for key in {(t.kind, t.name) for t in ti.tracks}:
-                self._by_object.setdefault(key, []).append(ti)
-
     def _used(self, kind: str) -> set[str]:
-        return {name for k, name in self._by_object if k == kind}
+        return {name for (k, name), users in self._by_object.items() if k == kind and users}
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self, links: dict[int, Link]) -> None:
+        self._links = links
         by_name = {link.name: link for link in links.values()}
         for name in self._used("interface"):
             link = by_name.get(name)
