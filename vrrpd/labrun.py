@@ -89,10 +89,11 @@ class DaemonProc:
     """
 
     def __init__(self, ns: Netns, kind: str, config_text: str, workdir: str, tag: str = "",
-                 binary: str | None = None):
+                 binary: str | None = None, detail: bool = True):
         if kind not in ("vrrpd", "keepalived"):
             raise ValueError(f"unknown daemon {kind!r}")
         self.ns, self.kind = ns, kind
+        self.detail = detail            # -D: keepalived's detailed log (vrrpd: DEBUG)
         self.binary = binary or (default_vrrpd() if kind == "vrrpd" else KEEPALIVED)
         base = os.path.join(workdir, f"{ns.name}{tag}")
         self.ctl_path = os.path.join(tempfile.gettempdir(), f"vrrpd-{ns.name}{tag}.ctl")
@@ -111,10 +112,14 @@ class DaemonProc:
         if self.kind == "vrrpd":
             # Each lab daemon gets its own control socket (a short path: the
             # limit is 108 bytes), not the shared default under /run/vrrpd.
-            return [self.binary, "-l", "-D", "-f", self.conf, "--control-socket", self.ctl_path]
+            return [self.binary, "-l", *self._detail(), "-f", self.conf,
+                    "--control-socket", self.ctl_path]
         # Unique pid files: keepalived refuses to start when another copy's exist.
-        return [self.binary, "-n", "-l", "-D", "--vrrp", "-f", self.conf,
+        return [self.binary, "-n", "-l", *self._detail(), "--vrrp", "-f", self.conf,
                 "-p", self.pidfile, "-r", self.pidfile + ".vrrp", "-c", self.pidfile + ".chk"]
+
+    def _detail(self) -> list[str]:
+        return ["-D"] if self.detail else []
 
     def start(self) -> "DaemonProc":
         self.started = time.monotonic()

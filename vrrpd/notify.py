@@ -20,8 +20,10 @@ its last argument and stopped at shutdown.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import select
 import stat
 from collections import deque
 from dataclasses import dataclass
@@ -50,6 +52,27 @@ class NotifyScripts:
         return getattr(self, f"notify_{state.lower()}")
 
 
+_held: list | None = None         # fifos holding lines, inside coalesced()
+
+
+@contextlib.contextmanager
+def coalesced():
+    """Fifo lines written inside go out at the end, in as few writes as
+    PIPE_BUF allows: a failover of thousands of instances is thousands of
+    lines, and one write per line was a measurable part of it."""
+    global _held
+    if _held is not None:             # nested: the outer one writes
+        yield
+        return
+    _held = []
+    try:
+        yield
+    finally:
+        fifos, _held = _held, None
+        for f in fifos:
+            f._release()
+
+
 def fifo_line(kind: str, name: str, state: str, priority: int) -> str:
     """keepalived's `%s "%s" %s %d\\n`."""
     return f'{kind} "{name}" {state} {priority}\n'
@@ -73,6 +96,7 @@ class NotifyFifo:
         self._dropping = 0       # drops in the current backlog episode, for one log line each
         self._script_run: asyncio.Future | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._held: list[str] = []      # lines written inside coalesced()
 
     @property
     def queued(self) -> int:
@@ -114,7 +138,41 @@ class NotifyFifo:
     def write_line(self, line: str) -> None:
         if self._fd < 0:
             return
-        data = line.encode()
+        if _held is not None:                 # inside coalesced(): written at its end
+            if not self._held:
+                _held.append(self)
+            self._held.append(line)
+            return
+        self._write(line.encode())
+
+    def _release(self) -> None:
+        """Write the lines held by coalesced(), as many per write as fit in
+        PIPE_BUF: such a write lands whole or not at all, so lines never tear."""
+        lines, self._held = [line.encode() for line in self._held], []
+        start = 0
+        while start < len(lines) and self._fd >= 0:
+            end, size = start + 1, len(lines[start])
+            while end < len(lines) and size + len(lines[end]) <= select.PIPE_BUF:
+                size += len(lines[end])
+                end += 1
+            if self._queue or end - start == 1 or not self._write_whole(lines[start:end]):
+                for data in lines[start:end]:     # the reader is behind: bounded queue
+                    self._write(data)
+            start = end
+
+    def _write_whole(self, lines: list[bytes]) -> bool:
+        try:
+            os.write(self._fd, b"".join(lines))
+        except BlockingIOError:
+            return False
+        except OSError as e:
+            self.errors += 1
+            log.error("notify fifo %s: write failed: %s", self.path, e)
+            return True
+        self.lines += len(lines)
+        return True
+
+    def _write(self, data: bytes) -> None:
         if self._queue:                       # keep order behind what is already waiting
             self._enqueue(data)
             return

@@ -27,6 +27,7 @@ from . import _engine, sockets, strict
 from .addresses import AddressManager, Vip
 from .garp import Announce, GarpConfig, GarpScheduler
 from .links import Link, LinkEvent, LinkMonitor
+from .notify import coalesced
 from .routes import RouteManager
 from .scripts import ScriptRunner
 from .syncgroups import SyncGroups
@@ -41,6 +42,41 @@ STATE_NAMES = {_engine.INIT: "INIT", _engine.BACKUP: "BACKUP",
 
 
 EFFECTS_SLICE = 0.002     # s of transition side effects between returns to the loop
+# Receive pacing.  Woken per readable socket, a backup of thousands of
+# instances wakes for every few adverts (each wake-up is also paid by the
+# sender's kernel, in sock_def_readable): above RX_POLL_RATE packets/s the
+# sockets leave the event loop and are read every RX_POLL_S instead, which
+# delays what an advert does by at most that much (a master-down timer is
+# hundreds of ms; Skew_Time tens).  Below a quarter of the rate: back to events.
+RX_POLL_S = 0.005
+RX_POLL_RATE = 2000
+RX_CHECK_S = 1.0
+RX_LATE_US = 5000         # timers this late: read the sockets before running them
+RX_CALL_MAX = 16 * 64     # packets Engine.on_readable reads at most per call
+
+
+LOG_EACH = 8      # transitions per batch logged one line each at INFO; more are summarised
+
+
+def log_transitions(batch) -> None:
+    """keepalived's "(VI_1) Entering MASTER STATE" per transition.  A failover
+    of thousands of instances would spend ~60 us per line (a tenth of a second
+    per 2,000) before its VIPs go up, so a large batch is logged as one INFO
+    line per (state, reason) naming every instance, and the per-instance
+    lines go to DEBUG."""
+    if len(batch) <= LOG_EACH:
+        for inst, _, new, reason in batch:
+            log.info("(%s) Entering %s STATE (%s)", inst.name, STATE_NAMES.get(new, new), reason)
+        return
+    groups: dict[tuple, list[str]] = {}
+    for inst, _, new, reason in batch:
+        groups.setdefault((new, reason), []).append(inst.name)
+    for (new, reason), names in groups.items():
+        log.info("%d instances Entering %s STATE (%s): %s", len(names),
+                 STATE_NAMES.get(new, new), reason, " ".join(names))
+    if log.isEnabledFor(logging.DEBUG):
+        for inst, _, new, reason in batch:
+            log.debug("(%s) Entering %s STATE (%s)", inst.name, STATE_NAMES.get(new, new), reason)
 
 
 def now_us() -> int:
@@ -69,6 +105,7 @@ class Instance:
     transitions: int = 0
     last_transition: float = 0.0
     last_reason: str = ""
+    announces: tuple = ((), [])       # (what they were built from, [(key, Announce)]): _announces
 
 
 @dataclass
@@ -115,6 +152,9 @@ class Daemon:
         self._effects: asyncio.Queue = asyncio.Queue()
         self._effects_task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._rx_packets = 0            # since the last pacing check
+        self._rx_poll: asyncio.TimerHandle | None = None     # set while polling
+        self._rx_check: asyncio.TimerHandle | None = None
         self.stopping = False
         # Objects with open(), on_transition(inst, old, new, reason),
         # on_group_transition(group, state), on_rx_lower_pri(inst, prio), on_stop(daemon).
@@ -131,6 +171,7 @@ class Daemon:
         for h in self.hooks:
             h.open()
         self._effects_task = asyncio.create_task(self._run_effects())
+        self._rx_check = self._loop.call_later(RX_CHECK_S, self._check_rx)
         self.trackers.start(self.links.links)
         if self.plan.startup_delay:
             # keepalived's vrrp_startup_delay: let the network settle before electing.
@@ -195,7 +236,8 @@ class Daemon:
             groups = [self.plan.mcast_group4 if family == socket.AF_INET else self.plan.mcast_group6]
             sock = sockets.open_vrrp_socket(family, ifname, link.index, groups)
             sock_id = self.engine.add_socket(sock.fileno(), family, link.index)
-            self._loop.add_reader(sock.fileno(), self._on_readable, sock_id)
+            if self._rx_poll is None:
+                self._loop.add_reader(sock.fileno(), self._on_readable, sock_id)
             self._sockets[key] = (sock_id, sock)
         return self._sockets[key][0]
 
@@ -245,17 +287,52 @@ class Daemon:
 
     # -- the hot loop's Python side --------------------------------------------------
     def _on_readable(self, sock_id: int) -> None:
-        self.engine.on_readable(sock_id, now_us())
+        self._rx_packets += self.engine.on_readable(sock_id, now_us())
         self._pump()
+
+    def _poll_rx(self) -> None:
+        self._rx_poll = self._loop.call_later(RX_POLL_S, self._poll_rx)
+        self._drain_rx()
+        self._pump()
+
+    def _check_rx(self) -> None:
+        """Switch between per-socket wake-ups and polling by the packet rate."""
+        self._rx_check = self._loop.call_later(RX_CHECK_S, self._check_rx)
+        rate, self._rx_packets = self._rx_packets / RX_CHECK_S, 0
+        if self._rx_poll is None and rate > RX_POLL_RATE:
+            for _, sock in self._sockets.values():
+                self._loop.remove_reader(sock.fileno())
+            self._rx_poll = self._loop.call_later(RX_POLL_S, self._poll_rx)
+            log.debug("receiving %.0f adverts/s: polling sockets every %g s", rate, RX_POLL_S)
+        elif self._rx_poll is not None and rate < RX_POLL_RATE / 4:
+            self._rx_poll.cancel()
+            self._rx_poll = None
+            for sock_id, sock in self._sockets.values():
+                self._loop.add_reader(sock.fileno(), self._on_readable, sock_id)
+            log.debug("receiving %.0f adverts/s: back to socket events", rate)
 
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = -1
         self._pump()
 
+    def _drain_rx(self) -> None:
+        t = now_us()
+        for sock_id, _ in self._sockets.values():
+            while (n := self.engine.on_readable(sock_id, t)) >= RX_CALL_MAX:
+                self._rx_packets += n
+            self._rx_packets += n
+
     def _pump(self) -> None:
         """Run due timers, hand events to the effects queue, re-arm the one timer."""
-        self.engine.tick(now_us())
+        t = now_us()
+        if 0 <= self.engine.next_deadline() < t - RX_LATE_US:
+            # The loop was held up (start-up of thousands of instances, a
+            # full GC): adverts may wait unread while master-down timers ran
+            # out.  Read them first, so that a stall does not look like a
+            # dead master.
+            self._drain_rx()
+        self.engine.tick(t)
         # Sync-group moves queue more events; drain until quiet.
         while events := self.engine.pop_events():
             self._on_events(events)
@@ -272,7 +349,7 @@ class Daemon:
         self._timer = self._loop.call_later(delay, self._on_timer)
 
     def _on_events(self, events) -> None:
-        batch = []
+        batch, lower = [], []
         for ev in events:
             idx, kind = ev[0], ev[1]
             if kind == _engine.EV_SOCK_REJECT:
@@ -290,12 +367,10 @@ class Daemon:
                 inst.transitions += 1
                 inst.last_transition = time.time()
                 inst.last_reason = reason
-                log.info("(%s) Entering %s STATE (%s)", inst.name, STATE_NAMES.get(new, new), reason)
                 batch.append((inst, old, new, reason))
                 self._follow_group(inst, old, new, reason)
             elif kind == _engine.EV_RX_LOWER_PRI:
-                log.info("(%s) received lower priority (%d) advert from %s", inst.name, ev[2],
-                         _addr(ev[3]))
+                lower.append((inst.name, ev[2], _addr(ev[3])))
                 for key, ann in self._announces(inst):
                     self.garp.lower_prio(key, ann)
                 for h in self.hooks:
@@ -304,7 +379,14 @@ class Daemon:
                 # The engine rate-limits these events; its counters stay exact.
                 log.warning("(%s) advert from %s rejected: %s", inst.name, _addr(ev[3]),
                             _engine.REJECT_NAMES[ev[2]])
+        if len(lower) > LOG_EACH:       # a storm of them: one line, as for transitions
+            log.info("%d masters received lower priority adverts: %s", len(lower),
+                     ", ".join(f"{n} ({p} from {a})" for n, p, a in lower))
+        else:
+            for name, prio, addr in lower:
+                log.info("(%s) received lower priority (%d) advert from %s", name, prio, addr)
         if batch:
+            log_transitions(batch)
             self._effects.put_nowait(batch)
 
     # -- side effects, in order ------------------------------------------------------
@@ -347,33 +429,55 @@ class Daemon:
                 log.warning("adding VIP %s failed: errno %d", vip.address, err)
         if up.routes or up.rules:
             await self.routes.add(up.routes, up.rules)
-        yielded = time.monotonic()
-        for inst, old, new, reason in batch:
-            # Thousands of transitions at once: let the loop run due adverts
-            # in between instead of holding it for the whole batch.
-            if time.monotonic() - yielded > EFFECTS_SLICE:
+        # Thousands of transitions at once: let the loop run due adverts
+        # between slices instead of holding it for the whole batch; each
+        # slice's fifo lines go out together.
+        i = 0
+        while i < len(batch):
+            if i:
                 await asyncio.sleep(0)
-                yielded = time.monotonic()
-            # keepalived: GARPs right after the VIPs, before the MASTER notify.
-            if new == _engine.MASTER and old != _engine.MASTER:
-                for key, ann in self._announces(inst):
-                    self.garp.master(key, ann)
-            elif old == _engine.MASTER:
-                for key, _ in self._announces(inst):
-                    self.garp.stop(key)
-            for h in self.hooks:
-                try:
-                    h.on_transition(inst, old, new, reason)
-                except Exception:
-                    log.exception("(%s) transition hook failed", inst.name)
-            # A group's notification follows its last member's (keepalived).
-            moved = self.syncgroups.reported(inst.name, new)
-            if moved is not None:
-                for h in self.hooks:
-                    h.on_group_transition(*moved)
+            end = time.monotonic() + EFFECTS_SLICE
+            with coalesced():
+                while i < len(batch) and (i % 16 or time.monotonic() < end):
+                    self._announce_and_notify(*batch[i])
+                    i += 1
 
-    def _announces(self, inst: Instance):
-        """(key, Announce) per interface the instance's VIPs live on."""
+    def _announce_and_notify(self, inst: Instance, old: int, new: int, reason: str) -> None:
+        # keepalived: GARPs right after the VIPs, before the MASTER notify.
+        if new == _engine.MASTER and old != _engine.MASTER:
+            for key, ann in self._announces(inst):
+                self.garp.master(key, ann)
+        elif old == _engine.MASTER:
+            for key, _ in self._announces(inst):
+                self.garp.stop(key)
+        for h in self.hooks:
+            try:
+                h.on_transition(inst, old, new, reason)
+            except Exception:
+                log.exception("(%s) transition hook failed", inst.name)
+        # A group's notification follows its last member's (keepalived).
+        moved = self.syncgroups.reported(inst.name, new)
+        if moved is not None:
+            for h in self.hooks:
+                h.on_group_transition(*moved)
+
+    def _announces(self, inst: Instance) -> list:
+        """(key, Announce) per interface the instance's VIPs live on; rebuilt
+        only when one of those links changed (a failover of thousands of
+        instances must not rebuild them all)."""
+        links = self.links.links
+        built_for, anns = inst.announces
+        # What they depend on: the name, config and VIPs (a reload may change
+        # them in place) and the name and MAC of each link the VIPs are on.
+        now = (inst.name, inst.spec.conf, tuple(inst.vips)) + tuple(
+            (ix, link.name, link.mac) if (link := links.get(ix)) is not None else (ix,)
+            for ix in {v.ifindex: None for v in inst.vips})
+        if now != built_for:
+            anns = list(self._build_announces(inst))
+            inst.announces = (now, anns)
+        return anns
+
+    def _build_announces(self, inst: Instance):
         conf = inst.spec.conf
         g = self.plan.config.global_defs
         cfg = GarpConfig(master_delay=conf.garp_master_delay, master_repeat=conf.garp_master_repeat,
@@ -461,8 +565,9 @@ class Daemon:
             await self.firewall.close()
         for h in self.hooks:
             await h.on_stop(self)
-        if self._timer is not None:
-            self._timer.cancel()
+        for handle in (self._timer, self._rx_poll, self._rx_check):
+            if handle is not None:
+                handle.cancel()
         self.garp.close()
         if self._effects_task is not None:
             self._effects_task.cancel()

@@ -61,10 +61,22 @@ def open_vrrp_socket(family: int, ifname: str, ifindex: int,
             _setup_ipv4(sock, ifindex, groups)
         else:
             _setup_ipv6(sock, ifindex, groups)
+        # A raw socket receives protocol 112 of every interface until
+        # SO_BINDTODEVICE applies: what it queued meanwhile may be another
+        # interface's adverts, which would be rejected as foreign VIP lists.
+        _discard_queued(sock)
     except BaseException:
         sock.close()
         raise
     return sock
+
+
+def _discard_queued(sock: socket.socket) -> None:
+    while True:
+        try:
+            sock.recv(1)
+        except BlockingIOError:
+            return
 
 
 def _setup_ipv4(sock: socket.socket, ifindex: int, groups) -> None:

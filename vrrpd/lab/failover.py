@@ -162,6 +162,9 @@ def print_summary(result: dict, out=sys.stdout) -> None:
     for kind, d in result["daemons"].items():
         if "error" in d:
             print(f"{kind:<11}{d['error']}", file=out)
+        for scenario, error in d.get("errors", {}).items():
+            print(f"{kind:<11}{scenario}: {error}", file=out)
+        if "steady" not in d:
             continue
         st = d["steady"]
         for f in d["failovers"]:

@@ -1,0 +1,217 @@
+"""The daemon's per-batch transition work (vrrpd/runtime.py, vrrpd/notify.py):
+summarised logging, cached announcements, coalesced fifo writes, receive
+pacing.  Unit tests with fakes: no sockets, no namespaces."""
+import asyncio
+import logging
+import os
+import select
+from types import SimpleNamespace
+
+from vrrpd import _engine, notify, runtime
+from vrrpd.addresses import Vip
+from vrrpd.links import Link
+from vrrpd.notify import NotifyFifo, coalesced, fifo_line
+from vrrpd.runtime import Daemon, Instance, log_transitions
+
+
+def inst(name: str, vips=()) -> Instance:
+    conf = SimpleNamespace(garp_master_delay=5.0, garp_master_repeat=5, garp_master_refresh=0.0,
+                           garp_master_refresh_repeat=1, garp_lower_prio_delay=None,
+                           garp_lower_prio_repeat=None)
+    i = Instance(name, SimpleNamespace(conf=conf), 2, "eth0")
+    i.vips = list(vips)
+    return i
+
+
+def test_small_batch_logs_each_transition_as_keepalived(caplog):
+    batch = [(inst(f"VI_{k}"), _engine.BACKUP, _engine.MASTER, "master_down_timer")
+             for k in range(runtime.LOG_EACH)]
+    with caplog.at_level(logging.INFO, "vrrpd"):
+        log_transitions(batch)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"(VI_{k}) Entering MASTER STATE (master_down_timer)" for k in range(runtime.LOG_EACH)]
+
+
+def test_large_batch_is_one_line_per_state_and_reason_naming_every_instance(caplog):
+    batch = [(inst(f"VI_{k}"), _engine.BACKUP, _engine.MASTER, "master_down_timer")
+             for k in range(1000)]
+    batch.append((inst("VI_x"), _engine.MASTER, _engine.BACKUP, "higher_priority_advert"))
+    with caplog.at_level(logging.INFO, "vrrpd"):
+        log_transitions(batch)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2
+    head, names = lines[0].split(": ", 1)
+    assert head == "1000 instances Entering MASTER STATE (master_down_timer)"
+    assert names.split() == [f"VI_{k}" for k in range(1000)]
+    assert lines[1] == "1 instances Entering BACKUP STATE (higher_priority_advert): VI_x"
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, "vrrpd"):           # -D: each one as well
+        log_transitions(batch)
+    assert "(VI_999) Entering MASTER STATE (master_down_timer)" in caplog.text
+
+
+def fake_daemon(links: dict) -> Daemon:
+    d = Daemon.__new__(Daemon)
+    d.links = SimpleNamespace(links=links)
+    d.plan = SimpleNamespace(config=SimpleNamespace(
+        global_defs=SimpleNamespace(vrrp_garp_interval=0.0, vrrp_gna_interval=0.0)))
+    return d
+
+
+def test_announces_are_built_once_and_rebuilt_when_a_link_or_the_vips_change():
+    mac = bytes.fromhex("020000000001")
+    d = fake_daemon({3: Link(3, "eth0", 0, mac)})
+    i = inst("VI_1", [Vip.parse("192.0.2.1", 3), Vip.parse("2001:db8::1", 3)])
+    first = d._announces(i)
+    assert d._announces(i) is first                       # cached
+    (key, ann), = first
+    assert key == ("VI_1", 3) and ann.mac == mac and ann.vips4 and ann.vips6
+    assert ann.config.master_repeat == 5
+    d.links.links[3] = Link(3, "eth0", 0, bytes.fromhex("020000000002"))   # new MAC
+    (_, ann2), = d._announces(i)
+    assert ann2.mac == bytes.fromhex("020000000002")
+    i.spec.conf = SimpleNamespace(**{**vars(i.spec.conf), "garp_master_repeat": 2})  # reload
+    (_, ann2), = d._announces(i)
+    assert ann2.config.master_repeat == 2
+    assert d._announces(i)[0][1] is ann2
+    i.vips = [Vip.parse("192.0.2.9", 3)]                   # reload replaced the VIPs
+    (_, ann3), = d._announces(i)
+    assert ann3.vips4 == [bytes([192, 0, 2, 9])] and not ann3.vips6
+    del d.links.links[3]                                  # link gone: nothing to announce
+    assert d._announces(i) == []
+
+
+def test_coalesced_fifo_lines_go_out_at_the_end_in_few_whole_writes(aio, tmp_path, monkeypatch):
+    path = str(tmp_path / "fifo")
+    writes = []
+    real_write = os.write
+
+    def counting_write(fd, data):
+        writes.append(len(data))
+        return real_write(fd, data)
+
+    async def main():
+        fifo = NotifyFifo(path)
+        assert fifo.open()
+        reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        lines = [fifo_line("INSTANCE", f"VI_{k}", "MASTER", 100) for k in range(500)]
+        monkeypatch.setattr(notify.os, "write", counting_write)
+        with coalesced():
+            for line in lines:
+                fifo.write_line(line)
+            with coalesced():                           # nested: the outer one writes
+                fifo.write_line(lines[0])
+            assert not writes and fifo.lines == 0
+        got = os.read(reader, 1 << 20).decode()
+        os.close(reader)
+        await fifo.close()
+        return lines, got, fifo
+
+    lines, got, fifo = aio(main())
+    assert got == "".join(lines) + lines[0]
+    assert fifo.lines == 501
+    assert all(n <= select.PIPE_BUF for n in writes)
+    assert len(writes) <= 2 * -(-len(got) // select.PIPE_BUF)     # not one per line
+
+
+class FakeEngine:
+    def __init__(self, deadline=-1):
+        self.calls = []
+        self.deadline = deadline
+
+    def on_readable(self, sock_id, now):
+        self.calls.append(("read", sock_id))
+        return 0
+
+    def tick(self, now):
+        self.calls.append(("tick",))
+
+    def pop_events(self):
+        return []
+
+    def flush(self):
+        pass
+
+    def next_deadline(self):
+        return self.deadline
+
+
+class FakeLoop:
+    def __init__(self):
+        self.readers, self.timers = {}, []
+
+    def add_reader(self, fd, cb, *args):
+        self.readers[fd] = cb
+
+    def remove_reader(self, fd):
+        self.readers.pop(fd, None)
+
+    def call_later(self, delay, cb, *args):
+        self.timers.append((delay, cb))
+        return SimpleNamespace(cancel=lambda: None)
+
+
+def paced_daemon(engine) -> Daemon:
+    d = Daemon.__new__(Daemon)
+    d.engine = engine
+    d._loop = FakeLoop()
+    d._sockets = {("eth0", 2): (0, SimpleNamespace(fileno=lambda: 10)),
+                  ("eth1", 2): (1, SimpleNamespace(fileno=lambda: 11))}
+    for sock_id, sock in d._sockets.values():
+        d._loop.add_reader(sock.fileno(), d._on_readable, sock_id)
+    d._rx_packets, d._rx_poll, d._rx_check = 0, None, None
+    d._timer, d._timer_at = None, -1
+    return d
+
+
+def test_receive_switches_to_polling_above_the_rate_and_back_below_a_quarter():
+    d = paced_daemon(FakeEngine())
+    d._rx_packets = int(runtime.RX_POLL_RATE * runtime.RX_CHECK_S) + 1
+    d._check_rx()
+    assert d._rx_poll is not None and d._loop.readers == {}
+    d._rx_packets = int(runtime.RX_POLL_RATE * runtime.RX_CHECK_S / 2)   # hysteresis: stays
+    d._check_rx()
+    assert d._rx_poll is not None
+    d._rx_packets = 0
+    d._check_rx()
+    assert d._rx_poll is None and set(d._loop.readers) == {10, 11}
+
+
+def test_late_timers_read_the_sockets_before_they_run():
+    now = runtime.now_us()
+    on_time = paced_daemon(FakeEngine(deadline=now))
+    on_time._pump()
+    assert on_time.engine.calls[0] == ("tick",)
+    late = paced_daemon(FakeEngine(deadline=now - 10 * runtime.RX_LATE_US))
+    late._pump()
+    assert late.engine.calls[:3] == [("read", 0), ("read", 1), ("tick",)]
+
+
+def test_coalesced_lines_behind_a_full_pipe_queue_in_order_and_drops_are_counted(aio, tmp_path):
+    path = str(tmp_path / "fifo")
+    total = 5000
+
+    async def main():
+        fifo = NotifyFifo(path, max_queue=100)
+        assert fifo.open()
+        with coalesced():
+            for k in range(total):
+                fifo.write_line(fifo_line("INSTANCE", f"VI_{k}", "MASTER", 100))
+        in_pipe, queued, drops = fifo.lines, fifo.queued, fifo.drops
+        reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        got = b""
+        for _ in range(200):
+            await asyncio.sleep(0.005)
+            try:
+                got += os.read(reader, 1 << 20)
+            except BlockingIOError:
+                pass
+            if fifo.queued == 0 and got.count(b"\n") == total - drops:
+                break
+        os.close(reader)
+        await fifo.close()
+        return in_pipe, queued, drops, got.decode().splitlines()
+
+    in_pipe, queued, drops, lines = aio(main())
+    assert in_pipe > 0 and queued == 100 and in_pipe + queued + drops == total
+    assert [int(line.split('"')[1][3:]) for line in lines] == list(range(total - drops))
