@@ -345,12 +345,15 @@ cdef class Engine:
                      bytes src, list dsts, list vips, int auth_type=0,
                      bytes auth_pass=b"", bint v3_checksum_as_v2=False,
                      bint owner=False, bint accept_unicast_from_peers_only=True,
-                     int down_timer_adverts=3):
+                     int down_timer_adverts=3, bint lower_prio_no_advert=False,
+                     bint higher_prio_send_advert=False, bint skip_check_adv_addr=False):
         """Configure one virtual router -> idx.  Raises ValueError on bad config.
 
         src: our primary address (packed), the adverts' source.  dsts: the
         multicast group, or the unicast peers.  vips: the advert's addresses.
         advert_int_cs: centiseconds (v2: whole seconds, so a multiple of 100).
+        lower_prio_no_advert, higher_prio_send_advert, skip_check_adv_addr:
+        keepalived's options of those names (see _on_advert / _check).
         """
         if sock_id < 0 or sock_id >= self._nsocks:
             raise ValueError(f"no socket {sock_id}")
@@ -408,6 +411,9 @@ cdef class Engine:
         p.sock_id = sock_id
         p.ndst = len(dsts)
         p.down_timer_adverts = down_timer_adverts
+        p.lower_prio_no_advert = lower_prio_no_advert
+        p.higher_prio_send_advert = higher_prio_send_advert
+        p.skip_check_adv_addr = skip_check_adv_addr
         p.advert_field = field
         p.adver_int = field * (1000000 if version == 2 else 10000)
         p.master_adver_int = p.adver_int
@@ -787,11 +793,16 @@ cdef class Engine:
                 return
         # The address list must hold exactly our VIPs, in any order.
         # keepalived 2.2 drops such adverts (vrrp_check_packet: naddr !=
-        # vip_cnt or a VIP missing -> VRRP_PACKET_KO), so do we.
-        if adv.naddr != p.naddr:
+        # vip_cnt or a VIP missing -> VRRP_PACKET_KO), so do we; with
+        # skip_check_adv_addr only when the sender is not the master we
+        # last heard.
+        if (p.skip_check_adv_addr and p.have_master and
+                memcmp(src, p.master_addr, alen) == 0):
+            pass
+        elif adv.naddr != p.naddr:
             self._reject(sid, idx, REJECT_ADDR_MISMATCH, src, now)
             return
-        if memcmp(adv.addrs, p.vips, p.naddr * alen) != 0:
+        elif memcmp(adv.addrs, p.vips, p.naddr * alen) != 0:
             for i in range(p.naddr):
                 found = False
                 for j in range(adv.naddr):
@@ -847,7 +858,11 @@ cdef class Engine:
                 return
             cmp = memcmp(src, p.src, p.alen)
             if their > p.priority or (their == p.priority and cmp > 0):
-                # Step down without sending priority 0 (keepalived).
+                # Step down without sending priority 0 (keepalived); with
+                # higher_prio_send_advert one last advert first, so a master
+                # with garp_lower_prio_repeat re-sends its GARPs.
+                if p.higher_prio_send_advert:
+                    self._enqueue(idx, False)
                 _follow_master(p, adv, src)
                 p.preempt_time = 0
                 p.down_reason = R_MASTER_DOWN_TIMER
@@ -855,8 +870,10 @@ cdef class Engine:
                 self._heap_set(idx, now + self._master_down(p))
             else:
                 # Lower (or equal with a lower address): re-assert at once
-                # and tell the daemon (notify_master_rx_lower_pri).
-                self._enqueue(idx, False)
+                # (keepalived; lower_prio_no_advert keeps to the RFC and
+                # does not) and tell the daemon (notify_master_rx_lower_pri).
+                if not p.lower_prio_no_advert:
+                    self._enqueue(idx, False)
                 c[C_RX_LOWER_PRI] += 1
                 self._event(idx, E_RX_LOWER_PRI, their, 0, src, p.alen)
 

@@ -228,3 +228,54 @@ def test_vmac_same_as_keepalived(netns, tmp_path):
     assert prints["keepalived"]["vrrp.8"]["ipv4"]["arp_ignore"] == "0"
     prints["keepalived"]["vrrp.8"]["ipv4"]["arp_ignore"] = "1"
     assert prints["vrrpd"] == prints["keepalived"]
+
+
+SAME_VRID = """
+vrrp_instance {first} {{
+    interface eth0
+    virtual_router_id 7
+    use_vmac
+    virtual_ipaddress {{ {a} }}
+}}
+vrrp_instance {second} {{
+    interface eth0
+    virtual_router_id 7
+    use_vmac
+    virtual_ipaddress {{ {b} }}
+}}
+"""
+
+
+def _same_vrid(v6_first: bool) -> str:
+    v4, v6 = ("V4", "192.0.2.100/32"), ("V6", "2001:db8::100/128")
+    (first, a), (second, b) = (v6, v4) if v6_first else (v4, v6)
+    return SAME_VRID.format(first=first, a=a, second=second, b=b)
+
+
+@pytest.mark.netns
+@pytest.mark.keepalived
+@pytest.mark.skipif(not HAVE_KEEPALIVED, reason="needs keepalived")
+@pytest.mark.parametrize("v6_first", [False, True], ids=["v4-first", "v6-first"])
+def test_same_vrid_in_both_families_gets_keepalived_s_vmac_names(netns, tmp_path, v6_first):
+    """One VRID in both families on one interface: two vmacs, named as keepalived names them."""
+    from vrrpd.plan import build_plan
+    conf = str(tmp_path / "same.conf")
+    with open(conf, "w") as f:
+        f.write(_same_vrid(v6_first))
+    ours = {s.name: s.vmac.name for s in build_plan(load(conf).config).instances}
+    assert len(set(ours.values())) == 2
+    ns = veth_host(netns("kv"))
+    run = tempfile.mkdtemp(dir=tmp_path)
+    ns.popen("keepalived", "-n", "-l", "--vrrp", "-f", conf, "-p", f"{run}/k.pid",
+             "-r", f"{run}/v.pid", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    mac_family = {"00:00:5e:00:01:07": "V4", "00:00:5e:00:02:07": "V6"}
+
+    def theirs():
+        links = json.loads(ns.run("ip", "-j", "link", "show").stdout)
+        return {mac_family[l["address"]]: l["ifname"] for l in links if l["address"] in mac_family}
+
+    try:
+        wait_for(lambda: len(theirs()) == 2, 10, what="keepalived's two vmacs")
+        assert ours == theirs()
+    finally:
+        ns.kill_all()

@@ -27,6 +27,9 @@ cdef struct inst_t:
     uint8_t master_priority     # last priority heard from the master
     uint8_t have_master         # master_addr is valid
     uint8_t down_timer_adverts  # adverts missed before Master_Down (3)
+    uint8_t lower_prio_no_advert    # MASTER: no advert in answer to a lower one
+    uint8_t higher_prio_send_advert # MASTER: one advert before yielding to a higher one
+    uint8_t skip_check_adv_addr     # no address-list check while the master is the same
     int family
     int sock_id
     int ndst

@@ -63,15 +63,19 @@ def _vip(v: VirtualAddress, dev: str | None) -> VipSpec:
                    None if brd in ("-", None) else brd)
 
 
-def instance_spec(inst: VrrpInstance, config: Config) -> InstanceSpec:
+def instance_spec(inst: VrrpInstance, config: Config, vmacs: set[str] | None = None) -> InstanceSpec:
+    """vmacs: names of the vmacs of the instances before this one (updated)."""
     g = config.global_defs
     family = socket.AF_INET6 if inst.family == 6 else socket.AF_INET
     auth = inst.authentication
     # Only simple-password auth reaches the engine; AH is rejected by validation.
     auth_type = 1 if auth is not None and auth.auth_type == "PASS" else 0
     src = inst.source_address
-    vmac = VmacSpec.for_instance(inst, g)
+    vmacs = set() if vmacs is None else vmacs
+    vmac = VmacSpec.for_instance(inst, g, vmacs)
     vmac_name = vmac.name if vmac else None
+    if vmac_name:
+        vmacs.add(vmac_name)
     return InstanceSpec(
         name=inst.name, conf=inst, where=f"{inst.where[0]}:{inst.where[1]}",
         interface=inst.interface, advert_interface=advert_interface(inst, vmac_name), vmac=vmac,
@@ -93,8 +97,9 @@ def instance_spec(inst: VrrpInstance, config: Config) -> InstanceSpec:
 
 def build_plan(config: Config) -> Plan:
     g = config.global_defs
+    vmacs: set[str] = set()
     return Plan(config=config,
-                instances=[instance_spec(i, config) for i in config.instances.values()],
+                instances=[instance_spec(i, config, vmacs) for i in config.instances.values()],
                 mcast_group4=str(g.vrrp_mcast_group4), mcast_group6=str(g.vrrp_mcast_group6),
                 startup_delay=g.vrrp_startup_delay,
                 static_vips=[_vip(v, v.dev) for v in config.static_ipaddress])

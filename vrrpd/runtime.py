@@ -264,7 +264,10 @@ class Daemon:
             vips=[socket.inet_pton(family, a) for a in spec.advert_addrs],
             auth_type=spec.auth_type, auth_pass=spec.auth_pass,
             v3_checksum_as_v2=spec.v3_checksum_as_v2, owner=spec.priority == 255,
-            down_timer_adverts=spec.conf.down_timer_adverts)
+            down_timer_adverts=spec.conf.down_timer_adverts,
+            lower_prio_no_advert=bool(spec.conf.lower_prio_no_advert),
+            higher_prio_send_advert=bool(spec.conf.higher_prio_send_advert),
+            skip_check_adv_addr=bool(spec.conf.skip_check_adv_addr))
         self.instances[spec.name] = inst
         self.by_idx[inst.idx] = inst
         return inst

@@ -72,13 +72,20 @@ class VmacSpec:
     source: str | None = None   # configured IPv6 advert source (mcast_src_ip/unicast_src_ip)
 
     @classmethod
-    def for_instance(cls, inst: VrrpInstance, g: GlobalDefs) -> "VmacSpec | None":
+    def for_instance(cls, inst: VrrpInstance, g: GlobalDefs,
+                     taken: set[str] = frozenset()) -> "VmacSpec | None":
+        """taken: vmac names of the instances configured before this one."""
         if not inst.use_vmac or inst.interface is None:
             return None
         mac = bytes.fromhex(inst.vmac_mac.replace(":", "")) if inst.vmac_mac \
             else virtual_mac(inst.virtual_router_id, inst.family)
         src = inst.source_address
-        return cls(name=inst.vmac_name or f"{g.vmac_prefix}.{inst.virtual_router_id}",
+        name = inst.vmac_name or f"{g.vmac_prefix}.{inst.virtual_router_id}"
+        if not inst.vmac_name and name in taken:
+            # The same VRID in both families: keepalived 2.2.7 (seen on the
+            # binary) names the later one vrrp6.VRID if IPv6, vrrp1.VRID if IPv4.
+            name = f"{g.vmac_prefix}{6 if inst.family == 6 else 1}.{inst.virtual_router_id}"
+        return cls(name=name,
                    base=inst.interface, vrid=inst.virtual_router_id, family=inst.family,
                    mac=mac,
                    ipv6=inst.family == 6 or any(v.family == 6 for v in inst.virtual_ipaddress_excluded),
