@@ -55,7 +55,8 @@ def engine_settings(spec: InstanceSpec) -> tuple:
     return (spec.advert_interface, spec.version, spec.advert_int_cs, spec.preempt,
             spec.preempt_delay_cs, spec.src_ip, tuple(spec.unicast_peers), spec.auth_type,
             spec.auth_pass, spec.v3_checksum_as_v2, spec.priority == 255,
-            spec.conf.down_timer_adverts)
+            spec.conf.down_timer_adverts, spec.conf.lower_prio_no_advert,
+            spec.conf.higher_prio_send_advert, spec.conf.skip_check_adv_addr)
 
 
 def norm(obj):
