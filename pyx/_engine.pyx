@@ -238,6 +238,17 @@ cdef dict _counter_dict(const uint64_t* c, tuple names, int reject_base):
     return d
 
 
+def _advert_field(int version, int advert_int_cs):
+    """The advert's interval field for advert_int_cs; ValueError if it cannot be sent."""
+    if version == 2:
+        if advert_int_cs % 100 or not 1 <= advert_int_cs // 100 <= 255:
+            raise ValueError("VRRPv2 advert_int must be 1..255 whole seconds")
+        return advert_int_cs // 100
+    if not 1 <= advert_int_cs <= 4095:     # 12-bit field, RFC 5798 5.2.7
+        raise ValueError("VRRPv3 advert_int must be 1..4095 centiseconds")
+    return advert_int_cs
+
+
 cdef class Engine:
     """The VRRP engine for many instances over a few raw sockets.
 
@@ -370,15 +381,7 @@ cdef class Engine:
             raise ValueError("priority must be 1..255")
         if s.vrid_map[vrid]:
             raise ValueError(f"VRID {vrid} already used on socket {sock_id}")
-        cdef int field
-        if version == 2:
-            if advert_int_cs % 100 or not 1 <= advert_int_cs // 100 <= 255:
-                raise ValueError("VRRPv2 advert_int must be 1..255 whole seconds")
-            field = advert_int_cs // 100
-        else:
-            if not 1 <= advert_int_cs <= 4095:     # 12-bit field, RFC 5798 5.2.7
-                raise ValueError("VRRPv3 advert_int must be 1..4095 centiseconds")
-            field = advert_int_cs
+        cdef int field = _advert_field(version, advert_int_cs)
         if preempt_delay_cs < 0:
             raise ValueError("preempt_delay must be >= 0")
         if auth_type not in (0, 1) or (auth_type and version != 2):
@@ -441,22 +444,11 @@ cdef class Engine:
             memcpy(p.dsts + i * alen, <const char*>b, alen)
         # Pre-encode one advert per destination (the v3 IPv4 checksum covers
         # the destination); priority changes are patched in place later.
-        cdef int n = 0, first = -1
-        for i in range(p.ndst):
-            n = encode_advert(p.pkts + i * MAX_PKT, MAX_PKT, version, family,
-                              vrid, priority, field, p.vips, p.naddr,
-                              auth_type, p.auth_data, p.src, p.dsts + i * alen,
-                              v3_checksum_as_v2)
-            if n < 0 or (first >= 0 and n != first):
-                self._free_bufs(p)
-                raise ValueError("cannot encode an advert for this configuration")
-            first = n
-        p.pkt_len = n
-        # Compact to pkt_len stride and derive the priority-0 variant.
-        for i in range(p.ndst):
-            memcpy(p.pkts + i * n, p.pkts + i * MAX_PKT, n)
-            memcpy(p.pkts0 + i * n, p.pkts + i * n, n)
-            patch_priority(p.pkts0 + i * n, 0)
+        try:
+            self._reencode(p, field, p.vips, p.naddr)
+        except BaseException:
+            self._free_bufs(p)
+            raise
         p.used = 1
         p.state = S_INIT
         self._nfree -= 1
@@ -488,33 +480,73 @@ cdef class Engine:
             raise ValueError("vips must be at most 255 packed addresses")
         cdef int naddr = len(vips)
         cdef uint8_t* addrs = <uint8_t*>malloc(max(1, naddr * alen))
-        cdef uint8_t* pkts = <uint8_t*>malloc(<size_t>p.ndst * MAX_PKT)
-        if not addrs or not pkts:
-            free(addrs); free(pkts)
+        if not addrs:
             raise MemoryError()
-        cdef int i, n = 0
+        cdef int i
         cdef bytes b
         for i in range(naddr):
             b = vips[i]
             memcpy(addrs + i * alen, <const char*>b, alen)
+        try:
+            self._reencode(p, p.advert_field, addrs, naddr)
+        except BaseException:
+            free(addrs)
+            raise
+        free(p.vips)
+        p.vips = addrs
+        p.naddr = naddr
+
+    def retune(self, int idx, int64_t now, *, int advert_int_cs, bint preempt,
+               int preempt_delay_cs, int down_timer_adverts, bint lower_prio_no_advert,
+               bint higher_prio_send_advert, bint skip_check_adv_addr):
+        """Reload: new timing and election settings for a running instance,
+        which keeps its state (keepalived keeps an instance whose advert_int
+        or preempt changed).  A master's next advert comes at the new
+        interval at the latest; a backup's down timer follows from the next
+        advert it hears."""
+        cdef inst_t* p = self._get(idx)
+        cdef int field = _advert_field(p.version, advert_int_cs)
+        if preempt_delay_cs < 0 or not 1 <= down_timer_adverts <= 255:
+            raise ValueError("preempt_delay must be >= 0, down_timer_adverts 1..255")
+        if field != p.advert_field:
+            self._reencode(p, field, p.vips, p.naddr)
+            p.advert_field = field
+            p.adver_int = field * (1000000 if p.version == 2 else 10000)
+            # RFC 5798 6.4.3: a master advertises its own interval; v2 has no other.
+            if p.state == S_MASTER or p.version == 2:
+                p.master_adver_int = p.adver_int
+            if p.state == S_MASTER and p.deadline > now + p.adver_int:
+                self._heap_set(idx, now + p.adver_int)
+        p.preempt = preempt
+        p.preempt_delay = <int64_t>preempt_delay_cs * 10000
+        p.down_timer_adverts = down_timer_adverts
+        p.lower_prio_no_advert = lower_prio_no_advert
+        p.higher_prio_send_advert = higher_prio_send_advert
+        p.skip_check_adv_addr = skip_check_adv_addr
+
+    cdef int _reencode(self, inst_t* p, int field, const uint8_t* addrs, int naddr) except -1:
+        """Both advert variants of p, encoded for this interval field and
+        address list; p's packets change only once every one encoded (sends
+        already queued go out at flush time from them)."""
+        cdef uint8_t* pkts = <uint8_t*>malloc(<size_t>p.ndst * MAX_PKT)
+        cdef int i, n = 0
+        if not pkts:
+            raise MemoryError()
         for i in range(p.ndst):
             n = encode_advert(pkts + i * MAX_PKT, MAX_PKT, p.version, p.family,
-                              p.vrid, p.priority, p.advert_field, addrs, naddr,
-                              p.auth_type, p.auth_data, p.src, p.dsts + i * alen,
+                              p.vrid, p.priority, field, addrs, naddr,
+                              p.auth_type, p.auth_data, p.src, p.dsts + i * p.alen,
                               p.v3_as_v2)
             if n < 0:
-                free(addrs); free(pkts)
-                raise ValueError("cannot encode an advert with these addresses")
-        # Sends already queued go out at flush time from pkts: all of one length.
+                free(pkts)
+                raise ValueError("cannot encode an advert with these settings")
         for i in range(p.ndst):
             memcpy(p.pkts + i * n, pkts + i * MAX_PKT, n)
             memcpy(p.pkts0 + i * n, pkts + i * MAX_PKT, n)
             patch_priority(p.pkts0 + i * n, 0)
         free(pkts)
-        free(p.vips)
-        p.vips = addrs
-        p.naddr = naddr
         p.pkt_len = n
+        return 0
 
     # --- control (the daemon) ------------------------------------------------
     def start(self, int idx, int64_t now, bint want_master=False):

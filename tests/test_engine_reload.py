@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from vrrpd import _engine as E
-from test_engine import GROUP4, T0, VIP4, VIP6, Router, advert, pk, to_master
+from test_engine import GROUP4, T0, VIP4, VIP6, Router, advert, mdi_us, pk, to_master
 
 VIP4B = "192.0.2.101"
 
@@ -66,3 +66,58 @@ def test_ipv6_and_bad_input():
         r.e.set_advert_addrs(r.i + 1, [])
     r.e.tick(r.e.deadline(r.i))                                 # unchanged by the refusals
     assert [a.addrlist for _, a in r.sent()] == [[VIP6, "2001:db8::101"]]
+
+
+# -- Engine.retune: advert_int, preempt and the advert options on reload ------------------
+
+TUNE = dict(preempt=True, preempt_delay_cs=0, down_timer_adverts=3, lower_prio_no_advert=False,
+            higher_prio_send_advert=False, skip_check_adv_addr=False)
+
+
+def test_master_takes_a_shorter_interval_at_once_and_keeps_state():
+    r = Router("192.0.2.10", 100)                      # v3, 1 s
+    tm = to_master(r)
+    r.e.set_priority(r.i, 150, tm)
+    r.sent()
+    now = tm + 100_000
+    r.e.retune(r.i, now, advert_int_cs=20, **TUNE)
+    assert r.state == E.MASTER and r.e.pop_events() == []
+    assert r.e.deadline(r.i) == now + 200_000          # not the old tm + 1 s
+    r.e.tick(now + 200_000)
+    (_, adv), = r.sent()
+    assert adv.adv == 20 and adv.priority == 150       # the advert says so (scapy's field)
+    assert r.e.deadline(r.i) == now + 400_000
+
+
+def test_master_with_a_longer_interval_keeps_its_next_advert():
+    r = Router("192.0.2.10", 100, adv_cs=50)
+    tm = to_master(r)
+    due = r.e.deadline(r.i)
+    r.e.retune(r.i, tm + 1000, advert_int_cs=200, **TUNE)
+    assert r.e.deadline(r.i) == due
+    r.e.tick(due)
+    (_, adv), = r.sent()
+    assert adv.adv == 200 and r.e.deadline(r.i) == due + 2_000_000
+
+
+def test_backup_turned_nopreempt_keeps_a_lower_master():
+    r = Router("192.0.2.10", 100)
+    r.e.start(r.i, T0)
+    first_down = r.e.deadline(r.i)
+    r.e.retune(r.i, T0 + 10, advert_int_cs=100, **{**TUNE, "preempt": False})
+    r.hear(advert("192.0.2.20", 50), "192.0.2.20", T0 + 1000)
+    # Accepted as master: the down timer restarts (a preempting backup discards it).
+    assert r.e.deadline(r.i) == T0 + 1000 + mdi_us(3, 100, 1_000_000)
+    r.e.tick(first_down)
+    assert r.state == E.BACKUP
+
+
+def test_retune_refuses_what_cannot_be_sent_and_changes_nothing():
+    r = Router("192.0.2.10", 100, version=2, adv_cs=100)
+    tm = to_master(r)
+    due = r.e.deadline(r.i)
+    with pytest.raises(ValueError):
+        r.e.retune(r.i, tm, advert_int_cs=50, **TUNE)  # VRRPv2: whole seconds only
+    r.e.tick(due)
+    (_, adv), = r.sent()
+    assert adv.adv == 1 and r.state == E.MASTER

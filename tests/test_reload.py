@@ -253,3 +253,36 @@ def test_vip_change_keeps_state_and_removed_instance_takes_its_routes(lan, tmp_p
     finally:
         m.stop()
         b.stop()
+
+
+def test_advert_int_change_keeps_state(lan, tmp_path):
+    """advert_int 0.1 -> 0.3 s for VI_0 on both hosts: kept (keepalived keeps
+    the instance), no transition or notify, and on the wire the master's
+    adverts come 300 ms apart from then on, still at priority 200."""
+    net, spec, (m, b) = two_hosts(lan, tmp_path, instances=2)
+    try:
+        cap = Capture(net.hosts[1], 3.0)
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        wall0 = time.time()
+        for d, prio in ((m, 200), (b, 100)):
+            text = host_config(spec, 0 if d is m else 1, priority=prio)
+            head, vi1, tail = text.partition("vrrp_instance VI_1 {")
+            assert head.count("advert_int 0.1") == 1
+            reconfigure(d, head.replace("advert_int 0.1", "advert_int 0.3") + vi1 + tail)
+        procs = [subprocess.Popen([VRRPCTL, "--socket", d.sock, "reload", "--json"],
+                                  stdout=subprocess.PIPE, text=True) for d in (m, b)]
+        for p in procs:
+            r = json.loads(p.communicate(timeout=60)[0])
+            assert r["ok"] and r["changed"] == ["VI_0"] and r["replaced"] == [], r
+        packets = cap.packets()
+        vi0 = [p[0] for p in packets if p[2] == net.host_ip(0) and p[3] == 1 and p[0] > wall0 + 0.8]
+        gaps = sorted(b - a for a, b in zip(vi0, vi0[1:]))
+        assert len(gaps) >= 4 and 0.28 <= gaps[len(gaps) // 2] <= 0.32, gaps
+        assert all(p[4] == 200 for p in packets if p[2] == net.host_ip(0) and p[3] == 1)
+        for d in (m, b):
+            assert [e for e in d.fifo.events(t0) if e[2] == "VI_0"] == []
+        assert m.ctl_json("show", "VI_0")["state"] == "MASTER"
+    finally:
+        m.stop()
+        b.stop()

@@ -106,6 +106,7 @@ cdef class Engine:
     cdef uint8_t* _rxbuf
 
     cdef inst_t* _get(self, int idx) except NULL
+    cdef int _reencode(self, inst_t* p, int field, const uint8_t* addrs, int naddr) except -1
     cdef void _free_bufs(self, inst_t* p) noexcept
     cdef void _heap_set(self, int idx, int64_t deadline) noexcept
     cdef void _heap_remove(self, int idx) noexcept

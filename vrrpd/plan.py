@@ -103,3 +103,14 @@ def build_plan(config: Config) -> Plan:
                 mcast_group4=str(g.vrrp_mcast_group4), mcast_group6=str(g.vrrp_mcast_group6),
                 startup_delay=g.vrrp_startup_delay,
                 static_vips=[_vip(v, v.dev) for v in config.static_ipaddress])
+
+
+def engine_tunables(spec: InstanceSpec) -> dict:
+    """Engine settings a running instance can take without leaving its state
+    (Engine.add_instance() and Engine.retune() keywords)."""
+    c = spec.conf
+    return dict(advert_int_cs=spec.advert_int_cs, preempt=spec.preempt,
+                preempt_delay_cs=spec.preempt_delay_cs, down_timer_adverts=c.down_timer_adverts,
+                lower_prio_no_advert=bool(c.lower_prio_no_advert),
+                higher_prio_send_advert=bool(c.higher_prio_send_advert),
+                skip_check_adv_addr=bool(c.skip_check_adv_addr))

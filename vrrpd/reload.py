@@ -6,13 +6,14 @@ instances are matched by their identity, Config.instance_key (VRID, family,
 interface, source address) -- not by name:
 
 - kept: same key, same engine settings.  The engine slot, state and timers
-  stay; name, VIPs, advert address list, priority, notify and tracking are
-  updated in place.  A master adds the VIPs (with their strict-mode drop,
+  stay; name, VIPs, advert address list, advert_int, preempt, priority,
+  notify and tracking are updated in place (keepalived keeps such an
+  instance's state too).  A master adds the VIPs (with their strict-mode drop,
   routes and rules) that are new and sends GARPs for them, and removes
   those that went (keepalived restore_vrrp_state / clear_diff_vrrp_vip).
   No transition, no notify.
 - replaced: same key, but a setting the engine fixes at add_instance()
-  changed (version, advert_int, preempt, peers, auth...): the old one
+  changed (version, peers, source, auth, owner): the old one
   leaves as if removed, the new one starts.
 - added: start.  removed: a master sends priority 0 (engine.remove_instance)
   and its routes, rules, VIPs and strict-mode drop entries are removed.
@@ -41,7 +42,7 @@ import time
 from dataclasses import dataclass, field
 
 from . import _engine, reloadchild, sdnotify, strict
-from .plan import InstanceSpec, Plan
+from .plan import InstanceSpec, Plan, engine_tunables
 from .reloadchild import ADDED, CHANGED, REPLACED, Outcome
 from .reporting import Reporter
 from .runtime import now_us
@@ -403,6 +404,9 @@ async def apply(daemon, p: Prepared, slices: Slices) -> None:
         if spec.advert_addrs != inst.spec.advert_addrs:
             engine.set_advert_addrs(inst.idx, [socket.inet_pton(spec.family, a)
                                                for a in spec.advert_addrs])
+        tunables = engine_tunables(spec)
+        if tunables != engine_tunables(inst.spec):
+            engine.retune(inst.idx, now_us(), **tunables)
         new_vips = daemon.vips_of(spec)
         if engine.state(inst.idx) == _engine.MASTER:
             net.update(inst, spec, new_vips)

@@ -51,12 +51,10 @@ class Outcome:
 
 def engine_settings(spec: InstanceSpec) -> tuple:
     """What Engine.add_instance() fixes; a change means replacing the instance.
-    (The advert's address list is not one: Engine.set_advert_addrs.)"""
-    return (spec.advert_interface, spec.version, spec.advert_int_cs, spec.preempt,
-            spec.preempt_delay_cs, spec.src_ip, tuple(spec.unicast_peers), spec.auth_type,
-            spec.auth_pass, spec.v3_checksum_as_v2, spec.priority == 255,
-            spec.conf.down_timer_adverts, spec.conf.lower_prio_no_advert,
-            spec.conf.higher_prio_send_advert, spec.conf.skip_check_adv_addr)
+    (Not the advert's address list: Engine.set_advert_addrs; nor timing and
+    election settings: Engine.retune, see plan.engine_tunables.)"""
+    return (spec.advert_interface, spec.version, spec.src_ip, tuple(spec.unicast_peers),
+            spec.auth_type, spec.auth_pass, spec.v3_checksum_as_v2, spec.priority == 255)
 
 
 def norm(obj):

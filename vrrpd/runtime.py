@@ -28,6 +28,7 @@ from .addresses import AddressManager, Vip
 from .garp import Announce, GarpConfig, GarpScheduler
 from .links import Link, LinkEvent, LinkMonitor
 from .notify import coalesced
+from .plan import engine_tunables
 from .routes import RouteManager
 from .scripts import ScriptRunner
 from .syncgroups import SyncGroups
@@ -257,17 +258,12 @@ class Daemon:
         dsts = spec.unicast_peers or [group]
         inst.idx = self.engine.add_instance(
             sock_id=inst.sock_id, vrid=spec.vrid, version=spec.version, priority=spec.priority,
-            advert_int_cs=spec.advert_int_cs, preempt=spec.preempt,
-            preempt_delay_cs=spec.preempt_delay_cs,
             src=socket.inet_pton(family, src),
             dsts=[socket.inet_pton(family, d) for d in dsts],
             vips=[socket.inet_pton(family, a) for a in spec.advert_addrs],
             auth_type=spec.auth_type, auth_pass=spec.auth_pass,
             v3_checksum_as_v2=spec.v3_checksum_as_v2, owner=spec.priority == 255,
-            down_timer_adverts=spec.conf.down_timer_adverts,
-            lower_prio_no_advert=bool(spec.conf.lower_prio_no_advert),
-            higher_prio_send_advert=bool(spec.conf.higher_prio_send_advert),
-            skip_check_adv_addr=bool(spec.conf.skip_check_adv_addr))
+            **engine_tunables(spec))
         self.instances[spec.name] = inst
         self.by_idx[inst.idx] = inst
         return inst
