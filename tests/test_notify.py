@@ -138,19 +138,7 @@ def test_fifo_without_reader_drops_are_counted_and_loop_never_blocks(aio, tmp_pa
         took = time.monotonic() - t0
         in_pipe, queued, drops = fifo.lines, fifo.queued, fifo.drops
         # A reader appears: everything kept is delivered, in order.
-        reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-        got = b""
-        for _ in range(200):
-            await asyncio.sleep(0.005)
-            try:
-                got += os.read(reader, 1 << 20)
-            except BlockingIOError:
-                pass
-            if fifo.queued == 0 and got.count(b"\n") == total - drops:
-                break
-        os.close(reader)
-        await fifo.close()
-        return took, in_pipe, queued, drops, got.decode().splitlines(), fifo
+        return took, in_pipe, queued, drops, await read_kept_lines(fifo, path, total), fifo
 
     with caplog.at_level(logging.WARNING):
         took, in_pipe, queued, drops, lines, fifo = aio(main())
@@ -308,3 +296,21 @@ def test_same_script_arguments_and_fifo_lines_as_keepalived(aio, netns, tmp_path
     ours = recorded(our_dir / "log", len(ka_rows))
     assert [(argc, args) for _, argc, args in ours] == [(argc, args) for _, argc, args in ka_rows]
     assert ka_lines[:2] == ['INSTANCE "VI_1" BACKUP 100', 'INSTANCE "VI_1" MASTER 100']
+
+
+async def read_kept_lines(fifo, path: str, total: int) -> list[str]:
+    """Open a reader on the fifo and read until every line it kept of `total`
+    (all but its drops) arrived, or 1 s passed; then close the fifo."""
+    reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    got = b""
+    for _ in range(200):
+        await asyncio.sleep(0.005)
+        try:
+            got += os.read(reader, 1 << 20)
+        except BlockingIOError:
+            pass
+        if fifo.queued == 0 and got.count(b"\n") == total - fifo.drops:
+            break
+    os.close(reader)
+    await fifo.close()
+    return got.decode().splitlines()

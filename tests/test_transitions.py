@@ -1,12 +1,12 @@
 """The daemon's per-batch transition work (vrrpd/runtime.py, vrrpd/notify.py):
 summarised logging, cached announcements, coalesced fifo writes, receive
 pacing.  Unit tests with fakes: no sockets, no namespaces."""
-import asyncio
 import logging
 import os
 import select
 from types import SimpleNamespace
 
+from test_notify import read_kept_lines
 from vrrpd import _engine, notify, runtime
 from vrrpd.addresses import Vip
 from vrrpd.links import Link
@@ -198,19 +198,7 @@ def test_coalesced_lines_behind_a_full_pipe_queue_in_order_and_drops_are_counted
             for k in range(total):
                 fifo.write_line(fifo_line("INSTANCE", f"VI_{k}", "MASTER", 100))
         in_pipe, queued, drops = fifo.lines, fifo.queued, fifo.drops
-        reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-        got = b""
-        for _ in range(200):
-            await asyncio.sleep(0.005)
-            try:
-                got += os.read(reader, 1 << 20)
-            except BlockingIOError:
-                pass
-            if fifo.queued == 0 and got.count(b"\n") == total - drops:
-                break
-        os.close(reader)
-        await fifo.close()
-        return in_pipe, queued, drops, got.decode().splitlines()
+        return in_pipe, queued, drops, await read_kept_lines(fifo, path, total)
 
     in_pipe, queued, drops, lines = aio(main())
     assert in_pipe > 0 and queued == 100 and in_pipe + queued + drops == total
