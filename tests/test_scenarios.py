@@ -434,7 +434,7 @@ def sync_group(notify_dir: str | None) -> str:
 
 
 def test_sync_group_startup(bench):
-    d = bench.start_dut(sync_group(bench.notify_dir) + instance("VI_0", 1, 150, bench.notify_dir) +
+    bench.start_dut(sync_group(bench.notify_dir) + instance("VI_0", 1, 150, bench.notify_dir) +
                         instance("VI_1", 2, 150, bench.notify_dir))
     wait_for(lambda: G("G1", "MASTER") in bench.fifo(), 10, what="GROUP G1 MASTER")
     bench.stop_dut(len(expand(EXPECTED["sync_group_startup"])))

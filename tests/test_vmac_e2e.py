@@ -18,7 +18,7 @@ import time
 import pytest
 
 from daemons import DaemonProc, vips_on
-from netns import wait_for
+
 
 HAVE_KEEPALIVED = shutil.which("keepalived") is not None or os.path.exists("/usr/sbin/keepalived")
 pytestmark = [pytest.mark.netns]
