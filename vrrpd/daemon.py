@@ -114,6 +114,8 @@ async def serve(plan, args=None) -> int:
     applied = procsched.apply(plan.config.global_defs)
     if applied:
         log.info("process settings: %s", ", ".join(applied))
+    from .reloadchild import fingerprints
+    running = fingerprints(plan, plan.instances)       # for reloads; before adverts start
     daemon = Daemon(plan)
     daemon.hooks.append(Reporter(plan.config, daemon.runner))
     try:
@@ -122,7 +124,7 @@ async def serve(plan, args=None) -> int:
         log.error("start-up failed: %s", e)
         return 1
     try:
-        ops = await Operations.start(daemon, args)
+        ops = await Operations.start(daemon, args, running)
     except (OSError, ValueError) as e:          # socket path, metrics port in use...
         log.error("start-up failed: %s", e)
         await daemon.stop()
@@ -146,7 +148,7 @@ class Operations:
     signals (HUP reload, USR1/USR2/RTMIN+2 dumps), metrics, the watchdog."""
 
     @classmethod
-    async def start(cls, daemon, args) -> "Operations":
+    async def start(cls, daemon, args, running=None) -> "Operations":
         from . import sdnotify
         from .control import ControlServer
         from .dumps import Dumps, show, stats, status
@@ -154,7 +156,7 @@ class Operations:
 
         self = cls()
         loop = asyncio.get_running_loop()
-        self.reloader = Reloader(daemon, args.config, args.config_id)
+        self.reloader = Reloader(daemon, args.config, args.config_id, running)
         dumps = Dumps(daemon, self.reloader, args.data_dump, args.stats_dump, args.json_dump)
         self.control = self.metrics = self.watchdog = None
         self._tasks: set[asyncio.Task] = set()

@@ -23,7 +23,7 @@ returned to `vrrpctl reload`.
 
 Nothing here may hold the loop (adverts are due every 100 ms or less, and
 the issue allows a reload to delay them by 5 ms): reading, resolving and
-diffing the new configuration runs in a forked child (reloadchild.py) that
+diffing the new configuration runs in a process of its own (reloadchild.py) that
 sends back only what changed; what must run on the loop runs in slices of
 about SLICE seconds.  Unchanged instances keep their objects; tracking and
 notify scripts are extended in place when nothing global changed, else
@@ -38,6 +38,8 @@ import logging
 import os
 import pickle
 import socket
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -53,7 +55,7 @@ log = logging.getLogger("vrrpd")
 
 SLICE = 0.001           # s of reload work on the loop between returns to it
 ROOM_US = 1500          # resume only if no advert is due sooner (a slice fits)
-FORK_ROOM_US = 8000     # fork() costs 2-8 ms at 1,000 instances: between advert bursts
+SPAWN_ROOM_US = 3000    # starting the reader costs ~1 ms: between advert bursts
 MAX_WAIT = 0.2          # s to wait for that room before going ahead anyway
 
 
@@ -111,12 +113,17 @@ class Prepared:
 class Reloader:
     """daemon.reload's driver: serialises reloads, reports to systemd."""
 
-    def __init__(self, daemon, path: str, config_id: str | None):
+    def __init__(self, daemon, path: str, config_id: str | None,
+                 running: reloadchild.Fingerprints | None = None):
+        """running: fingerprints of daemon.plan (reloadchild.fingerprints), made
+        before the instances start: ~0.2 s per 1,000 instances the loop must not wait."""
         self.daemon, self.path, self.config_id = daemon, path, config_id
         self._lock = asyncio.Lock()
         self.reloads = 0
         self.failures = 0
-        self.fork_seconds = 0.0      # the last fork()'s cost in the daemon
+        self.spawn_seconds = 0.0     # the last reader start's cost in the daemon
+        # What the reader diffs against (then the fingerprints it sends back).
+        self.running = running or reloadchild.fingerprints(daemon.plan, daemon.plan.instances)
 
     async def __call__(self) -> dict:
         async with self._lock:
@@ -161,6 +168,7 @@ class Reloader:
             out.update(ok=False, errors=[str(e)])
             return out
         self.reloads += 1
+        self.running = outcome.fingerprints
         out.update(prepared.summary())
         log.info("reload done: %d kept (%d changed), %d replaced, %d added, %d removed",
                  out["kept"], len(out["changed"]), len(out["replaced"]), len(out["added"]),
@@ -168,32 +176,32 @@ class Reloader:
         return out
 
     async def _child(self, slices: Slices) -> Outcome:
-        """Fork the reader (reloadchild.run), collect its outcome without blocking."""
-        d = self.daemon
+        """Start the reader (python -m vrrpd.reloadchild), collect its outcome
+        without blocking.  Its input goes through a memfd (written at once,
+        whatever its size); Popen uses vfork, so starting it costs the
+        daemon no copy of its page tables."""
         loop = asyncio.get_running_loop()
-        await slices.pause(FORK_ROOM_US)
-        room = d.engine.next_deadline() - now_us()
+        request = pickle.dumps((self.path, self.config_id, self.running),
+                               protocol=pickle.HIGHEST_PROTOCOL)
+        await slices.pause(SPAWN_ROOM_US)
         t = time.perf_counter()
-        rfd, wfd = os.pipe()
+        infd = os.memfd_create("vrrpd-reload", os.MFD_CLOEXEC)
         try:
-            pid = os.fork()
+            os.write(infd, request)
+            os.lseek(infd, 0, os.SEEK_SET)
+            proc = subprocess.Popen([sys.executable, "-m", "vrrpd.reloadchild"], stdin=infd,
+                                    stdout=subprocess.PIPE)
         except OSError as e:
-            os.close(rfd)
-            os.close(wfd)
             return Outcome(errors=[f"reload: cannot start the configuration reader: {e}"])
-        if pid == 0:                                    # the child: never returns
-            os.close(rfd)
-            reloadchild.run(wfd, self.path, self.config_id, d.plan,
-                            {name: inst.spec for name, inst in d.instances.items()})
-        self.fork_seconds = time.perf_counter() - t
-        log.debug("reload: fork() took %.2f ms, %.1f ms before the next advert",
-                  self.fork_seconds * 1000, room / 1000)
-        os.close(wfd)
-        try:
-            data = await _read_all(loop, rfd)
         finally:
-            os.close(rfd)
-            await _reap(loop, pid)
+            os.close(infd)
+        self.spawn_seconds = time.perf_counter() - t
+        log.debug("reload: reader started in %.2f ms", self.spawn_seconds * 1000)
+        try:
+            data = await _read_all(loop, proc.stdout.fileno())
+        finally:
+            proc.stdout.close()
+            await _reap(loop, proc)
         if not data:
             return Outcome(errors=["reload: the configuration reader died"])
         await slices.pause()
@@ -226,9 +234,9 @@ async def _read_all(loop, fd: int) -> bytes:
     return b"".join(chunks)
 
 
-async def _reap(loop, pid: int) -> None:
-    """Wait for the child without blocking the loop (pidfd)."""
-    pidfd = os.pidfd_open(pid)
+async def _reap(loop, proc: subprocess.Popen) -> None:
+    """Wait for the reader without blocking the loop (pidfd)."""
+    pidfd = os.pidfd_open(proc.pid)
     exited = loop.create_future()
     loop.add_reader(pidfd, lambda: exited.done() or exited.set_result(None))
     try:
@@ -236,18 +244,13 @@ async def _reap(loop, pid: int) -> None:
     finally:
         loop.remove_reader(pidfd)
         os.close(pidfd)
-    try:
-        os.waitpid(pid, 0)
-    except ChildProcessError:
-        pass
+    proc.wait()
 
 
 async def prepare(daemon, o: Outcome, slices: Slices) -> Prepared:
     """The new plan from the child's outcome: unchanged instances keep their
-    running spec objects; changed ones are unpickled one at a time.  (Right
-    after fork() every first write to a page of the daemon's memory, even a
-    reference count, is a copy-on-write fault: this walk over 1,000
-    instances takes milliseconds, so it too runs in slices.)"""
+    running spec objects; changed ones are unpickled one at a time.  The
+    walk over thousands of instances runs in slices too."""
     running = daemon.instances
     p = Prepared(plan=o.skeleton, globals_same=o.globals_same)
     ordered = []

@@ -1,34 +1,34 @@
-"""The reload's heavy part, in a forked child: read the new configuration,
-resolve it and diff it against the running one -- off the daemon's GIL.
+"""The reload's heavy part, in a process of its own: read the new
+configuration, resolve it and diff it against the running one -- off the
+daemon's GIL and out of its memory.
 
 Parsing 1,000 instances takes 0.2-1 s of pure Python; in a thread of the
-daemon it competed with the loop for the GIL and delayed adverts.  A child
-made by os.fork() inherits the running plan for free (copy-on-write), works
-on the other core, and sends back (one pickle over a pipe) only what the
-loop needs: the instances in their new order, each either "the running one,
-unchanged" (the daemon keeps its objects) or the new InstanceSpec, pickled
-on its own so the daemon can unpickle a large change in slices.
-
-fork() is safe because the daemon has no other Python thread; the child
-never touches the event loop, resets the signals the daemon handles (their
-handlers write to the loop's wakeup fd) and leaves with os._exit().
+daemon it competed with the loop for the GIL and delayed adverts.  A forked
+child worked, but every page the daemon wrote while it lived was a
+copy-on-write fault: the loop's work ran up to 10x slower for a while.  So
+the reader is exec'd afresh (`python -m vrrpd.reloadchild`, spawned with
+vfork: no page tables copied) and compares against fingerprints of the
+running configuration instead of the objects themselves: a digest of each
+instance's settings, of its engine settings, and of everything global.
+It sends back (one pickle on stdout) only what the loop needs: the
+instances in their new order, each either "the running one, unchanged" (the
+daemon keeps its objects) or the new InstanceSpec, pickled on its own so
+the daemon can unpickle a large change in slices; and the fingerprints of
+the new configuration, for the next reload.
 """
 from __future__ import annotations
 
 import dataclasses
 import gc
+import hashlib
 import os
 import pickle
-import signal
+import sys
 import traceback
 from dataclasses import dataclass, field
 
 from .config import Config, load
 from .plan import InstanceSpec, Plan, build_plan
-
-# The daemon's signal handlers; the child must not answer them.
-DAEMON_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2,
-                  signal.SIGRTMIN + 2)
 
 CHANGED, REPLACED, ADDED = "changed", "replaced", "added"
 
@@ -47,6 +47,28 @@ class Outcome:
     specs: list[bytes] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)    # running names
     globals_same: bool = False            # everything but the instances is unchanged
+    fingerprints: "Fingerprints | None" = None     # of the new configuration
+
+
+@dataclass
+class Fingerprints:
+    """What the reader compares a new configuration with.  instances: name ->
+    (Config.instance_key, digest of the engine settings, digest of the spec)."""
+    globals: bytes
+    instances: dict
+
+
+def digest(obj) -> bytes:
+    """The same in every process for equal settings: repr of norm() (sets
+    sorted, no `where`), never Python's per-process string hashing."""
+    return hashlib.blake2b(repr(norm(obj)).encode(), digest_size=16).digest()
+
+
+def fingerprints(plan: Plan, specs) -> Fingerprints:
+    """specs: the running InstanceSpecs (the plan's, or the daemon's by name)."""
+    return Fingerprints(digest(skeleton(plan)), {
+        s.name: (Config.instance_key(s.conf), digest(engine_settings(s)), digest(s))
+        for s in specs})
 
 
 def engine_settings(spec: InstanceSpec) -> tuple:
@@ -67,6 +89,8 @@ def norm(obj):
         return tuple((k, norm(v)) for k, v in obj.items())
     if isinstance(obj, (list, tuple)):
         return tuple(norm(v) for v in obj)
+    if isinstance(obj, (set, frozenset)):
+        return ("set",) + tuple(sorted((norm(v) for v in obj), key=repr))
     return obj
 
 
@@ -75,25 +99,27 @@ def skeleton(plan: Plan) -> Plan:
                                config=dataclasses.replace(plan.config, instances={}, files=()))
 
 
-def compute(path: str, config_id: str | None, running: Plan, current: dict[str, InstanceSpec]) -> Outcome:
-    """Parse, plan and diff.  current: the running instances by name (their specs)."""
+def compute(path: str, config_id: str | None, running: Fingerprints) -> Outcome:
+    """Parse, plan and diff against the running configuration's fingerprints."""
     result = load(path, config_id=config_id)
     out = Outcome(errors=[str(e) for e in result.errors],
                   warnings=[str(w) for w in result.warnings])
     if result.errors:
         return out
     plan = build_plan(result.config)
+    out.fingerprints = new = fingerprints(plan, plan.instances)
     out.skeleton = skeleton(plan)
-    out.globals_same = norm(out.skeleton) == norm(skeleton(running))
+    out.globals_same = new.globals == running.globals
     # keepalived matches instances by identity, not name (vrrp.c vrrp_exist).
-    old = {Config.instance_key(s.conf): name for name, s in current.items()}
+    old = {key: name for name, (key, _, _) in running.instances.items()}
     for pos, spec in enumerate(plan.instances):
         name = old.pop(Config.instance_key(spec.conf), None)
+        _, engine_fp, fp = new.instances[spec.name]
         if name is None:
             kind = ADDED
-        elif engine_settings(current[name]) != engine_settings(spec):
+        elif running.instances[name][1] != engine_fp:
             kind = REPLACED
-        elif name == spec.name and norm(current[name]) == norm(spec):
+        elif name == spec.name and running.instances[name][2] == fp:
             continue                                    # SAME: the daemon keeps its objects
         else:
             kind = CHANGED
@@ -104,27 +130,24 @@ def compute(path: str, config_id: str | None, running: Plan, current: dict[str, 
     return out
 
 
-def run(wfd: int, path: str, config_id: str | None, running: Plan,
-        current: dict[str, InstanceSpec]) -> None:
-    """The child's whole life after fork(): never returns."""
-    code = 1
+def main() -> int:
+    """stdin: pickle of (path, config_id, Fingerprints); stdout: pickle of the Outcome."""
+    gc.disable()                        # short-lived
+    # Only spare CPU, on any core: the daemon (maybe real-time, pinned by
+    # vrrp_cpu_affinity) and its peers come first.
+    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    os.sched_setaffinity(0, range(os.cpu_count() or 1))
     try:
-        signal.set_wakeup_fd(-1)
-        for sig in DAEMON_SIGNALS:
-            signal.signal(sig, signal.SIG_DFL)
-        gc.disable()            # short-lived: do not dirty the shared pages
-        # Only spare CPU, on any core: the daemon (maybe real-time, pinned by
-        # vrrp_cpu_affinity) and its peers come first.
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-        os.sched_setaffinity(0, range(os.cpu_count() or 1))
-        try:
-            out = compute(path, config_id, running, current)
-        except Exception:
-            out = Outcome(errors=["reload failed: " + traceback.format_exc(limit=5)])
-        data = pickle.dumps(out, protocol=pickle.HIGHEST_PROTOCOL)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(wfd, view):]
-        code = 0
-    finally:
-        os._exit(code)
+        path, config_id, running = pickle.load(sys.stdin.buffer)
+        out = compute(path, config_id, running)
+    except Exception:
+        out = Outcome(errors=["reload failed: " + traceback.format_exc(limit=5)])
+    sys.stdout.buffer.write(pickle.dumps(out, protocol=pickle.HIGHEST_PROTOCOL))
+    sys.stdout.buffer.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    # Run as vrrpd.reloadchild, not as __main__: the daemon unpickles its classes.
+    from vrrpd import reloadchild
+    sys.exit(reloadchild.main())
