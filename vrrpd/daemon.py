@@ -104,8 +104,8 @@ async def serve(plan, args=None) -> int:
     from .runtime import Daemon
 
     args = args or build_parser().parse_args([])
-    # Worker threads (script spawning, config parsing on reload) must not hold
-    # the GIL for the default 5 ms when the loop needs it to send adverts.
+    # The one other thread, the metrics HTTP server's (--metrics), must not
+    # hold the GIL for the default 5 ms when the loop needs it to send adverts.
     sys.setswitchinterval(0.0005)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -148,7 +148,7 @@ class Operations:
     signals (HUP reload, USR1/USR2/RTMIN+2 dumps), metrics, the watchdog."""
 
     @classmethod
-    async def start(cls, daemon, args, running=None) -> "Operations":
+    async def start(cls, daemon, args, running) -> "Operations":
         from . import sdnotify
         from .control import ControlServer
         from .dumps import Dumps, show, stats, status

@@ -22,7 +22,7 @@ A configuration with errors changes nothing: its errors are logged and
 returned to `vrrpctl reload`.
 
 Nothing here may hold the loop (adverts are due every 100 ms or less, and
-the issue allows a reload to delay them by 5 ms): reading, resolving and
+a reload should delay none of them by more than a few ms): reading, resolving and
 diffing the new configuration runs in a process of its own (reloadchild.py) that
 sends back only what changed; what must run on the loop runs in slices of
 about SLICE seconds.  Unchanged instances keep their objects; tracking and
@@ -114,7 +114,7 @@ class Reloader:
     """daemon.reload's driver: serialises reloads, reports to systemd."""
 
     def __init__(self, daemon, path: str, config_id: str | None,
-                 running: reloadchild.Fingerprints | None = None):
+                 running: reloadchild.Fingerprints):
         """running: fingerprints of daemon.plan (reloadchild.fingerprints), made
         before the instances start: ~0.2 s per 1,000 instances the loop must not wait."""
         self.daemon, self.path, self.config_id = daemon, path, config_id
@@ -122,8 +122,7 @@ class Reloader:
         self.reloads = 0
         self.failures = 0
         self.spawn_seconds = 0.0     # the last reader start's cost in the daemon
-        # What the reader diffs against (then the fingerprints it sends back).
-        self.running = running or reloadchild.fingerprints(daemon.plan, daemon.plan.instances)
+        self.running = running      # what the reader diffs against; then what it sends back
 
     async def __call__(self) -> dict:
         async with self._lock:
