@@ -212,6 +212,31 @@ def test_terminate_all_stops_running_scripts(aio, tmp_path):
     assert r.running == 0 and all(res.returncode == -15 for res in results)
 
 
+def test_terminate_all_leaves_detached_scripts_to_finish(aio, tmp_path):
+    """keepalived forks its state notify scripts and forgets them: a
+    notify_master started just before shutdown still does its work."""
+    out = tmp_path / "done"
+    notify = write_script(tmp_path / "notify.sh", f"sleep 0.5; echo done > {out}")
+    track = write_script(tmp_path / "track.sh", "exec sleep 30")
+
+    async def main():
+        r = ScriptRunner()
+        detached = r.start(r.prepare(notify), detached=True)
+        tracked = r.start(r.prepare(track))
+        await asyncio.sleep(0.1)
+        await r.terminate_all(grace=1.0)
+        return r, detached, tracked.result()
+
+    r, detached, tracked = aio(main())
+    assert tracked.returncode == -15 and r.running == 0
+    assert detached.cancelled()
+    assert not out.exists()                 # still running when terminate_all returned
+    deadline = time.monotonic() + 5
+    while not out.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert out.read_text() == "done\n"
+
+
 def test_terminate_all_ends_the_spawner_process(aio, tmp_path):
     s = write_script(tmp_path / "ok.sh", "exit 0")
 

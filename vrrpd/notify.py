@@ -265,15 +265,15 @@ class Notifier:
         if kind == "GROUP":
             priority = 0                      # keepalived: a group's priority is always 0
         if scripts is not None:
-            specific = scripts.for_state(state)
-            if specific is not None:
-                fut = self.runner.start(specific)
-                if state == "STOP":
-                    self._stops.append(fut)
-            if scripts.notify is not None:
-                fut = self.runner.start(scripts.notify, kind, name, state, str(priority))
-                if state == "STOP":
-                    self._stops.append(fut)
+            # keepalived waits for STOP scripts at shutdown (then kills them) and
+            # leaves the others to finish (vrrp_notify.c: system_call_script vs notify_exec).
+            stop = state == "STOP"
+            for script, args in ((scripts.for_state(state), ()),
+                                 (scripts.notify, (kind, name, state, str(priority)))):
+                if script is not None:
+                    fut = self.runner.start(script, *args, detached=not stop)
+                    if stop:
+                        self._stops.append(fut)
         self._to_fifos(fifo_line(kind, name, state, priority))
         if smtp_alert and self.smtp is not None and state in ("MASTER", "BACKUP", "FAULT"):
             self.smtp.alert(kind, name, state)
@@ -282,7 +282,7 @@ class Notifier:
                             scripts: NotifyScripts | None = None) -> None:
         """A master received a lower-priority advert (keepalived's MASTER_RX_LOWER_PRI)."""
         if scripts is not None and scripts.notify_master_rx_lower_pri is not None:
-            self.runner.start(scripts.notify_master_rx_lower_pri)
+            self.runner.start(scripts.notify_master_rx_lower_pri, detached=True)
         self._to_fifos(fifo_line("INSTANCE", name, "MASTER_RX_LOWER_PRI", priority))
 
     def priority_changed(self, name: str, state: str, priority: int) -> None:

@@ -217,14 +217,15 @@ def path_insecurity(path: str) -> str | None:
 
 class _Run:
     """One script asked for: its future, and what the spawner told of it."""
-    __slots__ = ("script", "future", "pid", "timed_out", "stopping")
+    __slots__ = ("script", "future", "pid", "timed_out", "stopping", "detached")
 
-    def __init__(self, script: Script, future: asyncio.Future):
+    def __init__(self, script: Script, future: asyncio.Future, detached: bool):
         self.script = script
         self.future = future
         self.pid: int | None = None
         self.timed_out = False
         self.stopping = False          # we are stopping it: its death is no failure
+        self.detached = detached       # left to finish when the daemon stops
 
 
 class ScriptRunner:
@@ -330,9 +331,12 @@ class ScriptRunner:
     # -- running -------------------------------------------------------------
 
     def start(self, script: Script, *extra_args: str, timeout: float | None = None,
-              ) -> asyncio.Future:
+              detached: bool = False) -> asyncio.Future:
         """Ask the spawner to run `script` with `extra_args`; a future of the ScriptResult.
-        The timeout's SIGTERM goes to the script's process group, SIGKILL 2 s later."""
+        The timeout's SIGTERM goes to the script's process group, SIGKILL 2 s later.
+        A detached script is not stopped by terminate_all(): keepalived forks its
+        state notify scripts and forgets them (notify_exec), so a notify_master
+        started just before shutdown still runs to its end."""
         fut = self.loop.create_future()
         if self._closing:
             log.warning("not running %s: shutting down", script)
@@ -341,7 +345,7 @@ class ScriptRunner:
         if self._spawner is None:
             self._spawner = Spawner(self.loop, self._reply, self._spawner_lost)
         run_id = next(self._ids)
-        self._runs[run_id] = _Run(script, fut)       # a lost spawner resolves it
+        self._runs[run_id] = _Run(script, fut, detached)   # a lost spawner resolves it
         try:
             self._spawner.send(spawner.RUN, run_id, [*script.argv, *map(str, extra_args)],
                                script.uid, script.gid, float(timeout or 0))
@@ -405,13 +409,17 @@ class ScriptRunner:
         await self._terminate([(i, r) for i, r in self._runs.items() if r.future is fut], grace)
 
     async def terminate_all(self, grace: float = 1.0) -> None:
-        """Shutdown: stop every running script, then the spawner."""
+        """Shutdown: stop every running script that is not detached, then the
+        spawner (which exits and leaves the detached ones to finish)."""
         self._closing = True
-        await self._terminate(list(self._runs.items()), grace)
+        await self._terminate([(i, r) for i, r in self._runs.items() if not r.detached], grace)
         if self._spawner is not None:
             sp, self._spawner = self._spawner, None
             sp.close()
             await sp.wait_closed()
+        for run in self._runs.values():
+            run.future.cancel()        # nobody will hear of them again
+        self._runs.clear()
 
     async def _terminate(self, runs: list[tuple[int, _Run]], grace: float) -> None:
         """SIGTERM the groups, SIGKILL them after `grace` (keepalived)."""
