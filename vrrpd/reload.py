@@ -16,7 +16,10 @@ interface, source address) -- not by name:
   changed (version, peers, source, auth, owner): the old one
   leaves as if removed, the new one starts.
 - added: start.  removed: a master sends priority 0 (engine.remove_instance)
-  and its routes, rules, VIPs and strict-mode drop entries are removed.
+  and its routes, rules, VIPs and strict-mode drop entries are removed;
+  then every removed instance is reported, in the old configuration's order,
+  before anything new starts (Reporter.on_removed: DELETED or FAULT, as
+  keepalived 2.2.7 does; tests/test_reload_notify.py).
 
 A configuration with errors changes nothing: its errors are logged and
 returned to `vrrpctl reload`.
@@ -368,6 +371,9 @@ async def apply(daemon, p: Prepared, slices: Slices) -> None:
         trackers = Trackers(config, daemon.runner, daemon._on_verdict, build=False)
         await slices.drain(trackers.build(list(config.instances), carry=old_trackers))
     reporter = next((h for h in daemon.hooks if isinstance(h, Reporter)), None)
+    # The removed instances' notify scripts, before a new instance or a
+    # renamed one takes over the name.
+    removed_scripts = [reporter.scripts.get(i.name) for i in p.removed] if reporter else []
     if reporter is not None:
         if p.globals_same:
             reporter.config = config
@@ -377,14 +383,18 @@ async def apply(daemon, p: Prepared, slices: Slices) -> None:
             await slices.drain(new_reporter.build(list(config.instances)))
 
     engine = daemon.engine
-    net = NetChanges()
+    gone = NetChanges()         # what leaving masters held
+    net = NetChanges()          # kept masters' changes
     syncgroups = SyncGroups(config)
     syncgroups.carry(daemon.syncgroups)
 
     def leave(inst, spec) -> None:
         log.info("(%s) %s by reload", inst.name, "removed" if spec is None else "replaced")
+        # keepalived reports the effective priority (which tracking may have
+        # changed since the last transition).
+        inst.priority = engine.priority(inst.idx)
         if engine.state(inst.idx) == _engine.MASTER:
-            net.leave(inst)
+            gone.leave(inst)
             for key, _ in daemon._announces(inst):
                 daemon.garp.stop(key)
         engine.remove_instance(inst.idx)             # a master sends priority 0
@@ -439,6 +449,13 @@ async def apply(daemon, p: Prepared, slices: Slices) -> None:
         if spec.name not in grouped_new:
             touched.append(daemon._add_instance(spec))
             await slices()
+    # What left is gone, then reported, before anything starts (keepalived's
+    # clear_diff_vrrp runs before the new instances start; a notify sees the
+    # state it reports).
+    await gone.run(daemon)
+    for inst, scripts in zip(p.removed, removed_scripts):
+        reporter.on_removed(inst, scripts)
+        await slices()
     # Priority and fault from the new tracking where it differs; new
     # instances start here (or once their weight-0 scripts have reported).
     for inst in check:

@@ -74,6 +74,23 @@ class Reporter:
         self.notifier.notify("GROUP", group, word, 0, self.group_scripts.get(group),
                              smtp_alert=self.group_smtp.get(group, False))
 
+    def on_removed(self, inst, scripts: NotifyScripts | None) -> None:
+        """A reload removed the instance (after its priority 0 and its VIPs went).
+        keepalived 2.2.7, measured (tests/test_reload_notify.py): DELETED with
+        `notify_deleted`, else FAULT -- and nothing at all for an instance
+        already in FAULT; notify_deleted's script if it has one, then the
+        generic notify with the effective priority, then the fifo line.
+        notify_fault does not run and no sync group line follows.  No SMTP
+        alert: keepalived's SMTP notifier has no case for a deleted instance
+        (read in its source, not measured)."""
+        deleted = inst.spec.conf.notify_deleted_enabled
+        if not deleted and inst.state == _engine.FAULT:
+            return
+        if scripts is not None:
+            scripts = NotifyScripts(notify_deleted=scripts.notify_deleted, notify=scripts.notify)
+        self.notifier.notify("INSTANCE", inst.name, "DELETED" if deleted else "FAULT",
+                             inst.priority, scripts)
+
     def on_rx_lower_pri(self, inst, priority: int) -> None:
         self.notifier.master_rx_lower_pri(inst.name, inst.priority, self.scripts.get(inst.name))
 
