@@ -286,3 +286,35 @@ def test_advert_int_change_keeps_state(lan, tmp_path):
     finally:
         m.stop()
         b.stop()
+
+
+def test_moved_instance_shows_its_new_line(lan, tmp_path):
+    """A comment block inserted above VI_1: the reload keeps both instances
+    unchanged (no transition, no notify) and VI_1 now names its new line."""
+    net, spec, (m, b) = two_hosts(lan, tmp_path, instances=2)
+    try:
+        text = host_config(spec, 0, priority=200)
+
+        def line_of(t: str, name: str) -> str:
+            return f"{m.conf}:{t.splitlines().index(f'vrrp_instance {name} {{') + 1}"
+
+        before = m.ctl_json("show", "VI_1")
+        assert before["defined_at"] == line_of(text, "VI_1")
+        moved = text.replace("vrrp_instance VI_1 {", "# a comment block\n#\n\n# more\n"
+                             "vrrp_instance VI_1 {")
+        t0 = time.monotonic()
+        reconfigure(m, moved)
+        r = m.ctl_json("reload")
+        assert r["ok"] and r["kept"] == 2, r
+        assert r["changed"] == r["replaced"] == r["added"] == r["removed"] == []
+        assert m.ctl_json("show", "VI_0")["defined_at"] == line_of(moved, "VI_0")
+        shown = m.ctl_json("show", "VI_1")
+        assert shown["defined_at"] == line_of(moved, "VI_1") != line_of(text, "VI_1")
+        assert f"defined_at         {line_of(moved, 'VI_1')}" in m.ctl("show", "VI_1").stdout
+        assert shown["state"] == "MASTER" and shown["transitions"] == before["transitions"]
+        time.sleep(0.5)         # a takeover would need Master_Down_Interval (0.36 s)
+        for d in (m, b):
+            assert d.fifo.events(t0) == []
+    finally:
+        m.stop()
+        b.stop()

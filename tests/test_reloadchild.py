@@ -72,12 +72,13 @@ vrrp_instance B {{
 """
 
 
-def _outcome(tmp_path, running_conf: dict, new_conf: dict) -> reloadchild.Outcome:
+def _outcome(tmp_path, running_conf: dict, new_conf: dict, above: str = "") -> reloadchild.Outcome:
+    """above: text put before vrrp_instance B in the new file."""
     old = tmp_path / "old.conf"
     old.write_text(CONF.format(**running_conf))
     plan = build_plan(load(str(old)).config)
     new = tmp_path / "new.conf"
-    new.write_text(CONF.format(**new_conf))
+    new.write_text(CONF.format(**new_conf).replace("vrrp_instance B", above + "vrrp_instance B"))
     # The reader's own entry point, in its own process, as the daemon runs it.
     r = subprocess.run([sys.executable, "-m", "vrrpd.reloadchild"], capture_output=True,
                        input=pickle.dumps((str(new), None,
@@ -104,3 +105,21 @@ def test_reader_reports_errors(tmp_path):
     ok = dict(weight=-10, prio=100, adv=1, version=2)
     out = _outcome(tmp_path, ok, {**ok, "prio": 999})
     assert out.errors and out.fingerprints is None
+
+
+def _line_of(path, text: str) -> int:
+    return path.read_text().splitlines().index(text) + 1
+
+
+def test_reader_reports_where_unchanged_instances_moved(tmp_path):
+    """Lines inserted above B: nothing changed (the fingerprints ignore
+    `where`), but the reader says where every instance now is."""
+    base = dict(weight=-10, prio=100, adv=1, version=2)
+    above = "# moved down by a comment block\n" * 3 + "\n"
+    out = _outcome(tmp_path, base, base, above=above)
+    assert out.errors == [] and out.changes == [] and out.globals_same
+    new = tmp_path / "new.conf"
+    assert out.names.split("\n") == ["A", "B"]
+    assert out.wheres == [(str(new), _line_of(new, "vrrp_instance A {")),
+                          (str(new), _line_of(new, "vrrp_instance B {"))]
+    assert out.wheres[1][1] == _line_of(tmp_path / "old.conf", "vrrp_instance B {") + 4

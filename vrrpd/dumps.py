@@ -9,8 +9,9 @@ Instance view (a JSON object; `vrrpctl status --json` lists them, schema 1):
   preempt_delay (s), vips ["addr/len", ...], transitions,
   last_transition (Unix time or null), last_reason (engine reason or null),
   next_timer (s from now, or null).
-`show` adds: tracking {fault, pending, tracks: [{kind, name, weight, reverse,
-  value}]}, counters {engine counter: n}.
+`show` adds: defined_at ("file:line" of its vrrp_instance block; a reload
+  updates it when the block only moved), tracking {fault, pending, tracks:
+  [{kind, name, weight, reverse, value}]}, counters {engine counter: n}.
 Stats (`stats --json`): {instances: {name: counters (+ released_master)}, sockets: [{interface,
   family, counters}], engine: {...}, scripts: {...}, fifos: [{path, lines,
   drops, errors}], reloads, reload_failures}.
@@ -78,6 +79,7 @@ def show(daemon, name: str) -> dict:
     if inst is None:
         raise KeyError(f"no instance {name!r}")
     view = instance_view(daemon, inst, now_us())
+    view["defined_at"] = inst.spec.where
     view["tracking"] = tracking_view(daemon, name)
     view["counters"] = counters(daemon.engine, inst.idx)
     return view

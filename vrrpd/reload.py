@@ -98,6 +98,7 @@ class Prepared:
     globals_same: bool
     unchanged: int = 0
     kept: list = field(default_factory=list)        # (Instance, new InstanceSpec): settings changed
+    moved: list = field(default_factory=list)       # (Instance, relocated InstanceSpec): unchanged
     replaced: list = field(default_factory=list)    # (Instance, new InstanceSpec)
     added: list = field(default_factory=list)       # InstanceSpec
     removed: list = field(default_factory=list)     # Instance
@@ -251,15 +252,13 @@ async def _reap(loop, proc: subprocess.Popen) -> None:
 
 async def prepare(daemon, o: Outcome, slices: Slices) -> Prepared:
     """The new plan from the child's outcome: unchanged instances keep their
-    running spec objects; changed ones are unpickled one at a time.  The
-    walk over thousands of instances runs in slices too."""
+    running spec objects (a copy with the new `where` if they only moved in
+    the file); changed ones are unpickled one at a time.  The walk over
+    thousands of instances runs in slices too."""
     running = daemon.instances
     p = Prepared(plan=o.skeleton, globals_same=o.globals_same)
-    ordered = []
-    for name in o.names.split("\n") if o.names else ():
-        inst = running.get(name)
-        ordered.append(inst.spec if inst is not None else None)
-        await slices()
+    names = o.names.split("\n") if o.names else []
+    ordered: list = [None] * len(names)
     for (pos, kind, name), blob in zip(o.changes, o.specs):
         spec = ordered[pos] = pickle.loads(blob)
         if kind == CHANGED:
@@ -270,6 +269,15 @@ async def prepare(daemon, o: Outcome, slices: Slices) -> Prepared:
             assert kind == ADDED
             p.added.append(spec)
         await slices()
+    for pos, (name, where) in enumerate(zip(names, o.wheres)):
+        if ordered[pos] is None:                # SAME
+            inst = running[name]
+            spec = inst.spec
+            if spec.conf.where != where:
+                spec = relocated(spec, where)
+                p.moved.append((inst, spec))
+            ordered[pos] = spec
+        await slices()
     p.unchanged = len(ordered) - len(o.changes)
     p.removed = [running[name] for name in o.removed]
     instances = {}
@@ -279,6 +287,15 @@ async def prepare(daemon, o: Outcome, slices: Slices) -> Prepared:
     config = dataclasses.replace(o.skeleton.config, instances=instances)
     p.plan = dataclasses.replace(o.skeleton, config=config, instances=ordered)
     return p
+
+
+def relocated(spec: InstanceSpec, where: tuple[str, int]) -> InstanceSpec:
+    """An unchanged instance that moved in the file (lines inserted above it):
+    its messages must name the new line.  Both dataclasses are frozen: copies,
+    which the swap puts where the running ones were (the Instance, the plan,
+    config.instances)."""
+    return dataclasses.replace(spec, where=f"{where[0]}:{where[1]}",
+                               conf=dataclasses.replace(spec.conf, where=where))
 
 
 @dataclass
@@ -437,6 +454,8 @@ async def apply(daemon, p: Prepared, slices: Slices) -> None:
         inst.name, inst.spec = spec.name, spec
     for inst, _ in p.kept:
         daemon.instances[inst.name] = inst
+    for inst, spec in p.moved:      # only `where` differs: nothing else to tell anyone
+        inst.spec = spec
     daemon.plan = p.plan
     daemon.trackers, daemon.syncgroups = trackers, syncgroups
     touched = [daemon._add_instance(s) for s in p.starting() if s.name in grouped_new]

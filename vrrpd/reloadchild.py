@@ -13,8 +13,10 @@ instance's settings, of its engine settings, and of everything global.
 It sends back (one pickle on stdout) only what the loop needs: the
 instances in their new order, each either "the running one, unchanged" (the
 daemon keeps its objects) or the new InstanceSpec, pickled on its own so
-the daemon can unpickle a large change in slices; and the fingerprints of
-the new configuration, for the next reload.
+the daemon can unpickle a large change in slices; where every instance now
+is in the file (the fingerprints ignore `where`, so an unchanged instance
+may have moved); and the fingerprints of the new configuration, for the
+next reload.
 """
 from __future__ import annotations
 
@@ -37,12 +39,15 @@ CHANGED, REPLACED, ADDED = "changed", "replaced", "added"
 class Outcome:
     """What the child found.  names: the new configuration's instance names
     in order, one string ("\\n"-joined: one object to unpickle, not 1,000);
-    changes: (position in names, kind, running name or None) of each
-    instance that is not SAME, with its pickled InstanceSpec in specs."""
+    wheres: each one's (file, line), in the same order (the file names are
+    shared objects: pickled once each); changes: (position in names, kind,
+    running name or None) of each instance that is not SAME, with its
+    pickled InstanceSpec in specs."""
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     skeleton: Plan | None = None          # the new plan without its instances
     names: str = ""
+    wheres: list[tuple[str, int]] = field(default_factory=list)
     changes: list[tuple[int, str, str | None]] = field(default_factory=list)
     specs: list[bytes] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)    # running names
@@ -126,6 +131,7 @@ def compute(path: str, config_id: str | None, running: Fingerprints) -> Outcome:
         out.changes.append((pos, kind, name))
         out.specs.append(pickle.dumps(spec, protocol=pickle.HIGHEST_PROTOCOL))
     out.names = "\n".join(s.name for s in plan.instances)
+    out.wheres = [s.conf.where for s in plan.instances]
     out.removed = list(old.values())
     return out
 
