@@ -38,6 +38,12 @@ cdef enum:
     AUTH_PASS = 1           # RFC 2338 simple text password, kept by keepalived
     AUTH_AH = 2             # RFC 2338 IP AH, removed by RFC 3768
     MAX_MSG_LEN = HDR_LEN + 255 * 16 + AUTH_LEN
+    ETH_HLEN = 14
+    IP4_HLEN = 20
+    IP6_HLEN = 40
+    ETHERTYPE_IP = 0x0800
+    ETHERTYPE_IPV6 = 0x86dd
+    IPTOS_NETCONTROL = 0xc0 # keepalived's TOS / traffic class for adverts
 
 
 # ---------------------------------------------------------------- checksums
@@ -230,6 +236,49 @@ cdef void patch_priority(uint8_t* buf, uint8_t priority) noexcept nogil:
     put16(buf + 6, ~csum_fold(s) & 0xffff)
 
 
+cdef int encode_frame_header(uint8_t* buf, size_t cap, int family,
+                             const uint8_t* src_mac, const uint8_t* src,
+                             const uint8_t* dst, uint16_t payload_len) noexcept nogil:
+    cdef uint8_t* ip = buf + ETH_HLEN
+    if family == AF_INET:
+        if cap < ETH_HLEN + IP4_HLEN or (dst[0] & 0xf0) != 0xe0:
+            return -1
+        buf[0], buf[1], buf[2] = 0x01, 0x00, 0x5e
+        buf[3], buf[4], buf[5] = dst[1] & 0x7f, dst[2], dst[3]
+        put16(buf + 12, ETHERTYPE_IP)
+        ip[0] = 0x45                    # version 4, 5 words
+        ip[1] = IPTOS_NETCONTROL
+        put16(ip + 2, IP4_HLEN + payload_len)
+        put16(ip + 4, 0)                # ID
+        put16(ip + 6, 0x4000)           # DF, fragment offset 0
+        ip[8] = 255
+        ip[9] = IPPROTO_VRRP
+        put16(ip + 10, 0)
+        memcpy(ip + 12, src, 4)
+        memcpy(ip + 16, dst, 4)
+        put16(ip + 10, ~csum_fold(csum_add(0, ip, IP4_HLEN)) & 0xffff)
+        memcpy(buf + 6, src_mac, 6)
+        return ETH_HLEN + IP4_HLEN
+    if family == AF_INET6:
+        if cap < ETH_HLEN + IP6_HLEN or dst[0] != 0xff:
+            return -1
+        buf[0], buf[1] = 0x33, 0x33
+        memcpy(buf + 2, dst + 12, 4)
+        put16(buf + 12, ETHERTYPE_IPV6)
+        ip[0] = 0x60 | (IPTOS_NETCONTROL >> 4)
+        ip[1] = (IPTOS_NETCONTROL & 0x0f) << 4
+        ip[2] = 0
+        ip[3] = 0
+        put16(ip + 4, payload_len)
+        ip[6] = IPPROTO_VRRP
+        ip[7] = 255
+        memcpy(ip + 8, src, 16)
+        memcpy(ip + 24, dst, 16)
+        memcpy(buf + 6, src_mac, 6)
+        return ETH_HLEN + IP6_HLEN
+    return -1
+
+
 # ---------------------------------------------------------------- Python API
 
 # Names for counters and metrics, indexed by Reject code.
@@ -410,6 +459,23 @@ def encode(int version, int family, int vrid, int priority, int advert_int, addr
         raise ValueError(
             "invalid advert: version 2|3, v2 IPv4 only with auth type 0|1 and "
             "advert_int 1..255, v3 advert_int 1..4095 and src/dst for the checksum")
+    return PyBytes_FromStringAndSize(<const char*>buf, n)
+
+
+def frame_header(int family, src_mac, src, dst, int payload_len):
+    """The Ethernet + IP headers that precede a payload_len-byte advert from
+    src to the multicast group dst, sent from src_mac (6 bytes)."""
+    cdef uint8_t buf[64]
+    cdef bytes mac = bytes(src_mac), s, d
+    check_family(family)
+    s, d = packed(src, family), packed(dst, family)
+    if len(mac) != 6 or not 0 <= payload_len <= 0xffff - 40:
+        raise ValueError("src_mac is 6 bytes; payload_len fits an IP datagram")
+    cdef int n = encode_frame_header(buf, sizeof(buf), family, <const uint8_t*>PyBytes_AS_STRING(mac),
+                                     <const uint8_t*>PyBytes_AS_STRING(s),
+                                     <const uint8_t*>PyBytes_AS_STRING(d), payload_len)
+    if n < 0:
+        raise ValueError("dst must be a multicast group")
     return PyBytes_FromStringAndSize(<const char*>buf, n)
 
 

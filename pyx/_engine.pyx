@@ -13,7 +13,7 @@ from libc.errno cimport errno, EINTR, EAGAIN
 from cpython.bytes cimport PyBytes_FromStringAndSize
 
 from vrrpd._codec cimport (
-    advert_t, decode_advert, encode_advert, patch_priority,
+    advert_t, decode_advert, encode_advert, encode_frame_header, patch_priority,
     REJECT_NONE, REJECT_TOO_SHORT, REJECT_BAD_LENGTH, REJECT_BAD_TTL,
     REJECT_UNKNOWN_VRID, REJECT_VERSION_MISMATCH, REJECT_AUTH_MISMATCH,
     REJECT_ADVERT_INT_MISMATCH, REJECT_ADDR_MISMATCH, REJECT_OWN_ADVERT,
@@ -56,6 +56,23 @@ cdef extern from "<sys/socket.h>" nogil:
         MSG_DONTWAIT
         MSG_TRUNC
         MSG_CTRUNC
+
+cdef extern from "<linux/if_packet.h>" nogil:
+    cdef struct sockaddr_ll:
+        unsigned short sll_family
+        unsigned short sll_protocol
+        int sll_ifindex
+        unsigned short sll_hatype
+        unsigned char sll_pkttype
+        unsigned char sll_halen
+        unsigned char sll_addr[8]
+
+cdef extern from "<arpa/inet.h>" nogil:
+    uint16_t htons(uint16_t)
+
+cdef extern from "<sys/socket.h>" nogil:
+    enum:
+        AF_PACKET
 
 cdef extern from "<netinet/in.h>" nogil:
     cdef struct in_addr:
@@ -279,7 +296,7 @@ cdef class Engine:
         self._ev = <ev_t*>malloc(self._ev_cap * sizeof(ev_t))
         cdef size_t nb = TX_BATCH
         self._msgs = calloc(nb, sizeof(mmsghdr))
-        self._iov = calloc(nb, sizeof(iovec))
+        self._iov = calloc(2 * nb, sizeof(iovec))     # frames: headers + advert
         self._names = <uint8_t*>calloc(nb, NAMELEN)
         self._ctrl = <uint8_t*>calloc(nb, CTRL)
         self._rxbuf = <uint8_t*>malloc(<size_t>BATCH * RXBUF)
@@ -345,11 +362,42 @@ cdef class Engine:
         memset(&self._sctr[sid * NSCTR], 0, NSCTR * sizeof(uint64_t))
         s.used = 1
         s.fd = fd
+        s.link_fd = -1
         s.family = family
         s.ifindex = ifindex
         s.tokens = REJ_BURST
         self._nsocks = n
         return sid
+
+    def set_link_tx(self, int sock_id, int fd, bytes mac=None):
+        """Send the socket's multicast adverts as prebuilt Ethernet frames on
+        the packet socket fd (vrrpd.sockets.open_link_socket), from mac; fd=-1
+        goes back to the raw socket.  Why: the kernel's IP output path (route
+        lookup, header, neighbour) was most of a master's CPU; a frame whose
+        headers never change skips it.  Call again when the MAC changes.
+        Unicast peers always use the raw socket (their MACs need ARP/ND)."""
+        if sock_id < 0 or sock_id >= self._nsocks:
+            raise ValueError(f"no socket {sock_id}")
+        cdef sock_t* s = &self._socks[sock_id]
+        if fd >= 0 and (mac is None or len(mac) != 6):
+            raise ValueError("a link-layer sender needs the 6-byte MAC")
+        if fd >= 0 and s.fd < 0:
+            raise ValueError("test sinks have no link layer")
+        s.link_fd = fd if fd >= 0 else -1
+        if fd >= 0:
+            memcpy(s.link_mac, <const char*>mac, 6)
+        cdef int i
+        for i in range(self._max):
+            if self._inst[i].used and self._inst[i].sock_id == sock_id:
+                self._frame_header(&self._inst[i])
+
+    cdef void _frame_header(self, inst_t* p) noexcept:
+        cdef sock_t* s = &self._socks[p.sock_id]
+        cdef int n = 0
+        if s.link_fd >= 0 and p.multicast:
+            n = encode_frame_header(p.frame_hdr, sizeof(p.frame_hdr), p.family,
+                                    s.link_mac, p.src, p.dsts, p.pkt_len)
+        p.frame_hdr_len = n if n > 0 else 0
 
     def add_instance(self, *, int sock_id, int vrid, int version, int priority,
                      int advert_int_cs, bint preempt=True, int preempt_delay_cs=0,
@@ -546,6 +594,7 @@ cdef class Engine:
             patch_priority(p.pkts0 + i * n, 0)
         free(pkts)
         p.pkt_len = n
+        self._frame_header(p)                   # its IP length follows pkt_len
         return 0
 
     # --- control (the daemon) ------------------------------------------------
@@ -1070,7 +1119,7 @@ cdef class Engine:
         cdef sock_t* s = &self._socks[sid]
         cdef uint64_t* sc = &self._sctr[sid * NSCTR]
         cdef int n = s.outq_len
-        cdef int i, j, k, m, r
+        cdef int i, m
         cdef out_t* q
         cdef inst_t* p
         cdef const uint8_t* pkt
@@ -1101,68 +1150,99 @@ cdef class Engine:
                 sc[S_TX_PACKETS] += 1
             sc[S_TX_BATCHES] += 1
             return
-        i = 0
-        while i < n:
-            m = min(n - i, <int>TX_BATCH)
-            for j in range(m):
-                q = &s.outq[i + j]
+        # Two passes: multicast frames on the packet socket, then the rest
+        # (unicast peers, or everything without one) on the raw socket.
+        cdef int link
+        cdef sockaddr_ll* ll
+        for link in range(2):
+            if link and s.link_fd < 0:
+                break
+            m = 0
+            for i in range(n):
+                q = &s.outq[i]
                 p = &self._inst[q.idx]
+                if (p.frame_hdr_len > 0) != (link == 1):
+                    continue
                 pkt = (p.pkts0 if q.zero else p.pkts) + q.dst_i * p.pkt_len
-                iov[j].iov_base = <void*>pkt
-                iov[j].iov_len = p.pkt_len
-                h = &msgs[j].msg_hdr
-                h.msg_iov = &iov[j]
-                h.msg_iovlen = 1
-                h.msg_name = self._names + j * NAMELEN
-                h.msg_control = self._ctrl + j * CTRL
+                h = &msgs[m].msg_hdr
                 h.msg_flags = 0
-                memset(h.msg_control, 0, CTRL)
-                # Source per instance via PKTINFO (it may differ per instance
-                # on one socket); the kernel adds the IP header and TTL 255.
-                if s.family == AF_INET:
-                    a4 = <sockaddr_in*>h.msg_name
-                    memset(a4, 0, sizeof(sockaddr_in))
-                    a4.sin_family = AF_INET
-                    memcpy(&a4.sin_addr, p.dsts + q.dst_i * 4, 4)
-                    h.msg_namelen = sizeof(sockaddr_in)
-                    h.msg_controllen = CMSG_SPACE(sizeof(in_pktinfo))
-                    cm = CMSG_FIRSTHDR(h)
-                    cm.cmsg_level = IPPROTO_IP
-                    cm.cmsg_type = IP_PKTINFO
-                    cm.cmsg_len = CMSG_LEN(sizeof(in_pktinfo))
-                    pi4 = <in_pktinfo*>CMSG_DATA(cm)
-                    pi4.ipi_ifindex = s.ifindex
-                    memcpy(&pi4.ipi_spec_dst, p.src, 4)
+                h.msg_name = self._names + m * NAMELEN
+                if link:
+                    iov[2 * m].iov_base = <void*>p.frame_hdr
+                    iov[2 * m].iov_len = p.frame_hdr_len
+                    iov[2 * m + 1].iov_base = <void*>pkt
+                    iov[2 * m + 1].iov_len = p.pkt_len
+                    h.msg_iov = &iov[2 * m]
+                    h.msg_iovlen = 2
+                    h.msg_control = NULL
+                    h.msg_controllen = 0
+                    ll = <sockaddr_ll*>h.msg_name
+                    memset(ll, 0, sizeof(sockaddr_ll))
+                    ll.sll_family = AF_PACKET
+                    ll.sll_protocol = htons(0x0800 if s.family == AF_INET else 0x86dd)
+                    ll.sll_ifindex = s.ifindex
+                    h.msg_namelen = sizeof(sockaddr_ll)
                 else:
-                    a6 = <sockaddr_in6*>h.msg_name
-                    memset(a6, 0, sizeof(sockaddr_in6))
-                    a6.sin6_family = AF_INET6
-                    memcpy(a6.sin6_addr.s6_addr, p.dsts + q.dst_i * 16, 16)
-                    a6.sin6_scope_id = s.ifindex
-                    h.msg_namelen = sizeof(sockaddr_in6)
-                    h.msg_controllen = CMSG_SPACE(sizeof(in6_pktinfo))
-                    cm = CMSG_FIRSTHDR(h)
-                    cm.cmsg_level = IPPROTO_IPV6
-                    cm.cmsg_type = IPV6_PKTINFO
-                    cm.cmsg_len = CMSG_LEN(sizeof(in6_pktinfo))
-                    pi6 = <in6_pktinfo*>CMSG_DATA(cm)
-                    pi6.ipi6_ifindex = s.ifindex
-                    memcpy(pi6.ipi6_addr.s6_addr, p.src, 16)
-            k = 0
-            while k < m:
-                r = sendmmsg(s.fd, msgs + k, m - k, MSG_DONTWAIT)
-                sc[S_TX_BATCHES] += 1
-                if r < 0:
-                    if errno == EINTR:
-                        continue
-                    # This message failed (e.g. link down): count, skip it.
-                    sc[S_TX_ERRORS] += 1
-                    sc[S_LAST_ERRNO] = errno
-                    k += 1
-                else:
-                    sc[S_TX_PACKETS] += r
-                    k += r
-            i += m
+                    iov[m].iov_base = <void*>pkt
+                    iov[m].iov_len = p.pkt_len
+                    h.msg_iov = &iov[m]
+                    h.msg_iovlen = 1
+                    h.msg_control = self._ctrl + m * CTRL
+                    memset(h.msg_control, 0, CTRL)
+                    # Source per instance via PKTINFO (it may differ per instance
+                    # on one socket); the kernel adds the IP header and TTL 255.
+                    if s.family == AF_INET:
+                        a4 = <sockaddr_in*>h.msg_name
+                        memset(a4, 0, sizeof(sockaddr_in))
+                        a4.sin_family = AF_INET
+                        memcpy(&a4.sin_addr, p.dsts + q.dst_i * 4, 4)
+                        h.msg_namelen = sizeof(sockaddr_in)
+                        h.msg_controllen = CMSG_SPACE(sizeof(in_pktinfo))
+                        cm = CMSG_FIRSTHDR(h)
+                        cm.cmsg_level = IPPROTO_IP
+                        cm.cmsg_type = IP_PKTINFO
+                        cm.cmsg_len = CMSG_LEN(sizeof(in_pktinfo))
+                        pi4 = <in_pktinfo*>CMSG_DATA(cm)
+                        pi4.ipi_ifindex = s.ifindex
+                        memcpy(&pi4.ipi_spec_dst, p.src, 4)
+                    else:
+                        a6 = <sockaddr_in6*>h.msg_name
+                        memset(a6, 0, sizeof(sockaddr_in6))
+                        a6.sin6_family = AF_INET6
+                        memcpy(a6.sin6_addr.s6_addr, p.dsts + q.dst_i * 16, 16)
+                        a6.sin6_scope_id = s.ifindex
+                        h.msg_namelen = sizeof(sockaddr_in6)
+                        h.msg_controllen = CMSG_SPACE(sizeof(in6_pktinfo))
+                        cm = CMSG_FIRSTHDR(h)
+                        cm.cmsg_level = IPPROTO_IPV6
+                        cm.cmsg_type = IPV6_PKTINFO
+                        cm.cmsg_len = CMSG_LEN(sizeof(in6_pktinfo))
+                        pi6 = <in6_pktinfo*>CMSG_DATA(cm)
+                        pi6.ipi6_ifindex = s.ifindex
+                        memcpy(pi6.ipi6_addr.s6_addr, p.src, 16)
+                m += 1
+                if m == TX_BATCH:
+                    self._sendmmsg(s.link_fd if link else s.fd, m, sc)
+                    m = 0
+            if m:
+                self._sendmmsg(s.link_fd if link else s.fd, m, sc)
+
+    cdef void _sendmmsg(self, int fd, int m, uint64_t* sc) noexcept:
+        cdef mmsghdr* msgs = <mmsghdr*>self._msgs
+        cdef int k = 0, r
+        while k < m:
+            r = sendmmsg(fd, msgs + k, m - k, MSG_DONTWAIT)
+            sc[S_TX_BATCHES] += 1
+            if r < 0:
+                if errno == EINTR:
+                    continue
+                # This message failed (e.g. link down): count, skip it.
+                sc[S_TX_ERRORS] += 1
+                sc[S_LAST_ERRNO] = errno
+                k += 1
+            else:
+                sc[S_TX_PACKETS] += r
+                k += r
 
     def pop_sent(self):
         """Capture mode: -> [(sock_id, dst, payload)] sent since the last call."""

@@ -79,3 +79,14 @@ cdef int encode_advert(uint8_t* buf, size_t cap, int version, int family,
 # checksum incrementally (RFC 1624) for any checksum kind: used when tracking
 # moves priority and for the priority-0 advert, without re-encoding.
 cdef void patch_priority(uint8_t* buf, uint8_t priority) noexcept nogil
+
+# The Ethernet and IP headers of an advert sent as a whole frame on a packet
+# socket (the engine's link-layer transmit path).  dst must be a multicast
+# group; its MAC follows RFC 1112 6.4 / RFC 2464 7.  IPv4: TOS 0xc0 (network
+# control, as keepalived), DF with ID 0 (RFC 6864 atomic datagram: the header
+# never changes), TTL 255; IPv6: traffic class 0xc0, flow label 0, hop limit
+# 255 (RFC 5798 5.1.1.3 / 5.1.2.3).  Returns the header length (34 or 54), or
+# -1 when cap is too small or the arguments are invalid.
+cdef int encode_frame_header(uint8_t* buf, size_t cap, int family,
+                             const uint8_t* src_mac, const uint8_t* src,
+                             const uint8_t* dst, uint16_t payload_len) noexcept nogil

@@ -48,6 +48,8 @@ cdef struct inst_t:
     uint8_t* dsts               # ndst * alen
     uint8_t* pkts               # ndst * pkt_len: adverts at current priority
     uint8_t* pkts0              # ndst * pkt_len: the same with priority 0
+    uint8_t frame_hdr_len       # > 0: sent as a frame on the socket's link_fd
+    uint8_t frame_hdr[56]       # Ethernet + IP headers in front of pkts/pkts0
 
 # A queued transmission: advert of instance idx to its dst_i'th destination.
 cdef struct out_t:
@@ -60,8 +62,10 @@ cdef struct sock_t:
     uint8_t used
     uint8_t dirty               # has queued sends, listed in Engine._dirty
     int fd
+    int link_fd                 # packet socket for multicast frames, -1 = none
     int family
     int ifindex
+    uint8_t link_mac[6]         # the interface's MAC, source of those frames
     int32_t vrid_map[256]       # VRID -> idx + 1 (0: no instance)
     out_t* outq
     int outq_len
@@ -119,6 +123,8 @@ cdef class Engine:
     cdef void _flush_unless_deferred(self) noexcept
     cdef void _flush(self) noexcept
     cdef void _flush_sock(self, int sid) noexcept
+    cdef void _sendmmsg(self, int fd, int m, uint64_t* sc) noexcept
+    cdef void _frame_header(self, inst_t* p) noexcept
     cdef int64_t _skew_pri(self, inst_t* p, int prio) noexcept
     cdef int64_t _skew(self, inst_t* p) noexcept
     cdef int64_t _master_down(self, inst_t* p) noexcept

@@ -43,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"SIGUSR2 stats dump (default {STATS_PATH})")
     p.add_argument("--json-dump", metavar="PATH", default=JSON_PATH,
                    help=f"SIGRTMIN+2 JSON dump (default {JSON_PATH})")
+    p.add_argument("--advert-tx", choices=("frame", "ip"), default="frame",
+                   help="multicast adverts on Ethernet links: prebuilt frames on a packet "
+                        "socket (default; they skip netfilter OUTPUT/POSTROUTING), or the "
+                        "kernel's IP output like unicast ones")
     return p
 
 
@@ -116,7 +120,7 @@ async def serve(plan, args=None) -> int:
         log.info("process settings: %s", ", ".join(applied))
     from .reloadchild import fingerprints
     running = fingerprints(plan, plan.instances)       # for reloads; before adverts start
-    daemon = Daemon(plan)
+    daemon = Daemon(plan, advert_tx=args.advert_tx)
     daemon.hooks.append(Reporter(plan.config, daemon.runner))
     try:
         await daemon.start()

@@ -85,15 +85,17 @@ class DaemonProc:
     """One daemon on one namespace host.
 
     binary: the vrrpd (or keepalived) executable; default: the vrrpd next to
-    sys.executable, else the one on PATH (keepalived: Debian's).
+    sys.executable, else the one on PATH (keepalived: Debian's).  extra_args:
+    more command-line options for it.
     """
 
     def __init__(self, ns: Netns, kind: str, config_text: str, workdir: str, tag: str = "",
-                 binary: str | None = None, detail: bool = True):
+                 binary: str | None = None, detail: bool = True, extra_args: tuple = ()):
         if kind not in ("vrrpd", "keepalived"):
             raise ValueError(f"unknown daemon {kind!r}")
         self.ns, self.kind = ns, kind
         self.detail = detail            # -D: keepalived's detailed log (vrrpd: DEBUG)
+        self.extra_args = list(extra_args)
         self.binary = binary or (default_vrrpd() if kind == "vrrpd" else KEEPALIVED)
         base = os.path.join(workdir, f"{ns.name}{tag}")
         self.ctl_path = os.path.join(tempfile.gettempdir(), f"vrrpd-{ns.name}{tag}.ctl")
@@ -113,10 +115,11 @@ class DaemonProc:
             # Each lab daemon gets its own control socket (a short path: the
             # limit is 108 bytes), not the shared default under /run/vrrpd.
             return [self.binary, "-l", *self._detail(), "-f", self.conf,
-                    "--control-socket", self.ctl_path]
+                    "--control-socket", self.ctl_path, *self.extra_args]
         # Unique pid files: keepalived refuses to start when another copy's exist.
         return [self.binary, "-n", "-l", *self._detail(), "--vrrp", "-f", self.conf,
-                "-p", self.pidfile, "-r", self.pidfile + ".vrrp", "-c", self.pidfile + ".chk"]
+                "-p", self.pidfile, "-r", self.pidfile + ".vrrp", "-c", self.pidfile + ".chk",
+                *self.extra_args]
 
     def _detail(self) -> list[str]:
         return ["-D"] if self.detail else []

@@ -31,6 +31,7 @@ class LinkEvent(enum.Enum):
     DOWN = "down"
     NEW = "new"             # appeared after start (not reported for the initial dump)
     RENAMED = "renamed"
+    MAC = "mac"             # its hardware address changed (bond failover, vmac)
     DELETED = "deleted"
 
 
@@ -58,6 +59,7 @@ class Link:
     carrier: int | None = None
     base_index: int | None = None       # IFLA_LINK: lower device (VMAC/macvlan/vlan)
     master: int | None = None
+    link_type: int | None = None        # ARPHRD_*: 1 is Ethernet
     # (family, address) -> Address, in kernel order: the first IPv4 one is the primary.
     addresses: dict[tuple[int, str], Address] = field(default_factory=dict)
 
@@ -273,6 +275,7 @@ class LinkMonitor:
             index, flags = msg["index"], msg["flags"]
             name = msg.get_attr("IFLA_IFNAME")
             mac = msg.get_attr("IFLA_ADDRESS")
+            link_type = msg["ifi_type"]
         except Exception:               # pyroute2 decode errors have no common base
             self.stats["malformed"] += 1
             return
@@ -290,7 +293,7 @@ class LinkMonitor:
             return
         link = Link(index, name, flags, _mac_bytes(mac), msg.get_attr("IFLA_OPERSTATE"),
                     msg.get_attr("IFLA_CARRIER"), msg.get_attr("IFLA_LINK"),
-                    msg.get_attr("IFLA_MASTER"))
+                    msg.get_attr("IFLA_MASTER"), link_type)
         if old is None:
             self.links[index] = link
             self._emit_link(link, LinkEvent.NEW)
@@ -299,6 +302,8 @@ class LinkMonitor:
         self.links[index] = link
         if old.name != name:
             self._emit_link(link, LinkEvent.RENAMED, old)
+        if old.mac != link.mac:
+            self._emit_link(link, LinkEvent.MAC, old)
         if old.is_up != link.is_up:
             self._emit_link(link, LinkEvent.UP if link.is_up else LinkEvent.DOWN)
 

@@ -49,6 +49,7 @@ EFFECTS_SLICE = 0.002     # s of transition side effects between returns to the 
 # sockets leave the event loop and are read every RX_POLL_S instead, which
 # delays what an advert does by at most that much (a master-down timer is
 # hundreds of ms; Skew_Time tens).  Below a quarter of the rate: back to events.
+ARPHRD_ETHER = 1          # links whose multicast adverts can go out as prebuilt frames
 RX_POLL_S = 0.005
 RX_POLL_RATE = 2000
 RX_CHECK_S = 1.0
@@ -127,10 +128,13 @@ class Side:
 
 class Daemon:
     def __init__(self, plan, runner: ScriptRunner | None = None, *,
-                 max_instances: int | None = None):
+                 max_instances: int | None = None, advert_tx: str = "frame"):
         """plan: vrrpd.plan.Plan, the configuration resolved for the runtime;
-        runner: runs track scripts (shared with the notify hook)."""
+        runner: runs track scripts (shared with the notify hook); advert_tx:
+        "frame" sends multicast adverts on Ethernet links as prebuilt frames,
+        "ip" through the kernel's IP output (vrrpd.sockets)."""
         self.plan = plan
+        self.advert_tx = advert_tx
         g = plan.config.global_defs
         self.runner = runner or ScriptRunner(script_user=g.script_user, script_group=g.script_group,
                                              enable_script_security=g.enable_script_security)
@@ -148,6 +152,7 @@ class Daemon:
         self.firewall = strict.firewall_for(plan.config)     # None: no instance needs the drop
         self.garp = GarpScheduler()
         self._sockets: dict[tuple[str, int], tuple[int, socket.socket]] = {}
+        self._link_socks: dict[int, tuple[int, socket.socket]] = {}   # sock_id -> (ifindex, packet socket)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = -1
         self._effects: asyncio.Queue = asyncio.Queue()
@@ -240,7 +245,22 @@ class Daemon:
             if self._rx_poll is None:
                 self._loop.add_reader(sock.fileno(), self._on_readable, sock_id)
             self._sockets[key] = (sock_id, sock)
+            if self.advert_tx == "frame":
+                self._link_tx(sock_id, link)
         return self._sockets[key][0]
+
+    def _link_tx(self, sock_id: int, link: Link) -> None:
+        """Multicast adverts of an Ethernet link as frames (Engine.set_link_tx)."""
+        if link.link_type != ARPHRD_ETHER or not link.mac or len(link.mac) != 6:
+            return
+        try:
+            psock = sockets.open_link_socket()
+        except OSError as e:
+            log.warning("%s: adverts go through the IP stack (no packet socket: %s)",
+                        link.name, e)
+            return
+        self.engine.set_link_tx(sock_id, psock.fileno(), link.mac)
+        self._link_socks[sock_id] = (link.index, psock)
 
     def _add_instance(self, spec) -> Instance:
         base = self.links.by_name(spec.interface)
@@ -499,6 +519,11 @@ class Daemon:
 
     # -- tracking and sync groups ----------------------------------------------------
     def _on_link(self, link: Link, event: LinkEvent, old: Link | None) -> None:
+        if event == LinkEvent.MAC:
+            for sock_id, (index, psock) in self._link_socks.items():
+                if index == link.index:     # frames carry the new source MAC from now on
+                    ok = link.mac is not None and len(link.mac) == 6
+                    self.engine.set_link_tx(sock_id, psock.fileno() if ok else -1, link.mac)
         self.trackers.on_link(link, event, old)
 
     def _on_verdict(self, name: str, verdict: Verdict) -> None:
@@ -573,6 +598,8 @@ class Daemon:
         for sock_id, sock in self._sockets.values():
             self._loop.remove_reader(sock.fileno())
             sock.close()
+        for _, psock in self._link_socks.values():
+            psock.close()
         self.links.close()
         self.addresses.close()
         await self.vmacs.close()        # last: sockets and VIPs on them are gone

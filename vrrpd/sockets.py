@@ -10,6 +10,12 @@ ancillary data that the options below ask for.
 
 We compute and verify checksums ourselves: IPV6_CHECKSUM is left off, as the
 kernel would otherwise drop bad checksums silently, before our counters.
+
+Multicast adverts on Ethernet links leave by a second, send-only packet
+socket (open_link_socket) as prebuilt frames: the kernel's IP output path
+per advert (route lookup, header, neighbour) was most of a master's CPU.
+Frames do not traverse netfilter's OUTPUT/POSTROUTING hooks (qdiscs and tc
+still apply); `vrrpd --advert-tx ip` keeps every advert on the IP path.
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ IPPROTO_VRRP = 112
 VRRP_GROUP4 = "224.0.0.18"          # RFC 5798 5.1.1.2
 VRRP_GROUP6 = "ff02::12"            # RFC 5798 5.1.2.2
 VRRP_TTL = 255                      # RFC 5798 5.1.1.3: TTL / hop limit 255
+VRRP_TOS = 0xc0                     # network control, as keepalived sends (IPv4 TOS, IPv6 class)
 
 # Linux values the socket module does not export on every build.
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
@@ -71,6 +78,19 @@ def open_vrrp_socket(family: int, ifname: str, ifindex: int,
     return sock
 
 
+def open_link_socket(buffer_bytes: int = BUFFER_BYTES) -> socket.socket:
+    """A non-blocking, send-only packet socket (protocol 0 receives nothing)
+    for Engine.set_link_tx; each frame names its interface."""
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+    try:
+        sock.setblocking(False)
+        _set_buffer(sock, SO_SNDBUFFORCE, socket.SO_SNDBUF, buffer_bytes)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 def _discard_queued(sock: socket.socket) -> None:
     while True:
         try:
@@ -82,6 +102,7 @@ def _discard_queued(sock: socket.socket) -> None:
 def _setup_ipv4(sock: socket.socket, ifindex: int, groups) -> None:
     ip = socket.IPPROTO_IP
     sock.setsockopt(ip, socket.IP_TTL, VRRP_TTL)                 # unicast peers
+    sock.setsockopt(ip, socket.IP_TOS, VRRP_TOS)
     sock.setsockopt(ip, socket.IP_MULTICAST_TTL, VRRP_TTL)
     sock.setsockopt(ip, socket.IP_MULTICAST_LOOP, 0)
     sock.setsockopt(ip, IP_MULTICAST_ALL, 0)     # only groups joined here
@@ -96,6 +117,7 @@ def _setup_ipv4(sock: socket.socket, ifindex: int, groups) -> None:
 def _setup_ipv6(sock: socket.socket, ifindex: int, groups) -> None:
     ip6 = socket.IPPROTO_IPV6
     sock.setsockopt(ip6, socket.IPV6_UNICAST_HOPS, VRRP_TTL)
+    sock.setsockopt(ip6, socket.IPV6_TCLASS, VRRP_TOS)
     sock.setsockopt(ip6, socket.IPV6_MULTICAST_HOPS, VRRP_TTL)
     sock.setsockopt(ip6, socket.IPV6_MULTICAST_LOOP, 0)
     try:
