@@ -287,7 +287,8 @@ cdef class Engine:
         self._inst = <inst_t*>calloc(max_instances, sizeof(inst_t))
         self._free = <int*>malloc(max_instances * sizeof(int))
         self._ictr = <uint64_t*>calloc(<size_t>max_instances * NICTR, sizeof(uint64_t))
-        self._heap = <int*>malloc(max_instances * sizeof(int))
+        self._heap = <deadline_t*>malloc(max_instances * sizeof(deadline_t))
+        self._hpos = <int*>malloc(max_instances * sizeof(int))
         self._dirty = NULL
         self._socks = NULL
         self._sctr = NULL
@@ -300,13 +301,14 @@ cdef class Engine:
         self._names = <uint8_t*>calloc(nb, NAMELEN)
         self._ctrl = <uint8_t*>calloc(nb, CTRL)
         self._rxbuf = <uint8_t*>malloc(<size_t>BATCH * RXBUF)
-        if (not self._inst or not self._free or not self._ictr or not self._heap
+        if (not self._inst or not self._free or not self._ictr or not self._heap or not self._hpos
                 or not self._ev or not self._msgs or not self._iov
                 or not self._names or not self._ctrl or not self._rxbuf):
             raise MemoryError()
         cdef int i
         for i in range(max_instances):
             self._free[i] = max_instances - 1 - i     # hand out 0, 1, 2, ...
+            self._hpos[i] = -1
         self._nfree = max_instances
         self._sent = []
 
@@ -318,7 +320,7 @@ cdef class Engine:
                     self._free_bufs(&self._inst[i])
         for i in range(self._nsocks):
             free(self._socks[i].outq)
-        free(self._inst); free(self._free); free(self._ictr); free(self._heap)
+        free(self._inst); free(self._free); free(self._ictr); free(self._heap); free(self._hpos)
         free(self._socks); free(self._sctr); free(self._dirty); free(self._ev)
         free(self._msgs); free(self._iov); free(self._names); free(self._ctrl)
         free(self._rxbuf)
@@ -469,7 +471,6 @@ cdef class Engine:
         p.adver_int = field * (1000000 if version == 2 else 10000)
         p.master_adver_int = p.adver_int
         p.preempt_delay = <int64_t>preempt_delay_cs * 10000
-        p.heap_pos = -1
         memcpy(p.src, <const char*>src, alen)
         cdef bytes b = auth_pass[:8]            # keepalived: 8 bytes, zero padded
         memcpy(p.auth_data, <const char*>b, len(b))
@@ -695,8 +696,8 @@ cdef class Engine:
         cdef int idx
         cdef inst_t* p
         cdef int64_t d
-        while self._heap_len and self._inst[self._heap[0]].deadline <= now:
-            idx = self._heap[0]
+        while self._heap_len and self._heap[0].deadline <= now:
+            idx = self._heap[0].idx
             p = &self._inst[idx]
             if p.state == S_MASTER:
                 self._enqueue(idx, False)
@@ -712,11 +713,11 @@ cdef class Engine:
             else:
                 self._heap_remove(idx)
         self._flush()
-        return self._inst[self._heap[0]].deadline if self._heap_len else -1
+        return self._heap[0].deadline if self._heap_len else -1
 
     def next_deadline(self):
         """Earliest timer (us) or -1."""
-        return self._inst[self._heap[0]].deadline if self._heap_len else -1
+        return self._heap[0].deadline if self._heap_len else -1
 
     # --- receive ---------------------------------------------------------
     def on_readable(self, int sock_id, int64_t now):
@@ -1252,64 +1253,60 @@ cdef class Engine:
 
     # --- timer heap (indexed: one entry per instance, no stale entries) -------
     cdef void _heap_set(self, int idx, int64_t deadline) noexcept:
-        cdef inst_t* p = &self._inst[idx]
-        p.deadline = deadline
-        if p.heap_pos < 0:
-            p.heap_pos = self._heap_len
-            self._heap[self._heap_len] = idx
+        self._inst[idx].deadline = deadline
+        cdef int pos = self._hpos[idx]
+        if pos < 0:
+            pos = self._heap_len
             self._heap_len += 1
-        self._sift_up(p.heap_pos)
-        self._sift_down(p.heap_pos)
+        self._heap[pos].deadline = deadline
+        self._heap[pos].idx = idx
+        self._sift_down(self._sift_up(pos))
 
     cdef void _heap_remove(self, int idx) noexcept:
-        cdef int pos = self._inst[idx].heap_pos
-        cdef int last
+        cdef int pos = self._hpos[idx]
         if pos < 0:
             return
-        self._inst[idx].heap_pos = -1
+        self._hpos[idx] = -1
         self._heap_len -= 1
         if pos == self._heap_len:
             return
-        last = self._heap[self._heap_len]
-        self._heap[pos] = last
-        self._inst[last].heap_pos = pos
-        self._sift_up(pos)
-        self._sift_down(self._inst[last].heap_pos)
+        self._heap[pos] = self._heap[self._heap_len]
+        self._sift_down(self._sift_up(pos))
 
-    cdef void _sift_up(self, int pos) noexcept:
-        cdef int* h = self._heap
-        cdef int idx = h[pos]
-        cdef int64_t d = self._inst[idx].deadline
+    cdef int _sift_up(self, int pos) noexcept:
+        """Moves heap[pos] up to its place; returns where it ended."""
+        cdef deadline_t* h = self._heap
+        cdef deadline_t t = h[pos]
         cdef int parent
         while pos > 0:
             parent = (pos - 1) >> 1
-            if self._inst[h[parent]].deadline <= d:
+            if h[parent].deadline <= t.deadline:
                 break
             h[pos] = h[parent]
-            self._inst[h[pos]].heap_pos = pos
+            self._hpos[h[pos].idx] = pos
             pos = parent
-        h[pos] = idx
-        self._inst[idx].heap_pos = pos
+        h[pos] = t
+        self._hpos[t.idx] = pos
+        return pos
 
     cdef void _sift_down(self, int pos) noexcept:
-        cdef int* h = self._heap
+        cdef deadline_t* h = self._heap
         cdef int n = self._heap_len
-        cdef int idx = h[pos]
-        cdef int64_t d = self._inst[idx].deadline
+        cdef deadline_t t = h[pos]
         cdef int child
         while True:
             child = 2 * pos + 1
             if child >= n:
                 break
-            if child + 1 < n and self._inst[h[child + 1]].deadline < self._inst[h[child]].deadline:
+            if child + 1 < n and h[child + 1].deadline < h[child].deadline:
                 child += 1
-            if self._inst[h[child]].deadline >= d:
+            if h[child].deadline >= t.deadline:
                 break
             h[pos] = h[child]
-            self._inst[h[pos]].heap_pos = pos
+            self._hpos[h[pos].idx] = pos
             pos = child
-        h[pos] = idx
-        self._inst[idx].heap_pos = pos
+        h[pos] = t
+        self._hpos[t.idx] = pos
 
     # --- introspection ---------------------------------------------------
     def state(self, int idx):
@@ -1331,7 +1328,7 @@ cdef class Engine:
     def deadline(self, int idx):
         """This instance's timer (advert or master down), or -1."""
         cdef inst_t* p = self._get(idx)
-        return p.deadline if p.heap_pos >= 0 else -1
+        return p.deadline if self._hpos[idx] >= 0 else -1
 
     def counters(self, int idx):
         cdef inst_t* p = self._get(idx)

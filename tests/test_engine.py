@@ -681,3 +681,57 @@ class ElectionMachine(RuleBasedStateMachine):
 
 TestElection = ElectionMachine.TestCase
 TestElection.settings = settings(max_examples=40, stateful_step_count=20, deadline=None)
+
+
+class TimerHeap(RuleBasedStateMachine):
+    """The timer heap against a plain model: whatever mix of starts, adverts,
+    priority and fault changes and removals, next_deadline() is the earliest
+    instance deadline, and tick() leaves no instance overdue."""
+    SLOTS = 40
+
+    @initialize()
+    def setup(self):
+        self.e = E.Engine(self.SLOTS)
+        self.sid = self.e.add_socket(-2, AF4, 1)
+        self.now = T0
+        self.live = {}                     # vrid -> idx
+
+    @rule(vrid=st.integers(1, 255), prio=st.integers(1, 255), cs=st.integers(1, 400),
+          master=st.booleans())
+    def add_and_start(self, vrid, prio, cs, master):
+        if vrid in self.live or len(self.live) == self.SLOTS:
+            return
+        idx = self.e.add_instance(sock_id=self.sid, vrid=vrid, version=3, priority=prio,
+                                  advert_int_cs=cs, src=pk("192.0.2.1"),
+                                  dsts=[pk("224.0.0.18")], vips=[pk("192.0.2.9")],
+                                  owner=prio == 255)
+        self.e.start(idx, self.now, want_master=master)
+        self.live[vrid] = idx
+
+    @rule(data=st.data())
+    def remove(self, data):
+        if self.live:
+            vrid = data.draw(st.sampled_from(sorted(self.live)))
+            self.e.remove_instance(self.live.pop(vrid))
+
+    @rule(data=st.data(), prio=st.integers(1, 254), fault=st.booleans())
+    def retrack(self, data, prio, fault):
+        if self.live:
+            idx = self.live[data.draw(st.sampled_from(sorted(self.live)))]
+            self.e.set_priority(idx, prio, self.now)
+            self.e.set_fault(idx, fault, self.now)
+
+    @rule(dt=st.integers(0, 3_000_000))
+    def advance(self, dt):
+        self.now += dt
+        self.e.tick(self.now)
+
+    @invariant()
+    def earliest_first_and_none_overdue(self):
+        deadlines = [d for idx in self.live.values() if (d := self.e.deadline(idx)) >= 0]
+        assert self.e.next_deadline() == min(deadlines, default=-1)
+        assert all(d > self.now for d in deadlines) or self.now == T0
+
+
+TestTimerHeap = TimerHeap.TestCase
+TestTimerHeap.settings = settings(max_examples=60, stateful_step_count=60, deadline=None)

@@ -203,3 +203,4 @@ def test_coalesced_lines_behind_a_full_pipe_queue_in_order_and_drops_are_counted
     in_pipe, queued, drops, lines = aio(main())
     assert in_pipe > 0 and queued == 100 and in_pipe + queued + drops == total
     assert [int(line.split('"')[1][3:]) for line in lines] == list(range(total - drops))
+

@@ -40,7 +40,6 @@ cdef struct inst_t:
     int64_t preempt_delay       # us, 0 = none
     int64_t preempt_time        # us; 0 = preempt delay not running
     int64_t deadline            # next advert (MASTER) or master down (BACKUP)
-    int heap_pos                # position in the timer heap, -1 = none
     uint8_t src[16]             # primary address: source of our adverts
     uint8_t master_addr[16]     # current master's address
     uint8_t auth_data[8]
@@ -50,6 +49,12 @@ cdef struct inst_t:
     uint8_t* pkts0              # ndst * pkt_len: the same with priority 0
     uint8_t frame_hdr_len       # > 0: sent as a frame on the socket's link_fd
     uint8_t frame_hdr[56]       # Ethernet + IP headers in front of pkts/pkts0
+
+# A timer heap entry: the deadline is copied in, so sifting reads only the
+# heap array (the instances are far apart in memory; see Engine._heap).
+cdef struct deadline_t:
+    int64_t deadline
+    int32_t idx
 
 # A queued transmission: advert of instance idx to its dst_i'th destination.
 cdef struct out_t:
@@ -95,7 +100,8 @@ cdef class Engine:
     cdef int _nsocks
     cdef int* _dirty
     cdef int _ndirty
-    cdef int* _heap                 # indexed min-heap of instance idx by deadline
+    cdef deadline_t* _heap             # indexed min-heap of instances by deadline
+    cdef int* _hpos                 # idx -> position in _heap, -1 = no timer
     cdef int _heap_len
     cdef ev_t* _ev
     cdef int _ev_len
@@ -114,7 +120,7 @@ cdef class Engine:
     cdef void _free_bufs(self, inst_t* p) noexcept
     cdef void _heap_set(self, int idx, int64_t deadline) noexcept
     cdef void _heap_remove(self, int idx) noexcept
-    cdef void _sift_up(self, int pos) noexcept
+    cdef int _sift_up(self, int pos) noexcept
     cdef void _sift_down(self, int pos) noexcept
     cdef void _event(self, int idx, int kind, int a1, int a2,
                      const uint8_t* addr, int alen) noexcept

@@ -469,6 +469,8 @@ class Daemon:
         elif old == _engine.MASTER:
             for key, _ in self._announces(inst):
                 self.garp.stop(key)
+        elif new == _engine.BACKUP:
+            self._announces(inst)       # built now rather than in the rush of a takeover
         for h in self.hooks:
             try:
                 h.on_transition(inst, old, new, reason)
