@@ -87,6 +87,9 @@ async def main():
         line = sys.stdin.readline()
         if not line:
             loop.stop(); return
+        if line.strip() in ("hold", "release"):
+            getattr(m, line.strip())()
+            out(ev=line.strip()); return
         out(ev="stats", stats=m.stats, addrs={l.name: sorted(a for _, a in l.addresses)
                                               for l in m.links.values()})
     loop.add_reader(sys.stdin.fileno(), command)
@@ -193,6 +196,27 @@ def test_link_monitor_sees_link_and_address_events(netns, python):
     stats = child.expect(ev="stats")
     assert "wan0" not in stats["addrs"] and "veth1" not in stats["addrs"]
     assert stats["stats"]["overruns"] == 0 and stats["stats"]["malformed"] == 0
+
+
+@pytest.mark.netns
+def test_held_monitor_reads_its_events_on_release(netns):
+    """hold() (a mass failover in progress) leaves the kernel's events queued;
+    release() reads them, in order.  A MAC change is an event of its own."""
+    ns = veth_ns(netns)
+    child = Child(ns, VENV_PY, MONITOR % dict(root=ROOT, rcvbuf=1 << 20))
+    child.expect(ev="synced")
+    child.send("hold")
+    child.expect(ev="hold")
+    ns.run("ip", "addr", "add", "192.0.2.78/32", "dev", "veth0")
+    time.sleep(0.3)
+    child.send()
+    stats = child.expect(ev="stats")
+    assert "192.0.2.78" not in stats["addrs"]["veth0"]          # not read while held
+    assert not [e for e in child.seen if e.get("ev") == "addr"]
+    child.send("release")
+    child.expect(ev="addr", address="192.0.2.78", added=True)
+    ns.run("ip", "link", "set", "veth0", "address", "02:00:00:00:00:78")
+    child.expect(ev="mac", name="veth0")
 
 
 @pytest.mark.netns

@@ -204,3 +204,36 @@ def test_coalesced_lines_behind_a_full_pipe_queue_in_order_and_drops_are_counted
     assert in_pipe > 0 and queued == 100 and in_pipe + queued + drops == total
     assert [int(line.split('"')[1][3:]) for line in lines] == list(range(total - drops))
 
+
+
+def test_link_monitor_is_held_while_a_mass_failover_is_applied(aio):
+    """runtime.HOLD_MONITOR transitions waiting: the link monitor's reading
+    waits until the effects queue is empty (its events stay in the socket)."""
+    import asyncio
+    calls = []
+
+    async def main():
+        d = Daemon.__new__(Daemon)
+        d._effects, d._effects_waiting = asyncio.Queue(), 0
+        d.links = SimpleNamespace(hold=lambda: calls.append("hold"),
+                                  release=lambda: calls.append("release"))
+
+        async def apply(batch):
+            calls.append(len(batch))
+            await asyncio.sleep(0.01)
+
+        d._apply = apply
+        task = asyncio.create_task(d._run_effects())
+        mk = lambda n: [(inst(f"VI_{k}"), _engine.BACKUP, _engine.MASTER, "r") for k in range(n)]
+        for n in (3, 5):                                   # small: never held
+            d._effects_waiting += n
+            d._effects.put_nowait(mk(n))
+        await d._effects.join()
+        for n in (40, 30, 2):                              # 72 waiting: held until all are done
+            d._effects_waiting += n
+            d._effects.put_nowait(mk(n))
+        await d._effects.join()
+        task.cancel()
+
+    aio(main())
+    assert calls == [3, 5, "hold", 40, 30, 2, "release"]

@@ -139,6 +139,15 @@ class LinkMonitor:
         self._start_dump()
         await self._synced
 
+    def hold(self) -> None:
+        """Leave events queued in the socket until release() (see Daemon._apply)."""
+        if (w := self._watches.get(False)) is not None:
+            w.pause()
+
+    def release(self) -> None:
+        if (w := self._watches.get(False)) is not None:
+            w.resume()
+
     def close(self) -> None:
         for watch in self._watches.values():
             watch.close()

@@ -86,11 +86,24 @@ class Watch:
         self._loop = loop
         self._epoll = select.epoll()
         self._epoll.register(sock.fileno(), select.EPOLLIN)
-        loop.add_reader(self._epoll.fileno(), callback, *args)
+        self._reader = (callback, *args)
+        self.paused = False
+        loop.add_reader(self._epoll.fileno(), *self._reader)
+
+    def pause(self) -> None:
+        if not self.paused and not self._epoll.closed:
+            self.paused = True
+            self._loop.remove_reader(self._epoll.fileno())
+
+    def resume(self) -> None:
+        if self.paused and not self._epoll.closed:
+            self.paused = False
+            self._loop.add_reader(self._epoll.fileno(), *self._reader)
 
     def close(self) -> None:
         if not self._epoll.closed:
-            self._loop.remove_reader(self._epoll.fileno())
+            if not self.paused:
+                self._loop.remove_reader(self._epoll.fileno())
             self._epoll.close()
 
 

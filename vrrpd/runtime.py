@@ -43,13 +43,15 @@ STATE_NAMES = {_engine.INIT: "INIT", _engine.BACKUP: "BACKUP",
 
 
 EFFECTS_SLICE = 0.002     # s of transition side effects between returns to the loop
+HOLD_MONITOR = 64         # transitions waiting for their effects: a mass failover (_run_effects)
+HOLD_MONITOR_S = 1.0
+ARPHRD_ETHER = 1          # links whose multicast adverts can go out as prebuilt frames
 # Receive pacing.  Woken per readable socket, a backup of thousands of
 # instances wakes for every few adverts (each wake-up is also paid by the
 # sender's kernel, in sock_def_readable): above RX_POLL_RATE packets/s the
 # sockets leave the event loop and are read every RX_POLL_S instead, which
 # delays what an advert does by at most that much (a master-down timer is
 # hundreds of ms; Skew_Time tens).  Below a quarter of the rate: back to events.
-ARPHRD_ETHER = 1          # links whose multicast adverts can go out as prebuilt frames
 RX_POLL_S = 0.005
 RX_POLL_RATE = 2000
 RX_CHECK_S = 1.0
@@ -157,6 +159,7 @@ class Daemon:
         self._timer_at = -1
         self._effects: asyncio.Queue = asyncio.Queue()
         self._effects_task: asyncio.Task | None = None
+        self._effects_waiting = 0       # transitions queued in _effects
         self._loop: asyncio.AbstractEventLoop | None = None
         self._rx_packets = 0            # since the last pacing check
         self._rx_poll: asyncio.TimerHandle | None = None     # set while polling
@@ -406,18 +409,32 @@ class Daemon:
                 log.info("(%s) received lower priority (%d) advert from %s", name, prio, addr)
         if batch:
             log_transitions(batch)
+            self._effects_waiting += len(batch)
             self._effects.put_nowait(batch)
 
     # -- side effects, in order ------------------------------------------------------
     async def _run_effects(self) -> None:
+        held_since = None
         while True:
             batch = await self._effects.get()
+            self._effects_waiting -= len(batch)
+            # A mass failover: the kernel's notifications of the VIPs we add
+            # (~20 us of decoding each) wait in the link monitor's socket
+            # until the transitions are through, instead of competing with
+            # them; link events wait that long too (at most HOLD_MONITOR_S).
+            if held_since is None and len(batch) + self._effects_waiting >= HOLD_MONITOR:
+                held_since = time.monotonic()
+                self.links.hold()
             try:
                 await self._apply(batch)
             except Exception:       # never let one failure stop later transitions
                 log.exception("applying transitions failed")
             finally:
                 self._effects.task_done()
+                if held_since is not None and (self._effects.empty() or
+                                               time.monotonic() - held_since > HOLD_MONITOR_S):
+                    held_since = None
+                    self.links.release()
 
     async def _apply(self, batch) -> None:
         up, down, stale = Side(), Side(), []
