@@ -9,7 +9,7 @@
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, int64_t, uint64_t
 from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memcpy, memcmp, memset
-from libc.errno cimport errno, EINTR, EAGAIN
+from libc.errno cimport errno, EINTR, EAGAIN, ENOBUFS
 from cpython.bytes cimport PyBytes_FromStringAndSize
 
 from vrrpd._codec cimport (
@@ -191,13 +191,14 @@ cdef enum:
     S_TX_PACKETS
     S_TX_BATCHES
     S_TX_ERRORS
-    S_TX_DROPPED            # queue could not grow (out of memory)
+    S_TX_DROPPED            # queue could not grow (out of memory), or deferred too long
+    S_TX_DEFERRED           # device queue full (ENOBUFS/EAGAIN): sent at a later flush
     S_LAST_ERRNO
     S_REJECT
     NSCTR = S_REJECT + REJECT_COUNT
 
 _SCTR_NAMES = ("rx_packets", "rx_batches", "rx_errors", "tx_packets",
-               "tx_batches", "tx_errors", "tx_dropped", "last_errno")
+               "tx_batches", "tx_errors", "tx_dropped", "tx_deferred", "last_errno")
 
 cdef enum:
     FD_CAPTURE = -1         # test sink: keep what is sent (pop_sent)
@@ -209,6 +210,7 @@ cdef enum:
     NAMELEN = 32            # >= sizeof(sockaddr_in6)
     MAX_PKT = 8 + 255 * 16 + 8
     EV_CAP_MAX = 1 << 20
+    TX_BUSY_MAX = 100       # flushes a deferred send is retried (the daemon: every ms)
     VRRP_TTL = 255          # RFC 5798 5.1.1.3 / 7.1
 
 # Reject events per socket: token bucket, REJ_RATE per second, burst REJ_BURST.
@@ -298,11 +300,12 @@ cdef class Engine:
         cdef size_t nb = TX_BATCH
         self._msgs = calloc(nb, sizeof(mmsghdr))
         self._iov = calloc(2 * nb, sizeof(iovec))     # frames: headers + advert
+        self._msgq = <int*>calloc(nb, sizeof(int))
         self._names = <uint8_t*>calloc(nb, NAMELEN)
         self._ctrl = <uint8_t*>calloc(nb, CTRL)
         self._rxbuf = <uint8_t*>malloc(<size_t>BATCH * RXBUF)
         if (not self._inst or not self._free or not self._ictr or not self._heap or not self._hpos
-                or not self._ev or not self._msgs or not self._iov
+                or not self._ev or not self._msgs or not self._iov or not self._msgq
                 or not self._names or not self._ctrl or not self._rxbuf):
             raise MemoryError()
         cdef int i
@@ -322,7 +325,7 @@ cdef class Engine:
             free(self._socks[i].outq)
         free(self._inst); free(self._free); free(self._ictr); free(self._heap); free(self._hpos)
         free(self._socks); free(self._sctr); free(self._dirty); free(self._ev)
-        free(self._msgs); free(self._iov); free(self._names); free(self._ctrl)
+        free(self._msgs); free(self._iov); free(self._msgq); free(self._names); free(self._ctrl)
         free(self._rxbuf)
 
     cdef void _free_bufs(self, inst_t* p) noexcept:
@@ -511,8 +514,18 @@ cdef class Engine:
         if p.state == S_MASTER:
             self._enqueue(idx, True)
             self._flush()
+        # Sends the device deferred go with it (their buffers do).
+        cdef sock_t* s = &self._socks[p.sock_id]
+        cdef int i, kept = 0
+        for i in range(s.outq_len):
+            if s.outq[i].idx != idx:
+                s.outq[kept] = s.outq[i]
+                kept += 1
+            else:
+                self._sctr[p.sock_id * NSCTR + S_TX_DROPPED] += 1
+        s.outq_len = kept
         self._heap_remove(idx)
-        self._socks[p.sock_id].vrid_map[p.vrid] = 0
+        s.vrid_map[p.vrid] = 0
         self._free_bufs(p)
         p.used = 0
         self._free[self._nfree] = idx
@@ -1094,6 +1107,7 @@ cdef class Engine:
             q.idx = idx
             q.dst_i = i
             q.zero = zero
+            q.deferred = 0
         if not s.dirty:
             s.dirty = 1
             self._dirty[self._ndirty] = p.sock_id
@@ -1107,16 +1121,38 @@ cdef class Engine:
         if not self._deferred:
             self._flush()
 
+    def tx_pending(self):
+        """Sends waiting for room in a device queue (the daemon flushes again
+        shortly while there are any)."""
+        cdef int k, n = 0
+        for k in range(self._ndirty):
+            n += self._socks[self._dirty[k]].outq_len
+        return n
+
     cdef void _flush(self) noexcept:
-        cdef int k, sid
+        cdef int k, sid, kept = 0
+        cdef sock_t* s
         for k in range(self._ndirty):
             sid = self._dirty[k]
-            self._flush_sock(sid)
-            self._socks[sid].dirty = 0
-            self._socks[sid].outq_len = 0
-        self._ndirty = 0
+            s = &self._socks[sid]
+            s.outq_len = self._flush_sock(sid)
+            if s.outq_len and s.busy_flushes >= TX_BUSY_MAX:
+                # A device that stays full (no carrier behind a qdisc): an
+                # advert this late is no use any more.
+                self._sctr[sid * NSCTR + S_TX_DROPPED] += s.outq_len
+                s.outq_len = 0
+            if s.outq_len:
+                s.busy_flushes += 1
+                self._dirty[kept] = sid
+                kept += 1
+            else:
+                s.busy_flushes = 0
+                s.dirty = 0
+        self._ndirty = kept
 
-    cdef void _flush_sock(self, int sid) noexcept:
+    cdef int _flush_sock(self, int sid) noexcept:
+        """Send sid's queue; -> how many sends the device deferred, which are
+        left at the front of the queue in their order."""
         cdef sock_t* s = &self._socks[sid]
         cdef uint64_t* sc = &self._sctr[sid * NSCTR]
         cdef int n = s.outq_len
@@ -1135,7 +1171,7 @@ cdef class Engine:
         if s.fd == FD_DISCARD:
             sc[S_TX_PACKETS] += n
             sc[S_TX_BATCHES] += 1
-            return
+            return 0
         if s.fd == FD_CAPTURE:
             for i in range(n):
                 q = &s.outq[i]
@@ -1150,20 +1186,27 @@ cdef class Engine:
                     continue
                 sc[S_TX_PACKETS] += 1
             sc[S_TX_BATCHES] += 1
-            return
+            return 0
         # Two passes: multicast frames on the packet socket, then the rest
         # (unicast peers, or everything without one) on the raw socket.
-        cdef int link
+        cdef int link, fd, k
+        cdef bint busy
         cdef sockaddr_ll* ll
         for link in range(2):
             if link and s.link_fd < 0:
                 break
+            fd = s.link_fd if link else s.fd
             m = 0
+            busy = False
             for i in range(n):
                 q = &s.outq[i]
                 p = &self._inst[q.idx]
                 if (p.frame_hdr_len > 0) != (link == 1):
                     continue
+                q.deferred = busy
+                if busy:
+                    continue
+                self._msgq[m] = i
                 pkt = (p.pkts0 if q.zero else p.pkts) + q.dst_i * p.pkt_len
                 h = &msgs[m].msg_hdr
                 h.msg_flags = 0
@@ -1223,12 +1266,27 @@ cdef class Engine:
                         memcpy(pi6.ipi6_addr.s6_addr, p.src, 16)
                 m += 1
                 if m == TX_BATCH:
-                    self._sendmmsg(s.link_fd if link else s.fd, m, sc)
+                    k = self._sendmmsg(fd, m, sc)
+                    busy = k < m
+                    while k < m:
+                        s.outq[self._msgq[k]].deferred = 1
+                        k += 1
                     m = 0
             if m:
-                self._sendmmsg(s.link_fd if link else s.fd, m, sc)
+                k = self._sendmmsg(fd, m, sc)
+                while k < m:
+                    s.outq[self._msgq[k]].deferred = 1
+                    k += 1
+        k = 0
+        for i in range(n):
+            if s.outq[i].deferred:
+                s.outq[k] = s.outq[i]
+                k += 1
+        return k
 
-    cdef void _sendmmsg(self, int fd, int m, uint64_t* sc) noexcept:
+    cdef int _sendmmsg(self, int fd, int m, uint64_t* sc) noexcept:
+        """-> how many of the m messages were handled (sent, or failed and
+        counted); the rest found the device queue full."""
         cdef mmsghdr* msgs = <mmsghdr*>self._msgs
         cdef int k = 0, r
         while k < m:
@@ -1237,6 +1295,11 @@ cdef class Engine:
             if r < 0:
                 if errno == EINTR:
                     continue
+                if errno == ENOBUFS or errno == EAGAIN:
+                    # A burst (a takeover of thousands) outran the device
+                    # queue or veth ring: keep them for the next flush.
+                    sc[S_TX_DEFERRED] += m - k
+                    return k
                 # This message failed (e.g. link down): count, skip it.
                 sc[S_TX_ERRORS] += 1
                 sc[S_LAST_ERRNO] = errno
@@ -1244,6 +1307,7 @@ cdef class Engine:
             else:
                 sc[S_TX_PACKETS] += r
                 k += r
+        return m
 
     def pop_sent(self):
         """Capture mode: -> [(sock_id, dst, payload)] sent since the last call."""

@@ -61,6 +61,7 @@ cdef struct out_t:
     int32_t idx
     int32_t dst_i
     uint8_t zero                # send the priority-0 variant
+    uint8_t deferred            # the device queue was full: try again at the next flush
 
 # One raw socket (interface + family), or a test sink (fd -1 capture, -2 discard).
 cdef struct sock_t:
@@ -75,6 +76,7 @@ cdef struct sock_t:
     out_t* outq
     int outq_len
     int outq_cap
+    int busy_flushes            # flushes in a row that left sends deferred
     double tokens               # rate limit for reject events
     int64_t tokens_at
 
@@ -111,6 +113,7 @@ cdef class Engine:
     # syscall scratch (one batch, reused)
     cdef void* _msgs
     cdef void* _iov
+    cdef int* _msgq                 # outq position of each message in the batch
     cdef uint8_t* _names
     cdef uint8_t* _ctrl
     cdef uint8_t* _rxbuf
@@ -128,8 +131,8 @@ cdef class Engine:
     cdef void _enqueue(self, int idx, bint zero) noexcept
     cdef void _flush_unless_deferred(self) noexcept
     cdef void _flush(self) noexcept
-    cdef void _flush_sock(self, int sid) noexcept
-    cdef void _sendmmsg(self, int fd, int m, uint64_t* sc) noexcept
+    cdef int _flush_sock(self, int sid) noexcept
+    cdef int _sendmmsg(self, int fd, int m, uint64_t* sc) noexcept
     cdef void _frame_header(self, inst_t* p) noexcept
     cdef int64_t _skew_pri(self, inst_t* p, int prio) noexcept
     cdef int64_t _skew(self, inst_t* p) noexcept

@@ -46,6 +46,7 @@ EFFECTS_SLICE = 0.002     # s of transition side effects between returns to the 
 HOLD_MONITOR = 64         # transitions waiting for their effects: a mass failover (_run_effects)
 HOLD_MONITOR_S = 1.0
 ARPHRD_ETHER = 1          # links whose multicast adverts can go out as prebuilt frames
+TX_RETRY_US = 1000        # sends a full device queue deferred are retried this often
 # Receive pacing.  Woken per readable socket, a backup of thousands of
 # instances wakes for every few adverts (each wake-up is also paid by the
 # sender's kernel, in sock_def_readable): above RX_POLL_RATE packets/s the
@@ -360,6 +361,9 @@ class Daemon:
             self._on_events(events)
         self.engine.flush()         # what tracking and sync groups queued, in one batch
         next_at = self.engine.next_deadline()
+        if self.engine.tx_pending():    # a device queue was full: try again soon
+            retry = now_us() + TX_RETRY_US
+            next_at = retry if next_at < 0 else min(next_at, retry)
         if next_at < 0:
             return
         if self._timer is not None and self._timer_at <= next_at:
