@@ -132,6 +132,9 @@ class FakeEngine:
     def flush(self):
         pass
 
+    def tx_pending(self):
+        return 0
+
     def next_deadline(self):
         return self.deadline
 

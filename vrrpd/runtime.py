@@ -47,6 +47,7 @@ HOLD_MONITOR = 64         # transitions waiting for their effects: a mass failov
 HOLD_MONITOR_S = 1.0
 ARPHRD_ETHER = 1          # links whose multicast adverts can go out as prebuilt frames
 TX_RETRY_US = 1000        # sends a full device queue deferred are retried this often
+TX_DRAIN_S = 0.2          # at shutdown, for the priority-0 adverts
 # Receive pacing.  Woken per readable socket, a backup of thousands of
 # instances wakes for every few adverts (each wake-up is also paid by the
 # sender's kernel, in sock_def_readable): above RX_POLL_RATE packets/s the
@@ -598,6 +599,12 @@ class Daemon:
         for inst in self.instances.values():
             self.engine.stop(inst.idx, t)
         self._pump()
+        # The priority-0 burst may not fit the device queue at once; the peer
+        # takes over after Skew_Time only with them (else Master_Down_Interval).
+        deadline = time.monotonic() + TX_DRAIN_S
+        while self.engine.tx_pending() and time.monotonic() < deadline:
+            await asyncio.sleep(TX_RETRY_US / 1e6)
+            self.engine.flush()
         await self._effects.join()
         for group in self.syncgroups.members:
             for h in self.hooks:
