@@ -124,25 +124,32 @@ def ratios(results: list[dict]) -> str:
 
 NOTES = """## What holds the targets back (profiles: perf record -g, py-spy)
 
-- Steady state, master: about 85 % of vrrpd's time is the kernel's raw-socket send path
-  (one route lookup, checksum-and-copy and IP output per advert; adverts already go out in
-  one sendmmsg per socket per phase slot, ~30 each at 2,000 instances); the engine's own
-  share (timer heap, building the batch) is ~12 %. That leaves vrrpd's CPU per advert at
-  ~0.5-0.6x keepalived's, not the 1/3 the issue asks for. Going lower needs a sender that
-  skips IP output (pre-built frames on an AF_PACKET socket), not done.
+- Steady state: multicast adverts leave as prebuilt Ethernet frames on a packet socket
+  (`vrrpd --advert-tx frame`, the default), which skips the kernel's IP output path (route
+  lookup, header, neighbour) that was ~85 % of a master's time; at 10,000 instances the
+  master went from 54-55 % to 33 % of a core in the same lab (`--advert-tx ip` vs `frame`).
+  The timer heap keeps deadlines in its own array (no instance-struct reads while sifting):
+  master 8.8 -> 7.8 %, backup 8.3 -> 6.5 % at 2,000. What is left on the master is mostly
+  the kernel's packet send (~70 %: copying each frame into an skb, the veth and its NAPI
+  wake-up in this lab) and ~10 % engine. The 2,000-instance ratio is at the 1/3 line:
+  0.32 in this run, 0.34 against keepalived's other run of this session (23.2 %).
 - Steady state, backup: above 2,000 adverts/s vrrpd reads its sockets every 5 ms instead
-  of waking per readable socket (it woke every 3-4 adverts). At 2,000 instances this took
-  the backup from 15.8 % to 9.3 % and the master from 28.7 % to 24.5 % (the sender's kernel
-  did the wake-ups), before the lab's switch moved to kernel threads.
+  of waking per readable socket.
 - Failover: the engine's transitions and the new master's first adverts are on time (the
-  "first advert" column). What follows is serial per-instance work in Python on one core,
-  0.1-0.25 ms per instance: the VIP netlink batch (kernel time), the link monitor decoding
-  the kernel's notification of every VIP we add (~45 us each), GARP scheduling and the
-  notify hook with its fifo line. At 2,000 instances that is 200-300 ms after the first
-  takeover, so the last one lands ~100-150 ms past the crash target and far past the
-  graceful one; at 10,000 the host is overloaded (see above).
+  "first advert" column). After them comes per-instance work in Python on one core,
+  ~50-70 us per instance: the VIP netlink batch (kernel time), announcements and GARPs, the
+  notify hook with its fifo line. The kernel's notifications of the VIPs we add (~20 us of
+  decoding each) now wait until a mass failover's transitions are applied, and
+  announcements are built when an instance becomes BACKUP. Crash at 2,000 lands around the
+  target (404 ms here; 413-476 ms in 7 other runs); graceful is 2.5-4x its target: all
+  2,000 transitions fall due at the same moment (Skew_Time after the priority-0 adverts)
+  and their effects then take 100-250 ms of serial work.
+- The priority-0 burst of a shutdown and the first adverts of a takeover can overrun a
+  device queue (a veth ring here): such sends are kept and retried every ms instead of
+  being lost (they cost a Master_Down_Interval instead of Skew_Time).
 - Sizes run one daemon per invocation (5,000 and 10,000 instances) merge into one
-  failover-N.json; its `runs` field lists when each daemon ran.
+  failover-N.json; its `runs` field lists when each daemon ran (keepalived's 5,000 and
+  10,000 rows are from the previous session's runs on the same machine).
 """
 
 
