@@ -1266,23 +1266,26 @@ cdef class Engine:
                         memcpy(pi6.ipi6_addr.s6_addr, p.src, 16)
                 m += 1
                 if m == TX_BATCH:
-                    k = self._sendmmsg(fd, m, sc)
-                    busy = k < m
-                    while k < m:
-                        s.outq[self._msgq[k]].deferred = 1
-                        k += 1
+                    busy = self._send_batch(s, fd, m, sc)
                     m = 0
             if m:
-                k = self._sendmmsg(fd, m, sc)
-                while k < m:
-                    s.outq[self._msgq[k]].deferred = 1
-                    k += 1
+                self._send_batch(s, fd, m, sc)
         k = 0
         for i in range(n):
             if s.outq[i].deferred:
                 s.outq[k] = s.outq[i]
                 k += 1
         return k
+
+    cdef bint _send_batch(self, sock_t* s, int fd, int m, uint64_t* sc) noexcept:
+        """Send the m messages built; those the device queue refused are
+        marked deferred.  -> whether any were."""
+        cdef int k = self._sendmmsg(fd, m, sc)
+        cdef bint busy = k < m
+        while k < m:
+            s.outq[self._msgq[k]].deferred = 1
+            k += 1
+        return busy
 
     cdef int _sendmmsg(self, int fd, int m, uint64_t* sc) noexcept:
         """-> how many of the m messages were handled (sent, or failed and

@@ -132,6 +132,7 @@ cdef class Engine:
     cdef void _flush_unless_deferred(self) noexcept
     cdef void _flush(self) noexcept
     cdef int _flush_sock(self, int sid) noexcept
+    cdef bint _send_batch(self, sock_t* s, int fd, int m, uint64_t* sc) noexcept
     cdef int _sendmmsg(self, int fd, int m, uint64_t* sc) noexcept
     cdef void _frame_header(self, inst_t* p) noexcept
     cdef int64_t _skew_pri(self, inst_t* p, int prio) noexcept
