@@ -133,17 +133,16 @@ def test_reload_1000_instances_changes_only_one(lan, tmp_path):
         print(f"largest advert gap over {n} instances: {worst * 1000:.1f} ms around the reload "
               f"(ending {at * 1000:.0f} ms after it began; the reload took "
               f"{(wall_done - wall_reload) * 1000:.0f} ms), {base * 1000:.1f} ms in the 2 s before")
-        # Over the machine's own jitter (on this 2-core VM 1,000 instances'
-        # adverts are up to 3-7 ms late in a 2 s window with no reload at
-        # all), the reload -- parse in an exec'd reader, the swap in ~1 ms
-        # slices -- added -0.7 to +5.5 ms in 7 runs.  (A forked reader added
-        # -1.6 to +6.4 ms, and once +19.6 ms in CI: copy-on-write.)  The
-        # issue asks for 5 ms: not met reliably on this machine, so the
-        # guard stays at 10 ms.
+        # The gaps on the wire include the machine's own jitter (timer
+        # granularity, the capture's NAPI thread on 2 shared cores): with no
+        # reload at all, 1,000 instances' adverts reach 102.5-103.1 ms in a
+        # 2 s window.  The reload -- parse in an exec'd reader, the swap in
+        # ~1 ms slices -- added +0.3 to +2.6 ms over that in 7 runs (worst
+        # 102.9-105.1 ms).  The issue's 5 ms is asked over that baseline.
         top = sorted(((g, ends[k] - wall_reload) for k, g in during.items()), reverse=True)[:5]
         print("  largest gaps (ms, ending at ms after the reload began):",
               [(round(g * 1000, 1), round(e * 1000)) for g, e in top])
-        assert worst <= max(spec.advert_int, base) + 0.010, top
+        assert worst <= max(spec.advert_int, base) + 0.005, top
     finally:
         m.stop()
         b.stop()
