@@ -210,6 +210,7 @@ cdef enum:
     NAMELEN = 32            # >= sizeof(sockaddr_in6)
     MAX_PKT = 8 + 255 * 16 + 8
     EV_CAP_MAX = 1 << 20
+    HEADROOM = 64           # before each advert buffer: a frame's Ethernet + IP headers (<= 54)
     TX_BUSY_MAX = 100       # flushes a deferred send is retried (the daemon: every ms)
     VRRP_TTL = 255          # RFC 5798 5.1.1.3 / 7.1
 
@@ -229,6 +230,10 @@ cdef inline int64_t _phase(int idx, int64_t interval) noexcept nogil:
     # slot number spreads neighbours): few enough that the loop still wakes
     # only PHASES times per interval, each wake sending one batch per socket.
     return <int64_t>((<uint32_t>idx * <uint32_t>2654435761u) >> 29) * (interval // 2) // PHASES
+
+
+cdef inline uint8_t* _headroom(uint8_t* buf) noexcept nogil:
+    return buf + HEADROOM if buf != NULL else NULL
 
 
 cdef inline bint _is_multicast(const uint8_t* a, int alen) noexcept nogil:
@@ -299,7 +304,7 @@ cdef class Engine:
         self._ev = <ev_t*>malloc(self._ev_cap * sizeof(ev_t))
         cdef size_t nb = TX_BATCH
         self._msgs = calloc(nb, sizeof(mmsghdr))
-        self._iov = calloc(2 * nb, sizeof(iovec))     # frames: headers + advert
+        self._iov = calloc(nb, sizeof(iovec))
         self._msgq = <int*>calloc(nb, sizeof(int))
         self._names = <uint8_t*>calloc(nb, NAMELEN)
         self._ctrl = <uint8_t*>calloc(nb, CTRL)
@@ -329,7 +334,11 @@ cdef class Engine:
         free(self._rxbuf)
 
     cdef void _free_bufs(self, inst_t* p) noexcept:
-        free(p.vips); free(p.dsts); free(p.pkts); free(p.pkts0)
+        free(p.vips); free(p.dsts)
+        if p.pkts:
+            free(p.pkts - HEADROOM)
+        if p.pkts0:
+            free(p.pkts0 - HEADROOM)
         p.vips = p.dsts = p.pkts = p.pkts0 = NULL
 
     cdef inst_t* _get(self, int idx) except NULL:
@@ -397,11 +406,17 @@ cdef class Engine:
                 self._frame_header(&self._inst[i])
 
     cdef void _frame_header(self, inst_t* p) noexcept:
+        """Write the frame's headers into the room before both adverts: a
+        frame is one contiguous buffer, one iovec (multicast: ndst is 1)."""
         cdef sock_t* s = &self._socks[p.sock_id]
+        cdef uint8_t hdr[HEADROOM]
         cdef int n = 0
         if s.link_fd >= 0 and p.multicast:
-            n = encode_frame_header(p.frame_hdr, sizeof(p.frame_hdr), p.family,
-                                    s.link_mac, p.src, p.dsts, p.pkt_len)
+            n = encode_frame_header(hdr, HEADROOM, p.family, s.link_mac, p.src, p.dsts,
+                                    p.pkt_len)
+        if n > 0:
+            memcpy(p.pkts - n, hdr, n)
+            memcpy(p.pkts0 - n, hdr, n)
         p.frame_hdr_len = n if n > 0 else 0
 
     def add_instance(self, *, int sock_id, int vrid, int version, int priority,
@@ -482,8 +497,8 @@ cdef class Engine:
 
         p.vips = <uint8_t*>malloc(max(1, p.naddr * alen))
         p.dsts = <uint8_t*>malloc(p.ndst * alen)
-        p.pkts = <uint8_t*>malloc(<size_t>p.ndst * MAX_PKT)
-        p.pkts0 = <uint8_t*>malloc(<size_t>p.ndst * MAX_PKT)
+        p.pkts = _headroom(<uint8_t*>malloc(HEADROOM + <size_t>p.ndst * MAX_PKT))
+        p.pkts0 = _headroom(<uint8_t*>malloc(HEADROOM + <size_t>p.ndst * MAX_PKT))
         if not p.vips or not p.dsts or not p.pkts or not p.pkts0:
             self._free_bufs(p)
             raise MemoryError()
@@ -1212,12 +1227,10 @@ cdef class Engine:
                 h.msg_flags = 0
                 h.msg_name = self._names + m * NAMELEN
                 if link:
-                    iov[2 * m].iov_base = <void*>p.frame_hdr
-                    iov[2 * m].iov_len = p.frame_hdr_len
-                    iov[2 * m + 1].iov_base = <void*>pkt
-                    iov[2 * m + 1].iov_len = p.pkt_len
-                    h.msg_iov = &iov[2 * m]
-                    h.msg_iovlen = 2
+                    iov[m].iov_base = <void*>(pkt - p.frame_hdr_len)
+                    iov[m].iov_len = p.frame_hdr_len + p.pkt_len
+                    h.msg_iov = &iov[m]
+                    h.msg_iovlen = 1
                     h.msg_control = NULL
                     h.msg_controllen = 0
                     ll = <sockaddr_ll*>h.msg_name

@@ -47,8 +47,8 @@ cdef struct inst_t:
     uint8_t* dsts               # ndst * alen
     uint8_t* pkts               # ndst * pkt_len: adverts at current priority
     uint8_t* pkts0              # ndst * pkt_len: the same with priority 0
-    uint8_t frame_hdr_len       # > 0: sent as a frame on the socket's link_fd
-    uint8_t frame_hdr[56]       # Ethernet + IP headers in front of pkts/pkts0
+    uint8_t frame_hdr_len       # > 0: sent as a frame on the socket's link_fd, its
+                                # Ethernet + IP headers just before pkts / pkts0
 
 # A timer heap entry: the deadline is copied in, so sifting reads only the
 # heap array (the instances are far apart in memory; see Engine._heap).
