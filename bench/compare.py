@@ -128,11 +128,13 @@ NOTES = """## What holds the targets back (profiles: perf record -g, py-spy)
   (`vrrpd --advert-tx frame`, the default), which skips the kernel's IP output path (route
   lookup, header, neighbour) that was ~85 % of a master's time; at 10,000 instances the
   master went from 54-55 % to 33 % of a core in the same lab (`--advert-tx ip` vs `frame`).
-  The timer heap keeps deadlines in its own array (no instance-struct reads while sifting):
-  master 8.8 -> 7.8 %, backup 8.3 -> 6.5 % at 2,000. What is left on the master is mostly
-  the kernel's packet send (~70 %: copying each frame into an skb, the veth and its NAPI
-  wake-up in this lab) and ~10 % engine. The 2,000-instance ratio is at the 1/3 line:
-  0.32 in this run, 0.34 against keepalived's other run of this session (23.2 %).
+  Then, at 2,000 (3 windows each): timer-heap entries carry their deadline (master
+  8.8 -> 7.8 %, backup 8.3 -> 6.5 %), and a frame's headers sit in room before the advert,
+  one iovec per frame (master 8.3 -> 7.0 %). What is left on the master is mostly the
+  kernel's packet send (copying each frame into an skb, the veth and its NAPI wake-up in
+  this lab). The 2,000-instance ratio is at the 1/3 line: 0.32 in this run and the run
+  before it; one run in between measured keepalived at 53.6 % / 37.3 % and vrrpd at
+  5.3 % / 3.6 % (not explained, discarded).
 - Steady state, backup: above 2,000 adverts/s vrrpd reads its sockets every 5 ms instead
   of waking per readable socket.
 - Failover: the engine's transitions and the new master's first adverts are on time (the
@@ -140,13 +142,15 @@ NOTES = """## What holds the targets back (profiles: perf record -g, py-spy)
   ~50-70 us per instance: the VIP netlink batch (kernel time), announcements and GARPs, the
   notify hook with its fifo line. The kernel's notifications of the VIPs we add (~20 us of
   decoding each) now wait until a mass failover's transitions are applied, and
-  announcements are built when an instance becomes BACKUP. Crash at 2,000 lands around the
-  target (404 ms here; 413-476 ms in 7 other runs); graceful is 2.5-4x its target: all
-  2,000 transitions fall due at the same moment (Skew_Time after the priority-0 adverts)
-  and their effects then take 100-250 ms of serial work.
+  announcements are built when an instance becomes BACKUP. Crash at 2,000 is around the
+  target: 452 ms in this run, 404 in the run before, 413-476 in 7 runs of a profiling
+  script. Graceful at 2,000: 135 ms here, 327 in the run before: all 2,000 transitions fall
+  due together, Skew_Time after the priority-0 adverts, and their VIPs go in before their
+  MASTER lines; the kernel alone needs 70-80 ms of system time to add 2,000 /32 addresses
+  (`ip -batch`, 2,000 `addr add` in a namespace), more than the 20 ms the target leaves.
 - The priority-0 burst of a shutdown and the first adverts of a takeover can overrun a
   device queue (a veth ring here): such sends are kept and retried every ms instead of
-  being lost (they cost a Master_Down_Interval instead of Skew_Time).
+  being lost (a lost priority 0 costs Master_Down_Interval instead of Skew_Time).
 - Sizes run one daemon per invocation (5,000 and 10,000 instances) merge into one
   failover-N.json; its `runs` field lists when each daemon ran (keepalived's 5,000 and
   10,000 rows are from the previous session's runs on the same machine).
