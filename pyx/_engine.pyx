@@ -1206,7 +1206,12 @@ cdef class Engine:
         # (unicast peers, or everything without one) on the raw socket.
         cdef int link, fd, k
         cdef bint busy
-        cdef sockaddr_ll* ll
+        # Every frame of this socket goes to the same place: one address for all.
+        cdef sockaddr_ll ll
+        memset(&ll, 0, sizeof(sockaddr_ll))
+        ll.sll_family = AF_PACKET
+        ll.sll_protocol = htons(0x0800 if s.family == AF_INET else 0x86dd)
+        ll.sll_ifindex = s.ifindex
         for link in range(2):
             if link and s.link_fd < 0:
                 break
@@ -1225,25 +1230,19 @@ cdef class Engine:
                 pkt = (p.pkts0 if q.zero else p.pkts) + q.dst_i * p.pkt_len
                 h = &msgs[m].msg_hdr
                 h.msg_flags = 0
-                h.msg_name = self._names + m * NAMELEN
+                h.msg_iov = &iov[m]
+                h.msg_iovlen = 1
                 if link:
                     iov[m].iov_base = <void*>(pkt - p.frame_hdr_len)
                     iov[m].iov_len = p.frame_hdr_len + p.pkt_len
-                    h.msg_iov = &iov[m]
-                    h.msg_iovlen = 1
+                    h.msg_name = &ll
+                    h.msg_namelen = sizeof(sockaddr_ll)
                     h.msg_control = NULL
                     h.msg_controllen = 0
-                    ll = <sockaddr_ll*>h.msg_name
-                    memset(ll, 0, sizeof(sockaddr_ll))
-                    ll.sll_family = AF_PACKET
-                    ll.sll_protocol = htons(0x0800 if s.family == AF_INET else 0x86dd)
-                    ll.sll_ifindex = s.ifindex
-                    h.msg_namelen = sizeof(sockaddr_ll)
                 else:
                     iov[m].iov_base = <void*>pkt
                     iov[m].iov_len = p.pkt_len
-                    h.msg_iov = &iov[m]
-                    h.msg_iovlen = 1
+                    h.msg_name = self._names + m * NAMELEN
                     h.msg_control = self._ctrl + m * CTRL
                     memset(h.msg_control, 0, CTRL)
                     # Source per instance via PKTINFO (it may differ per instance
