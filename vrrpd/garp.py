@@ -27,6 +27,8 @@ import struct
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
+from .sockets import open_link_socket
+
 log = logging.getLogger("vrrpd.garp")
 
 ETH_P_ARP = 0x0806
@@ -71,9 +73,7 @@ class Sender:
     def send_arp(self, ifindex: int, frame: bytes) -> None:
         sock = self._packet.get(ifindex)
         if sock is None:
-            # protocol 0: a send-only socket, the kernel queues no received frames to it
-            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW | socket.SOCK_NONBLOCK
-                                 | socket.SOCK_CLOEXEC, 0)
+            sock = open_link_socket()       # send-only, like the engine's for adverts
             sock.bind((socket.if_indextoname(ifindex), 0))
             self._packet[ifindex] = sock
         sock.send(frame)
