@@ -63,6 +63,11 @@ def _vip(v: VirtualAddress, dev: str | None) -> VipSpec:
                    None if brd in ("-", None) else brd)
 
 
+def where_text(where: tuple[str, int]) -> str:
+    """InstanceSpec.where: "file:line" of a config block's (file, line)."""
+    return f"{where[0]}:{where[1]}"
+
+
 def instance_spec(inst: VrrpInstance, config: Config, vmacs: set[str] | None = None) -> InstanceSpec:
     """vmacs: names of the vmacs of the instances before this one (updated)."""
     g = config.global_defs
@@ -77,7 +82,7 @@ def instance_spec(inst: VrrpInstance, config: Config, vmacs: set[str] | None = N
     if vmac_name:
         vmacs.add(vmac_name)
     return InstanceSpec(
-        name=inst.name, conf=inst, where=f"{inst.where[0]}:{inst.where[1]}",
+        name=inst.name, conf=inst, where=where_text(inst.where),
         interface=inst.interface, advert_interface=advert_interface(inst, vmac_name), vmac=vmac,
         family=family, vrid=inst.virtual_router_id,
         version=inst.version, priority=inst.priority, advert_int_cs=inst.advert_int_cs,

@@ -47,7 +47,7 @@ import time
 from dataclasses import dataclass, field
 
 from . import _engine, reloadchild, sdnotify, strict
-from .plan import InstanceSpec, Plan, engine_tunables
+from .plan import InstanceSpec, Plan, engine_tunables, where_text
 from .reloadchild import ADDED, CHANGED, REPLACED, Outcome
 from .reporting import Reporter
 from .runtime import now_us
@@ -294,7 +294,7 @@ def relocated(spec: InstanceSpec, where: tuple[str, int]) -> InstanceSpec:
     its messages must name the new line.  Both dataclasses are frozen: copies,
     which the swap puts where the running ones were (the Instance, the plan,
     config.instances)."""
-    return dataclasses.replace(spec, where=f"{where[0]}:{where[1]}",
+    return dataclasses.replace(spec, where=where_text(where),
                                conf=dataclasses.replace(spec.conf, where=where))
 
 
