@@ -601,10 +601,10 @@ class Daemon:
         self._pump()
         # The priority-0 burst may not fit the device queue at once; the peer
         # takes over after Skew_Time only with them (else Master_Down_Interval).
+        # _pump's retry timer sends what is deferred; wait for it to finish.
         deadline = time.monotonic() + TX_DRAIN_S
         while self.engine.tx_pending() and time.monotonic() < deadline:
             await asyncio.sleep(TX_RETRY_US / 1e6)
-            self.engine.flush()
         await self._effects.join()
         for group in self.syncgroups.members:
             for h in self.hooks:
