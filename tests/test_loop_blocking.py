@@ -14,10 +14,13 @@ first advert to the end of the window.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -41,8 +44,10 @@ N = 1000
 SCRIPTS = 100
 ADVERT_MS = 100
 BOUND_MS = ADVERT_MS + 5          # the issue's bound, for the run with hanging scripts
-# The run without scripts measures the machine: 101.9-105 ms here, once
-# 108.4 ms in a CI run (one loop stall ~2 s after start, no scripts at all).
+# The run without scripts measures the machine: 101.2-105 ms here, once
+# 108.4 ms in a CI run (one loop stall ~2 s after start, no scripts at all), once
+# 112.4 ms: the takeover's VIPs were added in one netlink send that held the loop
+# and its CPU 13 ms (now sized to ~2 ms a send: nlbatch.SEND_BUDGET_S).
 # It guards against regressions of the engine itself.
 BASELINE_BOUND_MS = ADVERT_MS + 10
 WINDOW = 9.0          # seconds of capture: start-up transitions plus ~6 s of hanging scripts
@@ -103,15 +108,55 @@ def test_adverts_keep_time_while_scripts_hang(lan, tmp_path, load):
         d.stop()
     with open(out) as f:
         result = json.load(f)
-    gaps = result["gaps_ms"]
     stats = result["stats"]
     assert stats["drops"] == 0, stats
-    assert len(gaps) == N, f"adverts of {len(gaps)} instances captured"
-    pooled = [g for v in gaps.values() for g in v]
-    worst = max(gaps, key=lambda k: max(gaps[k], default=0))
-    summary = (f"{len(pooled)} gaps over {len(gaps)} instances: max {max(pooled):.2f} ms "
-               f"({worst}), p99 {percentile(pooled, 0.99):.2f} ms, "
-               f"p99.9 {percentile(pooled, 0.999):.2f} ms, median {percentile(pooled, 0.5):.2f} ms")
+    times = result["times_ns"]
+    assert len(times) == N, f"adverts of {len(times)} instances captured"
+    assert min(len(v) for v in times.values()) >= (WINDOW - 3) * 1000 / ADVERT_MS, "window too short"
+    gaps = [((b - a) / 1e6, k, a, b) for k, v in times.items() for a, b in zip(v, v[1:])]
+    pooled = [g for g, *_ in gaps]
+    stalls = result["stalls_ns"]        # a diagnostic: was it the machine or the loop?
+    worst, key, start, end = max(gaps)
+    summary = (f"{len(pooled)} gaps over {len(times)} instances: max {worst:.2f} ms "
+               f"({key}), p99 {percentile(pooled, 0.99):.2f} ms, "
+               f"p99.9 {percentile(pooled, 0.999):.2f} ms, median {percentile(pooled, 0.5):.2f} ms; "
+               f"machine stalls (ms) per CPU: {[[round((e - s) / 1e6, 1) for s, e in c] for c in stalls]}")
     print(summary)
-    assert min(len(v) for v in gaps.values()) >= (WINDOW - 3) * 1000 / ADVERT_MS, "window too short"
-    assert max(pooled) <= (BOUND_MS if load == "scripts" else BASELINE_BOUND_MS), summary
+    # No excuse for stalls the probes saw: they cannot tell the hypervisor from our own
+    # syscalls (one netlink send of 1,000 VIP adds held a CPU 13 ms, preemption off).
+    assert worst <= (BOUND_MS if load == "scripts" else BASELINE_BOUND_MS), \
+        f"{summary}; a CPU stalled {machine_stall_ms(stalls, start, end):.1f} ms within the worst gap"
+
+
+def _spin(cpu: int, seconds: float) -> None:
+    os.sched_setaffinity(0, {cpu})
+    os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(99))
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+
+def test_stall_probe_sees_a_cpu_taken_away():
+    """The stall probe reports a stall when one happens: a SCHED_FIFO 99 spinner
+    pinned to its CPU for 30 ms is one."""
+    spec = importlib.util.spec_from_file_location("wire_gaps", CAPTURE)
+    wire_gaps = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(wire_gaps)
+    cpu = min(os.sched_getaffinity(0))
+    spinner = multiprocessing.get_context("fork").Process(target=_spin, args=(cpu, 0.03))
+    probes = wire_gaps.start_probes(0.5)
+    time.sleep(0.2)
+    t0 = time.time_ns()
+    spinner.start()
+    spinner.join()
+    stalls = wire_gaps.collect_probes(probes)
+    ours = stalls[sorted(os.sched_getaffinity(0)).index(cpu)]
+    seen = [(s, e) for s, e in ours if e > t0]
+    assert seen and 20 <= max(e - s for s, e in seen) / 1e6 <= 200, ours
+    assert machine_stall_ms(stalls, t0, time.time_ns()) >= 20
+
+
+def machine_stall_ms(stalls: list[list[list[int]]], start: int, end: int) -> float:
+    """The longest time any one CPU was stalled within [start, end] (ns)."""
+    return max((sum(max(0, min(end, e) - max(start, s)) for s, e in cpu) for cpu in stalls),
+               default=0) / 1e6

@@ -5,6 +5,7 @@ lives in the host namespace, where we must not touch links or addresses); `ip` i
 oracle for what the kernel really has.  The monitor runs under uvloop with the venv's
 pyroute2 0.9 and under plain asyncio with Debian's python3-pyroute2 0.7.
 """
+import asyncio
 import contextlib
 import errno
 import json
@@ -20,7 +21,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 
-from vrrpd import netlink as nl
+from vrrpd import netlink as nl, nlbatch
+from vrrpd.nlbatch import Requester
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENV_PY = os.path.join(ROOT, ".venv/bin/python")
@@ -316,3 +318,56 @@ def test_address_manager_10000_vips_in_one_batch(netns):
     assert child.expect() == dict(done=0, already=["192.0.2.97"], failed=[],
                                   seconds=pytest.approx(0, abs=5))
     print(f"\n10,000 VIPs: add {added['seconds']:.2f}s, remove {removed['seconds']:.2f}s")
+
+
+class FakeRouteSocket:
+    """rtnetlink as seen from sendmsg(): the whole buffer is handled inside send(),
+    at `cost` seconds of the injected clock per message, and one ACK queued per message."""
+
+    def __init__(self, clock: list[float], cost: float):
+        self.clock, self.cost = clock, cost
+        self.sends: list[int] = []           # messages per send()
+        self.acks = bytearray()
+
+    def send(self, data):
+        hdrs = list(nl.headers(data))
+        self.sends.append(len(hdrs))
+        self.clock[0] += self.cost * len(hdrs)
+        for h in hdrs:
+            self.acks += nl.NLMSGHDR.pack(36, nl.NLMSG_ERROR, 0x100, h.seq, 0)
+            self.acks += nl.ERRCODE.pack(0) + bytes(data[h.offset:h.offset + nl.NLMSGHDR.size])
+
+    def recv_into(self, buf):
+        if not self.acks:
+            raise BlockingIOError
+        n = len(self.acks)
+        buf[:n], self.acks = self.acks, bytearray()
+        return n
+
+    def close(self):
+        pass
+
+
+def test_requester_sizes_chunks_to_the_send_budget(monkeypatch):
+    """Each sendmsg() holds the loop for the kernel's work on the whole buffer, so the
+    Requester sizes chunks by the cost per message it measured: at 13 us per message
+    (a /32 VIP add here) a 2 ms budget is 153 messages.  A cheap batch first (deleting
+    absent VIPs: 1.7 us each) must not make the next dear one overrun the budget much."""
+    clock = [0.0]
+    sock = FakeRouteSocket(clock, cost=1.7e-6)
+    monkeypatch.setattr(nl, "open_route_socket", lambda *a, **kw: sock)
+    r = Requester(budget=0.002, clock=lambda: clock[0])
+    msgs = [bytearray(nl.NLMSGHDR.pack(16, nl.RTM_NEWADDR, 0, 0, 0)) for _ in range(2000)]
+    assert asyncio.run(r.errnos(msgs[:1000])) == [0] * 1000
+    assert sock.sends[0] == nlbatch.FIRST_CHUNK
+    assert max(sock.sends) * sock.cost <= r.budget
+    sock.cost, sock.sends = 13e-6, []
+    assert asyncio.run(r.errnos(msgs)) == [0] * 2000
+    assert sum(sock.sends) == 2000
+    assert max(sock.sends) * sock.cost <= 1.5 * r.budget, sock.sends
+    assert sock.sends[-2] == 153                    # settled: 2 ms / 13 us
+    # A slower kernel (a loaded CPU): smaller chunks at once, never below MIN_CHUNK.
+    sock.cost, sock.sends = 1e-3, []
+    asyncio.run(r.errnos(msgs[:20]))
+    asyncio.run(r.errnos(msgs[:20]))
+    assert sock.sends == [20] + [nlbatch.MIN_CHUNK] * 5

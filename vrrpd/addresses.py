@@ -1,11 +1,9 @@
 """AddressManager: add and remove virtual IPs in large batches over rtnetlink.
 
-A failover may have to add 10,000 VIPs at once.  One RTM_NEWADDR per VIP, packed many to
-a sendmsg() on our own NETLINK_ROUTE socket with NLM_F_ACK; rtnetlink processes the
-whole buffer synchronously inside sendmsg() and queues one ACK per message, so the ACKs
-are read right after (non-blocking).  Each chunk blocks the loop only for the kernel's
-work on that chunk (a few ms); between chunks we yield to the loop so adverts keep going.
-No thread: the work is the kernel's, a thread would only add hand-offs.
+A failover may have to add 10,000 VIPs at once.  One RTM_NEWADDR per VIP with NLM_F_ACK,
+packed many to a sendmsg() by nlbatch.Requester, which sizes each chunk to hold the loop
+about 2 ms and lets adverts go out between chunks.  No thread: the work is the kernel's
+(inside sendmsg()), a thread would only add hand-offs.
 
 Encoding: pyroute2's ifaddrmsg lays out one message per distinct shape (family, prefix,
 ifindex, label, ...) - at ~100 us per encode it is too slow to call per VIP - and we copy
@@ -23,13 +21,13 @@ import ipaddress
 import logging
 import os
 import socket
-import struct
 import time
 from dataclasses import dataclass, field
 
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 
 from . import netlink as nl
+from .nlbatch import Requester
 
 log = logging.getLogger("vrrpd.addresses")
 
@@ -128,23 +126,16 @@ def _shape(vip: Vip, mtype: int) -> tuple:
 class AddressManager:
     """Adds/removes VIPs in batches; remembers what it added so shutdown removes exactly that."""
 
-    def __init__(self, chunk: int = 1024, ack_timeout: float = 5.0,
-                 loop: asyncio.AbstractEventLoop | None = None):
-        self.chunk = chunk
-        self.ack_timeout = ack_timeout
+    def __init__(self, requester: Requester | None = None):
         self.added: set[Vip] = set()
         self.stats = dict(added=0, removed=0, already=0, failed=0)
-        self._loop = loop
-        self._sock: socket.socket | None = None
+        # A failover's ACKs for thousands of VIPs queue at once: room for them.
+        self._nl = requester or Requester(rcvbuf=8 << 20, sndbuf=4 << 20)
         self._lock = asyncio.Lock()
         self._templates: dict[tuple, _Template] = {}
-        self._seq = 0
-        self._buf = bytearray(1 << 16)
 
     def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        self._nl.close()
 
     async def add(self, vips) -> BatchResult:
         return await self._batch(nl.RTM_NEWADDR, list(vips))
@@ -158,18 +149,11 @@ class AddressManager:
 
     # -- internals -------------------------------------------------------------------
     async def _batch(self, mtype: int, vips: list[Vip]) -> BatchResult:
-        async with self._lock:
-            if self._sock is None:
-                self._sock = nl.open_route_socket(0, rcvbuf=8 << 20, sndbuf=4 << 20)
-            self._loop = self._loop or asyncio.get_running_loop()
+        async with self._lock:          # an add and a remove of one VIP keep their order
             result = BatchResult()
             t0 = time.perf_counter()
-            for start in range(0, len(vips), self.chunk):
-                if start:
-                    await asyncio.sleep(0)      # let the loop run between chunks
-                part = vips[start:start + self.chunk]
-                replies = await self._exchange(self._encode(mtype, part), part)
-                self._classify(mtype, part, replies, result)
+            codes = await self._nl.errnos([self._encode(mtype, vip) for vip in vips])
+            self._classify(mtype, vips, codes, result)
             result.seconds = time.perf_counter() - t0
             adding = mtype == nl.RTM_NEWADDR
             self.stats["added" if adding else "removed"] += len(result.done)
@@ -182,73 +166,25 @@ class AddressManager:
                           vip.prefixlen, vip.ifindex, os.strerror(code))
             return result
 
-    def _encode(self, mtype: int, vips: list[Vip]) -> tuple[bytearray, int]:
-        """One buffer with a message per VIP; sequence numbers first_seq + i."""
-        out = bytearray()
-        first_seq = self._seq + 1
-        for vip in vips:
-            self._seq += 1
-            key = _shape(vip, mtype)
-            tmpl = self._templates.get(key)
-            if tmpl is None:
-                tmpl = self._templates[key] = _Template(vip, mtype)
-            base = len(out)
-            out += tmpl.data
-            struct.pack_into("=I", out, base + 8, self._seq)
-            packed = vip.packed
-            for off in tmpl.addr_offsets:
-                out[base + off:base + off + len(packed)] = packed
-            if tmpl.brd_offset >= 0:
-                out[base + tmpl.brd_offset:base + tmpl.brd_offset + 4] = \
-                    socket.inet_aton(vip.broadcast)
-        return out, first_seq
+    def _encode(self, mtype: int, vip: Vip) -> bytearray:
+        """The message for one VIP: its shape's template with the addresses patched in."""
+        key = _shape(vip, mtype)
+        tmpl = self._templates.get(key)
+        if tmpl is None:
+            tmpl = self._templates[key] = _Template(vip, mtype)
+        out = bytearray(tmpl.data)
+        packed = vip.packed
+        for off in tmpl.addr_offsets:
+            out[off:off + len(packed)] = packed
+        if tmpl.brd_offset >= 0:
+            out[tmpl.brd_offset:tmpl.brd_offset + 4] = socket.inet_aton(vip.broadcast)
+        return out
 
-    async def _exchange(self, request: tuple[bytearray, int], vips: list[Vip]) -> dict[int, int]:
-        """Send one chunk, collect {index in chunk: errno} from the ACKs."""
-        data, first_seq = request
-        sock = self._sock
-        replies: dict[int, int] = {}
-        try:
-            sock.send(data)
-        except OSError as e:        # whole chunk refused (EMSGSIZE, ENOBUFS)
-            return {i: e.errno for i in range(len(vips))}
-        deadline = self._loop.time() + self.ack_timeout
-        while len(replies) < len(vips):
-            try:
-                n = sock.recv_into(self._buf)
-            except BlockingIOError:
-                # rtnetlink normally ACKs inside send(); wait only if it did not.
-                if self._loop.time() > deadline or not await self._readable(deadline):
-                    break
-                continue
-            except OSError as e:
-                if e.errno == errno.ENOBUFS:    # ACKs lost: rcvbuf too small for the chunk
-                    log.error("netlink ACK overrun: %d ACKs lost", len(vips) - len(replies))
-                    break
-                raise
-            view = memoryview(self._buf)[:n]
-            for hdr in nl.headers(view):
-                i = hdr.seq - first_seq
-                if hdr.type == nl.NLMSG_ERROR and 0 <= i < len(vips):
-                    replies[i] = nl.error_code(view, hdr)
-        return replies
-
-    async def _readable(self, deadline: float) -> bool:
-        fut = self._loop.create_future()
-        watch = nl.Watch(self._loop, self._sock, lambda: fut.done() or fut.set_result(True))
-        try:
-            return await asyncio.wait_for(fut, max(0.0, deadline - self._loop.time()))
-        except asyncio.TimeoutError:
-            return False
-        finally:
-            watch.close()
-
-    def _classify(self, mtype: int, vips: list[Vip], replies: dict[int, int],
+    def _classify(self, mtype: int, vips: list[Vip], codes: list[int],
                   result: BatchResult) -> None:
         adding = mtype == nl.RTM_NEWADDR
         harmless = errno.EEXIST if adding else errno.EADDRNOTAVAIL
-        for i, vip in enumerate(vips):
-            code = replies.get(i, errno.ETIMEDOUT)
+        for vip, code in zip(vips, codes):
             if code == 0:
                 result.done.append(vip)
                 if adding:
