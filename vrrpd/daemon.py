@@ -103,9 +103,7 @@ def run(args) -> int:
 
 
 async def serve(plan, args=None) -> int:
-    from . import procsched, sdnotify
-    from .reporting import Reporter
-    from .runtime import Daemon
+    from . import procsched
 
     args = args or build_parser().parse_args([])
     # The one other thread, the metrics HTTP server's (--metrics), must not
@@ -120,6 +118,23 @@ async def serve(plan, args=None) -> int:
         log.info("process settings: %s", ", ".join(applied))
     from .reloadchild import fingerprints
     running = fingerprints(plan, plan.instances)       # for reloads; before adverts start
+    # The configuration's garbage goes before adverts start; what start-up builds
+    # is frozen out of the collector's sight afterwards: a full collection over it
+    # would hold the loop (and the adverts) ~25 ms at 1,000 instances.  Likewise
+    # no collections while start-up runs, as in a reload.
+    gc.collect()
+    gc.disable()
+    try:
+        return await _serve(plan, args, running, stop)
+    finally:
+        gc.enable()
+
+
+async def _serve(plan, args, running, stop: asyncio.Event) -> int:
+    from . import sdnotify
+    from .reporting import Reporter
+    from .runtime import Daemon
+
     daemon = Daemon(plan, advert_tx=args.advert_tx)
     daemon.hooks.append(Reporter(plan.config, daemon.runner))
     try:
@@ -134,10 +149,8 @@ async def serve(plan, args=None) -> int:
         await daemon.stop()
         return 1
     log.info("vrrpd %s running %d instances", __version__, len(daemon.instances))
-    # Move everything built at start-up out of the collector's sight: a full
-    # collection over it would stall the loop (and the adverts) for tens of ms.
-    gc.collect()
     gc.freeze()
+    gc.enable()
     sdnotify.notify("READY=1", f"MAINPID={os.getpid()}")
     await stop.wait()
     log.info("stopping")
