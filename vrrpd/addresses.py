@@ -1,9 +1,8 @@
 """AddressManager: add and remove virtual IPs in large batches over rtnetlink.
 
 A failover may have to add 10,000 VIPs at once.  One RTM_NEWADDR per VIP with NLM_F_ACK,
-packed many to a sendmsg() by nlbatch.Requester, which sizes each chunk to hold the loop
-about 2 ms and lets adverts go out between chunks.  No thread: the work is the kernel's
-(inside sendmsg()), a thread would only add hand-offs.
+packed many to a sendmsg() by nlbatch.Requester (chunks of ~2 ms of the kernel's work,
+sent from a thread of its own so that the loop never waits for the RTNL lock).
 
 Encoding: pyroute2's ifaddrmsg lays out one message per distinct shape (family, prefix,
 ifindex, label, ...) - at ~100 us per encode it is too slow to call per VIP - and we copy
@@ -15,7 +14,6 @@ preferred lifetime of 0 (deprecated, so never picked as a source address).
 """
 from __future__ import annotations
 
-import asyncio
 import errno
 import ipaddress
 import logging
@@ -131,7 +129,6 @@ class AddressManager:
         self.stats = dict(added=0, removed=0, already=0, failed=0)
         # A failover's ACKs for thousands of VIPs queue at once: room for them.
         self._nl = requester or Requester(rcvbuf=8 << 20, sndbuf=4 << 20)
-        self._lock = asyncio.Lock()
         self._templates: dict[tuple, _Template] = {}
 
     def close(self) -> None:
@@ -149,22 +146,22 @@ class AddressManager:
 
     # -- internals -------------------------------------------------------------------
     async def _batch(self, mtype: int, vips: list[Vip]) -> BatchResult:
-        async with self._lock:          # an add and a remove of one VIP keep their order
-            result = BatchResult()
-            t0 = time.perf_counter()
-            codes = await self._nl.errnos([self._encode(mtype, vip) for vip in vips])
-            self._classify(mtype, vips, codes, result)
-            result.seconds = time.perf_counter() - t0
-            adding = mtype == nl.RTM_NEWADDR
-            self.stats["added" if adding else "removed"] += len(result.done)
-            self.stats["already"] += len(result.already)
-            self.stats["failed"] += len(result.failed)
-            if result.failed:
-                vip, code = result.failed[0]
-                log.error("%s of %d VIP(s) failed, e.g. %s/%d ifindex %d: %s",
-                          "add" if adding else "remove", len(result.failed), vip.address,
-                          vip.prefixlen, vip.ifindex, os.strerror(code))
-            return result
+        # The requester takes batches in call order: an add and a remove of one VIP keep it.
+        result = BatchResult()
+        t0 = time.perf_counter()
+        codes = await self._nl.errnos([self._encode(mtype, vip) for vip in vips])
+        self._classify(mtype, vips, codes, result)
+        result.seconds = time.perf_counter() - t0
+        adding = mtype == nl.RTM_NEWADDR
+        self.stats["added" if adding else "removed"] += len(result.done)
+        self.stats["already"] += len(result.already)
+        self.stats["failed"] += len(result.failed)
+        if result.failed:
+            vip, code = result.failed[0]
+            log.error("%s of %d VIP(s) failed, e.g. %s/%d ifindex %d: %s",
+                      "add" if adding else "remove", len(result.failed), vip.address,
+                      vip.prefixlen, vip.ifindex, os.strerror(code))
+        return result
 
     def _encode(self, mtype: int, vip: Vip) -> bytearray:
         """The message for one VIP: its shape's template with the addresses patched in."""

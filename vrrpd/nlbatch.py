@@ -4,18 +4,20 @@ Used for addresses (addresses.py), links (vmac.py) and routes/rules (routes.py).
 own socket and not pyroute2's IPRoute: see netlink.py (uvloop).  This numbers the
 messages, sends many per sendmsg() and matches the ACKs by sequence number.
 
-rtnetlink handles a whole buffer inside sendmsg(), so the ACKs are queued before send()
-returns: the loop is blocked for the kernel's work on the buffer, and so is the CPU
-(netlink_rcv_skb does not reschedule: measured, 1,024 /32 VIPs held a CPU for 13 ms in
-one send, even from a SCHED_FIFO task above ours).  Chunks are therefore sized by time,
-not count: each holds the loop for about SEND_BUDGET_S at the cost per message sends
-have measured, and the loop runs (adverts go out) between chunks.  The cost depends on
-what the messages do (deleting absent VIPs took 1.7 us each, adding them 13 us), so
-the estimate follows a dearer cost at once and a cheaper one only slowly.
+rtnetlink handles a whole buffer inside sendmsg(), under the RTNL lock, so the ACKs are
+queued before send() returns.  That send is made by a thread of our own: whoever else
+holds RTNL (a netns being torn down, a routing daemon, `ip`) would otherwise hold the
+loop and its adverts.  And it holds the CPU it runs on (netlink_rcv_skb does not
+reschedule: measured, 1,024 /32 VIP adds held a CPU 13 ms, even from a SCHED_FIFO task
+above ours), so chunks are sized by time, not count: each takes about SEND_BUDGET_S at
+the cost per message sends have measured.  The cost depends on what the messages do
+(deleting absent VIPs took 1.7 us each, adding them 13 us), so the estimate follows a
+dearer cost at once and a cheaper one only slowly.
 """
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import errno
 import logging
 import socket
@@ -28,7 +30,7 @@ log = logging.getLogger("vrrpd.nlbatch")
 
 IFINFOMSG = struct.Struct("=BxHiII")        # family, type, index, flags, change
 
-SEND_BUDGET_S = 0.002       # how long one sendmsg() may hold the loop (a 20th of a 40 ms advert)
+SEND_BUDGET_S = 0.002       # how long one sendmsg() may hold a CPU (a 20th of a 40 ms advert)
 FIRST_CHUNK = 64            # before any measurement: ~1 ms of /32 VIP adds here
 MIN_CHUNK, MAX_CHUNK = 4, 1024
 COST_DECAY = 0.9            # per send, how fast the cost estimate falls to a cheaper one
@@ -54,11 +56,15 @@ class Requester:
         self._bufsizes = rcvbuf, sndbuf
         self._clock = clock
         self._sock: socket.socket | None = None
+        self._sender: concurrent.futures.ThreadPoolExecutor | None = None
         self._seq = 0
         self._lock = asyncio.Lock()
         self._buf = bytearray(1 << 16)
 
     def close(self) -> None:
+        if self._sender is not None:
+            self._sender.shutdown(wait=True)
+            self._sender = None
         if self._sock is not None:
             self._sock.close()
             self._sock = None
@@ -68,10 +74,10 @@ class Requester:
             if self._sock is None:
                 rcvbuf, sndbuf = self._bufsizes
                 self._sock = nl.open_route_socket(0, rcvbuf=rcvbuf, sndbuf=sndbuf)
+                self._sender = concurrent.futures.ThreadPoolExecutor(
+                    1, thread_name_prefix="vrrpd-netlink")
             out: list[tuple[int, list[bytes]]] = []
             while len(out) < len(msgs):
-                if out:
-                    await asyncio.sleep(0)      # let adverts go out between chunks
                 out.extend(await self._exchange(msgs[len(out):len(out) + self.chunk]))
             return out
 
@@ -87,13 +93,12 @@ class Requester:
             data += m
         codes: dict[int, int] = {}
         replies: dict[int, list[bytes]] = {}
-        t0 = self._clock()
+        loop = asyncio.get_running_loop()
         try:
-            self._sock.send(data)
+            seconds = await loop.run_in_executor(self._sender, self._send, data)
         except OSError as e:                # whole chunk refused (EMSGSIZE, ENOBUFS)
             return [(e.errno, [])] * len(msgs)
-        self._size_next_chunk(len(msgs), self._clock() - t0)
-        loop = asyncio.get_running_loop()
+        self._size_next_chunk(len(msgs), seconds)
         deadline = loop.time() + self.ack_timeout
         while len(codes) < len(msgs):
             try:
@@ -117,6 +122,12 @@ class Requester:
                 else:
                     replies.setdefault(i, []).append(bytes(view[hdr.offset:hdr.offset + hdr.length]))
         return [(codes.get(i, errno.ETIMEDOUT), replies.get(i, [])) for i in range(len(msgs))]
+
+    def _send(self, data: bytearray) -> float:
+        """In the sender thread: the kernel's whole work on the chunk; its duration."""
+        t0 = self._clock()
+        self._sock.send(data)
+        return self._clock() - t0
 
     def _size_next_chunk(self, sent: int, seconds: float) -> None:
         """As many messages as `budget` pays for at the estimated cost per message."""
