@@ -3,8 +3,7 @@ syslog on request, keepalived's -D detail; a rate limiter for per-packet noise.
 
 The loop only queues records; a thread of the stdlib's QueueListener writes them.
 A write to stderr or /dev/log blocks when journald or syslog falls behind, or when
-the log file's filesystem is busy (measured: a 10 ms stall of a 1,000-instance
-takeover's adverts in a busy CI run), and the loop must not wait for it.
+the log file's filesystem is busy, and the loop must not wait for it.
 """
 from __future__ import annotations
 
