@@ -371,3 +371,34 @@ def test_requester_sizes_chunks_to_the_send_budget(monkeypatch):
     asyncio.run(r.errnos(msgs[:20]))
     asyncio.run(r.errnos(msgs[:20]))
     assert sock.sends == [20] + [nlbatch.MIN_CHUNK] * 5
+
+
+def test_requester_send_does_not_hold_the_loop(monkeypatch):
+    """rtnetlink takes the RTNL lock inside sendmsg(); while someone else holds it the
+    send waits (here: 0.3 s), and the loop must go on running its timers meanwhile."""
+    class Held(FakeRouteSocket):
+        def send(self, data):
+            time.sleep(0.3)
+            super().send(data)
+
+    sock = Held([0.0], cost=0)
+    monkeypatch.setattr(nl, "open_route_socket", lambda *a, **kw: sock)
+
+    async def main():
+        ticks = 0
+
+        async def ticker():
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+        t = asyncio.create_task(ticker())
+        r = Requester()
+        codes = await r.errnos([bytearray(nl.NLMSGHDR.pack(16, nl.RTM_NEWADDR, 0, 0, 0))])
+        t.cancel()
+        r.close()
+        return codes, ticks
+
+    codes, ticks = asyncio.run(main())
+    assert codes == [0]
+    assert ticks >= 10, f"the loop ran {ticks} times in a 0.3 s send"
