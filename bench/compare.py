@@ -128,32 +128,35 @@ NOTES = """## What holds the targets back (profiles: perf record -g, py-spy)
   (`vrrpd --advert-tx frame`, the default), which skips the kernel's IP output path (route
   lookup, header, neighbour) that was ~85 % of a master's time; at 10,000 instances the
   master went from 54-55 % to 33 % of a core in the same lab (`--advert-tx ip` vs `frame`).
-  Then, at 2,000 (3 windows each): timer-heap entries carry their deadline (master
-  8.8 -> 7.8 %, backup 8.3 -> 6.5 %), and a frame's headers sit in room before the advert,
-  one iovec per frame (master 8.3 -> 7.0 %). What is left on the master is mostly the
-  kernel's packet send (copying each frame into an skb, the veth and its NAPI wake-up in
-  this lab). The 2,000-instance ratio is at the 1/3 line: 0.32 in this run and the run
-  before it; one run in between measured keepalived at 53.6 % / 37.3 % and vrrpd at
-  5.3 % / 3.6 % (not explained, discarded).
+  Timer-heap entries carry their deadline, and a frame's headers sit in room before the
+  advert (one iovec per frame). What is left on the master is mostly the kernel's packet
+  send (copying each frame into an skb, the qdisc, the veth and its NAPI wake-up here).
+- The lab's host ports now have a transmit queue (pfifo, 1,000 packets) as a NIC has.
+  Without one, a burst beyond the 256 packets of a NAPI veth's ring was dropped: 38-103
+  of the 250 priority-0 adverts per port of a graceful shutdown at 2,000 instances, whose
+  backups then waited a Master_Down_Interval. The queue costs both daemons CPU per packet
+  (vrrpd's master at 2,000: 6.9 % before, 8.3 % now; keepalived's 21.3 % -> 25.8 %, the
+  ratio stays 0.32), so CPU figures before this change are not comparable.
 - Steady state, backup: above 2,000 adverts/s vrrpd reads its sockets every 5 ms instead
   of waking per readable socket.
 - Failover: the engine's transitions and the new master's first adverts are on time (the
   "first advert" column). After them comes per-instance work in Python on one core,
   ~50-70 us per instance: the VIP netlink batch (kernel time), announcements and GARPs, the
-  notify hook with its fifo line. The kernel's notifications of the VIPs we add (~20 us of
-  decoding each) now wait until a mass failover's transitions are applied, and
-  announcements are built when an instance becomes BACKUP. Crash at 2,000 is around the
-  target: 452 ms in this run, 404 in the run before, 413-476 in 7 runs of a profiling
-  script. Graceful at 2,000: 135 ms here, 327 in the run before: all 2,000 transitions fall
-  due together, Skew_Time after the priority-0 adverts, and their VIPs go in before their
-  MASTER lines; the kernel alone needs 70-80 ms of system time to add 2,000 /32 addresses
-  (`ip -batch`, 2,000 `addr add` in a namespace), more than the 20 ms the target leaves.
+  notify hook with its fifo line. VIPs are added by a thread of their own (so that another
+  process holding the RTNL lock does not hold the loop), in netlink sends of ~5 ms of the
+  kernel's work (a send does not reschedule: 1,024 VIPs held a CPU 13 ms). Crash at
+  2,000, 5 runs each, first to last instance MASTER: 139 ms with one send of up to 1,024
+  VIPs on the loop, 140 ms with 5 ms sends from the thread, 153 ms with 2 ms sends
+  (the fault's phase in the advert cycle moves "last" by up to 100 ms between runs).
+  Graceful at 2,000: all 2,000 transitions fall due together, Skew_Time after the
+  priority-0 adverts, and their VIPs go in before their MASTER lines; the kernel alone
+  needs 70-80 ms of system time to add 2,000 /32 addresses (`ip -batch`, 2,000
+  `addr add` in a namespace), more than the 20 ms the target leaves.
 - The priority-0 burst of a shutdown and the first adverts of a takeover can overrun a
-  device queue (a veth ring here): such sends are kept and retried every ms instead of
-  being lost (a lost priority 0 costs Master_Down_Interval instead of Skew_Time).
+  device queue: such sends are kept and retried every ms instead of being lost (a lost
+  priority 0 costs Master_Down_Interval instead of Skew_Time).
 - Sizes run one daemon per invocation (5,000 and 10,000 instances) merge into one
-  failover-N.json; its `runs` field lists when each daemon ran (keepalived's 5,000 and
-  10,000 rows are from the previous session's runs on the same machine).
+  failover-N.json; its `runs` field lists when each daemon ran.
 """
 
 

@@ -359,7 +359,7 @@ def test_requester_sizes_chunks_to_the_send_budget(monkeypatch):
     r = Requester(budget=0.002, clock=lambda: clock[0])
     msgs = [bytearray(nl.NLMSGHDR.pack(16, nl.RTM_NEWADDR, 0, 0, 0)) for _ in range(2000)]
     assert asyncio.run(r.errnos(msgs[:1000])) == [0] * 1000
-    assert sock.sends[0] == nlbatch.FIRST_CHUNK
+    assert sock.sends[0] == int(r.budget / nlbatch.FIRST_COST_S)
     assert max(sock.sends) * sock.cost <= r.budget
     sock.cost, sock.sends = 13e-6, []
     assert asyncio.run(r.errnos(msgs)) == [0] * 2000
