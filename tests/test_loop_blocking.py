@@ -83,22 +83,63 @@ def _config(tmp: str, load: bool) -> str:
     return scripts + text
 
 
+def load_wire_gaps():
+    spec = importlib.util.spec_from_file_location("wire_gaps", CAPTURE)
+    wire_gaps = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(wire_gaps)
+    return wire_gaps
+
+
+def settle(timeout: float = 30.0) -> str:
+    """Wait until no CPU stalls for half a second.  The kernel tears down the
+    namespaces of earlier tests after `ip netns del` has returned, in kernel
+    threads that can hold a CPU for ms at a time: measuring then would time the
+    machine, not the daemon.  -> what was waited for (for the report)."""
+    wire_gaps, t0, seen = load_wire_gaps(), time.monotonic(), []
+    while time.monotonic() - t0 < timeout:
+        stalls = wire_gaps.collect_probes(wire_gaps.start_probes(0.5))
+        if not any(stalls):
+            break
+        seen += [round((e - s) / 1e6, 1) for cpu in stalls for s, e in cpu]
+    return f"settled after {time.monotonic() - t0:.1f} s (CPU stalls before, ms: {seen})"
+
+
 def percentile(values: list[float], q: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
 # "none": the same 1,000 instances without scripts, the baseline that tells a
-# stall caused by scripts from one the engine has anyway.
+# stall caused by scripts from one the engine has anyway.  It runs right after
+# other tests; in full-suite CI runs it has measured 104-125 ms at times (a CPU
+# stalled within the worst gap, or the loop: see the report), so it gets a
+# second run to tell such a one-off from a slow engine, slow both times.
 @pytest.mark.parametrize("load", ["none", "scripts"])
 def test_adverts_keep_time_while_scripts_hang(lan, tmp_path, load):
+    bound = BOUND_MS if load == "scripts" else BASELINE_BOUND_MS
+    runs = 1 if load == "scripts" else 2
+    for run in range(runs):
+        worst, report = measure_gaps(lan, tmp_path / f"run{run}", load == "scripts")
+        print(report)
+        if worst <= bound:
+            return
+    # No excuse for stalls the probes saw: they cannot tell the hypervisor from our own
+    # syscalls (one netlink send of 1,000 VIP adds held a CPU 13 ms, preemption off).
+    pytest.fail(f"max gap {worst:.2f} ms > {bound} ms in {runs} run(s); last: {report}")
+
+
+def measure_gaps(lan, tmp, scripts: bool) -> tuple[float, str]:
+    """Run the daemon with N instances on host 0, capture on host 1: -> the largest
+    gap between adverts of one instance (ms) and a report."""
+    tmp.mkdir()
     spec = LabSpec(instances=N)
     net = lan(hosts=2, nics=spec.nics)
-    out = str(tmp_path / "gaps.json")
+    settled = settle()
+    out = str(tmp / "gaps.json")
     cap = net.hosts[1].popen(sys.executable, CAPTURE, str(WINDOW), out,
                              stdout=subprocess.PIPE, text=True)
     assert cap.stdout.readline().strip() == "ready"
-    d = DaemonProc(net.hosts[0], "vrrpd", config(str(tmp_path), load == "scripts"), str(tmp_path))
+    d = DaemonProc(net.hosts[0], "vrrpd", config(str(tmp), scripts), str(tmp))
     try:
         d.start()
         wait_for(lambda: sum(s == "MASTER" for s in d.states().values()) == N, 30,
@@ -118,15 +159,12 @@ def test_adverts_keep_time_while_scripts_hang(lan, tmp_path, load):
     pooled = [g for g, *_ in gaps]
     stalls = result["stalls_ns"]        # a diagnostic: was it the machine or the loop?
     worst, key, start, end = max(gaps)
-    summary = (f"{len(pooled)} gaps over {len(times)} instances: max {worst:.2f} ms "
-               f"({key}), p99 {percentile(pooled, 0.99):.2f} ms, "
-               f"p99.9 {percentile(pooled, 0.999):.2f} ms, median {percentile(pooled, 0.5):.2f} ms; "
-               f"machine stalls (ms) per CPU: {[[round((e - s) / 1e6, 1) for s, e in c] for c in stalls]}")
-    print(summary)
-    # No excuse for stalls the probes saw: they cannot tell the hypervisor from our own
-    # syscalls (one netlink send of 1,000 VIP adds held a CPU 13 ms, preemption off).
-    assert worst <= (BOUND_MS if load == "scripts" else BASELINE_BOUND_MS), \
-        f"{summary}; a CPU stalled {machine_stall_ms(stalls, start, end):.1f} ms within the worst gap"
+    return worst, (
+        f"{len(pooled)} gaps over {len(times)} instances: max {worst:.2f} ms ({key}), "
+        f"p99 {percentile(pooled, 0.99):.2f} ms, p99.9 {percentile(pooled, 0.999):.2f} ms, "
+        f"median {percentile(pooled, 0.5):.2f} ms; a CPU stalled "
+        f"{machine_stall_ms(stalls, start, end):.1f} ms within the worst gap; CPU stalls (ms): "
+        f"{[[round((e - s) / 1e6, 1) for s, e in c] for c in stalls]}; {settled}")
 
 
 def _spin(cpu: int, seconds: float) -> None:
@@ -140,9 +178,7 @@ def _spin(cpu: int, seconds: float) -> None:
 def test_stall_probe_sees_a_cpu_taken_away():
     """The stall probe reports a stall when one happens: a SCHED_FIFO 99 spinner
     pinned to its CPU for 30 ms is one."""
-    spec = importlib.util.spec_from_file_location("wire_gaps", CAPTURE)
-    wire_gaps = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(wire_gaps)
+    wire_gaps = load_wire_gaps()
     cpu = min(os.sched_getaffinity(0))
     spinner = multiprocessing.get_context("fork").Process(target=_spin, args=(cpu, 0.03))
     probes = wire_gaps.start_probes(0.5)

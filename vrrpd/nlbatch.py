@@ -25,7 +25,7 @@ import socket
 import struct
 import time
 
-from . import netlink as nl
+from . import netlink as nl, procsched
 
 log = logging.getLogger("vrrpd.nlbatch")
 
@@ -77,8 +77,11 @@ class Requester:
         if self._sock is None:
             rcvbuf, sndbuf = self._bufsizes
             self._sock = nl.open_route_socket(0, rcvbuf=rcvbuf, sndbuf=sndbuf)
+            # At normal priority (vrrp_rt_priority is the loop's): the sender never
+            # takes a CPU from the loop, and its back-to-back sends are not counted
+            # against RLIMIT_RTTIME.
             self._sender = concurrent.futures.ThreadPoolExecutor(
-                1, thread_name_prefix="vrrpd-netlink")
+                1, thread_name_prefix="vrrpd-netlink", initializer=procsched.release)
         return await asyncio.get_running_loop().run_in_executor(self._sender, self._chunks, msgs)
 
     async def errnos(self, msgs: list[bytearray]) -> list[int]:
