@@ -135,8 +135,9 @@ NOTES = """## What holds the targets back (profiles: perf record -g, py-spy)
   Without one, a burst beyond the 256 packets of a NAPI veth's ring was dropped: 38-103
   of the 250 priority-0 adverts per port of a graceful shutdown at 2,000 instances, whose
   backups then waited a Master_Down_Interval. The queue costs both daemons CPU per packet
-  (vrrpd's master at 2,000: 6.9 % before, 8.3 % now; keepalived's 21.3 % -> 25.8 %, the
-  ratio stays 0.32), so CPU figures before this change are not comparable.
+  (at 2,000: vrrpd's master 6.9 % before, 8.3-8.7 % now; keepalived's 21.3 % -> 25.8-27.3 %;
+  the ratio per advert 0.32 before, 0.31-0.32 now), so CPU figures before this change are
+  not comparable.
 - Steady state, backup: above 2,000 adverts/s vrrpd reads its sockets every 5 ms instead
   of waking per readable socket.
 - Failover: the engine's transitions and the new master's first adverts are on time (the
