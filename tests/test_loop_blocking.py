@@ -91,9 +91,9 @@ def load_wire_gaps():
 
 
 def settle(timeout: float = 30.0) -> str:
-    """Wait until no CPU stalls for half a second.  The kernel tears down the
-    namespaces of earlier tests after `ip netns del` has returned, in kernel
-    threads that can hold a CPU for ms at a time: measuring then would time the
+    """Wait until no CPU stalls for half a second: work left by earlier tests
+    (the kernel tears their namespaces down after `ip netns del` has returned)
+    may still hold a CPU for ms at a time, and measuring then would time the
     machine, not the daemon.  -> what was waited for (for the report)."""
     wire_gaps, t0, seen = load_wire_gaps(), time.monotonic(), []
     while time.monotonic() - t0 < timeout:

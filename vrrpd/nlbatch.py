@@ -5,9 +5,9 @@ own socket and not pyroute2's IPRoute: see netlink.py (uvloop).  This numbers th
 messages, sends many per sendmsg() and matches the ACKs by sequence number.
 
 rtnetlink handles a whole buffer inside sendmsg(), under the RTNL lock, so the ACKs are
-queued before send() returns.  Requests are sent, and their ACKs read, by a thread of
-our own: whoever else holds RTNL (a netns being torn down, a routing daemon, `ip`) would
-otherwise hold the loop and its adverts.  And a send holds the CPU it runs on (netlink_rcv_skb does not
+queued before send() returns.  That send is made by a thread of our own (the ACKs are
+read on the loop): whoever else holds RTNL (a netns being torn down, a routing daemon,
+`ip`) would otherwise hold the loop and its adverts.  And a send holds the CPU it runs on (netlink_rcv_skb does not
 reschedule: measured, 1,024 /32 VIP adds held a CPU 13 ms, even from a SCHED_FIFO task
 above ours), so chunks are sized by time, not count: each takes about SEND_BUDGET_S at
 the cost per message sends have measured.  The cost depends on what the messages do
@@ -20,12 +20,11 @@ import asyncio
 import concurrent.futures
 import errno
 import logging
-import select
 import socket
 import struct
 import time
 
-from . import netlink as nl, procsched
+from . import netlink as nl
 
 log = logging.getLogger("vrrpd.nlbatch")
 
@@ -62,6 +61,7 @@ class Requester:
         self._sock: socket.socket | None = None
         self._sender: concurrent.futures.ThreadPoolExecutor | None = None
         self._seq = 0
+        self._lock = asyncio.Lock()
         self._buf = bytearray(1 << 16)
 
     def close(self) -> None:
@@ -73,30 +73,21 @@ class Requester:
             self._sock = None
 
     async def request(self, msgs: list[bytearray]) -> list[tuple[int, list[bytes]]]:
-        """The sender thread runs requests one at a time, in call order."""
-        if self._sock is None:
-            rcvbuf, sndbuf = self._bufsizes
-            self._sock = nl.open_route_socket(0, rcvbuf=rcvbuf, sndbuf=sndbuf)
-            # At normal priority (vrrp_rt_priority is the loop's): the sender never
-            # takes a CPU from the loop, and its back-to-back sends are not counted
-            # against RLIMIT_RTTIME.
-            self._sender = concurrent.futures.ThreadPoolExecutor(
-                1, thread_name_prefix="vrrpd-netlink", initializer=procsched.release)
-        return await asyncio.get_running_loop().run_in_executor(self._sender, self._chunks, msgs)
+        async with self._lock:
+            if self._sock is None:
+                rcvbuf, sndbuf = self._bufsizes
+                self._sock = nl.open_route_socket(0, rcvbuf=rcvbuf, sndbuf=sndbuf)
+                self._sender = concurrent.futures.ThreadPoolExecutor(
+                    1, thread_name_prefix="vrrpd-netlink")
+            out: list[tuple[int, list[bytes]]] = []
+            while len(out) < len(msgs):
+                out.extend(await self._exchange(msgs[len(out):len(out) + self.chunk]))
+            return out
 
     async def errnos(self, msgs: list[bytearray]) -> list[int]:
         return [code for code, _ in await self.request(msgs)]
 
-    # -- in the sender thread ----------------------------------------------------------
-    # The whole request stays here: going back to the loop between chunks let a mass
-    # failover's other work in before each chunk (+30 ms on the last of 2,000 VIPs).
-    def _chunks(self, msgs: list[bytearray]) -> list[tuple[int, list[bytes]]]:
-        out: list[tuple[int, list[bytes]]] = []
-        while len(out) < len(msgs):
-            out.extend(self._exchange(msgs[len(out):len(out) + self.chunk]))
-        return out
-
-    def _exchange(self, msgs: list[bytearray]) -> list[tuple[int, list[bytes]]]:
+    async def _exchange(self, msgs: list[bytearray]) -> list[tuple[int, list[bytes]]]:
         first = self._seq + 1
         data = bytearray()
         for m in msgs:
@@ -105,20 +96,19 @@ class Requester:
             data += m
         codes: dict[int, int] = {}
         replies: dict[int, list[bytes]] = {}
-        t0 = self._clock()
+        loop = asyncio.get_running_loop()
         try:
-            self._sock.send(data)
+            seconds = await loop.run_in_executor(self._sender, self._send, data)
         except OSError as e:                # whole chunk refused (EMSGSIZE, ENOBUFS)
             return [(e.errno, [])] * len(msgs)
-        self._size_next_chunk(len(msgs), self._clock() - t0)
-        deadline = time.monotonic() + self.ack_timeout
+        self._size_next_chunk(len(msgs), seconds)
+        deadline = loop.time() + self.ack_timeout
         while len(codes) < len(msgs):
             try:
                 n = self._sock.recv_into(self._buf)
             except BlockingIOError:
                 # rtnetlink ACKs inside send(); wait only if it did not.
-                wait = deadline - time.monotonic()
-                if wait <= 0 or not select.select([self._sock], [], [], wait)[0]:
+                if loop.time() > deadline or not await self._readable(loop, deadline):
                     break
                 continue
             except OSError as e:
@@ -137,7 +127,25 @@ class Requester:
                     replies.setdefault(i, []).append(bytes(view[hdr.offset:hdr.offset + hdr.length]))
         return [(codes.get(i, errno.ETIMEDOUT), replies.get(i, [])) for i in range(len(msgs))]
 
+    def _send(self, data: bytearray) -> float:
+        """In the sender thread, which holds the GIL only to start and end: the
+        kernel's whole work on the chunk; its duration.  (Parsing the ACKs there
+        too measured worse: a thread holding the GIL stalls the loop behind it.)"""
+        t0 = self._clock()
+        self._sock.send(data)
+        return self._clock() - t0
+
     def _size_next_chunk(self, sent: int, seconds: float) -> None:
         """As many messages as `budget` pays for at the estimated cost per message."""
         self._cost = max(seconds / sent, self._cost * COST_DECAY)
         self.chunk = max(MIN_CHUNK, min(MAX_CHUNK, int(self.budget / self._cost)))
+
+    async def _readable(self, loop, deadline: float) -> bool:
+        fut = loop.create_future()
+        watch = nl.Watch(loop, self._sock, lambda: fut.done() or fut.set_result(True))
+        try:
+            return await asyncio.wait_for(fut, max(0.0, deadline - loop.time()))
+        except asyncio.TimeoutError:
+            return False
+        finally:
+            watch.close()

@@ -54,9 +54,9 @@ def apply(g) -> list[str]:
 
 
 def release() -> None:
-    """This thread back to normal scheduling: before exiting (interpreter
-    shutdown runs long without blocking, and a SIGXCPU after our handler is
-    gone would turn a clean stop into death by signal), and for helper threads."""
+    """Back to normal scheduling before exiting: interpreter shutdown runs
+    long without blocking, and a SIGXCPU after our handler is gone would
+    turn a clean stop into death by signal."""
     if os.sched_getscheduler(0) & ~os.SCHED_RESET_ON_FORK in (os.SCHED_RR, os.SCHED_FIFO):
         os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
 
