@@ -110,14 +110,15 @@ def percentile(values: list[float], q: float) -> float:
 
 
 # "none": the same 1,000 instances without scripts, the baseline that tells a
-# stall caused by scripts from one the engine has anyway.  It runs right after
-# other tests; in full-suite CI runs it has measured 104-125 ms at times (a CPU
-# stalled within the worst gap, or the loop: see the report), so it gets a
-# second run to tell such a one-off from a slow engine, slow both times.
+# stall caused by scripts from one the engine has anyway.  In full-suite CI runs
+# either has measured one stall over its bound at times (none: 104-125 ms,
+# scripts: 108-111 ms; a CPU stalled within the worst gap, or the loop: see the
+# report), so each gets a second run to tell such a one-off from a slow engine,
+# which is slow both times.  The bounds are not widened.
 @pytest.mark.parametrize("load", ["none", "scripts"])
 def test_adverts_keep_time_while_scripts_hang(lan, tmp_path, load):
     bound = BOUND_MS if load == "scripts" else BASELINE_BOUND_MS
-    runs = 1 if load == "scripts" else 2
+    runs = 2
     for run in range(runs):
         worst, report = measure_gaps(lan, tmp_path / f"run{run}", load == "scripts")
         print(report)
