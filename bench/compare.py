@@ -147,8 +147,10 @@ NOTES = """## What holds the targets back (profiles: perf record -g, py-spy)
   process holding the RTNL lock does not hold the loop), in netlink sends of ~5 ms of the
   kernel's work (a send does not reschedule: 1,024 VIPs held a CPU 13 ms). Crash at
   2,000, 5 runs each, first to last instance MASTER: 139 ms with one send of up to 1,024
-  VIPs on the loop, 140 ms with 5 ms sends from the thread, 153 ms with 2 ms sends
-  (the fault's phase in the advert cycle moves "last" by up to 100 ms between runs).
+  VIPs on the loop; from the thread 153 ms with 2 ms sends, 140 ms with 5 ms (ACKs then
+  parsed in the thread too), 128 ms with 8 ms (ACKs on the loop, as now); the fault's
+  phase in the advert cycle moves "last" by up to 100 ms between runs. The vrrpd rows
+  above were measured with the ACKs parsed in the thread (the last change came after).
   Graceful at 2,000: all 2,000 transitions fall due together, Skew_Time after the
   priority-0 adverts, and their VIPs go in before their MASTER lines; the kernel alone
   needs 70-80 ms of system time to add 2,000 /32 addresses (`ip -batch`, 2,000

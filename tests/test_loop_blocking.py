@@ -100,7 +100,7 @@ def settle(timeout: float = 30.0) -> str:
         stalls = wire_gaps.collect_probes(wire_gaps.start_probes(0.5))
         if not any(stalls):
             break
-        seen += [round((e - s) / 1e6, 1) for cpu in stalls for s, e in cpu]
+        seen += [ms for cpu in stall_lengths_ms(stalls) for ms in cpu]
     return f"settled after {time.monotonic() - t0:.1f} s (CPU stalls before, ms: {seen})"
 
 
@@ -165,7 +165,7 @@ def measure_gaps(lan, tmp, scripts: bool) -> tuple[float, str]:
         f"p99 {percentile(pooled, 0.99):.2f} ms, p99.9 {percentile(pooled, 0.999):.2f} ms, "
         f"median {percentile(pooled, 0.5):.2f} ms; a CPU stalled "
         f"{machine_stall_ms(stalls, start, end):.1f} ms within the worst gap; CPU stalls (ms): "
-        f"{[[round((e - s) / 1e6, 1) for s, e in c] for c in stalls]}; {settled}")
+        f"{stall_lengths_ms(stalls)}; {settled}")
 
 
 def _spin(cpu: int, seconds: float) -> None:
@@ -192,6 +192,11 @@ def test_stall_probe_sees_a_cpu_taken_away():
     seen = [(s, e) for s, e in ours if e > t0]
     assert seen and 20 <= max(e - s for s, e in seen) / 1e6 <= 200, ours
     assert machine_stall_ms(stalls, t0, time.time_ns()) >= 20
+
+
+def stall_lengths_ms(stalls: list[list[list[int]]]) -> list[list[float]]:
+    """Per CPU, how long each stall the probes saw lasted (ms, for reports)."""
+    return [[round((e - s) / 1e6, 1) for s, e in cpu] for cpu in stalls]
 
 
 def machine_stall_ms(stalls: list[list[list[int]]], start: int, end: int) -> float:

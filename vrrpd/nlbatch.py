@@ -7,9 +7,9 @@ messages, sends many per sendmsg() and matches the ACKs by sequence number.
 rtnetlink handles a whole buffer inside sendmsg(), under the RTNL lock, so the ACKs are
 queued before send() returns.  That send is made by a thread of our own (the ACKs are
 read on the loop): whoever else holds RTNL (a netns being torn down, a routing daemon,
-`ip`) would otherwise hold the loop and its adverts.  And a send holds the CPU it runs on (netlink_rcv_skb does not
-reschedule: measured, 1,024 /32 VIP adds held a CPU 13 ms, even from a SCHED_FIFO task
-above ours), so chunks are sized by time, not count: each takes about SEND_BUDGET_S at
+`ip`) would otherwise hold the loop and its adverts.  And a send holds the CPU it runs
+on (netlink_rcv_skb does not reschedule: measured, 1,024 /32 VIP adds held a CPU 13 ms,
+even from a SCHED_FIFO task above ours), so chunks are sized by time, not count: each takes about SEND_BUDGET_S at
 the cost per message sends have measured.  The cost depends on what the messages do
 (deleting absent VIPs took 1.7 us each, adding them 13 us), so the estimate follows a
 dearer cost at once and a cheaper one only slowly.
@@ -31,8 +31,9 @@ log = logging.getLogger("vrrpd.nlbatch")
 IFINFOMSG = struct.Struct("=BxHiII")        # family, type, index, flags, change
 
 # How long one sendmsg() may hold a CPU.  Crash failover of 2,000 instances, 5 runs
-# each, first to last MASTER: 140 ms at 5 ms a send, 153 ms at 2 ms, 139 ms with one
-# send of up to 1,024 VIPs (13 ms).
+# each, first to last MASTER: 139 ms with one send of up to 1,024 VIPs (13 ms) on the
+# loop; from the thread 153 ms at 2 ms a send, 140 ms at 5 ms (ACKs then parsed in the
+# thread too), 128 ms at 8 ms (ACKs on the loop, as now).
 SEND_BUDGET_S = 0.005
 FIRST_COST_S = 20e-6        # per message, before any measurement (a /32 VIP add: 13 us here)
 MIN_CHUNK, MAX_CHUNK = 4, 1024
