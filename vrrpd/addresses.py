@@ -134,6 +134,16 @@ class AddressManager:
     def close(self) -> None:
         self._nl.close()
 
+    @property
+    def requester(self) -> Requester:
+        """For batches whose messages are prebuilt elsewhere (vrrpd._effects)."""
+        return self._nl
+
+    def account(self, adding: bool, done: int, failed: int) -> None:
+        """Count VIPs such a batch added or removed (done includes harmless EEXIST/EADDRNOTAVAIL)."""
+        self.stats["added" if adding else "removed"] += done
+        self.stats["failed"] += failed
+
     async def add(self, vips) -> BatchResult:
         return await self._batch(nl.RTM_NEWADDR, list(vips))
 
@@ -149,7 +159,7 @@ class AddressManager:
         # The requester takes batches in call order: an add and a remove of one VIP keep it.
         result = BatchResult()
         t0 = time.perf_counter()
-        codes = await self._nl.errnos([self._encode(mtype, vip) for vip in vips])
+        codes = await self._nl.errnos([self.encode(mtype, vip) for vip in vips])
         self._classify(mtype, vips, codes, result)
         result.seconds = time.perf_counter() - t0
         adding = mtype == nl.RTM_NEWADDR
@@ -163,7 +173,7 @@ class AddressManager:
                       vip.prefixlen, vip.ifindex, os.strerror(code))
         return result
 
-    def _encode(self, mtype: int, vip: Vip) -> bytearray:
+    def encode(self, mtype: int, vip: Vip) -> bytearray:
         """The message for one VIP: its shape's template with the addresses patched in."""
         key = _shape(vip, mtype)
         tmpl = self._templates.get(key)

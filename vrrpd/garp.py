@@ -32,6 +32,7 @@ from .sockets import open_link_socket
 log = logging.getLogger("vrrpd.garp")
 
 ETH_P_ARP = 0x0806
+ETH_P_IPV6 = 0x86DD
 ARPHRD_ETHER, ARPOP_REQUEST = 1, 1
 BROADCAST_MAC = b"\xff" * 6
 ND_NEIGHBOR_ADVERT = 136
@@ -55,6 +56,26 @@ def na_message(mac: bytes, vip: bytes, router: bool) -> bytes:
     return _NA.pack(ND_NEIGHBOR_ADVERT, 0, 0, flags, vip, ND_OPT_TARGET_LL_ADDR, 1, mac)
 
 
+def na_frame(mac: bytes, vip: bytes, router: bool) -> bytes:
+    """The NA of na_message() as the frame the kernel would send for it: to
+    33:33:00:00:00:01 (ff02::1), from the VIP, hop limit 255, checksummed
+    (RFC 4443 2.3), so that it can go out on a packet socket with the GARPs."""
+    msg = bytearray(na_message(mac, vip, router))
+    pseudo = vip + ALL_NODES + struct.pack("!I3xB", len(msg), socket.IPPROTO_ICMPV6)
+    struct.pack_into("!H", msg, 2, _checksum(pseudo + msg))
+    ip6 = struct.pack("!IHBB", 6 << 28, len(msg), socket.IPPROTO_ICMPV6, 255) + vip + ALL_NODES
+    return b"\x33\x33\x00\x00\x00\x01" + mac + struct.pack("!H", ETH_P_IPV6) + ip6 + bytes(msg)
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
 def ipv6_forwarding(ifname: str) -> bool:
     try:
         with open(f"/proc/sys/net/ipv6/conf/{ifname}/forwarding") as f:
@@ -70,13 +91,18 @@ class Sender:
         self._packet: dict[int, socket.socket] = {}
         self._icmp6: socket.socket | None = None
 
-    def send_arp(self, ifindex: int, frame: bytes) -> None:
+    def socket_for(self, ifindex: int) -> socket.socket:
+        """The interface's packet socket (send-only, like the engine's for adverts)."""
         sock = self._packet.get(ifindex)
         if sock is None:
-            sock = open_link_socket()       # send-only, like the engine's for adverts
+            sock = open_link_socket()
             sock.bind((socket.if_indextoname(ifindex), 0))
             self._packet[ifindex] = sock
-        sock.send(frame)
+        return sock
+
+    def send_arp(self, ifindex: int, frame: bytes) -> None:
+        """Any frame, in fact: an ARP, or an NA built by na_frame()."""
+        self.socket_for(ifindex).send(frame)
 
     def send_na(self, ifindex: int, vip: bytes, message: bytes) -> None:
         sock = self._icmp6
@@ -191,6 +217,11 @@ class GarpScheduler:
             if (old := timers.get("lower")) is not None:
                 old.cancel()        # a new lower-priority advert restarts the delay
             timers["lower"] = self._later(delay, self._burst, announce, repeat)
+
+    def resend(self, ifindex: int, frame: bytes) -> None:
+        """A prebuilt frame that found the device queue full: queued behind the
+        interface's others and retried as they are."""
+        self._enqueue(ifindex, "arp", 0.0, [(ifindex, frame)])
 
     def stop(self, key) -> None:
         """Left MASTER: no more scheduled bursts (packets already queued still go)."""

@@ -75,11 +75,7 @@ class Requester:
 
     async def request(self, msgs: list[bytearray]) -> list[tuple[int, list[bytes]]]:
         async with self._lock:
-            if self._sock is None:
-                rcvbuf, sndbuf = self._bufsizes
-                self._sock = nl.open_route_socket(0, rcvbuf=rcvbuf, sndbuf=sndbuf)
-                self._sender = concurrent.futures.ThreadPoolExecutor(
-                    1, thread_name_prefix="vrrpd-netlink")
+            self._open()
             out: list[tuple[int, list[bytes]]] = []
             while len(out) < len(msgs):
                 out.extend(await self._exchange(msgs[len(out):len(out) + self.chunk]))
@@ -87,6 +83,17 @@ class Requester:
 
     async def errnos(self, msgs: list[bytearray]) -> list[int]:
         return [code for code, _ in await self.request(msgs)]
+
+    async def request_built(self, build, on_reply) -> int:
+        """One chunk that the caller encodes: build(first_seq) -> (data, count)
+        with sequence numbers first_seq.. in place; on_reply(view) records the
+        replies found in each buffer read and returns how many ACKs it took.
+        -> how many of the count got an ACK (the rest: ETIMEDOUT)."""
+        async with self._lock:
+            self._open()
+            data, count = build(self._seq + 1)
+            self._seq += count
+            return await self._send_and_collect(data, count, on_reply)
 
     async def _exchange(self, msgs: list[bytearray]) -> list[tuple[int, list[bytes]]]:
         first = self._seq + 1
@@ -97,14 +104,43 @@ class Requester:
             data += m
         codes: dict[int, int] = {}
         replies: dict[int, list[bytes]] = {}
-        loop = asyncio.get_running_loop()
+
+        def on_reply(view) -> int:
+            got = 0
+            for hdr in nl.headers(view):
+                i = hdr.seq - first
+                if not 0 <= i < len(msgs):
+                    continue
+                if hdr.type == nl.NLMSG_ERROR:
+                    codes[i] = nl.error_code(view, hdr)
+                    got += 1
+                else:
+                    replies.setdefault(i, []).append(bytes(view[hdr.offset:hdr.offset + hdr.length]))
+            return got
+
         try:
-            seconds = await loop.run_in_executor(self._sender, self._send, data)
+            await self._send_and_collect(data, len(msgs), on_reply)
         except OSError as e:                # whole chunk refused (EMSGSIZE, ENOBUFS)
             return [(e.errno, [])] * len(msgs)
-        self._size_next_chunk(len(msgs), seconds)
+        return [(codes.get(i, errno.ETIMEDOUT), replies.get(i, [])) for i in range(len(msgs))]
+
+    def _open(self) -> None:
+        if self._sock is None:
+            rcvbuf, sndbuf = self._bufsizes
+            self._sock = nl.open_route_socket(0, rcvbuf=rcvbuf, sndbuf=sndbuf)
+            self._sender = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix="vrrpd-netlink")
+
+    async def _send_and_collect(self, data, count: int, on_reply) -> int:
+        """Send `data` from the sender thread, then read ACKs on the loop until
+        `count` arrived or ack_timeout passed.  -> ACKs seen.  OSError: the
+        kernel refused the whole send."""
+        loop = asyncio.get_running_loop()
+        seconds = await loop.run_in_executor(self._sender, self._send, data)
+        self._size_next_chunk(count, seconds)
         deadline = loop.time() + self.ack_timeout
-        while len(codes) < len(msgs):
+        got = 0
+        while got < count:
             try:
                 n = self._sock.recv_into(self._buf)
             except BlockingIOError:
@@ -114,19 +150,11 @@ class Requester:
                 continue
             except OSError as e:
                 if e.errno == errno.ENOBUFS:
-                    log.error("netlink ACK overrun: %d ACKs lost", len(msgs) - len(codes))
+                    log.error("netlink ACK overrun: %d ACKs lost", count - got)
                     break
                 raise
-            view = memoryview(self._buf)[:n]
-            for hdr in nl.headers(view):
-                i = hdr.seq - first
-                if not 0 <= i < len(msgs):
-                    continue
-                if hdr.type == nl.NLMSG_ERROR:
-                    codes[i] = nl.error_code(view, hdr)
-                else:
-                    replies.setdefault(i, []).append(bytes(view[hdr.offset:hdr.offset + hdr.length]))
-        return [(codes.get(i, errno.ETIMEDOUT), replies.get(i, [])) for i in range(len(msgs))]
+            got += on_reply(memoryview(self._buf)[:n])
+        return got
 
     def _send(self, data: bytearray) -> float:
         """In the sender thread, which holds the GIL only to start and end: the

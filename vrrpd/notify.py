@@ -145,6 +145,19 @@ class NotifyFifo:
             return
         self._write(line.encode())
 
+    def write_blocks(self, blocks: list[bytes]) -> None:
+        """Whole lines, each block at most PIPE_BUF bytes (one write lands whole)."""
+        if self._fd < 0:
+            return
+        if _held is not None and self._held:    # keep order behind held lines
+            self._release()
+        for block in blocks:
+            if self._queue or not self._write_whole([block]):
+                for line in block.splitlines(keepends=True):   # the reader is behind
+                    self._write(line)
+            else:
+                self.lines += block.count(b"\n") - 1     # _write_whole counted one
+
     def _release(self) -> None:
         """Write the lines held by coalesced(), as many per write as fit in
         PIPE_BUF: such a write lands whole or not at all, so lines never tear."""
@@ -258,8 +271,10 @@ class Notifier:
         self.fifos = [f for f in self.fifos if f.open(self.runner)]
 
     def notify(self, kind: str, name: str, state: str, priority: int,
-               scripts: NotifyScripts | None = None, *, smtp_alert: bool = False) -> None:
-        """A transition of an INSTANCE or GROUP to MASTER/BACKUP/FAULT/STOP/DELETED."""
+               scripts: NotifyScripts | None = None, *, smtp_alert: bool = False,
+               fifo: bool = True) -> None:
+        """A transition of an INSTANCE or GROUP to MASTER/BACKUP/FAULT/STOP/DELETED.
+        fifo=False: the caller writes the fifo line itself (in a batch)."""
         if kind not in KINDS or state not in STATES:
             raise ValueError(f"bad notification {kind} {state}")
         if kind == "GROUP":
@@ -274,7 +289,8 @@ class Notifier:
                     fut = self.runner.start(script, *args, detached=not stop)
                     if stop:
                         self._stops.append(fut)
-        self._to_fifos(fifo_line(kind, name, state, priority))
+        if fifo:
+            self._to_fifos(fifo_line(kind, name, state, priority))
         if smtp_alert and self.smtp is not None and state in ("MASTER", "BACKUP", "FAULT"):
             self.smtp.alert(kind, name, state)
 

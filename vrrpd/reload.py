@@ -415,6 +415,7 @@ async def apply(daemon, p: Prepared, slices: Slices) -> None:
             for key, _ in daemon._announces(inst):
                 daemon.garp.stop(key)
         engine.remove_instance(inst.idx)             # a master sends priority 0
+        daemon.forget(inst)
         del daemon.by_idx[inst.idx]
         if daemon.instances.get(inst.name) is inst:
             del daemon.instances[inst.name]

@@ -66,6 +66,28 @@ class Reporter:
         self.notifier.notify("INSTANCE", inst.name, word, inst.priority,
                              self.scripts.get(inst.name), smtp_alert=inst.spec.conf.smtp_alert)
 
+    def on_transitions(self, chunk, effects) -> None:
+        """A chunk of (inst, old, new, reason), in order: per instance its
+        scripts are started before its fifo line goes out (keepalived's
+        order); the chunk's lines are formatted by `effects` (vrrpd._effects)
+        and written together."""
+        items = [(inst, "STOP" if reason == "shutdown" else STATE_WORDS.get(new))
+                 for inst, _, new, reason in chunk]
+        items = [(inst, word) for inst, word in items if word is not None]
+        scripts = self.scripts
+        for inst, word in items:
+            s = scripts.get(inst.name)
+            smtp = inst.spec.conf.smtp_alert
+            if smtp or (s is not None and (s.notify is not None or s.for_state(word) is not None)):
+                self.notifier.notify("INSTANCE", inst.name, word, inst.priority, s,
+                                     smtp_alert=smtp, fifo=False)
+        if self.notifier.fifos and items:
+            blocks = effects.fifo_lines([inst.idx for inst, _ in items],
+                                        [word.encode() for _, word in items],
+                                        [inst.priority for inst, _ in items])
+            for f in self.notifier.fifos:
+                f.write_blocks(blocks)
+
     def on_group_transition(self, group: str, state: int | None) -> None:
         """state None: the daemon is stopping (GROUP ... STOP 0 after the members)."""
         word = "STOP" if state is None else STATE_WORDS.get(state)

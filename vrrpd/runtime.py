@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import time
 from dataclasses import dataclass, field
 
-from . import _engine, sockets, strict
+from . import _effects, _engine, netlink as nl, sockets, strict
 from .addresses import AddressManager, Vip
-from .garp import Announce, GarpConfig, GarpScheduler
+from .garp import Announce, GarpConfig, GarpScheduler, arp_frame, ipv6_forwarding, na_frame
 from .links import Link, LinkEvent, LinkMonitor
 from .notify import coalesced
 from .plan import engine_tunables
@@ -43,6 +44,9 @@ STATE_NAMES = {_engine.INIT: "INIT", _engine.BACKUP: "BACKUP",
 
 
 EFFECTS_SLICE = 0.002     # s of transition side effects between returns to the loop
+CHUNK_MAX = 512           # instances per chunk of a takeover (besides the netlink budget)
+VIP_RETRY_S = 5.0         # an instance FAULTed by a VIP it could not add tries again after this
+UP, DOWN, CLEAR, OTHER = range(4)       # what a transition does to the instance's VIPs
 HOLD_MONITOR = 64         # transitions waiting for their effects: a mass failover (_run_effects)
 HOLD_MONITOR_S = 1.0
 ARPHRD_ETHER = 1          # links whose multicast adverts can go out as prebuilt frames
@@ -85,6 +89,25 @@ def log_transitions(batch) -> None:
             log.debug("(%s) Entering %s STATE (%s)", inst.name, STATE_NAMES.get(new, new), reason)
 
 
+def _kind(old: int, new: int) -> int:
+    if new == _engine.MASTER and old != _engine.MASTER:
+        return UP
+    if old == _engine.MASTER and new != _engine.MASTER:
+        return DOWN
+    if old == _engine.INIT:
+        return CLEAR
+    return OTHER
+
+
+def _runs(batch):
+    """(kind, consecutive transitions of that kind) in batch order."""
+    start = 0
+    for i in range(1, len(batch) + 1):
+        if i == len(batch) or _kind(*batch[i][1:3]) != _kind(*batch[start][1:3]):
+            yield _kind(*batch[start][1:3]), batch[start:i]
+            start = i
+
+
 def now_us() -> int:
     return time.monotonic_ns() // 1000
 
@@ -112,22 +135,9 @@ class Instance:
     last_transition: float = 0.0
     last_reason: str = ""
     announces: tuple = ((), [])       # (what they were built from, [(key, Announce)]): _announces
-
-
-@dataclass
-class Side:
-    """What one direction of a transition batch changes, gathered across instances."""
-    vips: list = field(default_factory=list)
-    drop: list = field(default_factory=list)        # VIPs for the strict-mode drop
-    routes: list = field(default_factory=list)
-    rules: list = field(default_factory=list)
-
-    def take(self, inst: Instance) -> None:
-        self.vips += inst.vips
-        if inst.spec.needs_drop:
-            self.drop += inst.vips
-        self.routes += inst.spec.conf.virtual_routes
-        self.rules += inst.spec.conf.virtual_rules
+    prebuilt: tuple = ()          # (spec, vips, name, links_gen) its Effects bytes were built from
+    garp_paced: bool = False      # announced by GarpScheduler (refresh or pacing configured)
+    vip_fault: bool = False       # a VIP could not be added: FAULT until the retry
 
 
 class Daemon:
@@ -147,8 +157,11 @@ class Daemon:
         self._electing = False        # after vrrp_startup_delay: instances may start
         self.instances: dict[str, Instance] = {}
         self.by_idx: dict[int, Instance] = {}
-        self.engine = _engine.Engine(max_instances or max(1024, 2 * len(plan.instances)),
-                                     defer_sends=True)
+        capacity = max_instances or max(1024, 2 * len(plan.instances))
+        self.engine = _engine.Engine(capacity, defer_sends=True)
+        self.effects = _effects.Effects(capacity)
+        self._links_gen = 0             # bumped when a link's name, MAC or existence changes
+        self._slots: dict[int, int] = {}    # ifindex -> socket slot of Effects
         self.links = LinkMonitor(on_link=self._on_link)
         self.addresses = AddressManager()
         self.vmacs = VmacManager()
@@ -291,7 +304,13 @@ class Daemon:
             **engine_tunables(spec))
         self.instances[spec.name] = inst
         self.by_idx[inst.idx] = inst
+        self.effects.clear(inst.idx)
+        self._prebuild(inst)
         return inst
+
+    def forget(self, inst: Instance) -> None:
+        """The instance is gone (reload): its slot's prebuilt bytes go too."""
+        self.effects.clear(inst.idx)
 
     @staticmethod
     def _source(spec, base: Link, vmac) -> str:
@@ -442,67 +461,218 @@ class Daemon:
                     self.links.release()
 
     async def _apply(self, batch) -> None:
-        up, down, stale = Side(), Side(), []
-        for inst, old, new, _ in batch:
-            if new == _engine.MASTER and old != _engine.MASTER:
-                up.take(inst)
-            elif old == _engine.MASTER and new != _engine.MASTER:
-                down.take(inst)
-            elif old == _engine.INIT and new != _engine.MASTER:
-                # Starting as BACKUP/FAULT: clear VIPs a crashed previous run
-                # left behind, so that only the master holds them.
-                stale.extend(inst.vips)
-        # Leaving master (vrrp_state_leave_master): rules, routes, VIPs, then the drop.
-        if down.routes or down.rules:
-            await self.routes.remove(down.routes, down.rules)
-        if down.vips or stale:
-            r = await self.addresses.remove(down.vips + stale)
-            for vip, err in r.failed:
-                log.warning("removing VIP %s failed: errno %d", vip.address, err)
-        if down.drop and self.firewall is not None:
-            await self.firewall.remove_vips(down.drop)
-        # Becoming master (vrrp_state_become_master): the drop, VIPs, routes, rules.
-        if up.drop and self.firewall is not None:
-            await self.firewall.add_vips(up.drop)
-        if up.vips:
-            r = await self.addresses.add(up.vips)
-            for vip, err in r.failed:
-                log.warning("adding VIP %s failed: errno %d", vip.address, err)
-        if up.routes or up.rules:
-            await self.routes.add(up.routes, up.rules)
-        # Thousands of transitions at once: let the loop run due adverts
-        # between slices instead of holding it for the whole batch; each
-        # slice's fifo lines go out together.
-        i = 0
-        while i < len(batch):
-            if i:
-                await asyncio.sleep(0)
-            end = time.monotonic() + EFFECTS_SLICE
-            with coalesced():
-                while i < len(batch) and (i % 16 or time.monotonic() < end):
-                    self._announce_and_notify(*batch[i])
-                    i += 1
+        """A batch of transitions, in order, as runs of one kind (UP, DOWN,
+        CLEAR, OTHER).  A run moves in chunks, pipelined: a chunk's VIPs go
+        in (one netlink send) and, as soon as their ACKs are back, its GARPs
+        and notifications follow, so the first instance of a takeover of
+        thousands does not wait for the last one's VIPs."""
+        for kind, run in _runs(batch):
+            if kind == OTHER:
+                self._announce_and_report(run)
+                continue
+            for chunk in self._chunks(run):
+                insts = [item[0] for item in chunk]
+                if kind == UP:
+                    await self._become_master(insts)
+                else:
+                    await self._leave_master(insts, kind == CLEAR)
+                self._announce_and_report(chunk)
 
-    def _announce_and_notify(self, inst: Instance, old: int, new: int, reason: str) -> None:
-        # keepalived: GARPs right after the VIPs, before the MASTER notify.
-        if new == _engine.MASTER and old != _engine.MASTER:
-            for key, ann in self._announces(inst):
-                self.garp.master(key, ann)
-        elif old == _engine.MASTER:
-            for key, _ in self._announces(inst):
-                self.garp.stop(key)
-        elif new == _engine.BACKUP:
-            self._announces(inst)       # built now rather than in the rush of a takeover
+    def _chunks(self, run):
+        """Consecutive pieces of `run` worth one netlink send each."""
+        budget = self.addresses.requester.chunk
+        start, msgs = 0, 0
+        for i, (inst, *_) in enumerate(run):
+            if not self._is_prebuilt(inst):
+                self._prebuild(inst)
+            msgs += self.effects.nmsgs(inst.idx)
+            if msgs >= budget or i + 1 - start >= CHUNK_MAX:
+                yield run[start:i + 1]
+                start, msgs = i + 1, 0
+        if start < len(run):
+            yield run[start:]
+
+    async def _become_master(self, insts: list[Instance]) -> None:
+        """keepalived's vrrp_state_become_master: the strict-mode drop, VIPs, routes, rules."""
+        drop = [v for i in insts if i.spec.needs_drop for v in i.vips]
+        if drop and self.firewall is not None:
+            await self.firewall.add_vips(drop)
+        failed = await self._vips(insts, True)
+        routes = [r for i in insts for r in i.spec.conf.virtual_routes]
+        rules = [r for i in insts for r in i.spec.conf.virtual_rules]
+        if routes or rules:
+            await self.routes.add(routes, rules)
+        for inst in failed:
+            # A master without its VIPs black-holes their traffic: FAULT (priority 0
+            # goes out, the backup takes over) and try again later.
+            inst.vip_fault = True
+            self._loop.call_later(VIP_RETRY_S, self._retry_vips, inst)
+        if failed:
+            t = now_us()
+            for inst in failed:
+                self._apply_verdict(inst, t)
+            self._pump()
+
+    async def _leave_master(self, insts: list[Instance], stale: bool) -> None:
+        """keepalived's vrrp_state_leave_master: rules, routes, VIPs, then the
+        drop.  stale: starting as BACKUP/FAULT, clear the VIPs a crashed
+        previous run may have left (only the master holds them)."""
+        if not stale:
+            routes = [r for i in insts for r in i.spec.conf.virtual_routes]
+            rules = [r for i in insts for r in i.spec.conf.virtual_rules]
+            if routes or rules:
+                await self.routes.remove(routes, rules)
+        await self._vips(insts, False)
+        drop = [v for i in insts if i.spec.needs_drop for v in i.vips]
+        if drop and not stale and self.firewall is not None:
+            await self.firewall.remove_vips(drop)
+
+    async def _vips(self, insts: list[Instance], add: bool) -> list[Instance]:
+        """Add (remove) the instances' VIPs with their prebuilt messages in one
+        netlink send.  -> the instances one of whose VIPs failed."""
+        idxs = [i.idx for i in insts]
+        effects = self.effects
+        first = [0]
+        count = [0]
+
+        def build(seq0: int):
+            first[0] = seq0
+            data, count[0] = effects.netlink(idxs, add, seq0)
+            return data, count[0]
+
+        if not any(effects.nmsgs(i) for i in idxs):
+            return []
+        try:
+            await self.addresses.requester.request_built(
+                build, lambda view: effects.acks(view, first[0]))
+        except OSError as e:        # the kernel refused the whole send
+            log.error("%s %d VIPs: %s", "adding" if add else "removing", count[0], e)
+        failed = effects.results(idxs, add)
+        self.addresses.account(add, count[0] - len(failed), len(failed))
+        if failed:
+            log.error("%s VIPs failed for %d instance(s): %s", "adding" if add else "removing",
+                      len(failed), ", ".join(f"{insts[p].name} ({os.strerror(e)})"
+                                             for p, e in failed[:LOG_EACH]))
+        return [insts[p] for p, _ in failed]
+
+    def _retry_vips(self, inst: Instance) -> None:
+        if self.instances.get(inst.name) is not inst or self.stopping:
+            return
+        inst.vip_fault = False
+        self._apply_verdict(inst, now_us())
+        self._pump()
+
+    def _announce_and_report(self, chunk) -> None:
+        """GARP/NA after the VIPs, then the notifications (keepalived's order),
+        then a sync group's own line after its last member's."""
+        masters = [inst for inst, old, new, _ in chunk
+                   if new == _engine.MASTER and old != _engine.MASTER]
+        left = [inst for inst, old, new, _ in chunk
+                if old == _engine.MASTER and new != _engine.MASTER]
+        if masters:
+            self._announce(masters)
+        if left:
+            self.effects.bump([i.idx for i in left])       # no delayed bursts now
+            for inst in left:
+                if inst.garp_paced:
+                    for key, _ in self._announces(inst):
+                        self.garp.stop(key)
+        for inst, old, new, _ in chunk:
+            if new == _engine.BACKUP and not self._is_prebuilt(inst):
+                self._prebuild(inst)    # built now rather than in the rush of a takeover
         for h in self.hooks:
             try:
-                h.on_transition(inst, old, new, reason)
+                if hasattr(h, "on_transitions"):
+                    h.on_transitions(chunk, self.effects)
+                else:
+                    with coalesced():
+                        for item in chunk:
+                            h.on_transition(*item)
             except Exception:
-                log.exception("(%s) transition hook failed", inst.name)
+                log.exception("transition hook failed")
         # A group's notification follows its last member's (keepalived).
-        moved = self.syncgroups.reported(inst.name, new)
-        if moved is not None:
-            for h in self.hooks:
-                h.on_group_transition(*moved)
+        group_of = self.syncgroups.group_of
+        for inst, _, new, _ in chunk:
+            if inst.name in group_of:
+                moved = self.syncgroups.reported(inst.name, new)
+                if moved is not None:
+                    for h in self.hooks:
+                        h.on_group_transition(*moved)
+
+    def _announce(self, masters: list[Instance]) -> None:
+        """The first GARP/NA burst of new masters from their prebuilt frames
+        (one sendmmsg() per socket), and one timer per garp_master_delay for
+        the second burst.  Instances with a refresh or a pacing interval are
+        announced by the GarpScheduler instead."""
+        fast = [i for i in masters if not i.garp_paced]
+        idxs = [i.idx for i in fast]
+        self.effects.bump(idxs)
+        for slot, frame in self.effects.announce(idxs):     # a full device queue: retry
+            self.garp.resend(self._ifindex_of_slot(slot), frame)
+        later: dict[float, list[Instance]] = {}
+        for inst in fast:
+            delay = inst.spec.conf.garp_master_delay
+            if delay > 0:
+                later.setdefault(delay, []).append(inst)
+        for delay, insts in later.items():
+            ids = [i.idx for i in insts]
+            self._loop.call_later(delay, self._announce_again, ids,
+                                  [self.effects.gen(i) for i in ids])
+        for inst in masters:
+            if inst.garp_paced:
+                for key, ann in self._announces(inst):
+                    self.garp.master(key, ann)
+
+    def _announce_again(self, idxs: list[int], gens: list[int]) -> None:
+        """garp_master_delay's second burst, for those still MASTER since."""
+        for slot, frame in self.effects.announce(idxs, gens):
+            self.garp.resend(self._ifindex_of_slot(slot), frame)
+
+    # -- prebuilt side effects (vrrpd._effects) -----------------------------------------
+    def _is_prebuilt(self, inst: Instance) -> bool:
+        pb = inst.prebuilt
+        return bool(pb) and pb[0] is inst.spec and pb[1] is inst.vips and pb[2] == inst.name \
+            and pb[3] == self._links_gen
+
+    def _prebuild(self, inst: Instance) -> None:
+        """The instance's VIP messages, GARP/NA frames and fifo name, built
+        when it is added or becomes BACKUP (and again if its spec, VIPs, name
+        or links changed since), never in the takeover itself."""
+        conf = inst.spec.conf
+        g = self.plan.config.global_defs
+        inst.garp_paced = bool(conf.garp_master_refresh > 0 or g.vrrp_garp_interval
+                               or g.vrrp_gna_interval)
+        encode = self.addresses.encode
+        frames = []
+        for _, ann in self._announces(inst):
+            slot = self._slot(ann.ifindex)
+            frames += [(slot, arp_frame(ann.mac, v)) for v in ann.vips4]
+            if ann.vips6:
+                router = ipv6_forwarding(ann.ifname) if ann.router is None else ann.router
+                frames += [(slot, na_frame(ann.mac, v, router)) for v in ann.vips6]
+        self.effects.set_instance(
+            inst.idx,
+            nl_add=b"".join(encode(nl.RTM_NEWADDR, v) for v in inst.vips),
+            nl_del=b"".join(encode(nl.RTM_DELADDR, v) for v in inst.vips),
+            nmsgs=len(inst.vips), frames=frames, repeat=conf.garp_master_repeat,
+            name=b'"%s"' % inst.name.encode(errors="surrogateescape"))
+        inst.prebuilt = (inst.spec, inst.vips, inst.name, self._links_gen)
+
+    def _slot(self, ifindex: int) -> int:
+        """The Effects socket slot of the interface's packet socket."""
+        slot = self._slots.get(ifindex)
+        if slot is None:
+            slot = self._slots[ifindex] = len(self._slots)
+            try:
+                fd = self.garp.sender.socket_for(ifindex).fileno()
+            except OSError as e:
+                log.warning("ifindex %d: no packet socket for GARP/NA: %s", ifindex, e)
+                fd = -1
+            self.effects.set_socket(slot, fd)
+        return slot
+
+    def _ifindex_of_slot(self, slot: int) -> int:
+        return next(ix for ix, s in self._slots.items() if s == slot)
 
     def _announces(self, inst: Instance) -> list:
         """(key, Announce) per interface the instance's VIPs live on; rebuilt
@@ -543,6 +713,8 @@ class Daemon:
 
     # -- tracking and sync groups ----------------------------------------------------
     def _on_link(self, link: Link, event: LinkEvent, old: Link | None) -> None:
+        if event in (LinkEvent.MAC, LinkEvent.RENAMED, LinkEvent.NEW, LinkEvent.DELETED):
+            self._links_gen += 1        # announcements are rebuilt before they are next sent
         if event == LinkEvent.MAC:
             for sock_id, (index, psock) in self._link_socks.items():
                 if index == link.index:     # frames carry the new source MAC from now on
@@ -577,7 +749,7 @@ class Daemon:
             self.engine.set_priority(inst.idx, verdict.priority, t)
         own = {m: self.trackers.verdict(m).fault
                for m in self.syncgroups.members.get(self.syncgroups.group_of.get(inst.name), ())}
-        own[inst.name] = verdict.fault
+        own[inst.name] = verdict.fault or inst.vip_fault
         self.engine.set_fault(inst.idx, self.syncgroups.group_faulted(inst.name, own), t)
 
     def _follow_group(self, inst: Instance, old: int, new: int, reason: str) -> None:
@@ -606,6 +778,11 @@ class Daemon:
         while self.engine.tx_pending() and time.monotonic() < deadline:
             await asyncio.sleep(TX_RETRY_US / 1e6)
         await self._effects.join()
+        # VIPs a transition added that no later one removed (e.g. kept by a
+        # failed removal): removed with their prebuilt messages.
+        on = [i for i in self.instances.values() if self.effects.vips_on(i.idx)]
+        for k in range(0, len(on), CHUNK_MAX):
+            await self._vips(on[k:k + CHUNK_MAX], False)
         for group in self.syncgroups.members:
             for h in self.hooks:
                 h.on_group_transition(group, None)      # None: STOP

@@ -1,0 +1,386 @@
+# Transition side effects in batch: VIP rtnetlink messages, GARP/NA frames,
+# notify-fifo lines (vrrpd/_effects.pxd describes the layout).
+#
+# keepalived does this work per instance at each transition (vrrp.c
+# vrrp_state_become_master: netlink per VIP, vrrp_send_link_update per VIP);
+# here every instance's bytes are built once, and a batch of instances costs
+# a copy into one buffer for rtnetlink, one sendmmsg() per socket for the
+# announcements and one string of fifo lines.
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t
+from libc.stdlib cimport malloc, calloc, realloc, free
+from libc.string cimport memcpy, memset
+from libc.errno cimport errno, EINTR, EAGAIN, ENOBUFS, EEXIST, EADDRNOTAVAIL, ETIMEDOUT
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+
+cdef extern from "<sys/uio.h>" nogil:
+    cdef struct iovec:
+        void* iov_base
+        size_t iov_len
+
+cdef extern from "<sys/socket.h>" nogil:
+    ctypedef unsigned int socklen_t
+    cdef struct msghdr:
+        void* msg_name
+        socklen_t msg_namelen
+        iovec* msg_iov
+        size_t msg_iovlen
+        void* msg_control
+        size_t msg_controllen
+        int msg_flags
+    cdef struct mmsghdr:
+        msghdr msg_hdr
+        unsigned int msg_len
+    int sendmmsg(int, mmsghdr*, unsigned int, int)
+    enum:
+        MSG_DONTWAIT
+
+cdef enum:
+    NLMSG_HDRLEN = 16
+    NLMSG_ERROR = 2
+    FRAME_HDR = 4           # u16 length, u16 socket slot before each frame
+    TX_BATCH = 1024
+    PIPE_BUF = 4096         # a pipe write up to this size lands whole (pipe(7))
+
+cdef struct frame_view:
+    const uint8_t* data
+    int length
+    int slot
+
+
+cdef inline uint32_t _u32(const uint8_t* p) noexcept nogil:
+    return (<const uint32_t*>p)[0]
+
+
+cdef inline uint16_t _u16(const uint8_t* p) noexcept nogil:
+    return (<const uint16_t*>p)[0]
+
+
+cdef uint8_t* _copy(bytes data, uint32_t* length) except? NULL:
+    cdef Py_ssize_t n = len(data)
+    length[0] = <uint32_t>n
+    if n == 0:
+        return NULL
+    cdef uint8_t* buf = <uint8_t*>malloc(n)
+    if buf == NULL:
+        raise MemoryError()
+    memcpy(buf, PyBytes_AS_STRING(data), n)
+    return buf
+
+
+cdef class Effects:
+    """Prebuilt side effects per instance index, and batch operations on them."""
+
+    def __cinit__(self, int max_instances):
+        self._max = max_instances
+        self._pb = <prebuilt_t*>calloc(max_instances, sizeof(prebuilt_t))
+        self._fds = NULL
+        self._nfds = 0
+        self._owner = NULL
+        self._err = NULL
+        self._cap = 0
+        self._batch = 0
+        if self._pb == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        cdef int i
+        if self._pb != NULL:
+            for i in range(self._max):
+                free(self._pb[i].nl_add)
+                free(self._pb[i].nl_del)
+                free(self._pb[i].frames)
+                free(self._pb[i].name)
+            free(self._pb)
+        free(self._fds)
+        free(self._owner)
+        free(self._err)
+
+    cdef prebuilt_t* _get(self, int idx) except NULL:
+        if idx < 0 or idx >= self._max:
+            raise IndexError(f"instance index {idx} out of range")
+        return &self._pb[idx]
+
+    cdef int _room(self, int n) except -1:
+        if n <= self._cap:
+            return 0
+        cdef int32_t* owner = <int32_t*>realloc(self._owner, n * sizeof(int32_t))
+        if owner == NULL:
+            raise MemoryError()
+        self._owner = owner
+        cdef int32_t* err = <int32_t*>realloc(self._err, n * sizeof(int32_t))
+        if err == NULL:
+            raise MemoryError()
+        self._err = err
+        self._cap = n
+        return 0
+
+    # --- what is prebuilt -------------------------------------------------
+    def set_socket(self, int slot, int fd):
+        """Announcement frames naming `slot` go out on packet socket `fd`
+        (bound to its interface); fd -1 drops them (counted as errors)."""
+        cdef int* fds
+        cdef int i
+        if slot < 0:
+            raise ValueError("negative socket slot")
+        if slot >= self._nfds:
+            fds = <int*>realloc(self._fds, (slot + 1) * sizeof(int))
+            if fds == NULL:
+                raise MemoryError()
+            for i in range(self._nfds, slot + 1):
+                fds[i] = -1
+            self._fds = fds
+            self._nfds = slot + 1
+        self._fds[slot] = fd
+
+    def set_instance(self, int idx, *, bytes nl_add, bytes nl_del, int nmsgs,
+                     list frames, int repeat, bytes name):
+        """The instance's bytes: its VIPs' add/remove messages (nmsgs each,
+        sequence numbers patched per batch), its announcement frames as
+        [(socket slot, frame)] sent `repeat` rounds per burst, and its quoted
+        name for fifo lines.  Keeps whether its VIPs are on."""
+        cdef prebuilt_t* p = self._get(idx)
+        cdef uint32_t n = 0
+        cdef uint8_t* buf
+        cdef int slot
+        cdef bytes frame
+        for slot, frame in frames:
+            if len(frame) > 0xffff or not 0 <= slot <= 0xffff:
+                raise ValueError("frame too long or bad socket slot")
+            n += FRAME_HDR + len(frame)
+        buf = <uint8_t*>malloc(n) if n else NULL
+        if n and buf == NULL:
+            raise MemoryError()
+        n = 0
+        for slot, frame in frames:
+            (<uint16_t*>(buf + n))[0] = <uint16_t>len(frame)
+            (<uint16_t*>(buf + n))[1] = <uint16_t>slot
+            memcpy(buf + n + FRAME_HDR, PyBytes_AS_STRING(frame), len(frame))
+            n += FRAME_HDR + len(frame)
+        free(p.frames)
+        p.frames, p.frames_len, p.nframes = buf, n, len(frames)
+        free(p.nl_add)
+        free(p.nl_del)
+        free(p.name)
+        p.nl_add = p.nl_del = p.name = NULL
+        p.nl_add = _copy(nl_add, &p.nl_add_len)
+        p.nl_del = _copy(nl_del, &p.nl_del_len)
+        p.name = _copy(name, &p.name_len)
+        p.nmsgs = nmsgs
+        p.repeat = repeat if repeat > 0 else 0
+
+    def clear(self, int idx):
+        """The slot's instance is gone: nothing prebuilt, VIPs not ours."""
+        cdef prebuilt_t* p = self._get(idx)
+        free(p.nl_add)
+        free(p.nl_del)
+        free(p.frames)
+        free(p.name)
+        memset(p, 0, sizeof(prebuilt_t))
+
+    def nmsgs(self, int idx):
+        return self._get(idx).nmsgs
+
+    def vips_on(self, int idx):
+        return bool(self._get(idx).vips_on)
+
+    def gen(self, int idx):
+        return self._get(idx).gen
+
+    def bump(self, list idxs):
+        """The instances entered or left MASTER: bursts scheduled before are void."""
+        cdef int idx
+        for idx in idxs:
+            self._get(idx).gen += 1
+
+    # --- rtnetlink ----------------------------------------------------------
+    def netlink(self, list idxs, bint add, uint32_t seq0):
+        """-> (one buffer of every instance's add (or remove) messages with
+        sequence numbers seq0, seq0+1, ..., the number of messages)."""
+        cdef int idx, pos = 0, k = 0
+        cdef uint32_t i, total = 0, off = 0, mlen
+        cdef prebuilt_t* p
+        for idx in idxs:
+            p = self._get(idx)
+            total += p.nl_add_len if add else p.nl_del_len
+            k += p.nmsgs
+        self._room(k)
+        out = PyBytes_FromStringAndSize(NULL, total)
+        cdef uint8_t* buf = <uint8_t*>PyBytes_AS_STRING(out)
+        cdef uint8_t* src
+        k = 0
+        for idx in idxs:
+            p = &self._pb[idx]
+            src = p.nl_add if add else p.nl_del
+            mlen = p.nl_add_len if add else p.nl_del_len
+            memcpy(buf + off, src, mlen)
+            i = 0
+            while i < mlen:
+                (<uint32_t*>(buf + off + i + 8))[0] = seq0 + k
+                self._owner[k] = pos
+                self._err[k] = -1
+                k += 1
+                i += _u32(src + i)
+            off += mlen
+            pos += 1
+        self._batch = k
+        return out, k
+
+    def acks(self, const uint8_t[:] data, uint32_t seq0):
+        """Record the NLMSG_ERROR replies (errno 0 = ACK) in `data` for the
+        current batch; -> how many of its messages got one."""
+        cdef Py_ssize_t n = data.shape[0], off = 0
+        cdef uint32_t mlen, k
+        cdef int got = 0
+        if n == 0:
+            return 0
+        cdef const uint8_t* b = &data[0]
+        while off + NLMSG_HDRLEN <= n:
+            mlen = _u32(b + off)
+            if mlen < NLMSG_HDRLEN or off + mlen > n:
+                break
+            k = _u32(b + off + 8) - seq0
+            if _u16(b + off + 4) == NLMSG_ERROR and k < <uint32_t>self._batch \
+                    and mlen >= NLMSG_HDRLEN + 4 and self._err[k] < 0:
+                self._err[k] = -(<const int32_t*>(b + off + NLMSG_HDRLEN))[0]
+                got += 1
+            off += (mlen + 3) & ~3
+        return got
+
+    def results(self, list idxs, bint add):
+        """After acks(): -> [(position in idxs, errno)] for the instances one
+        of whose messages failed (first errno; no ACK counts as ETIMEDOUT).
+        EEXIST on add and EADDRNOTAVAIL on remove are not failures."""
+        cdef int k, pos, code, harmless = EEXIST if add else EADDRNOTAVAIL
+        cdef list failed = []
+        cdef int last = -1
+        for k in range(self._batch):
+            code = self._err[k]
+            if code < 0:
+                code = ETIMEDOUT
+            pos = self._owner[k]
+            if code != 0 and code != harmless and pos != last:
+                failed.append((pos, code))
+                last = pos
+        for pos in range(len(idxs)):
+            self._pb[<int>idxs[pos]].vips_on = add
+        self._batch = 0
+        return failed
+
+    # --- announcements --------------------------------------------------------
+    def announce(self, list idxs, list gens=None):
+        """One burst per instance (`repeat` rounds over its frames), one
+        sendmmsg() per run of frames on one socket.  gens: only instances
+        whose gen still equals it (a delayed burst).  -> [(slot, frame)] a
+        full device queue or socket buffer refused, in order, to retry."""
+        cdef mmsghdr* msgs = <mmsghdr*>calloc(TX_BATCH, sizeof(mmsghdr))
+        cdef iovec* iov = <iovec*>calloc(TX_BATCH, sizeof(iovec))
+        if msgs == NULL or iov == NULL:
+            free(msgs)
+            free(iov)
+            raise MemoryError()
+        cdef list left = []
+        cdef int pos, idx, r, slot, cur = -1, m = 0, sent, k
+        cdef uint32_t off, rnd
+        cdef prebuilt_t* p
+        cdef const uint8_t* f
+        cdef frame_view* pending = <frame_view*>malloc(TX_BATCH * sizeof(frame_view))
+        cdef set refused = set()
+        try:
+            for pos in range(len(idxs)):
+                idx = idxs[pos]
+                p = self._get(idx)
+                if gens is not None and p.gen != <uint32_t>gens[pos]:
+                    continue
+                for rnd in range(p.repeat):
+                    off = 0
+                    while off < p.frames_len:
+                        f = p.frames + off
+                        slot = _u16(f + 2)
+                        if slot != cur or m == TX_BATCH:
+                            _send(self, msgs, iov, pending, m, cur, left, refused)
+                            m = 0
+                            cur = slot
+                        pending[m].data = f + FRAME_HDR
+                        pending[m].length = _u16(f)
+                        pending[m].slot = slot
+                        m += 1
+                        off += FRAME_HDR + _u16(f)
+            _send(self, msgs, iov, pending, m, cur, left, refused)
+        finally:
+            free(msgs)
+            free(iov)
+            free(pending)
+        return left
+
+    def stats(self):
+        return {"announce_sent": self._sent, "announce_deferred": self._deferred,
+                "announce_errors": self._errors}
+
+    # --- notify fifo ------------------------------------------------------------
+    def fifo_lines(self, list idxs, list words, list priorities, bytes kind=b"INSTANCE"):
+        """keepalived's `%s "%s" %s %d\\n` per instance, in blocks of whole
+        lines of at most PIPE_BUF bytes (such a write never tears a line)."""
+        cdef list blocks = []
+        cdef bytearray buf = bytearray()
+        cdef int pos, idx
+        cdef prebuilt_t* p
+        cdef bytes line
+        for pos in range(len(idxs)):
+            idx = idxs[pos]
+            p = self._get(idx)
+            line = b"%s %s %s %d\n" % (kind, PyBytes_FromStringAndSize(<char*>p.name, p.name_len),
+                                       <bytes>words[pos], <int>priorities[pos])
+            if len(buf) + len(line) > PIPE_BUF and len(buf):
+                blocks.append(bytes(buf))
+                buf = bytearray()
+            buf += line
+        if len(buf):
+            blocks.append(bytes(buf))
+        return blocks
+
+
+cdef int _send(Effects self, mmsghdr* msgs, iovec* iov, frame_view* pending, int m, int slot,
+               list left, set refused) except -1:
+    """sendmmsg() the m pending frames of one socket slot; what the device
+    queue or socket buffer refuses goes to `left`, and so does everything
+    after it on that slot."""
+    cdef int k = 0, r, fd
+    if m == 0:
+        return 0
+    fd = self._fds[slot] if 0 <= slot < self._nfds else -1
+    if fd < 0:
+        self._errors += m
+        return 0
+    if slot in refused:         # keep order behind what this socket refused
+        for k in range(m):
+            left.append((slot, PyBytes_FromStringAndSize(<char*>pending[k].data,
+                                                         pending[k].length)))
+        self._deferred += m
+        return 0
+    memset(msgs, 0, m * sizeof(mmsghdr))
+    for k in range(m):
+        iov[k].iov_base = <void*>pending[k].data
+        iov[k].iov_len = pending[k].length
+        msgs[k].msg_hdr.msg_iov = &iov[k]
+        msgs[k].msg_hdr.msg_iovlen = 1
+    k = 0
+    while k < m:
+        r = sendmmsg(fd, msgs + k, m - k, MSG_DONTWAIT)
+        if r < 0:
+            if errno == EINTR:
+                continue
+            if errno == EAGAIN or errno == ENOBUFS:
+                refused.add(slot)
+                self._deferred += m - k
+                while k < m:
+                    left.append((slot, PyBytes_FromStringAndSize(
+                        <char*>pending[k].data, pending[k].length)))
+                    k += 1
+                return 0
+            self._errors += 1           # e.g. the link went down: skip this frame
+            k += 1
+        else:
+            self._sent += r
+            k += r
+    return 0
+
