@@ -150,7 +150,8 @@ def report(r: dict) -> None:
     print("        resident by mapping: " + ", ".join(f"{k} {mib(v)}" for k, v in kinds[:8]))
 
 
-def traced(n: int, workdir: str, settle: float, top: int, frames: int, by: str) -> None:
+def traced(n: int, workdir: str, settle: float, top: int, frames: int, by: str,
+           keep: str | None = None) -> None:
     import tracemalloc
 
     path = os.path.join(workdir, "traced-vrrpd")
@@ -170,6 +171,8 @@ def traced(n: int, workdir: str, settle: float, top: int, frames: int, by: str) 
         f.write(f"#!/bin/sh\nexec {path} {snap} \"$@\"\n")
     os.chmod(wrapper, 0o755)
     r = run_daemon(n, workdir, settle, binary=wrapper, on_settled=take)
+    if keep:
+        shutil.copy(snap, keep)
     s = r["extra"].filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
     stats = s.statistics(by)
     total = sum(x.size for x in stats)
@@ -201,6 +204,8 @@ def main() -> int:
                     help="also print the K largest tracemalloc entries (second, traced run)")
     ap.add_argument("--traceback", type=int, default=0, metavar="FRAMES",
                     help="with --top: group by call stacks of this many frames, not by line")
+    ap.add_argument("--snapshot", metavar="PATH",
+                    help="with --top: keep the tracemalloc snapshot there (tracemalloc.Snapshot.load)")
     ap.add_argument("--imports", action="store_true", help="also measure the imports alone")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -214,7 +219,8 @@ def main() -> int:
             report(run_daemon(n, workdir, args.settle))
             if args.top:
                 by = "traceback" if args.traceback else "lineno"
-                traced(n, workdir, args.settle, args.top, max(1, args.traceback), by)
+                traced(n, workdir, args.settle, args.top, max(1, args.traceback), by,
+                       args.snapshot and f"{args.snapshot}.{n}")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
