@@ -5,6 +5,8 @@ fails them, tight enough that the per-instance waste each test names does."""
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 
 from vrrpd import _engine as E
 
@@ -37,3 +39,22 @@ def test_engine_advert_buffers_are_sized_to_the_advert():
     more = [socket.inet_pton(socket.AF_INET, f"198.51.100.{k}") for k in range(1, 201)]
     e.set_advert_addrs(idx, more)
     e.set_priority(idx, 150, 0)
+
+
+def test_daemon_loads_only_the_pyroute2_message_classes():
+    # pyroute2's __init__ imports the whole library (~18 MB resident; sqlite3
+    # through NDB): the daemon imports only its netlink message classes, and
+    # the rest of pyroute2 still loads on demand.
+    code = """
+import sys
+from vrrpd import daemon
+daemon.defer_imports()
+import vrrpd.runtime, vrrpd.reload, vrrpd.reporting, vrrpd.dumps, vrrpd.control, vrrpd.routes
+heavy = sorted(m for m in ("pyroute2.ndb", "pyroute2.ipdb", "pyroute2.iproute", "sqlite3")
+               if m in sys.modules)
+assert not heavy, heavy
+from pyroute2 import IPRoute
+import pyroute2
+assert pyroute2.__version__ and IPRoute.__name__ == "IPRoute"
+"""
+    subprocess.run([sys.executable, "-c", code], check=True)

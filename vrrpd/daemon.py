@@ -50,7 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def defer_imports() -> None:
+    """Only the parts of libraries the daemon uses (vrrpd.lazyinit)."""
+    from . import lazyinit
+    lazyinit.defer("pyroute2")
+
+
 def main(argv: list[str] | None = None) -> int:
+    defer_imports()
     args = build_parser().parse_args(argv)
     if args.config_test:
         return config_test(args.config, args.config_id)
@@ -103,7 +110,7 @@ def run(args) -> int:
 
 
 async def serve(plan, args=None) -> int:
-    from . import procsched
+    from . import memtrim, procsched
 
     args = args or build_parser().parse_args([])
     # The one other thread, the metrics HTTP server's (--metrics), must not
@@ -124,6 +131,7 @@ async def serve(plan, args=None) -> int:
     # no collections while start-up runs, as in a reload.
     gc.collect()
     gc.disable()
+    memtrim.trim()          # the configuration's text, tokens and tree are gone now
     try:
         return await _serve(plan, args, running, stop)
     finally:
@@ -131,7 +139,7 @@ async def serve(plan, args=None) -> int:
 
 
 async def _serve(plan, args, running, stop: asyncio.Event) -> int:
-    from . import sdnotify
+    from . import memtrim, sdnotify
     from .reporting import Reporter
     from .runtime import Daemon
 
@@ -149,6 +157,7 @@ async def _serve(plan, args, running, stop: asyncio.Event) -> int:
         await daemon.stop()
         return 1
     log.info("vrrpd %s running %d instances", __version__, len(daemon.instances))
+    memtrim.trim()          # and start-up's own temporaries
     gc.freeze()
     gc.enable()
     sdnotify.notify("READY=1", f"MAINPID={os.getpid()}")
