@@ -490,7 +490,7 @@ class ProcessWatcher:
 TRACK_KINDS = ("script", "interface", "file", "process")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Track:
     """One track_* entry of an instance or sync group."""
     kind: str                   # one of TRACK_KINDS
