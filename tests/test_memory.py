@@ -58,3 +58,32 @@ import pyroute2
 assert pyroute2.__version__ and IPRoute.__name__ == "IPRoute"
 """
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_daemon_receives_its_configuration_read_by_a_child(tmp_path, monkeypatch):
+    # The daemon's heap never holds the configuration's text, tokens and
+    # parse tree: a child reads, resolves and fingerprints it, the daemon
+    # unpickles the result in one piece.
+    from vrrpd import daemon, reloadchild
+    from vrrpd.config import lexer, load
+    from vrrpd.labconf import LabSpec, host_config
+    from vrrpd.plan import build_plan
+
+    conf = tmp_path / "k.conf"
+    conf.write_text(host_config(LabSpec(instances=300, version=3, advert_int=0.1), 1))
+    expected = build_plan(load(str(conf), config_id="x").config)
+
+    def no_parsing_here(*a, **kw):
+        raise AssertionError("the daemon parsed its configuration itself")
+    monkeypatch.setattr(lexer, "read", no_parsing_here)
+    got = daemon.read_config(str(conf), "x")
+    assert not got.errors
+    assert got.plan == expected
+    assert got.fingerprints == reloadchild.fingerprints(expected, expected.instances)
+
+    conf.write_text("vrrp_instance VI_1 {\n    interface eth0\n    bogus_keyword 1\n}\n")
+    bad = daemon.read_config(str(conf), "x")
+    monkeypatch.undo()
+    assert bad.plan is None
+    assert bad.errors == [str(e) for e in load(str(conf), config_id="x").errors]
+    assert bad.warnings == [str(w) for w in load(str(conf), config_id="x").warnings]
