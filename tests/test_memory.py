@@ -87,3 +87,28 @@ def test_daemon_receives_its_configuration_read_by_a_child(tmp_path, monkeypatch
     assert bad.plan is None
     assert bad.errors == [str(e) for e in load(str(conf), config_id="x").errors]
     assert bad.warnings == [str(w) for w in load(str(conf), config_id="x").warnings]
+
+
+def test_instances_share_equal_tracking_and_notify_objects(tmp_path):
+    # 10,000 instances tracking their interface, without notify scripts:
+    # one Track list per interface, one Verdict per value, one empty
+    # NotifyScripts, one callback -- not one of each per instance.
+    from vrrpd.config import load
+    from vrrpd.labconf import LabSpec, host_config
+    from vrrpd.reporting import Reporter
+    from vrrpd.trackers import Trackers
+
+    spec = LabSpec(instances=600, version=3, advert_int=0.1)
+    (tmp_path / "k.conf").write_text(host_config(spec, 1))
+    cfg = load(str(tmp_path / "k.conf"), config_id="x").config
+    seen = []
+    t = Trackers(cfg, runner=None, on_verdict=lambda n, v: seen.append((n, v)))
+    tis = list(t.instances.values())
+    assert len({id(ti.tracks) for ti in tis}) == spec.nics
+    assert len({id(ti.verdict) for ti in tis}) == 1
+    assert len({id(ti.on_change) for ti in tis}) == 1
+    t._update("interface", "eth1", False)       # each instance still reports under its name
+    assert sorted(n for n, v in seen if v.fault) == sorted(
+        f"VI_{i}" for i in range(255, 510))
+    r = Reporter(cfg, runner=None)
+    assert len({id(s) for s in r.scripts.values()}) == 1

@@ -9,7 +9,6 @@ pending) to the daemon.
 """
 from __future__ import annotations
 
-import functools
 import logging
 from typing import Callable
 
@@ -81,7 +80,7 @@ class Trackers:
                 map(self._share, self._group_tracks(group, defaults)) if group else (),
                 sync_group=group is not None,
                 sync_group_tracking_weight=bool(group and group.sync_group_tracking_weight),
-                on_change=functools.partial(self.on_verdict, name))
+                on_change=self.on_verdict, named=True)
             ti.tracks = self._share(ti.tracks)
             for key in {track_key(t.kind, t.name) for t in ti.tracks}:
                 value = self._known(key, old, carry)

@@ -527,15 +527,17 @@ class TrackedInstance:
     script/interface/process, int for file.  An object not yet reported
     contributes nothing, except a weight-0 script which keeps the instance
     pending (keepalived holds it in INIT until its scripts have run).
-    on_change(Verdict) fires whenever the verdict changes.
+    on_change(Verdict) fires whenever the verdict changes; or, with
+    named=True, on_change(name, Verdict): one callable for all instances
+    instead of a closure each.
     """
 
-    __slots__ = ("name", "base_priority", "tracks", "on_change", "_values", "verdict")
+    __slots__ = ("name", "base_priority", "tracks", "on_change", "named", "_values", "verdict")
 
     def __init__(self, name: str, priority: int, tracks: Iterable[Track] = (),
                  group_tracks: Iterable[Track] = (), *, sync_group: bool = False,
                  sync_group_tracking_weight: bool = False,
-                 on_change: Callable[[Verdict], None] | None = None):
+                 on_change: Callable[..., None] | None = None, named: bool = False):
         self.name = name
         self.base_priority = priority
         own = tuple(tracks)
@@ -543,6 +545,7 @@ class TrackedInstance:
             own = tuple(Track(t.kind, t.name, 0, t.reverse) for t in own)
         self.tracks: tuple[Track, ...] = own + tuple(group_tracks)
         self.on_change = on_change
+        self.named = named
         self._values: dict[tuple[str, str], bool | int] = {}
         self.verdict = self._evaluate()
 
@@ -556,7 +559,10 @@ class TrackedInstance:
         if verdict != self.verdict:
             self.verdict = verdict
             if self.on_change is not None:
-                self.on_change(verdict)
+                if self.named:
+                    self.on_change(self.name, verdict)
+                else:
+                    self.on_change(verdict)
         return verdict
 
     def remove(self, kind: str, name: str) -> Verdict:
