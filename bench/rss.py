@@ -55,7 +55,9 @@ from vrrpd.daemon import main
 sys.exit(main())
 """
 
-IMPORTS = "import vrrpd.daemon, vrrpd.runtime, vrrpd.reporting, vrrpd.metrics, vrrpd.control"
+# What the running daemon imports (without --metrics), after its deferrals.
+IMPORTS = ("from vrrpd import daemon; daemon.defer_imports(); import uvloop, vrrpd.runtime, "
+           "vrrpd.reporting, vrrpd.control, vrrpd.dumps, vrrpd.reload, vrrpd.procsched")
 
 
 class Host:

@@ -44,13 +44,15 @@ def test_engine_advert_buffers_are_sized_to_the_advert():
 def test_daemon_loads_only_the_pyroute2_message_classes():
     # pyroute2's __init__ imports the whole library (~18 MB resident; sqlite3
     # through NDB): the daemon imports only its netlink message classes, and
-    # the rest of pyroute2 still loads on demand.
+    # the rest of pyroute2 still loads on demand.  Nor the configuration
+    # reader's modules: a child reads the configuration.
     code = """
 import sys
 from vrrpd import daemon
 daemon.defer_imports()
 import vrrpd.runtime, vrrpd.reload, vrrpd.reporting, vrrpd.dumps, vrrpd.control, vrrpd.routes
-heavy = sorted(m for m in ("pyroute2.ndb", "pyroute2.ipdb", "pyroute2.iproute", "sqlite3")
+heavy = sorted(m for m in ("pyroute2.ndb", "pyroute2.ipdb", "pyroute2.iproute", "sqlite3",
+                           "vrrpd.config.build", "vrrpd.config.lexer")
                if m in sys.modules)
 assert not heavy, heavy
 from pyroute2 import IPRoute
