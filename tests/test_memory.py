@@ -114,3 +114,17 @@ def test_instances_share_equal_tracking_and_notify_objects(tmp_path):
         f"VI_{i}" for i in range(255, 510))
     r = Reporter(cfg, runner=None)
     assert len({id(s) for s in r.scripts.values()}) == 1
+
+
+def test_words_repeated_in_every_instance_reach_the_daemon_once(tmp_path):
+    # "eth0" and "BACKUP" of 10,000 instance blocks: one string each in the
+    # daemon (the lexer interns them, pickle then sends each once).
+    from vrrpd import daemon
+    from vrrpd.labconf import LabSpec, host_config
+
+    spec = LabSpec(instances=600, version=3, advert_int=0.1)
+    conf = tmp_path / "k.conf"
+    conf.write_text(host_config(spec, 1))
+    plan = daemon.read_config(str(conf), "x").plan
+    assert len({id(s.interface) for s in plan.instances}) == spec.nics
+    assert len({id(s.conf.state) for s in plan.instances}) == 1
