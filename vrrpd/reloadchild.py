@@ -52,7 +52,7 @@ class Outcome:
     specs: list[bytes] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)    # running names
     globals_same: bool = False            # everything but the instances is unchanged
-    fingerprints: "Fingerprints | None" = None     # of the new configuration
+    fingerprints: "Fingerprints | bytes | None" = None     # of the new configuration (main: pickled)
 
 
 @dataclass
@@ -145,7 +145,7 @@ class Startup:
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     plan: Plan | None = None
-    fingerprints: Fingerprints | None = None
+    fingerprints: Fingerprints | bytes | None = None    # main(): pickled
 
 
 def startup(path: str, config_id: str | None) -> Startup:
@@ -159,8 +159,9 @@ def startup(path: str, config_id: str | None) -> Startup:
 
 
 def main() -> int:
-    """stdin: pickle of (path, config_id, Fingerprints); stdout: pickle of the Outcome.
-    With --plan (start-up): stdin (path, config_id), stdout a Startup."""
+    """stdin: pickle of (path, config_id, Fingerprints or their pickle); stdout:
+    pickle of the Outcome.  With --plan (start-up): stdin (path, config_id),
+    stdout a Startup.  Either one's fingerprints go out pickled on their own."""
     gc.disable()                        # short-lived
     at_startup = "--plan" in sys.argv[1:]
     if not at_startup:
@@ -174,7 +175,13 @@ def main() -> int:
             out = startup(*pickle.load(sys.stdin.buffer))
         else:
             path, config_id, running = pickle.load(sys.stdin.buffer)
+            if isinstance(running, bytes):
+                running = pickle.loads(running)
             out = compute(path, config_id, running)
+        # The daemon only hands its fingerprints back to the next reader:
+        # it keeps them pickled, a fraction of the objects' memory.
+        if out.fingerprints is not None:
+            out.fingerprints = pickle.dumps(out.fingerprints, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception:
         what = "reading the configuration" if at_startup else "reload"
         out = (Startup if at_startup else Outcome)(
