@@ -497,9 +497,7 @@ cdef class Engine:
 
         p.vips = <uint8_t*>malloc(max(1, p.naddr * alen))
         p.dsts = <uint8_t*>malloc(p.ndst * alen)
-        p.pkts = _headroom(<uint8_t*>malloc(HEADROOM + <size_t>p.ndst * MAX_PKT))
-        p.pkts0 = _headroom(<uint8_t*>malloc(HEADROOM + <size_t>p.ndst * MAX_PKT))
-        if not p.vips or not p.dsts or not p.pkts or not p.pkts0:
+        if not p.vips or not p.dsts:
             self._free_bufs(p)
             raise MemoryError()
         cdef int i
@@ -617,11 +615,29 @@ cdef class Engine:
             if n < 0:
                 free(pkts)
                 raise ValueError("cannot encode an advert with these settings")
+        # Both variants in buffers of the encoded size (an advert is usually a
+        # few dozen bytes, MAX_PKT is 4 kB: at thousands of instances that is
+        # most of the daemon's memory); replaced, not resized in place.
+        cdef uint8_t* cur = _headroom(<uint8_t*>malloc(HEADROOM + <size_t>p.ndst * n))
+        cdef uint8_t* zero = _headroom(<uint8_t*>malloc(HEADROOM + <size_t>p.ndst * n))
+        if not cur or not zero:
+            if cur:
+                free(cur - HEADROOM)
+            if zero:
+                free(zero - HEADROOM)
+            free(pkts)
+            raise MemoryError()
         for i in range(p.ndst):
-            memcpy(p.pkts + i * n, pkts + i * MAX_PKT, n)
-            memcpy(p.pkts0 + i * n, pkts + i * MAX_PKT, n)
-            patch_priority(p.pkts0 + i * n, 0)
+            memcpy(cur + i * n, pkts + i * MAX_PKT, n)
+            memcpy(zero + i * n, pkts + i * MAX_PKT, n)
+            patch_priority(zero + i * n, 0)
         free(pkts)
+        if p.pkts:
+            free(p.pkts - HEADROOM)
+        if p.pkts0:
+            free(p.pkts0 - HEADROOM)
+        p.pkts = cur
+        p.pkts0 = zero
         p.pkt_len = n
         self._frame_header(p)                   # its IP length follows pkt_len
         return 0

@@ -32,7 +32,7 @@ log = logging.getLogger("vrrpd.addresses")
 INFINITY_LIFE_TIME = 0xFFFFFFFF
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Vip:
     """One virtual address as keepalived's virtual_ipaddress block describes it."""
     address: str                    # normalised text form

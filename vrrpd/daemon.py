@@ -50,7 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def defer_imports() -> None:
+    """Only the parts of libraries the daemon uses (vrrpd.lazyinit)."""
+    from . import lazyinit
+    lazyinit.defer("pyroute2")
+
+
 def main(argv: list[str] | None = None) -> int:
+    defer_imports()
     args = build_parser().parse_args(argv)
     if args.config_test:
         return config_test(args.config, args.config_id)
@@ -72,19 +79,37 @@ def config_test(path: str, config_id: str | None = None) -> int:
     return 1 if result.errors else 0
 
 
+def read_config(path: str, config_id: str | None):
+    """The configuration read, resolved and fingerprinted (for reloads) by
+    the reload's reader, `python -m vrrpd.reloadchild --plan`, and received
+    as one pickle (reloadchild.Startup): what the daemon keeps is unpickled
+    in one piece, without the parsing's garbage in between."""
+    import pickle
+    import subprocess
+    from .reloadchild import Startup
+
+    request = pickle.dumps((path, config_id), protocol=pickle.HIGHEST_PROTOCOL)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "vrrpd.reloadchild", "--plan"],
+                              input=request, stdout=subprocess.PIPE)
+    except OSError as e:
+        return Startup(errors=[f"cannot start the configuration reader: {e}"])
+    if proc.returncode or not proc.stdout:
+        return Startup(errors=[f"the configuration reader failed (exit {proc.returncode})"])
+    return pickle.loads(proc.stdout)
+
+
 def run(args) -> int:
     from . import procsched
-    from .config import load
-    from .plan import build_plan
 
-    result = load(args.config, config_id=args.config_id)
+    result = read_config(args.config, args.config_id)
     for w in result.warnings:
         log.warning("%s", w)
     if result.errors:
         for e in result.errors:
             log.error("%s", e)
         return 1
-    plan = build_plan(result.config)
+    plan = result.plan
     if args.pidfile:
         with open(args.pidfile, "w") as f:
             f.write(f"{os.getpid()}\n")
@@ -92,7 +117,7 @@ def run(args) -> int:
         import uvloop
         # asyncio.Runner rather than uvloop.run(): Debian 12's uvloop 0.17 lacks the latter.
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            return runner.run(serve(plan, args))
+            return runner.run(serve(plan, args, result.fingerprints))
     finally:
         procsched.release()
         if args.pidfile:
@@ -102,8 +127,9 @@ def run(args) -> int:
                 pass
 
 
-async def serve(plan, args=None) -> int:
-    from . import procsched
+async def serve(plan, args=None, running=None) -> int:
+    """running: the plan's reloadchild.fingerprints, if the reader made them."""
+    from . import memtrim, procsched
 
     args = args or build_parser().parse_args([])
     # The one other thread, the metrics HTTP server's (--metrics), must not
@@ -116,14 +142,16 @@ async def serve(plan, args=None) -> int:
     applied = procsched.apply(plan.config.global_defs)
     if applied:
         log.info("process settings: %s", ", ".join(applied))
-    from .reloadchild import fingerprints
-    running = fingerprints(plan, plan.instances)       # for reloads; before adverts start
+    if running is None:
+        from .reloadchild import fingerprints
+        running = fingerprints(plan, plan.instances)   # for reloads; before adverts start
     # The configuration's garbage goes before adverts start; what start-up builds
     # is frozen out of the collector's sight afterwards: a full collection over it
     # would hold the loop (and the adverts) ~25 ms at 1,000 instances.  Likewise
     # no collections while start-up runs, as in a reload.
     gc.collect()
     gc.disable()
+    memtrim.trim()          # start-up's garbage (the reader's pickle) is gone now
     try:
         return await _serve(plan, args, running, stop)
     finally:
@@ -131,7 +159,7 @@ async def serve(plan, args=None) -> int:
 
 
 async def _serve(plan, args, running, stop: asyncio.Event) -> int:
-    from . import sdnotify
+    from . import memtrim, sdnotify
     from .reporting import Reporter
     from .runtime import Daemon
 
@@ -149,6 +177,7 @@ async def _serve(plan, args, running, stop: asyncio.Event) -> int:
         await daemon.stop()
         return 1
     log.info("vrrpd %s running %d instances", __version__, len(daemon.instances))
+    memtrim.trim()          # and start-up's own temporaries
     gc.freeze()
     gc.enable()
     sdnotify.notify("READY=1", f"MAINPID={os.getpid()}")

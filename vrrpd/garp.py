@@ -134,7 +134,7 @@ class Sender:
             self._icmp6 = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class GarpConfig:
     """keepalived's defaults (vrrp_instance / global_defs)."""
     master_delay: float = 5.0           # garp_master_delay: second burst after this
@@ -147,7 +147,7 @@ class GarpConfig:
     gna_interval: float = 0.0           # min gap between NAs on one interface
 
 
-@dataclass
+@dataclass(slots=True)
 class Announce:
     """What one VRRP instance announces: its VIPs on one interface, from one MAC."""
     ifindex: int

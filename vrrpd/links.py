@@ -35,7 +35,7 @@ class LinkEvent(enum.Enum):
     DELETED = "deleted"
 
 
-@dataclass
+@dataclass(slots=True)
 class Address:
     family: int
     address: str

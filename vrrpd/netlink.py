@@ -13,6 +13,7 @@ import errno
 import select
 import socket
 import struct
+import sys
 from typing import Iterator, NamedTuple
 
 # linux/netlink.h, linux/rtnetlink.h, linux/if_addr.h
@@ -163,7 +164,9 @@ def decode_addr(buf, hdr: Header) -> AddrMsg | None:
         elif atype == IFA_ADDRESS:
             address = data
         elif atype == IFA_LABEL:
-            label = data.rstrip(b"\0").decode("utf-8", "replace")
+            # One string per label ("eth0"), not one per address: the link
+            # monitor keeps every address, the VIPs of thousands of instances too.
+            label = sys.intern(data.rstrip(b"\0").decode("utf-8", "replace"))
         elif atype == IFA_FLAGS and len(data) >= 4:
             flags = struct.unpack_from("=I", data)[0]      # full 32-bit flags
         off += align4(alen)

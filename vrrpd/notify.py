@@ -37,7 +37,7 @@ KINDS = ("INSTANCE", "GROUP")
 STOP_WAIT = 1.0                  # keepalived waits up to 1 s for notify_stop at shutdown
 
 
-@dataclass
+@dataclass(slots=True)
 class NotifyScripts:
     """The notify scripts of one vrrp_instance or vrrp_sync_group (keepalived keywords)."""
     notify_master: Script | None = None

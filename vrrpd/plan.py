@@ -13,7 +13,7 @@ from .vmac import VmacSpec, advert_interface, vip_interface
 SCOPES = {None: 0, "global": 0, "universe": 0, "site": 200, "link": 253, "host": 254, "nowhere": 255}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VipSpec:
     address: str          # "192.0.2.1/32"
     dev: str | None       # the interface it goes on (a vmac's, see vmac.vip_interface)
@@ -22,7 +22,7 @@ class VipSpec:
     broadcast: str | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class InstanceSpec:
     name: str
     conf: VrrpInstance
@@ -38,9 +38,11 @@ class InstanceSpec:
     preempt: bool
     preempt_delay_cs: int
     src_ip: str | None
-    unicast_peers: list[str]
-    vips: list[VipSpec]           # every address to add as MASTER (incl. _excluded)
-    advert_addrs: list[str]       # the addresses listed in adverts
+    # Tuples: one per instance of each, kept for the daemon's life (the empty
+    # tuple is shared by every instance without unicast peers).
+    unicast_peers: tuple[str, ...]
+    vips: tuple[VipSpec, ...]     # every address to add as MASTER (incl. _excluded)
+    advert_addrs: tuple[str, ...]     # the addresses listed in adverts
     auth_type: int
     auth_pass: bytes
     v3_checksum_as_v2: bool
@@ -88,13 +90,14 @@ def instance_spec(inst: VrrpInstance, config: Config, vmacs: set[str] | None = N
         version=inst.version, priority=inst.priority, advert_int_cs=inst.advert_int_cs,
         preempt=not inst.nopreempt, preempt_delay_cs=int(round(inst.preempt_delay * 100)),
         src_ip=str(src) if src is not None else None,
-        unicast_peers=[str(p.address) for p in inst.unicast_peer],
-        vips=[_vip(v, vip_interface(inst, v, False, vmac_name)) for v in inst.virtual_ipaddress] +
-             [_vip(v, vip_interface(inst, v, True, vmac_name)) for v in inst.virtual_ipaddress_excluded],
+        unicast_peers=tuple(str(p.address) for p in inst.unicast_peer),
+        vips=tuple([_vip(v, vip_interface(inst, v, False, vmac_name)) for v in inst.virtual_ipaddress] +
+                   [_vip(v, vip_interface(inst, v, True, vmac_name))
+                    for v in inst.virtual_ipaddress_excluded]),
         # virtual_ipaddress_excluded exists to keep addresses out of the advert
         # (and of the other family); an advert lists at most 255.
-        advert_addrs=[str(v.address.ip) for v in inst.virtual_ipaddress
-                      if v.family == inst.family][:255],
+        advert_addrs=tuple([str(v.address.ip) for v in inst.virtual_ipaddress
+                            if v.family == inst.family][:255]),
         auth_type=auth_type, auth_pass=(auth.auth_pass.encode()[:8] if auth_type else b""),
         v3_checksum_as_v2=inst.v3_checksum_as_v2 or g.v3_checksum_as_v2,
         needs_drop=needs_drop(inst))

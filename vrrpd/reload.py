@@ -118,8 +118,9 @@ class Reloader:
     """daemon.reload's driver: serialises reloads, reports to systemd."""
 
     def __init__(self, daemon, path: str, config_id: str | None,
-                 running: reloadchild.Fingerprints):
-        """running: fingerprints of daemon.plan (reloadchild.fingerprints), made
+                 running: "reloadchild.Fingerprints | bytes"):
+        """running: fingerprints of daemon.plan (reloadchild.fingerprints, or
+        their pickle as the reader sends them), made
         before the instances start: ~0.2 s per 1,000 instances the loop must not wait."""
         self.daemon, self.path, self.config_id = daemon, path, config_id
         self._lock = asyncio.Lock()

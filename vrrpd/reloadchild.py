@@ -52,7 +52,7 @@ class Outcome:
     specs: list[bytes] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)    # running names
     globals_same: bool = False            # everything but the instances is unchanged
-    fingerprints: "Fingerprints | None" = None     # of the new configuration
+    fingerprints: "Fingerprints | bytes | None" = None     # of the new configuration (main: pickled)
 
 
 @dataclass
@@ -136,18 +136,56 @@ def compute(path: str, config_id: str | None, running: Fingerprints) -> Outcome:
     return out
 
 
+@dataclass
+class Startup:
+    """The daemon's start-up configuration (`--plan`): the whole plan and its
+    fingerprints, one pickle, so that the daemon's heap never holds the
+    configuration's text, tokens and parse tree.  Freed among the long-lived
+    objects they left holes that stayed resident for the daemon's life."""
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    plan: Plan | None = None
+    fingerprints: Fingerprints | bytes | None = None    # main(): pickled
+
+
+def startup(path: str, config_id: str | None) -> Startup:
+    result = load(path, config_id=config_id)
+    out = Startup(errors=[str(e) for e in result.errors],
+                  warnings=[str(w) for w in result.warnings])
+    if not result.errors:
+        out.plan = build_plan(result.config)
+        out.fingerprints = fingerprints(out.plan, out.plan.instances)
+    return out
+
+
 def main() -> int:
-    """stdin: pickle of (path, config_id, Fingerprints); stdout: pickle of the Outcome."""
+    """stdin: pickle of (path, config_id, Fingerprints or their pickle); stdout:
+    pickle of the Outcome.  With --plan (start-up): stdin (path, config_id),
+    stdout a Startup.  Either one's fingerprints go out pickled on their own."""
     gc.disable()                        # short-lived
-    # Only spare CPU, on any core: the daemon (maybe real-time, pinned by
-    # vrrp_cpu_affinity) and its peers come first.
-    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    os.sched_setaffinity(0, range(os.cpu_count() or 1))
+    at_startup = "--plan" in sys.argv[1:]
+    if not at_startup:
+        # Only spare CPU, on any core: the daemon (maybe real-time, pinned by
+        # vrrp_cpu_affinity) and its peers come first.  At start-up the
+        # daemon waits for it.
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        os.sched_setaffinity(0, range(os.cpu_count() or 1))
     try:
-        path, config_id, running = pickle.load(sys.stdin.buffer)
-        out = compute(path, config_id, running)
+        if at_startup:
+            out = startup(*pickle.load(sys.stdin.buffer))
+        else:
+            path, config_id, running = pickle.load(sys.stdin.buffer)
+            if isinstance(running, bytes):
+                running = pickle.loads(running)
+            out = compute(path, config_id, running)
+        # The daemon only hands its fingerprints back to the next reader:
+        # it keeps them pickled, a fraction of the objects' memory.
+        if out.fingerprints is not None:
+            out.fingerprints = pickle.dumps(out.fingerprints, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception:
-        out = Outcome(errors=["reload failed: " + traceback.format_exc(limit=5)])
+        what = "reading the configuration" if at_startup else "reload"
+        out = (Startup if at_startup else Outcome)(
+            errors=[f"{what} failed: " + traceback.format_exc(limit=5)])
     sys.stdout.buffer.write(pickle.dumps(out, protocol=pickle.HIGHEST_PROTOCOL))
     sys.stdout.buffer.flush()
     return 0

@@ -17,6 +17,7 @@ log = logging.getLogger("vrrpd.notify")
 STATE_WORDS = {_engine.BACKUP: "BACKUP", _engine.MASTER: "MASTER", _engine.FAULT: "FAULT"}
 NOTIFY_KEYWORDS = ("notify_master", "notify_backup", "notify_fault", "notify_stop",
                    "notify_deleted", "notify", "notify_master_rx_lower_pri")
+NO_SCRIPTS = NotifyScripts()
 
 
 class Reporter:
@@ -42,8 +43,9 @@ class Reporter:
         instance per step (a generator: a reload yields to the loop between)."""
         for name in names:
             inst = self.config.instances[name]
-            self.scripts[name] = NotifyScripts(
-                **{k: self._prepare(getattr(inst, k), f"{k} of {name}") for k in NOTIFY_KEYWORDS})
+            scripts = {k: self._prepare(getattr(inst, k), f"{k} of {name}") for k in NOTIFY_KEYWORDS}
+            # Instances without a notify script (most, at scale) share one empty set.
+            self.scripts[name] = NotifyScripts(**scripts) if any(scripts.values()) else NO_SCRIPTS
             yield
 
     def _prepare(self, cmd: Command | None, label: str):

@@ -118,7 +118,7 @@ def _addr(packed: bytes | None) -> str:
     return socket.inet_ntop(socket.AF_INET6 if len(packed) == 16 else socket.AF_INET, packed)
 
 
-@dataclass
+@dataclass(slots=True)
 class Instance:
     """Runtime view of one vrrp_instance."""
     name: str

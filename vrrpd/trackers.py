@@ -16,7 +16,7 @@ from .config.model import Config, VrrpInstance
 from .links import Link, LinkEvent
 from .scripts import ScriptRunner
 from .tracking import (ProcessWatcher, Track, TrackedInstance, TrackFile, TrackFileWatcher,
-                       Verdict, VrrpScript, VrrpScriptTracker, VrrpTrackProcess)
+                       Verdict, VrrpScript, VrrpScriptTracker, VrrpTrackProcess, track_key)
 
 log = logging.getLogger("vrrpd.track")
 
@@ -49,6 +49,7 @@ class Trackers:
         self._script_trackers: list[VrrpScriptTracker] = []
         self._files: TrackFileWatcher | None = None
         self._processes: ProcessWatcher | None = None
+        self._shared: dict = {}
         if build:
             for _ in self.build(config.instances):
                 pass
@@ -75,11 +76,13 @@ class Trackers:
             inst = self.config.instances[name]
             group = self.config.sync_groups.get(inst.sync_group) if inst.sync_group else None
             ti = TrackedInstance(
-                name, inst.priority, self._own_tracks(inst, defaults),
-                self._group_tracks(group, defaults) if group else [], sync_group=group is not None,
+                name, inst.priority, map(self._share, self._own_tracks(inst, defaults)),
+                map(self._share, self._group_tracks(group, defaults)) if group else (),
+                sync_group=group is not None,
                 sync_group_tracking_weight=bool(group and group.sync_group_tracking_weight),
-                on_change=lambda v, n=name: self.on_verdict(n, v))
-            for key in {(t.kind, t.name) for t in ti.tracks}:
+                on_change=self.on_verdict, named=True)
+            ti.tracks = self._share(ti.tracks)
+            for key in {track_key(t.kind, t.name) for t in ti.tracks}:
                 value = self._known(key, old, carry)
                 if value is not None:
                     ti._values[key] = value
@@ -87,6 +90,11 @@ class Trackers:
             ti.verdict = ti._evaluate()
             self.instances[name] = ti
             yield
+
+    def _share(self, obj):
+        """One object for equal Tracks and equal track lists: instances of a
+        lab or a data centre mostly track the same few things."""
+        return self._shared.setdefault(obj, obj)
 
     def _known(self, key: tuple[str, str], old: TrackedInstance | None, carry):
         for source in (old, *self._by_object.get(key, ())[:1],

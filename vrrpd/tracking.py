@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import functools
 import logging
 import os
 import struct
@@ -490,7 +491,7 @@ class ProcessWatcher:
 TRACK_KINDS = ("script", "interface", "file", "process")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Track:
     """One track_* entry of an instance or sync group."""
     kind: str                   # one of TRACK_KINDS
@@ -503,6 +504,22 @@ class Track:
             raise ValueError(f"unknown track kind {self.kind!r}")
 
 
+_KEYS: dict[tuple[str, str], tuple[str, str]] = {}
+
+
+def track_key(kind: str, name: str) -> tuple[str, str]:
+    """(kind, name) of a tracked object, one tuple for all the instances
+    that track it (thousands of instances tracking their interface)."""
+    key = (kind, name)
+    return _KEYS.setdefault(key, key)
+
+
+@functools.lru_cache(maxsize=None)
+def _verdict(fault: bool, priority: int, pending: bool) -> Verdict:
+    # Few distinct verdicts (priority is 1..255): one object each, shared.
+    return Verdict(fault, priority, pending)
+
+
 class TrackedInstance:
     """Combines an instance's tracked objects into (fault, priority, pending).
 
@@ -510,39 +527,47 @@ class TrackedInstance:
     script/interface/process, int for file.  An object not yet reported
     contributes nothing, except a weight-0 script which keeps the instance
     pending (keepalived holds it in INIT until its scripts have run).
-    on_change(Verdict) fires whenever the verdict changes.
+    on_change(Verdict) fires whenever the verdict changes; or, with
+    named=True, on_change(name, Verdict): one callable for all instances
+    instead of a closure each.
     """
+
+    __slots__ = ("name", "base_priority", "tracks", "on_change", "named", "_values", "verdict")
 
     def __init__(self, name: str, priority: int, tracks: Iterable[Track] = (),
                  group_tracks: Iterable[Track] = (), *, sync_group: bool = False,
                  sync_group_tracking_weight: bool = False,
-                 on_change: Callable[[Verdict], None] | None = None):
+                 on_change: Callable[..., None] | None = None, named: bool = False):
         self.name = name
         self.base_priority = priority
-        own = list(tracks)
+        own = tuple(tracks)
         if sync_group and not sync_group_tracking_weight:
-            own = [Track(t.kind, t.name, 0, t.reverse) for t in own]
-        self.tracks = own + list(group_tracks)
+            own = tuple(Track(t.kind, t.name, 0, t.reverse) for t in own)
+        self.tracks: tuple[Track, ...] = own + tuple(group_tracks)
         self.on_change = on_change
+        self.named = named
         self._values: dict[tuple[str, str], bool | int] = {}
         self.verdict = self._evaluate()
 
     def update(self, kind: str, name: str, value: bool | int) -> Verdict:
         if self._values.get((kind, name)) == value and (kind, name) in self._values:
             return self.verdict             # nothing new (a re-dump, a reload)
-        self._values[(kind, name)] = value
+        self._values[track_key(kind, name)] = value
         return self._changed(self._evaluate())
 
     def _changed(self, verdict: Verdict) -> Verdict:
         if verdict != self.verdict:
             self.verdict = verdict
             if self.on_change is not None:
-                self.on_change(verdict)
+                if self.named:
+                    self.on_change(self.name, verdict)
+                else:
+                    self.on_change(verdict)
         return verdict
 
     def remove(self, kind: str, name: str) -> Verdict:
         """Stop tracking an object (keepalived drops a disabled script)."""
-        self.tracks = [t for t in self.tracks if not (t.kind == kind and t.name == name)]
+        self.tracks = tuple(t for t in self.tracks if not (t.kind == kind and t.name == name))
         self._values.pop((kind, name), None)
         return self._changed(self._evaluate())
 
@@ -564,4 +589,4 @@ class TrackedInstance:
                 fault = True
             else:
                 adjustments.append(adj)
-        return Verdict(fault, effective_priority(self.base_priority, adjustments), pending)
+        return _verdict(fault, effective_priority(self.base_priority, adjustments), pending)

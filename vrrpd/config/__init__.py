@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import socket
 
-from . import build, lexer, parser, validate
 from .model import *  # noqa: F401,F403  (the model is part of this package's API)
 from .model import Config
 from .problems import LoadResult, Problem, Report
@@ -24,6 +23,11 @@ def default_config_id() -> str:
 
 def load(path: str, config_id: str | None = None) -> LoadResult:
     """Read, parse and check a keepalived.conf; config is None if there are errors."""
+    # Imported here: the daemon uses the model, while a child process reads
+    # its configuration (vrrpd.reloadchild), so the reader's modules stay out
+    # of its memory.
+    from . import build, lexer, parser, validate
+
     report = Report()
     cid = default_config_id() if config_id is None else config_id
     lines, files = lexer.read(path, report, cid)

@@ -14,6 +14,7 @@ import glob
 import os
 import random
 import re
+import sys
 
 from .problems import Report, Where
 
@@ -68,7 +69,10 @@ def strip_comment(text: str) -> str:
 def tokenize(text: str) -> list[str]:
     """Split a line into tokens; raises ValueError on an unterminated quote."""
     if '"' not in text and "'" not in text:
-        return _UNQUOTED.findall(text)
+        # Interned: the words repeated in every instance block ("eth0",
+        # "BACKUP") become one object each, which the daemon receives
+        # pickled once (reloadchild --plan), not once per instance.
+        return list(map(sys.intern, _UNQUOTED.findall(text)))
     tokens: list[str] = []
     buf: list[str] = []
     quoted = in_token = False
