@@ -10,7 +10,9 @@ import sys
 import pytest
 
 from vrrpd.lab.report import summary
+from vrrpd.lab import testbed
 from vrrpd.lab.testbed import PREFIX, cleanup
+from vrrpd.labconf import LabSpec
 from vrrpd.labnet import Netns, namespaces, new_name, sh, wait_for
 
 LAB = [sys.executable, "-c", "import sys; from vrrpd.lab import main; sys.exit(main())"]
@@ -52,7 +54,12 @@ def lab_json(tmp_path_factory):
 def test_failover_json_complete_and_sane(lab_json, kind):
     result, stdout = lab_json
     assert result["spec"] == {"instances": INSTANCES, "advert_int": 0.1, "version": 3, "family": 4}
+    assert result["topology"] == "p2p"                  # the default
+    assert result["kernel_floor"]["vip_add_s"] > 0
+    assert result["kernel_floor"]["instances"] == INSTANCES
+    assert len(result["machine"]["loadavg"]) == 3
     d = result["daemons"][kind]
+    assert d["kernel_floor"]["vip_add_s"] >= result["kernel_floor"]["vip_add_s"]
     for role in ("master", "backup"):
         host = d["steady"][role]
         assert host["cpu_pct"] >= 0 and host["rss_kb"] > 1000
@@ -68,7 +75,55 @@ def test_failover_json_complete_and_sane(lab_json, kind):
     assert f["takeover"]["last"] >= max(f["fifo_master"]["last"], f["vip_added"]["last"]) - 1e-6
     assert len(f["times"]) == INSTANCES and all(t > 0 for t in f["times"])
     assert d["pooled"]["crash"]["count"] == INSTANCES
+    # "last" as a multiple of Master_Down_Interval + the kernel floor of this daemon's lab.
+    mdi = result["expected"]["master_down_interval_s"]
+    assert f["protocol_s"] == pytest.approx(mdi)
+    assert f["last_vs_floor"] == pytest.approx(
+        f["takeover"]["last"] / (mdi + d["kernel_floor"]["vip_add_s"]), abs=1e-3)
     assert kind in stdout
+    assert "kernel floor: ip -batch adds the 50 VIPs" in stdout
+
+
+@pytest.mark.netns
+def test_p2p_testbed_is_veth_pairs_without_bridge_or_qdisc():
+    # 300 instances: 2 links, 150 VRIDs each (the lab spreads instances evenly).
+    tb = testbed.Testbed(LabSpec(instances=300, advert_int=0.1), "vrrpd", topology="p2p")
+    try:
+        assert tb.lan.switch is None
+        assert tb.spec.nics == 2 and tb.spec.vrids_per_nic == 150
+        assert tb.spec.placement(299) == (1, 150) and tb.instance_of("eth1", 150) == 299
+        for host in tb.lan.hosts:
+            links = host.run("ip", "-o", "link", "show").stdout
+            assert "bridge" not in host.run("ip", "-d", "link", "show").stdout
+            assert {line.split(":")[1].strip().split("@")[0] for line in links.splitlines()} \
+                == {"lo", "eth0", "eth1"}
+            qdiscs = host.run("tc", "qdisc", "show").stdout.splitlines()
+            assert qdiscs and all(q.startswith("qdisc noqueue") for q in qdiscs), qdiscs
+        # The kernel floor adds the N VIPs on the backup's links and removes them again.
+        floor = tb.kernel_floor(repeat=1)
+        assert floor["vip_add_s"] > 0 and floor["vip_del_s"] > 0 and floor["instances"] == 300
+        left = tb.backup.ns.run("ip", "-o", "-4", "addr", "show").stdout
+        assert "198.19." not in left
+    finally:
+        tb.close()
+
+
+@pytest.mark.netns
+@pytest.mark.slow
+def test_p2p_link_down_cuts_the_cable_not_the_backups_carrier(tmp_path):
+    # On a direct link, downing the master's NICs would take the backup's carrier too (FAULT,
+    # not MASTER); the lab cuts the master's traffic instead and restores it afterwards.
+    out = tmp_path / "lab.json"
+    proc = subprocess.run(LAB + ["failover", "--daemon", "vrrpd", "--instances", "20",
+                                 "--topology", "p2p", "--scenario", "link-down,crash",
+                                 "--window", "1", "--json", str(out), "--quiet"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    d = json.loads(out.read_text())["daemons"]["vrrpd"]
+    down, crash = d["failovers"]
+    assert down["scenario"] == "link-down" and down["missing"] == 0
+    assert "restore_error" not in down and down["restore_s"] > 0
+    assert crash["missing"] == 0
 
 
 @pytest.mark.netns

@@ -15,7 +15,7 @@ import signal
 import sys
 
 from ..labconf import LabSpec
-from .testbed import SCENARIOS, cleanup
+from .testbed import SCENARIOS, TOPOLOGIES, cleanup
 
 
 def _list(choices):
@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--family", type=int, choices=(4, 6), default=4)
     f.add_argument("--scenario", type=_list(SCENARIOS), default=["crash"],
                    help="crash (kill -9), graceful (SIGTERM), link-down; a comma list runs each")
+    f.add_argument("--topology", choices=TOPOLOGIES, default="p2p",
+                   help="p2p: the routers joined directly by veth pairs (default); "
+                        "switch: a bridge between them")
     f.add_argument("--repeat", type=int, default=1, metavar="K")
     f.add_argument("--window", type=float, default=5.0, metavar="S",
                    help="steady-state measuring window")
@@ -94,7 +97,7 @@ def failover_command(args) -> int:
         print("vrrpd-lab: VRRPv2 is IPv4-only with whole-second adverts", file=sys.stderr)
         return 2
     result = failover.run(args.daemon, spec, args.scenario, args.repeat, args.window,
-                          args.vrrpd_binary, progress=not args.quiet)
+                          args.vrrpd_binary, progress=not args.quiet, topology=args.topology)
     with open(args.json, "w") as f:
         json.dump(result, f, indent=1)
     failover.print_summary(result)
