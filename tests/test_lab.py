@@ -152,3 +152,19 @@ def test_cleanup_removes_namespaces_and_their_daemons():
     assert gone == [name]
     assert sleeper.wait(5) == -9
     assert name not in namespaces(PREFIX)
+
+
+def test_lab_keepalived_logs_to_its_file_only(tmp_path):
+    # Without -G keepalived also logs to syslog, and with no /dev/log listener glibc writes
+    # each line to /dev/console: on a serial console that held a 2,000-instance takeover for
+    # seconds. The lab's keepalived logs to its console (the lab's log file), as vrrpd does.
+    from vrrpd.labrun import DaemonProc
+
+    class Host:
+        name = "vlabnone"
+    d = DaemonProc(Host(), "keepalived", "", str(tmp_path))
+    try:
+        argv = d.argv()
+        assert "-G" in argv and "-l" in argv
+    finally:
+        d.stop()
