@@ -89,7 +89,14 @@ def main(argv=None) -> int:
 
 def failover_command(args) -> int:
     from . import failover
-    from .report import plot_result
+    from .report import PlotUnavailable, plot_result, require_matplotlib
+
+    if args.plot:
+        try:
+            require_matplotlib()
+        except PlotUnavailable as e:
+            print(f"vrrpd-lab: {e}", file=sys.stderr)
+            return 2
 
     spec = LabSpec(instances=args.instances, version=args.version, advert_int=args.advert_int,
                    family=args.family)
