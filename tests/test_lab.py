@@ -60,6 +60,9 @@ def test_failover_json_complete_and_sane(lab_json, kind):
     assert len(result["machine"]["loadavg"]) == 3
     d = result["daemons"][kind]
     assert d["kernel_floor"]["vip_add_s"] >= result["kernel_floor"]["vip_add_s"]
+    # The wire's rate for a takeover-sized burst: an advert and a GARP per instance.
+    assert d["wire"]["frames"] == 2 * INSTANCES and d["wire"]["lost"] == 0
+    assert d["wire"]["frames_per_s"] >= result["wire"]["frames_per_s"] > 0
     for role in ("master", "backup"):
         host = d["steady"][role]
         assert host["cpu_pct"] >= 0 and host["rss_kb"] > 1000
@@ -82,6 +85,21 @@ def test_failover_json_complete_and_sane(lab_json, kind):
         f["takeover"]["last"] / (mdi + d["kernel_floor"]["vip_add_s"]), abs=1e-3)
     assert kind in stdout
     assert "kernel floor: ip -batch adds the 50 VIPs" in stdout
+    assert "wire: a takeover-sized burst (100 frames) drains at" in stdout
+
+
+@pytest.mark.netns
+def test_switch_forwards_a_takeover_burst_without_loss():
+    # 600 instances: 3 bridges; the burst (1,200 frames) is more than a port's 1,000-packet
+    # queue, so it only arrives whole if the switch drains while the sender waits.
+    tb = testbed.Testbed(LabSpec(instances=600, advert_int=0.1), "vrrpd", topology="switch")
+    try:
+        assert tb.lan.switch is not None
+        wire = tb.forwarding_rate()
+        assert wire["frames"] == 1200 and wire["received"] == 1200 and wire["lost"] == 0
+        assert wire["frames_per_s"] > 0 and wire["drain_s"] > 0
+    finally:
+        tb.close()
 
 
 @pytest.mark.netns

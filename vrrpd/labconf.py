@@ -12,6 +12,7 @@ import ipaddress
 from dataclasses import dataclass
 
 VRIDS_PER_NIC = 255
+GARP_MASTER_REPEAT = 1                  # vrrp_garp_master_repeat of every generated config
 
 
 @dataclass
@@ -64,7 +65,7 @@ def host_config(spec: LabSpec, host: int, peers: list[dict[int, str]] | None = N
     address that the peers do not list).
     """
     lines = ["global_defs {", f"    router_id lab{host}", "    vrrp_garp_master_delay 0",
-             "    vrrp_garp_master_repeat 1"]
+             f"    vrrp_garp_master_repeat {GARP_MASTER_REPEAT}"]
     if spec.notify_fifo:
         lines.append(f"    vrrp_notify_fifo {spec.notify_fifo}")
     lines.append("}")

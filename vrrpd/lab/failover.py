@@ -61,6 +61,11 @@ def steady_state(tb: Testbed, window: float) -> dict:
             **hosts}
 
 
+def send_rate(times) -> float | None:
+    t = sorted(times)
+    return round(len(t) / (t[-1] - t[0])) if len(t) > 1 and t[-1] > t[0] else None
+
+
 def versus_floor(last: float | None, protocol_s: float, floor_s: float) -> float | None:
     """A "last" as a multiple of protocol time + kernel floor (1.0: nothing but the two)."""
     return None if last is None else round(last / (protocol_s + floor_s), 3)
@@ -92,6 +97,8 @@ def one_failover(tb: Testbed, scenario: str, repeat: int, progress: bool = True,
         "fifo_master": summary(t - t0 for t in fifo.values()),
         "vip_added": summary(t - t0 for t in vips.values()),
         "first_advert": summary(adverts.values()),
+        # How fast the new master put its first adverts out, beside the wire's own rate.
+        "advert_send_per_s": send_rate(adverts.values()),
         "missing": len(times) - len(done),
         "wire_packets": capture.packets,
         "times": [None if t is None else round(t, 6) for t in times],
@@ -111,13 +118,14 @@ def measure(kind: str, spec: LabSpec, scenarios: list[str], repeat: int = 1,
     tb = Testbed(spec, kind, binary, topology=topology)
     try:
         floor = tb.kernel_floor()           # before the daemons: nothing else on the NICs
+        wire = tb.forwarding_rate()
         bar = Progress(f"{kind} start", 2 * spec.instances) if progress else None
         startup = tb.start(bar)
         if bar:
             bar.done()
         time.sleep(1 + 3 * spec.advert_int)         # let start-up GARPs and timers settle
         result = {"binary": tb.master.binary, "daemon_version": daemon_version(tb.master),
-                  "kernel_floor": floor, "startup_s": round(startup, 3),
+                  "kernel_floor": floor, "wire": wire, "startup_s": round(startup, 3),
                   "steady": steady_state(tb, window), "failovers": []}
         plan = [(r, s) for r in range(repeat) for s in scenarios]
         for k, (r, scenario) in enumerate(plan):
@@ -156,8 +164,15 @@ def run(kinds: list[str], spec: LabSpec, scenarios: list[str], repeat: int = 1,
         "expected": {"master_down_interval_s": master_down_interval(spec, BACKUP_PRIORITY),
                      "skew_time_s": skew_time(spec, BACKUP_PRIORITY)},
         "kernel_floor": pooled_floor(daemons),
+        "wire": pooled_wire(daemons),
         "daemons": daemons,
     }
+
+
+def pooled_wire(daemons: dict) -> dict | None:
+    """The run's forwarding rate for a takeover-sized burst: the slowest lab's."""
+    rates = [d["wire"] for d in daemons.values() if d.get("wire", {}).get("frames_per_s")]
+    return min(rates, key=lambda w: w["frames_per_s"]) if rates else None
 
 
 def pooled_floor(daemons: dict) -> dict | None:
@@ -193,6 +208,11 @@ def print_summary(result: dict, out=sys.stdout) -> None:
     if floor:
         print(f"kernel floor: ip -batch adds the {floor['instances']} VIPs in "
               f"{ms(floor['vip_add_s'])} ms, deletes them in {ms(floor['vip_del_s'])} ms", file=out)
+    wire = result.get("wire")
+    if wire:
+        print(f"wire: a takeover-sized burst ({wire['frames']} frames) drains at "
+              f"{wire['frames_per_s']:,} frames/s ({wire['lost']} lost; sender "
+              f"{wire['send_frames_per_s'] or 0:,}/s)", file=out)
     print(f"{'daemon':<11}{'master cpu%':>12}{'backup cpu%':>12}{'master MiB':>11}"
           f"{'scenario':>11}{'first':>7}{'median':>7}{'p99':>7}{'last':>7}{'advert1':>8}{'n':>7}"
           f"{'last/(proto+floor)':>20}  (ms)", file=out)

@@ -10,16 +10,18 @@ cleanup` finds leftovers of a lab that was killed.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import resource
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
 
-from ..labconf import LabSpec, host_config, vip
+from ..labconf import GARP_MASTER_REPEAT, LabSpec, host_config, vip
 from ..labnet import P2P, Lan, namespaces, sh, wait_for
 from ..labrun import DaemonProc
 from .watch import AddrMonitor, WireCapture
@@ -193,6 +195,29 @@ class Testbed:
         if scenario == "link-down":
             return self._links(self.master, "down")
         raise ValueError(f"unknown scenario {scenario!r}")
+
+    def takeover_frames(self) -> int:
+        """Frames a takeover puts on the wire at once: per instance an advert and its GARPs."""
+        return self.spec.instances * (1 + GARP_MASTER_REPEAT)
+
+    def forwarding_rate(self) -> dict:
+        """The wire's own rate for a burst of the takeover's size, from the backup's NICs to
+        the master's (through the switch, or the direct veths), before any daemon runs."""
+        from .burst import rate             # not at import: it runs as python -m
+        frames = self.takeover_frames()
+        rx = self.master.ns.popen(sys.executable, "-m", "vrrpd.lab.burst", "recv", "--expect",
+                                  str(frames), "--timeout", "10", *self.nics(),
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            if rx.stdout.readline().strip() != "ready":
+                raise RuntimeError("burst receiver did not start")
+            sent = json.loads(self.backup.ns.run(sys.executable, "-m", "vrrpd.lab.burst", "send",
+                                                 "--frames", str(frames), *self.nics()).stdout)
+            received = json.loads(rx.communicate(timeout=20)[0].strip().splitlines()[-1])
+        finally:
+            if rx.poll() is None:
+                rx.kill()
+        return rate(sent, received)
 
     def _links(self, d: DaemonProc, updown: str) -> float:
         """The master's links go down (switch), or (p2p) its cable is cut: a veth's peer
