@@ -6,6 +6,7 @@ absolute timings are asserted (those are bench/ material).
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -202,3 +203,41 @@ def test_plot_without_matplotlib_is_one_line_naming_the_extra(tmp_path):
     assert "pip install 'vrrpd[lab]'" in proc.stderr
     assert not (tmp_path / "x.json").exists()
     assert namespaces(PREFIX) - before == set()
+
+
+@pytest.mark.netns
+@pytest.mark.slow
+def test_config_and_observe_time_a_takeover_outside_the_lab(tmp_path):
+    # What a user runs on two real machines: `vrrpd-lab config` on each, the daemons started
+    # by hand, `vrrpd-lab observe` on the backup; here the machines are two namespaces.
+    from vrrpd.labnet import P2P
+    from vrrpd.labrun import default_vrrpd
+    n = 20
+    net = P2P(nics=1, prefix=PREFIX, tag="o")
+    procs = []
+    try:
+        for host in (0, 1):
+            conf = tmp_path / f"h{host}.conf"
+            fifo = tmp_path / f"h{host}.fifo"
+            conf.write_text(subprocess.run(
+                LAB + ["config", "--host", str(host), "--instances", str(n), "--fifo", str(fifo)],
+                capture_output=True, text=True, check=True).stdout)
+            if host == 1:           # the observer makes the fifo and reads it before the daemon
+                out = tmp_path / "obs.json"
+                obs = net.hosts[1].popen(*LAB, "observe", "--fifo", str(fifo), "--instances",
+                                         str(n), "--timeout", "30", "--json", str(out),
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                wait_for(fifo.exists, what="the observer's fifo")
+            procs.append(net.hosts[host].popen(
+                default_vrrpd(), "-l", "-f", str(conf), "--control-socket",
+                str(tmp_path / f"h{host}.ctl"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            time.sleep(1.5)         # the master first: it wins every instance
+        procs[0].kill()             # crash of the master: the backup takes over all n
+        stdout, stderr = obs.communicate(timeout=60)
+        assert obs.returncode == 0, stdout + stderr
+        result = json.loads(out.read_text())
+        assert result["missing"] == 0 and result["takeover"]["count"] == n
+        assert result["from"] == "first MASTER line" and result["spread_s"] >= 0
+        assert f"{n} of {n} MASTER with VIP" in stdout
+    finally:
+        net.delete()
