@@ -194,15 +194,13 @@ def test_plot_without_matplotlib_is_one_line_naming_the_extra(tmp_path):
     # (before minutes of lab), not end a run in a traceback.
     hide = ("import sys; sys.modules['matplotlib'] = None; "
             "from vrrpd.lab import main; sys.exit(main())")
-    before = namespaces(PREFIX)
     proc = subprocess.run([sys.executable, "-c", hide, "failover", "--instances", "2",
                            "--json", str(tmp_path / "x.json"), "--plot", str(tmp_path / "x.png")],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "pip install 'vrrpd[lab]'" in proc.stderr
-    assert not (tmp_path / "x.json").exists()
-    assert namespaces(PREFIX) - before == set()
+    assert not (tmp_path / "x.json").exists()           # no lab ran
 
 
 @pytest.mark.netns
