@@ -51,7 +51,7 @@ setup(
     ext_modules=extensions(),
     install_requires=["uvloop", "pyroute2", "prometheus-client", "aiosmtplib"],
     extras_require={
-        "lab": ["matplotlib"],
+        "lab": ["matplotlib"],          # vrrpd-lab failover --plot, bench/compare.py
         "test": ["pytest", "pytest-benchmark", "pytest-timeout", "hypothesis",
                  "scapy", "aiosmtpd", "matplotlib"],
     },

@@ -6,11 +6,14 @@ absolute timings are asserted (those are bench/ material).
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
 from vrrpd.lab.report import summary
+from vrrpd.lab import testbed
 from vrrpd.lab.testbed import PREFIX, cleanup
+from vrrpd.labconf import LabSpec
 from vrrpd.labnet import Netns, namespaces, new_name, sh, wait_for
 
 LAB = [sys.executable, "-c", "import sys; from vrrpd.lab import main; sys.exit(main())"]
@@ -52,7 +55,15 @@ def lab_json(tmp_path_factory):
 def test_failover_json_complete_and_sane(lab_json, kind):
     result, stdout = lab_json
     assert result["spec"] == {"instances": INSTANCES, "advert_int": 0.1, "version": 3, "family": 4}
+    assert result["topology"] == "p2p"                  # the default
+    assert result["kernel_floor"]["vip_add_s"] > 0
+    assert result["kernel_floor"]["instances"] == INSTANCES
+    assert len(result["machine"]["loadavg"]) == 3
     d = result["daemons"][kind]
+    assert d["kernel_floor"]["vip_add_s"] >= result["kernel_floor"]["vip_add_s"]
+    # The wire's rate for a takeover-sized burst: an advert and a GARP per instance.
+    assert d["wire"]["frames"] == 2 * INSTANCES and d["wire"]["lost"] == 0
+    assert d["wire"]["frames_per_s"] >= result["wire"]["frames_per_s"] > 0
     for role in ("master", "backup"):
         host = d["steady"][role]
         assert host["cpu_pct"] >= 0 and host["rss_kb"] > 1000
@@ -68,7 +79,70 @@ def test_failover_json_complete_and_sane(lab_json, kind):
     assert f["takeover"]["last"] >= max(f["fifo_master"]["last"], f["vip_added"]["last"]) - 1e-6
     assert len(f["times"]) == INSTANCES and all(t > 0 for t in f["times"])
     assert d["pooled"]["crash"]["count"] == INSTANCES
+    # "last" as a multiple of Master_Down_Interval + the kernel floor of this daemon's lab.
+    mdi = result["expected"]["master_down_interval_s"]
+    assert f["protocol_s"] == pytest.approx(mdi)
+    assert f["last_vs_floor"] == pytest.approx(
+        f["takeover"]["last"] / (mdi + d["kernel_floor"]["vip_add_s"]), abs=1e-3)
     assert kind in stdout
+    assert "kernel floor: ip -batch adds the 50 VIPs" in stdout
+    assert "wire: a takeover-sized burst (100 frames) drains at" in stdout
+
+
+@pytest.mark.netns
+def test_switch_forwards_a_takeover_burst_without_loss():
+    # 600 instances: 3 bridges; the burst (1,200 frames) is more than a port's 1,000-packet
+    # queue, so it only arrives whole if the switch drains while the sender waits.
+    tb = testbed.Testbed(LabSpec(instances=600, advert_int=0.1), "vrrpd", topology="switch")
+    try:
+        assert tb.lan.switch is not None
+        wire = tb.forwarding_rate()
+        assert wire["frames"] == 1200 and wire["received"] == 1200 and wire["lost"] == 0
+        assert wire["frames_per_s"] > 0 and wire["drain_s"] > 0
+    finally:
+        tb.close()
+
+
+@pytest.mark.netns
+def test_p2p_testbed_is_veth_pairs_without_bridge_or_qdisc():
+    # 300 instances: 2 links, 150 VRIDs each (the lab spreads instances evenly).
+    tb = testbed.Testbed(LabSpec(instances=300, advert_int=0.1), "vrrpd", topology="p2p")
+    try:
+        assert tb.lan.switch is None
+        assert tb.spec.nics == 2 and tb.spec.vrids_per_nic == 150
+        assert tb.spec.placement(299) == (1, 150) and tb.instance_of("eth1", 150) == 299
+        for host in tb.lan.hosts:
+            links = host.run("ip", "-o", "link", "show").stdout
+            assert "bridge" not in host.run("ip", "-d", "link", "show").stdout
+            assert {line.split(":")[1].strip().split("@")[0] for line in links.splitlines()} \
+                == {"lo", "eth0", "eth1"}
+            qdiscs = host.run("tc", "qdisc", "show").stdout.splitlines()
+            assert qdiscs and all(q.startswith("qdisc noqueue") for q in qdiscs), qdiscs
+        # The kernel floor adds the N VIPs on the backup's links and removes them again.
+        floor = tb.kernel_floor(repeat=1)
+        assert floor["vip_add_s"] > 0 and floor["vip_del_s"] > 0 and floor["instances"] == 300
+        left = tb.backup.ns.run("ip", "-o", "-4", "addr", "show").stdout
+        assert "198.19." not in left
+    finally:
+        tb.close()
+
+
+@pytest.mark.netns
+@pytest.mark.slow
+def test_p2p_link_down_cuts_the_cable_not_the_backups_carrier(tmp_path):
+    # On a direct link, downing the master's NICs would take the backup's carrier too (FAULT,
+    # not MASTER); the lab cuts the master's traffic instead and restores it afterwards.
+    out = tmp_path / "lab.json"
+    proc = subprocess.run(LAB + ["failover", "--daemon", "vrrpd", "--instances", "20",
+                                 "--topology", "p2p", "--scenario", "link-down,crash",
+                                 "--window", "1", "--json", str(out), "--quiet"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    d = json.loads(out.read_text())["daemons"]["vrrpd"]
+    down, crash = d["failovers"]
+    assert down["scenario"] == "link-down" and down["missing"] == 0
+    assert "restore_error" not in down and down["restore_s"] > 0
+    assert crash["missing"] == 0
 
 
 @pytest.mark.netns
@@ -97,3 +171,71 @@ def test_cleanup_removes_namespaces_and_their_daemons():
     assert gone == [name]
     assert sleeper.wait(5) == -9
     assert name not in namespaces(PREFIX)
+
+
+def test_lab_keepalived_logs_to_its_file_only(tmp_path):
+    # Without -G keepalived also logs to syslog, and with no /dev/log listener glibc writes
+    # each line to /dev/console: on a serial console that held a 2,000-instance takeover for
+    # seconds. The lab's keepalived logs to its console (the lab's log file), as vrrpd does.
+    from vrrpd.labrun import DaemonProc
+
+    class Host:
+        name = "vlabnone"
+    d = DaemonProc(Host(), "keepalived", "", str(tmp_path))
+    try:
+        argv = d.argv()
+        assert "-G" in argv and "-l" in argv
+    finally:
+        d.stop()
+
+
+def test_plot_without_matplotlib_is_one_line_naming_the_extra(tmp_path):
+    # A plain `pip install` has no matplotlib: --plot must say which extra brings it, at once
+    # (before minutes of lab), not end a run in a traceback.
+    hide = ("import sys; sys.modules['matplotlib'] = None; "
+            "from vrrpd.lab import main; sys.exit(main())")
+    proc = subprocess.run([sys.executable, "-c", hide, "failover", "--instances", "2",
+                           "--json", str(tmp_path / "x.json"), "--plot", str(tmp_path / "x.png")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "pip install 'vrrpd[lab]'" in proc.stderr
+    assert not (tmp_path / "x.json").exists()           # no lab ran
+
+
+@pytest.mark.netns
+@pytest.mark.slow
+def test_config_and_observe_time_a_takeover_outside_the_lab(tmp_path):
+    # What a user runs on two real machines: `vrrpd-lab config` on each, the daemons started
+    # by hand, `vrrpd-lab observe` on the backup; here the machines are two namespaces.
+    from vrrpd.labnet import P2P
+    from vrrpd.labrun import default_vrrpd
+    n = 20
+    net = P2P(nics=1, prefix=PREFIX, tag="o")
+    procs = []
+    try:
+        for host in (0, 1):
+            conf = tmp_path / f"h{host}.conf"
+            fifo = tmp_path / f"h{host}.fifo"
+            conf.write_text(subprocess.run(
+                LAB + ["config", "--host", str(host), "--instances", str(n), "--fifo", str(fifo)],
+                capture_output=True, text=True, check=True).stdout)
+            if host == 1:           # the observer makes the fifo and reads it before the daemon
+                out = tmp_path / "obs.json"
+                obs = net.hosts[1].popen(*LAB, "observe", "--fifo", str(fifo), "--instances",
+                                         str(n), "--timeout", "30", "--json", str(out),
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                wait_for(fifo.exists, what="the observer's fifo")
+            procs.append(net.hosts[host].popen(
+                default_vrrpd(), "-l", "-f", str(conf), "--control-socket",
+                str(tmp_path / f"h{host}.ctl"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            time.sleep(1.5)         # the master first: it wins every instance
+        procs[0].kill()             # crash of the master: the backup takes over all n
+        stdout, stderr = obs.communicate(timeout=60)
+        assert obs.returncode == 0, stdout + stderr
+        result = json.loads(out.read_text())
+        assert result["missing"] == 0 and result["takeover"]["count"] == n
+        assert result["from"] == "first MASTER line" and result["spread_s"] >= 0
+        assert f"{n} of {n} MASTER with VIP" in stdout
+    finally:
+        net.delete()

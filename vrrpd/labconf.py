@@ -1,8 +1,9 @@
 """keepalived.conf generator for labs, benchmarks and tests.
 
 One config per host, identical for vrrpd and keepalived, so both daemons
-are measured on the same input.  Instance i lives on NIC i // 255 with
-VRID i % 255 + 1, so more than 255 instances fit; its VIPs come from
+are measured on the same input.  N instances need ceil(N / 255) NICs; instance
+i lives on NIC i // 255 with VRID i % 255 + 1, or with `balanced` spread evenly
+over those NICs (10,000 instances: 40 NICs of 250 VRIDs).  Its VIPs come from
 198.19.0.0/16 (IPv4) or 2001:db8:ffff::/48 (IPv6).
 """
 from __future__ import annotations
@@ -11,6 +12,7 @@ import ipaddress
 from dataclasses import dataclass
 
 VRIDS_PER_NIC = 255
+GARP_MASTER_REPEAT = 1                  # vrrp_garp_master_repeat of every generated config
 
 
 @dataclass
@@ -23,10 +25,22 @@ class LabSpec:
     vips_per_instance: int = 1
     notify_fifo: str | None = None      # path; both daemons write state lines there
     extra_instance: str = ""            # lines added to every vrrp_instance
+    balanced: bool = False              # the same number of VRIDs on every NIC
 
     @property
     def nics(self) -> int:
         return max(1, -(-self.instances // VRIDS_PER_NIC))
+
+    @property
+    def vrids_per_nic(self) -> int:
+        return -(-self.instances // self.nics) if self.balanced else VRIDS_PER_NIC
+
+    def placement(self, i: int) -> tuple[int, int]:
+        """(NIC index, VRID) of instance i."""
+        return i // self.vrids_per_nic, i % self.vrids_per_nic + 1
+
+    def instance_of(self, nic: int, vrid: int) -> int:
+        return nic * self.vrids_per_nic + vrid - 1
 
 
 def placement(i: int) -> tuple[str, int]:
@@ -51,13 +65,13 @@ def host_config(spec: LabSpec, host: int, peers: list[dict[int, str]] | None = N
     address that the peers do not list).
     """
     lines = ["global_defs {", f"    router_id lab{host}", "    vrrp_garp_master_delay 0",
-             "    vrrp_garp_master_repeat 1"]
+             f"    vrrp_garp_master_repeat {GARP_MASTER_REPEAT}"]
     if spec.notify_fifo:
         lines.append(f"    vrrp_notify_fifo {spec.notify_fifo}")
     lines.append("}")
     for i in range(spec.instances):
-        dev, vrid = placement(i)
-        nic = i // VRIDS_PER_NIC
+        nic, vrid = spec.placement(i)
+        dev = f"eth{nic}"
         lines += [f"vrrp_instance VI_{i} {{",
                   f"    state {state}",
                   f"    interface {dev}",

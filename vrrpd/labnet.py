@@ -124,6 +124,38 @@ class Lan:
         self.switch.delete()
 
 
+class P2P:
+    """Two host namespaces joined directly by veth pairs, eth<n> to eth<n>: no bridge, and no
+    qdisc (a veth has none), so the wire is only the kernel's veth transmit.  Same addresses
+    and names as Lan (host_ip); there is no switch namespace."""
+
+    switch = None
+    host_ip = staticmethod(Lan.host_ip)
+
+    def __init__(self, nics: int = 1, addresses: bool = True, tag: str = "p", prefix: str = "vt"):
+        self.hosts: list[Netns] = []
+        try:
+            self.hosts = [Netns(new_name(f"{tag}{i}", prefix)) for i in range(2)]
+            a, b = self.hosts
+            sh("ip", "-n", a.name, "-batch", "-", input="".join(
+                f"link add name eth{n} type veth peer name eth{n} netns {b.name}\n"
+                for n in range(nics)))
+            for i, h in enumerate(self.hosts):
+                cmds = [f"link set eth{n} up\n" for n in range(nics)]
+                if addresses:
+                    cmds += [f"addr add {self.host_ip(i, 4, n)}/24 dev eth{n}\n"
+                             f"addr add {self.host_ip(i, 6, n)}/64 dev eth{n}\n"
+                             for n in range(nics)]
+                sh("ip", "-n", h.name, "-batch", "-", input="".join(cmds))
+        except BaseException:
+            self.delete()
+            raise
+
+    def delete(self) -> None:
+        for h in self.hosts:
+            h.delete()
+
+
 def namespaces(prefix: str) -> set[str]:
     """Namespaces whose name starts with prefix (for leak checks and cleanup)."""
     out = sh("ip", "netns", "list", check=False).stdout

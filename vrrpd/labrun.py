@@ -117,7 +117,11 @@ class DaemonProc:
             return [self.binary, "-l", *self._detail(), "-f", self.conf,
                     "--control-socket", self.ctl_path, *self.extra_args]
         # Unique pid files: keepalived refuses to start when another copy's exist.
-        return [self.binary, "-n", "-l", *self._detail(), "--vrrp", "-f", self.conf,
+        # -G: its log goes to the console (our log file) only, as vrrpd's does.  keepalived
+        # also logs to syslog by default, and where no syslog daemon listens on /dev/log,
+        # glibc's LOG_CONS writes each line to /dev/console instead: a serial console's
+        # write blocks the VRRP process (n_tty_write) at every line of a takeover.
+        return [self.binary, "-n", "-l", "-G", *self._detail(), "--vrrp", "-f", self.conf,
                 "-p", self.pidfile, "-r", self.pidfile + ".vrrp", "-c", self.pidfile + ".chk",
                 *self.extra_args]
 

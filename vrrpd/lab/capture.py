@@ -1,9 +1,11 @@
 """First VRRP advert per (port, VRID) on the wire, with kernel timestamps.
 
 Run inside the lab's switch namespace on the bridge ports of the host that
-is about to take over:
+is about to take over (adverts entering the bridge), or with --outgoing in
+that host's own namespace on its NICs (adverts it transmits; a direct link
+has no switch in between):
 
-    python -m vrrpd.lab.capture --expect N --timeout S PORT...
+    python -m vrrpd.lab.capture [--outgoing] --expect N --timeout S PORT...
 
 It prints "ready" once its sockets are open and times adverts from the
 moment given on stdin as "since UNIX_TIME" (just before the fault); when it has seen N
@@ -35,17 +37,19 @@ IPPROTO_VRRP = 112
 SNAPLEN = 128
 
 
-def _bpf_vrrp() -> list[tuple[int, int, int, int]]:
-    """Classic BPF: VRRP over IPv4 or IPv6 entering the bridge from the port.
+def _bpf_vrrp(outgoing: bool = False) -> list[tuple[int, int, int, int]]:
+    """Classic BPF: VRRP over IPv4 or IPv6 entering the bridge from the port,
+    or (outgoing) transmitted by the host on its NIC.
 
-    Packets the bridge floods out through the port (the other router's
-    adverts) are PACKET_OUTGOING there and dropped in the kernel.
+    The other direction (on a bridge port: the other router's adverts the
+    bridge floods out; on a NIC: the adverts it receives) is dropped in the kernel.
     """
     ld_w_abs, ld_h_abs, ld_b_abs, jeq, ret = 0x20, 0x28, 0x30, 0x15, 0x06
     skf_ad_pkttype = (-0x1000 + 4) & 0xFFFFFFFF
     return [
         (ld_w_abs, 0, 0, skf_ad_pkttype),   # 0: A = pkttype
-        (jeq, 8, 0, PACKET_OUTGOING),       # 1: outgoing -> drop
+        (jeq, 0, 8, PACKET_OUTGOING) if outgoing else
+        (jeq, 8, 0, PACKET_OUTGOING),       # 1: the other direction -> drop
         (ld_h_abs, 0, 0, 12),               # 2: A = ethertype
         (jeq, 0, 2, 0x0800),                # 3: IPv4 -> 4, else 6
         (ld_b_abs, 0, 0, 23),               # 4: A = IPv4 protocol
@@ -58,9 +62,9 @@ def _bpf_vrrp() -> list[tuple[int, int, int, int]]:
     ]
 
 
-def open_port(port: str) -> socket.socket:
+def open_port(port: str, outgoing: bool = False) -> socket.socket:
     s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-    prog = _bpf_vrrp()
+    prog = _bpf_vrrp(outgoing)
     buf = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *ins) for ins in prog))
     s.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER,
                  struct.pack("HL", len(prog), ctypes.addressof(buf)))
@@ -82,8 +86,9 @@ def vrid_of(frame: bytes) -> int | None:
     return frame[off] if len(frame) > off else None
 
 
-def capture(ports: list[str], expect: int, timeout: float, out=sys.stdout) -> dict:
-    socks = {open_port(p): p for p in ports}
+def capture(ports: list[str], expect: int, timeout: float, out=sys.stdout,
+            outgoing: bool = False) -> dict:
+    socks = {open_port(p, outgoing): p for p in ports}
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     print("ready", file=out, flush=True)
@@ -132,8 +137,9 @@ def main(argv=None) -> int:
     p.add_argument("ports", nargs="+")
     p.add_argument("--expect", type=int, required=True, help="stop after this many (port, VRID)")
     p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument("--outgoing", action="store_true", help="adverts the host sends on its NICs")
     a = p.parse_args(argv)
-    capture(a.ports, a.expect, a.timeout)
+    capture(a.ports, a.expect, a.timeout, outgoing=a.outgoing)
     return 0
 
 

@@ -46,8 +46,25 @@ class Progress:
             self.stream.flush()
 
 
+PLOT_EXTRA_MISSING = ("--plot needs matplotlib, which vrrpd's lab extra brings: "
+                      "pip install 'vrrpd[lab]'")
+
+
+class PlotUnavailable(RuntimeError):
+    pass
+
+
+def require_matplotlib() -> None:
+    """Before a lab runs for minutes: plots need the `lab` extra."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise PlotUnavailable(PLOT_EXTRA_MISSING) from None
+
+
 def plot_cdf(curves: dict[str, list[float]], path: str, title: str) -> None:
     """One step curve per label: fraction of instances MASTER with VIP vs time since fault."""
+    require_matplotlib()
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -1,21 +1,28 @@
-"""A two-router lab: a master host (priority 150) and a backup (100) on one LAN.
+"""A two-router lab: a master host (priority 150) and a backup (100).
 
-Both run the same daemon kind on the same generated keepalived.conf (only
-router_id and priority differ).  Every namespace carries the lab prefix, so
-`vrrpd-lab cleanup` finds leftovers of a lab that was killed.
+Topologies: p2p joins the two routers directly with one veth pair per NIC
+(nothing between the daemons but the kernel's veth transmit); switch puts a
+bridge per NIC, in a namespace of its own, between them.  Both run the same
+daemon kind on the same generated keepalived.conf (only router_id and
+priority differ).  Every namespace carries the lab prefix, so `vrrpd-lab
+cleanup` finds leftovers of a lab that was killed.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import re
+import resource
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
 
-from ..labconf import LabSpec, VRIDS_PER_NIC, host_config, vip
-from ..labnet import Lan, namespaces, sh, wait_for
+from ..labconf import GARP_MASTER_REPEAT, LabSpec, host_config, vip
+from ..labnet import P2P, Lan, namespaces, sh, wait_for
 from ..labrun import DaemonProc
 from .watch import AddrMonitor, WireCapture
 
@@ -23,6 +30,8 @@ PREFIX = "vlab"
 WORKDIR_PREFIX = "vrrpd-lab-"
 MASTER_PRIORITY, BACKUP_PRIORITY = 150, 100
 SCENARIOS = ("crash", "graceful", "link-down")
+TOPOLOGIES = ("p2p", "switch")
+CUT_TABLE = "vlabcut"
 
 
 def skew_time(spec: LabSpec, priority: int) -> float:
@@ -71,9 +80,26 @@ def queue_nics(host, nics: int) -> None:
         f"qdisc replace dev eth{n} root pfifo\n" for n in range(nics)))
 
 
+def protocol_time(spec: LabSpec, scenario: str) -> float:
+    """What VRRP itself makes the backup wait: Skew_Time after a priority-0 advert
+    (graceful), Master_Down_Interval after the last advert otherwise."""
+    if scenario == "graceful":
+        return skew_time(spec, BACKUP_PRIORITY)
+    return master_down_interval(spec, BACKUP_PRIORITY)
+
+
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 class Testbed:
-    def __init__(self, spec: LabSpec, kind: str, binary: str | None = None, tag: str = "f"):
-        self.spec = dataclasses.replace(spec, notify_fifo="@FIFO@")
+    def __init__(self, spec: LabSpec, kind: str, binary: str | None = None, tag: str = "f",
+                 topology: str = "p2p"):
+        if topology not in TOPOLOGIES:
+            raise ValueError(f"unknown topology {topology!r}")
+        self.spec = dataclasses.replace(spec, notify_fifo="@FIFO@", balanced=True)
+        self.topology = topology
         self.kind = kind
         self.names = [f"VI_{i}" for i in range(spec.instances)]
         self.vips = [vip(spec, i) for i in range(spec.instances)]
@@ -82,10 +108,13 @@ class Testbed:
         self.daemons: list[DaemonProc] = []
         self.monitor = None
         try:
-            self.lan = Lan(hosts=2, nics=spec.nics, prefix=PREFIX, tag=tag)
-            thread_wire(self.lan.switch, self.ports(0) + self.ports(1))
-            for host in self.lan.hosts:
-                queue_nics(host, spec.nics)
+            if topology == "p2p":
+                self.lan = P2P(nics=spec.nics, prefix=PREFIX, tag=tag)
+            else:
+                self.lan = Lan(hosts=2, nics=spec.nics, prefix=PREFIX, tag=tag)
+                thread_wire(self.lan.switch, self.ports(0) + self.ports(1))
+                for host in self.lan.hosts:
+                    queue_nics(host, spec.nics)
             for i, prio in enumerate((MASTER_PRIORITY, BACKUP_PRIORITY)):
                 conf = host_config(self.spec, i, priority=prio)
                 # No -D: both daemons log at their default level (vrrpd's debug
@@ -122,14 +151,40 @@ class Testbed:
         return time.monotonic() - t0
 
     def ports(self, host: int) -> list[str]:
-        """The backup's bridge ports in the switch namespace (see labnet.Lan)."""
+        """A host's bridge ports in the switch namespace (see labnet.Lan)."""
         return [f"h{host}n{n}" for n in range(self.spec.nics)]
 
+    def nics(self) -> list[str]:
+        return [f"eth{n}" for n in range(self.spec.nics)]
+
     def capture(self, timeout: float) -> WireCapture:
+        """The backup's adverts: entering the switch, or (p2p) leaving its NICs."""
+        if self.topology == "p2p":
+            return WireCapture(self.backup.ns, self.nics(), self.spec.instances, timeout,
+                               outgoing=True)
         return WireCapture(self.lan.switch, self.ports(1), self.spec.instances, timeout)
 
     def instance_of(self, port: str, vrid: int) -> int:
-        return int(port.rsplit("n", 1)[1]) * VRIDS_PER_NIC + vrid - 1
+        return self.spec.instance_of(int(re.search(r"\d+$", port)[0]), vrid)
+
+    def kernel_floor(self, repeat: int = 3) -> dict:
+        """What the kernel alone needs for the takeover's VIPs: `ip -batch` adding the run's
+        N VIPs on the backup's NICs (then deleting them), before any daemon runs there.
+        Best of `repeat`; cpu_s is the ip process's user + system time."""
+        plen = 128 if self.spec.family == 6 else 32
+        where = [(a, f"eth{self.spec.placement(i)[0]}") for i, a in enumerate(self.vips)]
+        runs = []
+        for _ in range(repeat):
+            run = {}
+            for op in ("add", "del"):
+                batch = "".join(f"addr {op} {a}/{plen} dev {dev}\n" for a, dev in where)
+                cpu, t = _children_cpu(), time.monotonic()
+                sh("ip", "-n", self.backup.ns.name, "-batch", "-", input=batch)
+                run[f"vip_{op}_s"] = round(time.monotonic() - t, 4)
+                run[f"vip_{op}_cpu_s"] = round(_children_cpu() - cpu, 4)
+            runs.append(run)
+        best = min(runs, key=lambda r: r["vip_add_s"])
+        return {**best, "runs": runs, "instances": self.spec.instances}
 
     def fault(self, scenario: str) -> float:
         """Break the master; returns the monotonic time of the fault."""
@@ -141,7 +196,45 @@ class Testbed:
             return self._links(self.master, "down")
         raise ValueError(f"unknown scenario {scenario!r}")
 
+    def takeover_frames(self) -> int:
+        """Frames a takeover puts on the wire at once: per instance an advert and its GARPs."""
+        return self.spec.instances * (1 + GARP_MASTER_REPEAT)
+
+    def forwarding_rate(self) -> dict:
+        """The wire's own rate for a burst of the takeover's size, from the backup's NICs to
+        the master's (through the switch, or the direct veths), before any daemon runs."""
+        from .burst import rate             # not at import: it runs as python -m
+        frames = self.takeover_frames()
+        rx = self.master.ns.popen(sys.executable, "-m", "vrrpd.lab.burst", "recv", "--expect",
+                                  str(frames), "--timeout", "10", *self.nics(),
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            if rx.stdout.readline().strip() != "ready":
+                raise RuntimeError("burst receiver did not start")
+            sent = json.loads(self.backup.ns.run(sys.executable, "-m", "vrrpd.lab.burst", "send",
+                                                 "--frames", str(frames), *self.nics()).stdout)
+            received = json.loads(rx.communicate(timeout=20)[0].strip().splitlines()[-1])
+        finally:
+            if rx.poll() is None:
+                rx.kill()
+        return rate(sent, received)
+
     def _links(self, d: DaemonProc, updown: str) -> float:
+        """The master's links go down (switch), or (p2p) its cable is cut: a veth's peer
+        would lose its carrier with it and the backup go to FAULT, so there the master's
+        NICs drop every frame both ways (nftables netdev hooks) and keep their carrier."""
+        if self.topology == "p2p":
+            devs = ", ".join(self.nics())
+            rules = (f"table netdev {CUT_TABLE} {{\n"
+                     f"  chain out {{ type filter hook egress devices = {{ {devs} }} priority 0;"
+                     " policy drop; }\n"
+                     f"  chain in {{ type filter hook ingress devices = {{ {devs} }} priority 0;"
+                     " policy drop; }\n}\n")
+            cmd = (("nft", "-f", "-") if updown == "down"
+                   else ("nft", "delete", "table", "netdev", CUT_TABLE))
+            t = time.monotonic()
+            d.ns.run(*cmd, input=rules if updown == "down" else None)
+            return t
         batch = "".join(f"link set eth{n} {updown}\n" for n in range(self.spec.nics))
         t = time.monotonic()
         sh("ip", "-n", d.ns.name, "-batch", "-", input=batch)

@@ -67,12 +67,15 @@ class AddrMonitor(threading.Thread):
 
 
 class WireCapture:
-    """vrrpd.lab.capture running in the switch namespace on some bridge ports."""
+    """vrrpd.lab.capture running in the switch namespace on some bridge ports, or
+    (outgoing) in a host's namespace on its NICs."""
 
-    def __init__(self, switch: Netns, ports: list[str], expect: int, timeout: float):
-        self.proc = switch.popen(sys.executable, "-m", "vrrpd.lab.capture", "--expect", str(expect),
-                                 "--timeout", str(timeout), *ports,
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    def __init__(self, ns: Netns, ports: list[str], expect: int, timeout: float,
+                 outgoing: bool = False):
+        self.proc = ns.popen(sys.executable, "-m", "vrrpd.lab.capture", "--expect", str(expect),
+                             "--timeout", str(timeout), *ports,
+                             *(["--outgoing"] if outgoing else []),
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()
         if line.strip() != "ready":
             self.proc.kill()
