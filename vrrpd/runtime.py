@@ -184,6 +184,7 @@ class Daemon:
         self._effects_task = asyncio.create_task(self._run_effects())
         self._rx_check = self._loop.call_later(RX_CHECK_S, self._check_rx)
         self.trackers.start(self.links.links)
+        await self.trackers.ready()
         if self.plan.startup_delay:
             # keepalived's vrrp_startup_delay: let the network settle before electing.
             await asyncio.sleep(self.plan.startup_delay)

@@ -15,9 +15,11 @@ Rules (keepalived.conf(5), vrrp_track.c):
   file reads as 0.
 * effective priority = base + adjustments, clamped to 1..254; an address
   owner (255) never changes.
-* sync-group members' own tracking weights are forced to 0 (so failures
-  FAULT the group) unless `sync_group_tracking_weight`; the group's own
-  track_* keep their weights.
+* sync-group members without `sync_group_tracking_weight`: a weighted
+  track_script or track_file of the member's own is ignored altogether
+  (keepalived 2.2.7 drops it: its failure changes nothing); interface and
+  process weights stay in force, as in keepalived; the group's own track_*
+  keep their weights.
 
 Watchers: vrrp_script on its interval through ScriptRunner; track_file
 through inotify on the file's directory (a small ctypes binding on
@@ -433,10 +435,13 @@ class ProcessWatcher:
         self.counts: dict[str, int] = {}
         self._delayed: dict[str, asyncio.TimerHandle] = {}
         self._task: asyncio.Task | None = None
+        self.scanned: asyncio.Future | None = None     # done after the first scan
 
     def start(self) -> None:
         if self.specs:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+            loop = asyncio.get_running_loop()
+            self.scanned = loop.create_future()
+            self._task = loop.create_task(self._run())
 
     async def stop(self) -> None:
         for h in self._delayed.values():
@@ -459,6 +464,8 @@ class ProcessWatcher:
                 for spec, count in zip(self.specs, counts):
                     self.counts[spec.name] = count
                     self._observe(spec, spec.quorum_ok(count))
+            if not self.scanned.done():
+                self.scanned.set_result(None)
             await asyncio.sleep(self.interval)
 
     def _observe(self, spec: VrrpTrackProcess, up: bool) -> None:
@@ -488,6 +495,8 @@ class ProcessWatcher:
 # -- per-instance aggregation -----------------------------------------------------------
 
 TRACK_KINDS = ("script", "interface", "file", "process")
+# Weighted own tracks keepalived 2.2.7 removes from a sync-group member.
+SYNC_DROPPED_KINDS = ("script", "file")
 
 
 @dataclass(frozen=True)
@@ -521,7 +530,7 @@ class TrackedInstance:
         self.base_priority = priority
         own = list(tracks)
         if sync_group and not sync_group_tracking_weight:
-            own = [Track(t.kind, t.name, 0, t.reverse) for t in own]
+            own = [t for t in own if not (t.weight and t.kind in SYNC_DROPPED_KINDS)]
         self.tracks = own + list(group_tracks)
         self.on_change = on_change
         self._values: dict[tuple[str, str], bool | int] = {}

@@ -1,0 +1,169 @@
+"""Differential scenarios for issue 16: where vrrpd followed the man page or
+its own reading and keepalived 2.2.7 does something else.
+
+Same method as tests/test_scenarios.py (whose bench, expectations format
+and comparison this reuses): each scenario runs once with keepalived 2.2.7
+and once with vrrpd as the daemon under test, with the same config and
+steps, and both runs must produce the sequence in EXPECTED.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from netns import wait_for
+from test_scenarios import (ADVERT_INT, DIFFERENCES, EXPECTED, PEER_PRIO, G, I, bench, check,  # noqa: F401
+                            expand, instance, sync_group, vrrp_script)
+
+pytestmark = [pytest.mark.netns, pytest.mark.keepalived,
+              pytest.mark.skipif(shutil.which("keepalived") is None and
+                                 not os.path.exists("/usr/sbin/keepalived"),
+                                 reason="keepalived not installed")]
+
+PROC_NAME = "vt16tracked"       # a track_process target: a copy of sleep under this name
+
+
+def _group_members(b, extra_vi1: str, head: str = "") -> None:
+    """Peer: the group at PEER_PRIO; DUT: the group at 150, VI_1 tracking `extra_vi1`."""
+    b.start_peer(sync_group(None) + instance("VI_0", 1, PEER_PRIO, None) +
+                 instance("VI_1", 2, PEER_PRIO, None))
+    b.peer.wait_state("VI_1", "MASTER")
+    d = b.start_dut(head + sync_group(b.notify_dir) + instance("VI_0", 1, 150, b.notify_dir) +
+                    instance("VI_1", 2, 150, b.notify_dir, extra=extra_vi1))
+    d.wait_state("VI_0", "MASTER")
+    d.wait_state("VI_1", "MASTER")
+
+
+# Item 1: a weighted track_* on a sync-group member without
+# sync_group_tracking_weight.  The tracked object goes down (weight -60, or
+# 12 x -5 for the file, would take VI_1 from 150 to 90, below the peer's
+# 100) and comes back.  keepalived 2.2.7 (measured, 3 runs each):
+# - track_script, track_file: dropped from the member; nothing happens and
+#   VI_1 keeps advertising 150;
+# - track_interface: it logs "ignoring eth1 tracked interface weight due to
+#   SYNC group" yet VI_1 advertises 90; the peer's VI_1 times out but cannot
+#   take over while its VI_0 still hears 150 (a group moves only when all
+#   members want MASTER): no transition either, only the peer's log shows 90;
+# - track_process: the weight applies too (no message).  keepalived cannot
+#   watch processes in a network namespace (the proc connector lives in the
+#   initial one: "Failed to set/clear process event listen"), so the process
+#   stays absent: VI_1 is 90 from the start and the group never becomes MASTER.
+SYNC_QUIET = [G("G1", "BACKUP"), I("VI_0", "BACKUP", 150), I("VI_1", "BACKUP", 150),
+              I("VI_0", "MASTER", 150), I("VI_1", "MASTER", 150), G("G1", "MASTER"),
+              I("VI_0", "STOP", 150), I("VI_1", "STOP", 150), G("G1", "STOP")]
+EXPECTED.update({
+    "sync_weight_script": SYNC_QUIET,
+    "sync_weight_interface": SYNC_QUIET,
+    "sync_weight_file": SYNC_QUIET,
+    "sync_weight_process": [G("G1", "BACKUP"), I("VI_0", "BACKUP", 150), I("VI_1", "BACKUP", 90),
+                            I("VI_0", "STOP", 150), I("VI_1", "STOP", 90), G("G1", "STOP")],
+})
+DIFFERENCES["sync_weight_process"] = (
+    "vrrpd's VI_0 goes MASTER at its down timer and takes VI_1 (90, hearing the peer's 100) "
+    "with it; keepalived 2.2.7 moves a group to MASTER only once every member wants MASTER",
+    "model keepalived's vrrp_sync_can_goto_master in the engine (a member whose down timer "
+    "fires stays BACKUP, wanting MASTER, while another member hears a better master)")
+PEER_HEARD_90 = {"script": False, "interface": True, "file": False}
+
+
+class _Toggle:
+    """Puts one kind of tracked object down and up again on the DUT's host."""
+
+    def __init__(self, b, kind: str):
+        self.b, self.kind = b, kind
+        self.file = os.path.join(b.tmp, "track.file")
+        self.proc: subprocess.Popen | None = None
+        if kind == "file":
+            with open(self.file, "w") as f:
+                f.write("0\n")
+        if kind == "process":
+            self.exe = os.path.join(b.tmp, PROC_NAME)
+            shutil.copy(shutil.which("sleep"), self.exe)
+            self.up()
+
+    def config(self) -> tuple[str, str]:
+        """(top-level blocks, the member's track_* block)"""
+        if self.kind == "script":
+            return (vrrp_script("chk", self.b.check, weight=-60), "track_script {\n chk\n}")
+        if self.kind == "interface":
+            return ("", "track_interface {\n eth1 weight -60\n}")
+        if self.kind == "file":
+            return (f"vrrp_track_file tf {{\n    file {self.file}\n    weight -5\n}}\n",
+                    "track_file {\n tf\n}")
+        return (f"vrrp_track_process tp {{\n    process {PROC_NAME}\n    weight -60\n"
+                f"    quorum 1\n}}\n", "track_process {\n tp\n}")
+
+    def down(self) -> None:
+        if self.kind == "script":
+            self.b.set_check(1)
+        elif self.kind == "interface":
+            self.b.link("eth1", False)
+        elif self.kind == "file":
+            with open(self.file + ".new", "w") as f:
+                f.write("12\n")
+            os.replace(self.file + ".new", self.file)
+        else:
+            self.proc.kill()
+            self.proc.wait()
+
+    def up(self) -> None:
+        if self.kind == "script":
+            self.b.set_check(0)
+        elif self.kind == "interface":
+            self.b.link("eth1", True)
+        elif self.kind == "file":
+            with open(self.file + ".new", "w") as f:
+                f.write("0\n")
+            os.replace(self.file + ".new", self.file)
+        else:
+            self.proc = subprocess.Popen([self.exe, "1000"])
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _peer_heard(b, prio: int) -> bool:
+    with open(b.peer.log_path, errors="replace") as f:
+        return f"lower priority ({prio}) advert" in f.read()
+
+
+@pytest.mark.parametrize("kind", ["script", "interface", "file"])
+def test_sync_group_member_weight(bench, kind):
+    scenario = f"sync_weight_{kind}"
+    toggle = _Toggle(bench, kind)
+    try:
+        head, track = toggle.config()
+        _group_members(bench, track, head)
+        toggle.down()
+        time.sleep(2.0)                 # several script runs and master-down intervals
+        heard = _peer_heard(bench, 90)
+        toggle.up()
+        time.sleep(1.0)
+        bench.stop_dut(len(expand(EXPECTED[scenario])))
+        check(bench, scenario)
+        assert heard == PEER_HEARD_90[kind], bench.peer.log_tail()
+    finally:
+        toggle.close()
+
+
+def test_sync_group_member_weight_process(bench):
+    """The tracked process never runs (see above): VI_1 starts at 90."""
+    toggle = _Toggle(bench, "process")
+    toggle.close()
+    head, track = toggle.config()
+    bench.start_peer(sync_group(None) + instance("VI_0", 1, PEER_PRIO, None) +
+                     instance("VI_1", 2, PEER_PRIO, None))
+    bench.peer.wait_state("VI_1", "MASTER")
+    d = bench.start_dut(head + sync_group(bench.notify_dir) +
+                        instance("VI_0", 1, 150, bench.notify_dir) +
+                        instance("VI_1", 2, 150, bench.notify_dir, extra=track))
+    d.wait_state("VI_1", "BACKUP")
+    time.sleep(2.5)                     # > 2 process scans and many master-down intervals
+    bench.stop_dut(len(expand(EXPECTED["sync_weight_process"])))
+    check(bench, "sync_weight_process")
