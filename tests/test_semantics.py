@@ -167,3 +167,40 @@ def test_sync_group_member_weight_process(bench):
     time.sleep(2.5)                     # > 2 process scans and many master-down intervals
     bench.stop_dut(len(expand(EXPECTED["sync_weight_process"])))
     check(bench, "sync_weight_process")
+
+
+# Item 3: a track_file whose share pushes the instance to FAULT (60 x -5 <
+# -253).  keepalived takes the file's previous share out of its total but
+# does not recompute the effective priority on the way into FAULT, so the
+# FAULT line carries the priority from before (95 = 100 + 1 x -5).
+EXPECTED["track_file_fault"] = [
+    I("VI_0", "BACKUP", 100), I("VI_0", "MASTER", 100), I("VI_0", "FAULT", 95),
+    I("VI_0", "BACKUP", 95), I("VI_0", "MASTER", 95), I("VI_0", "STOP", 100)]
+
+
+def _write(path: str, value: int) -> None:
+    with open(path + ".new", "w") as f:
+        f.write(f"{value}\n")
+    os.replace(path + ".new", path)
+
+
+def test_track_file_fault_priority(bench):
+    tf = os.path.join(bench.tmp, "track.file")
+    _write(tf, 0)
+    bench.start_peer(instance("VI_0", 1, 90, None))
+    d = bench.start_dut(f"vrrp_track_file tf {{\n    file {tf}\n    weight -5\n}}\n" +
+                        instance("VI_0", 1, 100, bench.notify_dir, extra="track_file {\n tf\n}"))
+    d.wait_state("VI_0", "MASTER")
+    bench.peer.wait_state("VI_0", "BACKUP")
+    _write(tf, 1)                           # 95: still above the peer
+    time.sleep(0.5)
+    _write(tf, 60)                          # -300: FAULT
+    d.wait_state("VI_0", "FAULT")
+    bench.peer.wait_state("VI_0", "MASTER")
+    _write(tf, 1)                           # back to 95: BACKUP, preempts the peer's 90
+    d.wait_state("VI_0", "MASTER")
+    bench.peer.wait_state("VI_0", "BACKUP")
+    _write(tf, 0)                           # 100
+    time.sleep(0.5)
+    bench.stop_dut(len(expand(EXPECTED["track_file_fault"])))
+    check(bench, "track_file_fault")

@@ -374,3 +374,16 @@ def test_process_watcher_terminate_delay_debounces(aio, tmp_path):
         return changes
 
     assert aio(main()) == [True]
+
+
+def test_file_fault_keeps_priority_from_before():
+    # keepalived 2.2.7: 100, file 1 x -5 -> 95; file 60 x -5 -> FAULT 95 (not 100).
+    ti = TrackedInstance("VI_1", 100, [Track("file", "f", weight=-5)])
+    ti.update("file", "f", 1)
+    assert ti.verdict == Verdict(False, 95, False)
+    ti.update("file", "f", 60)
+    assert ti.verdict == Verdict(True, 95, False)
+    ti.update("file", "f", 61)
+    assert ti.verdict == Verdict(True, 95, False)
+    ti.update("file", "f", 0)
+    assert ti.verdict == Verdict(False, 100, False)

@@ -12,7 +12,8 @@ Rules (keepalived.conf(5), vrrp_track.c):
 * track_file: the file holds an integer v.  w == 0: v != 0 means FAULT
   (reverse: v == 0).  Otherwise v * w (negated by reverse) is added; below
   -253 means FAULT, above 253 is capped at 253.  A missing or unparsable
-  file reads as 0.
+  file reads as 0.  Entering that FAULT keeps the effective priority from
+  before (keepalived does not recompute it then).
 * effective priority = base + adjustments, clamped to 1..254; an address
   owner (255) never changes.
 * sync-group members without `sync_group_tracking_weight`: a weighted
@@ -540,7 +541,18 @@ class TrackedInstance:
         if self._values.get((kind, name)) == value and (kind, name) in self._values:
             return self.verdict             # nothing new (a re-dump, a reload)
         self._values[(kind, name)] = value
-        return self._changed(self._evaluate())
+        verdict = self._evaluate()
+        if kind == "file" and self._file_faults(name, value):
+            # keepalived (vrrp_track.c) takes the file's old share out of its
+            # total on the way into FAULT without recomputing the effective
+            # priority: FAULT is reported with the priority from before.
+            verdict = verdict._replace(priority=self.verdict.priority)
+        return self._changed(verdict)
+
+    def _file_faults(self, name: str, value) -> bool:
+        """Whether this value of file `name` puts the instance in FAULT by its weight."""
+        return any(t.kind == "file" and t.name == name and t.weight and
+                   file_adjustment(int(value), t.weight, t.reverse) is None for t in self.tracks)
 
     def _changed(self, verdict: Verdict) -> Verdict:
         if verdict != self.verdict:
