@@ -204,3 +204,26 @@ def test_track_file_fault_priority(bench):
     time.sleep(0.5)
     bench.stop_dut(len(expand(EXPECTED["track_file_fault"])))
     check(bench, "track_file_fault")
+
+
+# Item 2: an address owner (255, state MASTER) leaving FAULT enters BACKUP
+# first and becomes MASTER when its master-down timer runs out (about
+# 3 x advert_int later), as any instance does; only start-up skips BACKUP.
+EXPECTED["owner_fault_recovery"] = [
+    I("VI_0", "MASTER", 255), I("VI_0", "FAULT", 255), I("VI_0", "BACKUP", 255),
+    I("VI_0", "MASTER", 255), I("VI_0", "STOP", 255)]
+
+
+def test_owner_fault_recovery(bench):
+    d = bench.start_dut(instance("VI_0", 1, 255, bench.notify_dir, state="MASTER",
+                                 extra="track_interface {\n eth1\n}"))
+    d.wait_state("VI_0", "MASTER")
+    bench.link("eth1", False)
+    d.wait_state("VI_0", "FAULT")
+    t_up = time.monotonic()
+    bench.link("eth1", True)
+    t_master = d.wait_state("VI_0", "MASTER")
+    # Not at once: a master-down interval (3 x 0.1 s + skew) in BACKUP.
+    assert t_master - t_up >= 2.5 * ADVERT_INT
+    bench.stop_dut(len(expand(EXPECTED["owner_fault_recovery"])))
+    check(bench, "owner_fault_recovery")
