@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import time
 
@@ -227,3 +228,42 @@ def test_owner_fault_recovery(bench):
     assert t_master - t_up >= 2.5 * ADVERT_INT
     bench.stop_dut(len(expand(EXPECTED["owner_fault_recovery"])))
     check(bench, "owner_fault_recovery")
+
+
+# Item 7: kill -9, then a restart with fewer instances.  keepalived 2.2.7
+# removes at start-up only the VIPs of the instances it now has: the others'
+# stay on eth0, even after a clean stop (measured).  vrrpd does better: it
+# records what its configuration may add (beside its control socket, under
+# /run by default) and removes what a predecessor left at start-up.
+def test_restart_with_fewer_instances_after_kill(bench):
+    from daemons import vips_on
+    three = "".join(instance(f"VI_{i}", i + 1, 150, None, state="MASTER") for i in range(3))
+    d = bench.start_dut(three)
+    for i in range(3):
+        d.wait_state(f"VI_{i}", "MASTER")
+    host = bench.lan.hosts[0]
+    ours = {"198.19.0.1", "198.19.0.2", "198.19.0.3"}
+
+    def on_eth0() -> set[str]:
+        return {a.split("/")[0] for a in vips_on(host)} & ours
+    assert on_eth0() == ours
+    d.kill()
+    try:
+        d2 = bench.start_dut(instance("VI_0", 1, 150, None, state="MASTER"))
+        d2.wait_state("VI_0", "MASTER")
+        time.sleep(0.5)
+        running = on_eth0()
+        d2.signal(signal.SIGTERM)
+        assert d2.wait_exit(10) == 0
+        after = on_eth0()
+    finally:
+        try:
+            os.unlink(d.ctl_path + ".vips")         # vrrpd's record (same path for both runs)
+        except FileNotFoundError:
+            pass
+    if bench.kind == "keepalived":
+        assert running == {"198.19.0.1", "198.19.0.2", "198.19.0.3"}
+        assert after == {"198.19.0.2", "198.19.0.3"}          # left for good
+    else:
+        assert running == {"198.19.0.1"}
+        assert after == set()
