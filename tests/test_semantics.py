@@ -267,3 +267,40 @@ def test_restart_with_fewer_instances_after_kill(bench):
     else:
         assert running == {"198.19.0.1"}
         assert after == set()
+
+
+# Item 6: a VIP deleted from outside while MASTER.  keepalived 2.2.7 sends
+# priority 0 and goes BACKUP (the peer takes over at once), then preempts it
+# again after its master-down timer, adding the VIP back.  `no_track` on the
+# address: keepalived does nothing.
+EXPECTED["vip_deleted"] = [I("VI_0", "BACKUP", 150), I("VI_0", "MASTER", 150),
+                           I("VI_0", "BACKUP", 150), I("VI_0", "MASTER", 150),
+                           I("VI_0", "STOP", 150)]
+EXPECTED["vip_deleted_no_track"] = [I("VI_0", "BACKUP", 150), I("VI_0", "MASTER", 150),
+                                    I("VI_0", "STOP", 150)]
+
+
+@pytest.mark.parametrize("scenario", ["vip_deleted", "vip_deleted_no_track"])
+def test_vip_deleted_from_outside(bench, scenario):
+    conf = instance("VI_0", 1, 150, bench.notify_dir)
+    if scenario.endswith("no_track"):
+        conf = conf.replace("198.19.0.1/32 dev eth0", "198.19.0.1/32 dev eth0 no_track")
+    d = _master(bench, conf)
+    t0 = time.monotonic()
+    bench.lan.hosts[0].run("ip", "addr", "del", "198.19.0.1/32", "dev", "eth0")
+    if scenario == "vip_deleted":
+        d.wait_state("VI_0", "BACKUP")
+        d.wait_state("VI_0", "MASTER")
+    else:
+        time.sleep(1.0)
+    bench.stop_dut(len(expand(EXPECTED[scenario])))
+    check(bench, scenario)
+    del t0
+
+
+def _master(b, conf: str):
+    b.start_peer(instance("VI_0", 1, PEER_PRIO, None))
+    d = b.start_dut(conf)
+    d.wait_state("VI_0", "MASTER")
+    b.peer.wait_state("VI_0", "BACKUP")
+    return d

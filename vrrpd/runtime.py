@@ -34,6 +34,7 @@ from .scripts import ScriptRunner
 from .syncgroups import SyncGroups
 from .trackers import Trackers
 from .tracking import Verdict
+from .vipwatch import VipWatch
 from .vmac import VmacManager, create_all
 
 log = logging.getLogger("vrrpd")
@@ -150,6 +151,7 @@ class Daemon:
         self.engine = _engine.Engine(max_instances or max(1024, 2 * len(plan.instances)),
                                      defer_sends=True)
         self.links = LinkMonitor(on_link=self._on_link)
+        self.links.on_address = VipWatch(self, now_us)    # a VIP deleted from outside
         self.addresses = AddressManager()
         self.vmacs = VmacManager()
         self.routes = RouteManager(self.links.ifindex)
