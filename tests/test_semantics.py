@@ -286,7 +286,6 @@ def test_vip_deleted_from_outside(bench, scenario):
     if scenario.endswith("no_track"):
         conf = conf.replace("198.19.0.1/32 dev eth0", "198.19.0.1/32 dev eth0 no_track")
     d = _master(bench, conf)
-    t0 = time.monotonic()
     bench.lan.hosts[0].run("ip", "addr", "del", "198.19.0.1/32", "dev", "eth0")
     if scenario == "vip_deleted":
         d.wait_state("VI_0", "BACKUP")
@@ -295,7 +294,6 @@ def test_vip_deleted_from_outside(bench, scenario):
         time.sleep(1.0)
     bench.stop_dut(len(expand(EXPECTED[scenario])))
     check(bench, scenario)
-    del t0
 
 
 def _master(b, conf: str):
