@@ -697,10 +697,9 @@ cdef class Engine:
                 self._heap_remove(idx)
                 self._set_state(idx, S_FAULT, R_FAULT)
         elif p.state == S_FAULT:
-            if p.owner and p.want_master:
-                self._become_master(idx, now, now, R_FAULT_CLEARED)
-            else:
-                self._become_backup(idx, now, R_FAULT_CLEARED)
+            # keepalived: even an owner with `state MASTER` goes BACKUP and
+            # waits its master-down timer; only start-up takes MASTER at once.
+            self._become_backup(idx, now, R_FAULT_CLEARED)
         self._flush_unless_deferred()
 
     def force_state(self, int idx, int state, int64_t now):

@@ -133,14 +133,17 @@ def test_omitted_weight_takes_the_scripts_own():
     assert weights == {"chk": -30, "chk2": 5, "eth0": 0}
 
 
-def test_sync_group_members_weights_zeroed_unless_kept():
+def test_sync_group_members_weighted_scripts_dropped_unless_kept():
     inst = VrrpInstance(name="A", interface="eth0", virtual_router_id=1, sync_group="G",
-                        track_interface=(TrackLine(name="eth1", weight=-20),))
-    for keep, expected in ((False, 0), (True, -20)):
+                        track_interface=(TrackLine(name="eth1", weight=-20),),
+                        track_script=(TrackLine(name="chk", weight=-20), TrackLine(name="chk0")))
+    for keep, expected in ((False, {"eth1": -20, "chk0": 0, "eth0": 0}),
+                           (True, {"eth1": -20, "chk": -20, "chk0": 0, "eth0": 0})):
         t, _ = trackers_for([inst], groups=[SyncGroup(name="G", group=("A",),
-                                                      sync_group_tracking_weight=keep)])
+                                                      sync_group_tracking_weight=keep)],
+                            scripts=[VrrpScript(name="chk"), VrrpScript(name="chk0")])
         weights = {tr.name: tr.weight for tr in t.instances["A"].tracks}
-        assert weights["eth1"] == expected
+        assert weights == expected
 
 
 def test_own_interface_down_is_fault_unless_dont_track_primary():

@@ -159,17 +159,30 @@ def test_tracked_instance_combines_and_calls_back():
     assert all(a != b for a, b in zip(seen, seen[1:]))        # called back only on change
 
 
-def test_sync_group_members_weights_become_zero():
-    own = [Track("script", "chk", weight=50)]
+def test_sync_group_members_weighted_scripts_and_files_ignored():
+    # keepalived 2.2.7 (tests/test_semantics.py): a member's weighted
+    # track_script/track_file is dropped; interface and process weights stay.
+    own = [Track("script", "chk", weight=50), Track("file", "f", weight=-5),
+           Track("interface", "eth1", weight=-20), Track("process", "p", weight=-7),
+           Track("script", "must")]
     group = [Track("script", "g", weight=10)]
     member = TrackedInstance("VI_1", 100, own, group, sync_group=True)
+    assert not member.tracks_object("script", "chk") and not member.tracks_object("file", "f")
     member.update("script", "chk", False)
+    member.update("file", "f", 100)
+    member.update("script", "must", True)
     member.update("script", "g", True)
-    assert member.verdict == Verdict(True, 110, False)           # own failure FAULTs, group weight kept
+    assert member.verdict == Verdict(False, 110, False)          # group weight kept
+    member.update("interface", "eth1", False)
+    member.update("process", "p", False)
+    assert member.verdict == Verdict(False, 83, False)
+    member.update("script", "must", False)
+    assert member.verdict.fault                                   # weight 0 still FAULTs
     kept = TrackedInstance("VI_1", 100, own, group, sync_group=True,
                            sync_group_tracking_weight=True)
     kept.update("script", "chk", True)
     kept.update("script", "g", True)
+    kept.update("script", "must", True)
     assert kept.verdict == Verdict(False, 160, False)
 
 
@@ -361,3 +374,16 @@ def test_process_watcher_terminate_delay_debounces(aio, tmp_path):
         return changes
 
     assert aio(main()) == [True]
+
+
+def test_file_fault_keeps_priority_from_before():
+    # keepalived 2.2.7: 100, file 1 x -5 -> 95; file 60 x -5 -> FAULT 95 (not 100).
+    ti = TrackedInstance("VI_1", 100, [Track("file", "f", weight=-5)])
+    ti.update("file", "f", 1)
+    assert ti.verdict == Verdict(False, 95, False)
+    ti.update("file", "f", 60)
+    assert ti.verdict == Verdict(True, 95, False)
+    ti.update("file", "f", 61)
+    assert ti.verdict == Verdict(True, 95, False)
+    ti.update("file", "f", 0)
+    assert ti.verdict == Verdict(False, 100, False)

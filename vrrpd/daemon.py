@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 
-from . import __version__
+from . import __version__, leftovers
 
 log = logging.getLogger("vrrpd")
 
@@ -165,11 +165,16 @@ async def _serve(plan, args, running, stop: asyncio.Event) -> int:
 
     daemon = Daemon(plan, advert_tx=args.advert_tx)
     daemon.hooks.append(Reporter(plan.config, daemon.runner))
+    record = leftovers.state_path(args.control_socket)
+    previous, wanted = leftovers.read(record), leftovers.entries([plan])
+    leftovers.write(record, previous | wanted)      # known before anything is added
     try:
         await daemon.start()
     except (RuntimeError, OSError) as e:
         log.error("start-up failed: %s", e)
         return 1
+    await _remove_leftovers(daemon, previous - wanted)
+    leftovers.write(record, wanted)
     try:
         ops = await Operations.start(daemon, args, running)
     except (OSError, ValueError) as e:          # socket path, metrics port in use...
@@ -189,6 +194,20 @@ async def _serve(plan, args, running, stop: asyncio.Event) -> int:
     return 0
 
 
+async def _remove_leftovers(daemon, stale) -> None:
+    """A crashed predecessor's addresses this configuration no longer has."""
+    from .addresses import Vip
+    vips = []
+    for dev, address in sorted(stale):
+        index = daemon.links.ifindex(dev)
+        if index is not None:
+            vips.append(Vip.parse(address, index))
+    if vips:
+        r = await daemon.addresses.remove(vips)
+        log.info("removed %d address(es) of instances no longer configured: %s", len(r.done),
+                 ", ".join(f"{v.address}/{v.prefixlen}" for v in r.done))
+
+
 class Operations:
     """What operators reach the running daemon through: the control socket,
     signals (HUP reload, USR1/USR2/RTMIN+2 dumps), metrics, the watchdog."""
@@ -203,6 +222,7 @@ class Operations:
         self = cls()
         loop = asyncio.get_running_loop()
         self.reloader = Reloader(daemon, args.config, args.config_id, running)
+        self.reloader.vips_record = leftovers.state_path(args.control_socket)
         dumps = Dumps(daemon, self.reloader, args.data_dump, args.stats_dump, args.json_dump)
         self.control = self.metrics = self.watchdog = None
         self._tasks: set[asyncio.Task] = set()

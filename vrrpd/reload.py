@@ -46,7 +46,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from . import _engine, reloadchild, sdnotify, strict
+from . import _engine, leftovers, reloadchild, sdnotify, strict
 from .plan import InstanceSpec, Plan, engine_tunables, where_text
 from .reloadchild import ADDED, CHANGED, REPLACED, Outcome
 from .reporting import Reporter
@@ -123,6 +123,7 @@ class Reloader:
         their pickle as the reader sends them), made
         before the instances start: ~0.2 s per 1,000 instances the loop must not wait."""
         self.daemon, self.path, self.config_id = daemon, path, config_id
+        self.vips_record: str | None = None     # leftovers.state_path(): kept current
         self._lock = asyncio.Lock()
         self.reloads = 0
         self.failures = 0
@@ -164,7 +165,12 @@ class Reloader:
             return out
         try:
             prepared = await prepare(self.daemon, outcome, slices)
+            if self.vips_record:
+                # Old and new: a crash during the swap leaves nothing unknown behind.
+                leftovers.write(self.vips_record, leftovers.entries([self.daemon.plan, prepared.plan]))
             await apply(self.daemon, prepared, slices)
+            if self.vips_record:
+                leftovers.write(self.vips_record, leftovers.entries([self.daemon.plan]))
         except (RuntimeError, OSError, ValueError) as e:
             # e.g. a new instance on an interface that does not exist.
             self.failures += 1

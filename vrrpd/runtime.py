@@ -35,6 +35,7 @@ from .scripts import ScriptRunner
 from .syncgroups import SyncGroups
 from .trackers import Trackers
 from .tracking import Verdict
+from .vipwatch import VipWatch
 from .vmac import VmacManager, create_all
 
 log = logging.getLogger("vrrpd")
@@ -163,6 +164,7 @@ class Daemon:
         self._links_gen = 0             # bumped when a link's name, MAC or existence changes
         self._slots: dict[int, int] = {}    # ifindex -> socket slot of Effects
         self.links = LinkMonitor(on_link=self._on_link)
+        self.links.on_address = VipWatch(self, now_us)    # a VIP deleted from outside
         self.addresses = AddressManager()
         self.vmacs = VmacManager()
         self.routes = RouteManager(self.links.ifindex)
@@ -197,6 +199,7 @@ class Daemon:
         self._effects_task = asyncio.create_task(self._run_effects())
         self._rx_check = self._loop.call_later(RX_CHECK_S, self._check_rx)
         self.trackers.start(self.links.links)
+        await self.trackers.ready()
         if self.plan.startup_delay:
             # keepalived's vrrp_startup_delay: let the network settle before electing.
             await asyncio.sleep(self.plan.startup_delay)

@@ -9,6 +9,7 @@ pending) to the daemon.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Callable
 
@@ -189,6 +190,15 @@ class Trackers:
         if procs:
             self._processes = ProcessWatcher(procs, lambda n, up: self._update("process", n, up))
             self._processes.start()
+
+    async def ready(self, timeout: float = 5.0) -> None:
+        """Wait for the first /proc scan: keepalived scans before its instances
+        start, so a tracked process's weight counts from the first advert."""
+        if self._processes is not None and self._processes.scanned is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._processes.scanned), timeout)
+            except asyncio.TimeoutError:
+                log.warning("track_process: first /proc scan not done after %.0f s", timeout)
 
     async def stop(self) -> None:
         for t in self._script_trackers:

@@ -12,12 +12,15 @@ Rules (keepalived.conf(5), vrrp_track.c):
 * track_file: the file holds an integer v.  w == 0: v != 0 means FAULT
   (reverse: v == 0).  Otherwise v * w (negated by reverse) is added; below
   -253 means FAULT, above 253 is capped at 253.  A missing or unparsable
-  file reads as 0.
+  file reads as 0.  Entering that FAULT keeps the effective priority from
+  before (keepalived does not recompute it then).
 * effective priority = base + adjustments, clamped to 1..254; an address
   owner (255) never changes.
-* sync-group members' own tracking weights are forced to 0 (so failures
-  FAULT the group) unless `sync_group_tracking_weight`; the group's own
-  track_* keep their weights.
+* sync-group members without `sync_group_tracking_weight`: a weighted
+  track_script or track_file of the member's own is ignored altogether
+  (keepalived 2.2.7 drops it: its failure changes nothing); interface and
+  process weights stay in force, as in keepalived; the group's own track_*
+  keep their weights.
 
 Watchers: vrrp_script on its interval through ScriptRunner; track_file
 through inotify on the file's directory (a small ctypes binding on
@@ -434,10 +437,13 @@ class ProcessWatcher:
         self.counts: dict[str, int] = {}
         self._delayed: dict[str, asyncio.TimerHandle] = {}
         self._task: asyncio.Task | None = None
+        self.scanned: asyncio.Future | None = None     # done after the first scan
 
     def start(self) -> None:
         if self.specs:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+            loop = asyncio.get_running_loop()
+            self.scanned = loop.create_future()
+            self._task = loop.create_task(self._run())
 
     async def stop(self) -> None:
         for h in self._delayed.values():
@@ -460,6 +466,8 @@ class ProcessWatcher:
                 for spec, count in zip(self.specs, counts):
                     self.counts[spec.name] = count
                     self._observe(spec, spec.quorum_ok(count))
+            if not self.scanned.done():
+                self.scanned.set_result(None)
             await asyncio.sleep(self.interval)
 
     def _observe(self, spec: VrrpTrackProcess, up: bool) -> None:
@@ -489,6 +497,8 @@ class ProcessWatcher:
 # -- per-instance aggregation -----------------------------------------------------------
 
 TRACK_KINDS = ("script", "interface", "file", "process")
+# Weighted own tracks keepalived 2.2.7 removes from a sync-group member.
+SYNC_DROPPED_KINDS = ("script", "file")
 
 
 @dataclass(frozen=True, slots=True)
@@ -542,7 +552,7 @@ class TrackedInstance:
         self.base_priority = priority
         own = tuple(tracks)
         if sync_group and not sync_group_tracking_weight:
-            own = tuple(Track(t.kind, t.name, 0, t.reverse) for t in own)
+            own = tuple(t for t in own if not (t.weight and t.kind in SYNC_DROPPED_KINDS))
         self.tracks: tuple[Track, ...] = own + tuple(group_tracks)
         self.on_change = on_change
         self.named = named
@@ -553,7 +563,18 @@ class TrackedInstance:
         if self._values.get((kind, name)) == value and (kind, name) in self._values:
             return self.verdict             # nothing new (a re-dump, a reload)
         self._values[track_key(kind, name)] = value
-        return self._changed(self._evaluate())
+        verdict = self._evaluate()
+        if kind == "file" and self._file_faults(name, value):
+            # keepalived (vrrp_track.c) takes the file's old share out of its
+            # total on the way into FAULT without recomputing the effective
+            # priority: FAULT is reported with the priority from before.
+            verdict = verdict._replace(priority=self.verdict.priority)
+        return self._changed(verdict)
+
+    def _file_faults(self, name: str, value) -> bool:
+        """Whether this value of file `name` puts the instance in FAULT by its weight."""
+        return any(t.kind == "file" and t.name == name and t.weight and
+                   file_adjustment(int(value), t.weight, t.reverse) is None for t in self.tracks)
 
     def _changed(self, verdict: Verdict) -> Verdict:
         if verdict != self.verdict:

@@ -326,6 +326,32 @@ GARP_GROUP = {"garp_interval": v.float_range(0, 86400), "gna_interval": v.float_
               "interface": v.string, "interfaces": v.name_list}
 
 
+# Values keepalived 2.2.7 reads as whole seconds (read_unsigned_strvec): a
+# fraction, or a number outside the range, is "invalid ... - ignoring" there
+# and its default stays; vrrpd takes the value, and `vrrpd -t` says so.
+# block keyword -> {keyword: (lo, hi)}; measured with `keepalived -t`.
+KEEPALIVED_WHOLE_SECONDS = {
+    "global_defs": {"vrrp_garp_master_delay": (0, 86400), "vrrp_garp_lower_prio_delay": (0, 86400),
+                    "vrrp_garp_master_refresh": (0, 86400)},
+    "vrrp_instance": {"garp_master_delay": (0, 86400), "garp_lower_prio_delay": (0, 86400),
+                      "garp_master_refresh": (0, 86400)},
+    "vrrp_script": {"interval": (1, 4294), "timeout": (1, 4294)},
+}
+
+
+def keepalived_differs(block: str, node: Node) -> str | None:
+    """Why keepalived 2.2.7 would ignore this statement's value, or None."""
+    rng = KEEPALIVED_WHOLE_SECONDS.get(block.split()[0], {}).get(node.keyword)
+    if rng is None or not node.args:
+        return None
+    text = node.args[0]
+    lo, hi = rng
+    if text.isdigit() and lo <= int(text) <= hi:
+        return None
+    return (f"{node.keyword} {text}: keepalived 2.2.7 takes whole seconds {lo}..{hi} only, "
+            f"ignores this value and keeps its default; vrrpd uses {text}")
+
+
 class Builder:
     def __init__(self, report: Report):
         self.report = report
@@ -342,6 +368,9 @@ class Builder:
                     continue
                 self.report.error(child.where, f"unknown keyword '{child.keyword}' in {block}")
                 continue
+            differs = keepalived_differs(block, child)
+            if differs:
+                self.report.warn(child.where, differs)
             try:
                 if conv.__code__.co_argcount == 2:      # function(node, out)
                     conv(child, out)

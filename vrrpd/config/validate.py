@@ -157,21 +157,29 @@ def _sync_groups(cfg: Config, bfd_names: set[str], rep: Report) -> Config:
         _refs(n, g, cfg, bfd_names, rep)
         if g.sync_group_tracking_weight or g.global_tracking:
             continue
-        # keepalived.conf(5): members' tracking weights are set to zero so that all
-        # members keep consistent priorities; group-level track_* keep theirs.
+        # keepalived.conf(5) says members' tracking weights are set to zero;
+        # what 2.2.7 does (measured, tests/test_semantics.py) differs by kind:
+        # a weighted track_script or track_file is dropped from the member
+        # (its changes do nothing at all); a track_interface weight is kept
+        # (it logs "ignoring ... weight" yet moves the priority); track_process
+        # and track_bfd weights are kept, with no message.
         for m in set(g.group) & set(instances):
             inst = instances[m]
             changes = {}
-            for kind in ("track_interface", "track_script", "track_file", "track_process",
-                         "track_bfd"):
+            for kind in ("track_script", "track_file"):
                 ts = getattr(inst, kind)
-                if any(_effective_weight(t, kind, cfg) for t in ts):
-                    for t in ts:
-                        if _effective_weight(t, kind, cfg):
-                            rep.warn(t.where, f"vrrp_instance {m}: {kind} {t.name} weight set to 0 "
-                                              f"(member of sync group {g.name}; "
-                                              f"see sync_group_tracking_weight)")
-                    changes[kind] = tuple(dataclasses.replace(t, weight=0) for t in ts)
+                dropped = [t for t in ts if _effective_weight(t, kind, cfg)]
+                for t in dropped:
+                    rep.warn(t.where, f"vrrp_instance {m}: ignoring {kind} {t.name} with weight "
+                                      f"(member of sync group {g.name}, as keepalived; "
+                                      f"see sync_group_tracking_weight)")
+                if dropped:
+                    changes[kind] = tuple(t for t in ts if t not in dropped)
+            for t in inst.track_interface:
+                if t.weight:
+                    rep.warn(t.where, f"vrrp_instance {m}: track_interface {t.name} weight "
+                                      f"{t.weight} kept on a member of sync group {g.name} "
+                                      f"(keepalived 2.2.7 logs that it ignores it, yet applies it)")
             if changes:
                 instances[m] = dataclasses.replace(inst, **changes)
     instances = {n: dataclasses.replace(i, sync_group=member_of[n]) if n in member_of else i

@@ -1,0 +1,53 @@
+"""A VIP deleted from outside while its instance is MASTER.
+
+keepalived 2.2.7 (measured, tests/test_semantics.py): the master sends
+priority 0 and goes BACKUP, so the peer takes over at once; it then
+competes again as any backup (with a higher priority it preempts back and
+re-adds the address).  An address marked `no_track` is left alone.
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+
+from . import _engine
+
+log = logging.getLogger(__name__)
+
+
+class VipWatch:
+    """LinkMonitor's on_address callback for one Daemon."""
+
+    def __init__(self, daemon, clock):
+        self.daemon, self.clock = daemon, clock
+        self._plan = None
+        self._owner: dict[tuple[int, str], str] = {}    # (ifindex, address) -> instance name
+
+    def _index(self) -> dict[tuple[int, str], str]:
+        # Rebuilt when a reload swaps the plan; our own removals go through here
+        # by the thousand in a failover, so each event is one dict lookup.
+        d = self.daemon
+        if self._plan is not d.plan:
+            self._plan = d.plan
+            self._owner = {}
+            for inst in d.instances.values():
+                conf = inst.spec.conf
+                untracked = {str(ipaddress.ip_interface(v.address).ip)
+                             for v in (*conf.virtual_ipaddress, *conf.virtual_ipaddress_excluded)
+                             if v.no_track}
+                for vip in inst.vips:
+                    if vip.address not in untracked:
+                        self._owner[(vip.ifindex, vip.address)] = inst.name
+        return self._owner
+
+    def __call__(self, link, addr, added: bool) -> None:
+        if added or self.daemon.stopping or not self.daemon._electing:
+            return
+        name = self._index().get((link.index, str(ipaddress.ip_address(addr.address))))
+        inst = self.daemon.instances.get(name) if name else None
+        if inst is None or self.daemon.engine.state(inst.idx) != _engine.MASTER:
+            return          # our own removal (the instance left MASTER first), or not a VIP
+        log.warning("(%s) VIP %s deleted from %s: priority 0, BACKUP (keepalived)",
+                    inst.name, addr.address, link.name)
+        self.daemon.engine.force_state(inst.idx, _engine.BACKUP, self.clock())
+        self.daemon._pump()
