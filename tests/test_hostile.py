@@ -77,3 +77,96 @@ def test_control_socket_fuzzer(lan, tmp_path):
     finally:
         m.stop()
         b.stop()
+
+
+# -- hostile configurations: `vrrpd -t` gives an error, fast and small ---------------
+
+CONFIG_SECONDS = 2.0
+CONFIG_BYTES = 200 << 20
+GOOD = "global_defs {\n    router_id hostile\n}\n"
+
+
+def hostile_configs(d) -> dict[str, str]:
+    """name -> path of the main config file, for each hostile case (made in d)."""
+    import os
+
+    def w(name, text, mode=0o644):
+        p = d / name
+        p.write_text(text) if isinstance(text, str) else p.write_bytes(text)
+        p.chmod(mode)
+        return str(p)
+    cases = {}
+    os.mkfifo(d / "fifo")
+    (d / "zero").symlink_to("/dev/zero")
+    (d / "random").symlink_to("/dev/urandom")
+    for dev in ("/dev/console", "/dev/zero", "/dev/null", "/dev/stdin", "/dev/tty", "/dev/*"):
+        cases[f"include {dev}"] = w(f"inc{len(cases)}.conf", f"include {dev}\n{GOOD}")
+    cases["include fifo"] = w("incfifo.conf", f"include {d}/fifo\n{GOOD}")
+    cases["include link to /dev/urandom"] = w("incrand.conf", f"include {d}/random\n{GOOD}")
+    cases["config is a link to /dev/zero"] = str(d / "zero")
+    cases["config is a fifo"] = str(d / "fifo")
+    cases["config is executable"] = w("exec.conf", GOOD, 0o755)
+    big = d / "big.conf"
+    with open(big, "wb") as f:
+        f.truncate(100 << 20)               # sparse: 100 MB of NULs
+    cases["100 MB file"] = str(big)
+    cases["15 MB of newlines"] = w("newlines.conf", b"\n" * (15 << 20))
+    cases["one 10 MB line"] = w("longline.conf", b"a " * (5 << 20))
+    cases["8 MB of braces"] = w("braces.conf", b"{ " * (1 << 19) + b"\n" * 1
+                                + (b"{ " * (1 << 17) + b"\n") * 30)
+    # Include fan-out: each level includes the next twice (2**30 reads).
+    for i in range(30):
+        w(f"fan{i}.conf", f"include {d}/fan{i + 1}.conf\ninclude {d}/fan{i + 1}.conf\n")
+    w("fan30.conf", "")
+    cases["include fan-out"] = str(d / "fan0.conf")
+    cases["include itself"] = w("self.conf", f"include {d}/self.conf\n")
+    for i in range(40):
+        w(f"deep{i}.conf", f"include {d}/deep{i + 1}.conf\n")
+    w("deep40.conf", "")
+    cases["includes 40 deep"] = str(d / "deep0.conf")
+    # Exponential $DEF: each doubles the one before.
+    defs = "$D0=xxxxxxxx\n" + "".join(f"$D{i + 1}=${{D{i}}}${{D{i}}}\n" for i in range(60))
+    cases["nested $DEF"] = w("def.conf", defs + "global_defs {\n router_id $D60\n}\n")
+    mdefs = "$M0=\\\nx 1\\\nx 2\n" + "".join(
+        f"$M{i + 1}=\\\n$M{i}\\\n$M{i}\n" for i in range(40))
+    cases["nested multi-line $DEF"] = w("mdef.conf", mdefs + "$M40\n")
+    cases["nested ~SEQ"] = w("seq.conf", "~SEQ(a,1000) ~SEQ(b,1000) ~SEQ(c,1000) x $a $b $c\n")
+    cases["huge ~SEQ"] = w("seq1.conf", "~SEQ(a,0,1,100000000) x $a\n")
+    cases["~SEQ in $DEF"] = w("seqdef.conf", "$S=~SEQ(a,1000) ~SEQ(b,1000) y\n$S\n"
+                                             "~SEQ(c,1000) $S\n")
+    cases["deep blocks"] = w("blocks.conf", "vrrp_instance X {\n" * 100000)
+    cases["NULs and bad UTF-8"] = w("bytes.conf", b"global_defs {\n router_id \x00\xff\xfe\n"
+                                                  b"\x00\x00}\n" + bytes(range(256)) + b"\n")
+    return cases
+
+
+def run_config_test(path: str):
+    import resource
+    import subprocess
+    import sys
+    import time
+
+    def limits():
+        resource.setrlimit(resource.RLIMIT_AS, (CONFIG_BYTES, CONFIG_BYTES))
+    t = time.monotonic()
+    try:
+        r = subprocess.run([sys.executable, "-m", "vrrpd.daemon", "-t", "-f", path],
+                           capture_output=True, text=True, errors="replace",
+                           timeout=CONFIG_SECONDS + 3, preexec_fn=limits, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return None, CONFIG_SECONDS + 3, ""
+    return r.returncode, time.monotonic() - t, r.stderr
+
+
+def test_hostile_configs(tmp_path):
+    """Each hostile configuration: `vrrpd -t` exits 1 with a FILE:LINE error
+    within CONFIG_SECONDS and CONFIG_BYTES of address space, no traceback."""
+    import re
+    bad = []
+    for name, path in hostile_configs(tmp_path).items():
+        rc, took, err = run_config_test(path)
+        ok = (rc == 1 and took <= CONFIG_SECONDS and "Traceback" not in err
+              and re.search(r"^\S+:\d+: ", err, re.M))
+        if not ok:
+            bad.append(f"{name}: rc={rc} {took:.2f}s {err[-300:]!r}")
+    assert not bad, "\n".join(bad)

@@ -64,7 +64,11 @@ def config_test(path: str, config_id: str | None = None) -> int:
     """`vrrpd -t`: print every problem as FILE:LINE: message; 0 if valid."""
     from .config import load
 
-    result = load(path, config_id=config_id)
+    try:
+        result = load(path, config_id=config_id)
+    except MemoryError:             # under a memory limit (ulimit -v, the reload child's)
+        print(f"{path}:0: out of memory reading the configuration", file=sys.stderr)
+        return 1
     for w in result.warnings:
         print(f"{w}", file=sys.stderr)
     for e in result.errors:
