@@ -369,6 +369,10 @@ class Lexer:
         except ValueError as e:
             self.report.error(where, str(e))
             return
+        if ("\0" in text or "\\" in text) and any("\0" in t for t in tokens):
+            # A path or argument with a NUL cannot reach the kernel (exec, open, netlink).
+            self.report.error(where, "NUL byte in a word")
+            return
         if tokens:
             self._tokens += len(tokens)
             if self._tokens > MAX_TOKENS:
