@@ -134,6 +134,8 @@ def hostile_configs(d) -> dict[str, str]:
     cases["huge ~SEQ"] = w("seq1.conf", "~SEQ(a,0,1,100000000) x $a\n")
     cases["~SEQ in $DEF"] = w("seqdef.conf", "$S=~SEQ(a,1000) ~SEQ(b,1000) y\n$S\n"
                                              "~SEQ(c,1000) $S\n")
+    cases["long $DEF times ~SEQ"] = w("seqlong.conf", "$P=" + "p" * 4000 + "\n"
+                                      "~SEQ(a,1,450000) x ${a}${P}${P} y\n")
     cases["deep blocks"] = w("blocks.conf", "vrrp_instance X {\n" * 100000)
     cases["NULs and bad UTF-8"] = w("bytes.conf", b"global_defs {\n router_id \x00\xff\xfe\n"
                                                   b"\x00\x00}\n" + bytes(range(256)) + b"\n")

@@ -25,6 +25,7 @@ import gc
 import hashlib
 import os
 import pickle
+import resource
 import sys
 import traceback
 from dataclasses import dataclass, field
@@ -137,17 +138,28 @@ def compute(path: str, config_id: str | None, running: Fingerprints) -> Outcome:
 
 
 def main() -> int:
-    """stdin: pickle of (path, config_id, Fingerprints); stdout: pickle of the Outcome."""
+    """stdin: pickle of (path, config_id, Fingerprints, memory limit in bytes or 0);
+    stdout: pickle of the Outcome.  Its errors are single lines for vrrpctl:
+    a traceback goes to stderr (the daemon's log) only."""
     gc.disable()                        # short-lived
     # Only spare CPU, on any core: the daemon (maybe real-time, pinned by
     # vrrp_cpu_affinity) and its peers come first.
     os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     os.sched_setaffinity(0, range(os.cpu_count() or 1))
+    memory = 0
     try:
-        path, config_id, running = pickle.load(sys.stdin.buffer)
+        path, config_id, running, memory = pickle.load(sys.stdin.buffer)
+        if memory:
+            resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
         out = compute(path, config_id, running)
-    except Exception:
-        out = Outcome(errors=["reload failed: " + traceback.format_exc(limit=5)])
+    except MemoryError:
+        out = None
+        gc.collect()
+        out = Outcome(errors=[f"reload: reading the configuration needs more than "
+                              f"{memory >> 20} MiB (the reader's limit)"])
+    except Exception as e:
+        traceback.print_exc(limit=5)
+        out = Outcome(errors=[f"reload failed: {type(e).__name__}: {str(e)[:200]}"])
     sys.stdout.buffer.write(pickle.dumps(out, protocol=pickle.HIGHEST_PROTOCOL))
     sys.stdout.buffer.flush()
     return 0

@@ -34,6 +34,7 @@ MAX_FILES = 1000                # file reads (an include fan-out reads a file ag
 MAX_LINES = 500_000             # logical lines, after every expansion
 MAX_LINE_CHARS = 1 << 20        # one line after $NAME substitution
 MAX_TOKENS = 2_000_000          # tokens in all lines
+MAX_TEXT = 4 * MAX_CONFIG_BYTES # characters in all lines, after expansion
 
 _COMMENT = re.compile(r"[#!]")
 _UNQUOTED = re.compile(r"[{}]|[^\s{}]+")
@@ -201,6 +202,7 @@ class Lexer:
         self._bytes = 0             # read so far, all files
         self._count = 0             # logical lines processed so far
         self._tokens = 0
+        self._chars = 0
         self._generated = 1         # lines each line stands for inside nested ~SEQ/~LST
 
     # -- files ---------------------------------------------------------------
@@ -377,6 +379,9 @@ class Lexer:
             self._tokens += len(tokens)
             if self._tokens > MAX_TOKENS:
                 raise LimitExceeded(where, f"more than {MAX_TOKENS} words")
+            self._chars += len(text)
+            if self._chars > MAX_TEXT:
+                raise LimitExceeded(where, f"more than {MAX_TEXT >> 20} MiB of text after expansion")
             self.lines.append((where, tokens))
 
     def _expand(self, subs: list[str], where: Where, depth: int) -> None:
