@@ -172,3 +172,61 @@ def test_hostile_configs(tmp_path):
         if not ok:
             bad.append(f"{name}: rc={rc} {took:.2f}s {err[-300:]!r}")
     assert not bad, "\n".join(bad)
+
+
+# -- a storm of valid lower-priority adverts at a master -----------------------------
+
+STORM_SENDER = r"""
+import socket, sys, time
+from vrrpd import _codec
+src, vip, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+msg = _codec.encode(3, socket.AF_INET, 1, 50, 10, [vip], src=src, dst="224.0.0.18")
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 112)
+s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 255)
+s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(src))
+t = time.monotonic()
+for _ in range(n):
+    s.sendto(msg, ("224.0.0.18", 0))
+print(time.monotonic() - t)
+"""
+
+
+def test_lower_priority_storm_is_rate_limited(lan, tmp_path):
+    """5,000 lower-priority adverts at a master: each is counted (and answered
+    by the engine), but the log line and notify_master_rx_lower_pri run at
+    most about once per advert interval; skipped runs are counted exactly."""
+    import sys
+    import time
+    from daemons import DaemonProc
+    from vrrpd.labconf import LabSpec, host_config, vip
+    runs = tmp_path / "runs"
+    script = tmp_path / "rxlower.sh"
+    script.write_text(f"#!/bin/sh\necho x >> {runs}\n")
+    script.chmod(0o755)
+    spec = LabSpec(instances=1, version=3, advert_int=0.1, notify_fifo="@FIFO@",
+                   extra_instance=f"notify_master_rx_lower_pri {script}")
+    net = lan(hosts=2, nics=spec.nics)
+    from test_ctl import OpsDaemon
+    m = OpsDaemon(net.hosts[0], host_config(spec, 0, priority=200, state="MASTER"), tmp_path)
+    m.start()
+    try:
+        m.wait_all(["VI_0"], "MASTER", timeout=30)
+        m.wait_socket()
+        r = net.hosts[1].run(sys.executable, "-c", STORM_SENDER, net.host_ip(1), vip(spec, 0),
+                             "5000")
+        took = float(r.stdout)
+        time.sleep(1.5)
+        st = m.ctl_json("stats")
+        c = st["instances"]["VI_0"]
+        scripts = st["scripts"]
+        assert c["rx_lower_pri"] >= 4000, c                 # (a few may be dropped on the way)
+        ran = len(runs.read_text().splitlines()) if runs.exists() else 0
+        bound = int((took + 1.5) / 0.1) + 5
+        assert 1 <= scripts["runs"] <= bound and ran == scripts["runs"], (scripts, ran, took)
+        assert scripts["runs"] + scripts["suppressed"] == c["rx_lower_pri"], (scripts, c)
+        logged = m.log_tail(100000).count("received lower priority")
+        assert 1 <= logged <= bound, logged
+        assert m.ctl_json("status")["instances"][0]["state"] == "MASTER"
+        assert log_problems(m) == []
+    finally:
+        m.stop()

@@ -16,7 +16,8 @@ Metrics (labels: instance, interface, vrid unless noted):
   vrrpd_priority_zero_sent_total, vrrpd_priority_zero_received_total
   vrrpd_adverts_rejected_total{reason}
   vrrpd_socket_rejected_total{interface, family, reason}  (no instance to blame)
-  vrrpd_script_runs_total, _failures_total, _timeouts_total, _exec_errors_total
+  vrrpd_script_runs_total, _failures_total, _timeouts_total, _exec_errors_total,
+  _suppressed_total (notify_master_rx_lower_pri runs skipped by its rate limit)
   vrrpd_loop_lag_seconds          lateness of the last periodic wake-up
   vrrpd_loop_lag_max_seconds      the largest seen
 """
@@ -44,7 +45,7 @@ COUNTERS = (("adverts_sent", "vrrpd_adverts_sent", "adverts sent"),
             ("pri0_sent", "vrrpd_priority_zero_sent", "priority-0 adverts sent"),
             ("pri0_received", "vrrpd_priority_zero_received", "priority-0 adverts received"),
             ("became_master", "vrrpd_instance_failovers", "times the instance became MASTER"))
-SCRIPT_COUNTERS = ("runs", "failures", "timeouts", "exec_errors")
+SCRIPT_COUNTERS = ("runs", "failures", "timeouts", "exec_errors", "suppressed")
 SLICE = 100             # instances copied per loop turn
 MAX_AGE = 1.0           # seconds a rendered exposition serves later scrapes
 MAX_SCRAPES = 4         # connections served at once; more are answered 503
