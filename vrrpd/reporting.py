@@ -27,7 +27,8 @@ class Reporter:
         self.config = config
         self.runner = runner
         fifos = [self._fifo(f) for f in (g.notify_fifo, g.vrrp_notify_fifo) if f is not None]
-        self.notifier = Notifier(self.runner, fifos)
+        self.notifier = Notifier(self.runner, fifos, timeout=g.notify_script_timeout,
+                                 kill_on_stop=g.notify_script_kill_on_stop)
         self.lower_scripts = PerKey()
         self.scripts: dict[str, NotifyScripts] = {}
         self.group_scripts: dict[str, NotifyScripts] = {

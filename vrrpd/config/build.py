@@ -134,6 +134,7 @@ GLOBAL = {
     "vrrp_process_name": v.string, "max_auto_priority": v.int_range(-1, 99),
     "min_auto_priority_delay": v.int_range(1, 10_000_000), "script_user": _script_user,
     "enable_script_security": v.flag, "notify_fifo": _fifo,
+    "notify_script_timeout": v.float_range(0.001, 86400), "notify_script_kill_on_stop": v.flag,
     "notify_fifo_script": _fifo_script("notify_fifo"), "vrrp_notify_fifo": _fifo,
     "vrrp_notify_fifo_script": _fifo_script("vrrp_notify_fifo"),
     "fifo_write_vrrp_states_on_reload": v.flag, "dynamic_interfaces": _dynamic_interfaces,
