@@ -51,25 +51,31 @@ def log_problems(d) -> list[str]:
                 or "Error:" in line]
 
 
+def fuzz_control(path: str, examples: int) -> dict:
+    """Hostile requests at the control socket; each must get a well-formed reply."""
+    seen = {"ok": 0, "error": 0}
+
+    @settings(max_examples=examples, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(requests)
+    def one(text):
+        if "reload" in text:
+            return
+        reply = ask(path, text.encode("utf-8", "surrogatepass"))
+        assert isinstance(reply, dict) and isinstance(reply.get("ok"), bool), (text, reply)
+        if not reply["ok"]:
+            assert isinstance(reply.get("error"), str)
+        seen["ok" if reply["ok"] else "error"] += 1
+    one()
+    return seen
+
+
 def test_control_socket_fuzzer(lan, tmp_path):
     """Thousands of hostile requests: each gets a well-formed reply, the
     daemon logs no traceback and still answers vrrpctl status."""
     net, spec, (m, b) = two_hosts(lan, tmp_path, instances=1)
     try:
-        seen = {"ok": 0, "error": 0}
-
-        @settings(max_examples=3000, deadline=None, database=None,
-                  suppress_health_check=list(HealthCheck))
-        @given(requests)
-        def one(text):
-            if "reload" in text:
-                return
-            reply = ask(m.sock, text.encode("utf-8", "surrogatepass"))
-            assert isinstance(reply, dict) and isinstance(reply.get("ok"), bool), (text, reply)
-            if not reply["ok"]:
-                assert isinstance(reply.get("error"), str)
-            seen["ok" if reply["ok"] else "error"] += 1
-        one()
+        seen = fuzz_control(m.sock, 3000)
         assert seen["error"] > 1000, seen
         m.check_alive()
         assert m.ctl("status").returncode == 0
@@ -95,6 +101,7 @@ def hostile_configs(d) -> dict[str, str]:
         p.write_text(text) if isinstance(text, str) else p.write_bytes(text)
         p.chmod(mode)
         return str(p)
+    d.mkdir(parents=True, exist_ok=True)
     cases = {}
     os.mkfifo(d / "fifo")
     (d / "zero").symlink_to("/dev/zero")
@@ -230,3 +237,105 @@ def test_lower_priority_storm_is_rate_limited(lan, tmp_path):
         assert log_problems(m) == []
     finally:
         m.stop()
+
+
+# -- everything at once, at a running pair: the adverts keep their cadence ----------
+
+# Runs in the attacker's namespace: malformed VRRP packets (valid IP headers,
+# so that every one reaches the daemons' sockets), crafted with scapy.
+ATTACKER = r"""
+import socket, sys, time
+from scapy.all import IP, Raw
+from vrrpd import _codec
+src, vip, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+GROUP = "224.0.0.18"
+good = bytearray(_codec.encode(3, socket.AF_INET, 1, 50, 10, [vip], src=src, dst=GROUP))
+v2 = _codec.encode(2, socket.AF_INET, 1, 50, 1, [vip])
+
+def mutate(i, v):
+    b = bytearray(good); b[i] = v; return bytes(b)
+
+payloads = {
+    "too short": bytes(good[:6]),
+    "bad version": mutate(0, 0x41),
+    "bad type": mutate(0, 0x32),
+    "bad checksum": mutate(6, good[6] ^ 0xFF),
+    "address count": mutate(3, 9),
+    "zero advert_int": bytes(good[:4]) + b"\0\0" + bytes(good[6:]),
+    "unknown vrid": _codec.encode(3, socket.AF_INET, 200, 50, 10, [vip], src=src, dst=GROUP),
+    "version mismatch": v2,
+    "garbage": bytes(range(7, 47)),
+}
+packets = [bytes(IP(src=src, dst=GROUP, ttl=255, proto=112) / Raw(p)) for p in payloads.values()]
+packets.append(bytes(IP(src=src, dst=GROUP, ttl=64, proto=112) / Raw(bytes(good))))   # bad TTL
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(src))
+sent = 0
+for _ in range(rounds):
+    for p in packets:
+        s.sendto(p, (GROUP, 0))
+        sent += 1
+    time.sleep(0.002)                   # a steady flood, not a burst that overflows buffers
+print(sent)
+"""
+
+
+def _rejected(st: dict) -> int:
+    return (sum(n for c in st["instances"].values() for k, n in c.items() if k.startswith("reject_"))
+            + sum(n for s in st["sockets"] for k, n in s["counters"].items()
+                  if k.startswith("reject_")))
+
+
+def test_attacks_leave_the_adverts_alone(lan, tmp_path):
+    """Malformed packets, the control-socket fuzzer and hostile configurations
+    (reloaded) at once, at a master and its backup: the master's adverts keep
+    their 100 ms cadence (largest gap <= 110 ms), no instance changes state,
+    every malformed packet is counted as a rejection, no traceback."""
+    import subprocess
+    import sys
+    import time
+    from test_reload import Capture, max_gaps, reconfigure
+    from vrrpd.labconf import LabSpec, host_config, vip
+    spec = LabSpec(instances=2, version=3, advert_int=0.1, notify_fifo="@FIFO@")
+    net = lan(hosts=3, nics=spec.nics)
+    from test_ctl import OpsDaemon
+    m = OpsDaemon(net.hosts[0], host_config(spec, 0, priority=200), tmp_path)
+    b = OpsDaemon(net.hosts[1], host_config(spec, 1, priority=100), tmp_path)
+    m.start()
+    b.start()
+    try:
+        names = [f"VI_{i}" for i in range(spec.instances)]
+        m.wait_all(names, "MASTER", timeout=30)
+        b.wait_all(names, "BACKUP", timeout=30)
+        for d in (m, b):
+            d.wait_socket()
+        good = open(m.conf).read()
+        time.sleep(1)
+        before = _rejected(m.ctl_json("stats"))
+        t0 = time.monotonic()
+        cap = Capture(net.hosts[1], 14)
+        attacker = net.hosts[2].popen(sys.executable, "-c", ATTACKER, net.host_ip(2), vip(spec, 0),
+                                      "800", stdout=subprocess.PIPE, text=True)
+        seen = fuzz_control(m.sock, 1000)
+        cases = hostile_configs(tmp_path / "hostile")
+        for name in ("include /dev/zero", "include fifo", "include link to /dev/urandom",
+                     "100 MB file", "include fan-out", "nested $DEF", "nested ~SEQ",
+                     "long $DEF times ~SEQ", "NULs and bad UTF-8"):
+            reconfigure(m, good + f"include {cases[name]}\n")
+            r = m.ctl("reload")
+            assert r.returncode == 1 and "Traceback" not in r.stdout + r.stderr, (name, r)
+        reconfigure(m, good)
+        sent = int(attacker.communicate(timeout=60)[0])
+        packets = cap.packets()
+        time.sleep(0.5)
+        after = _rejected(m.ctl_json("stats"))
+        gaps = max_gaps([p for p in packets if p[0] > 0], {net.host_ip(0)})
+        assert len(gaps) == spec.instances and max(gaps.values()) <= 0.110, gaps
+        assert m.fifo.events(t0) == [] and b.fifo.events(t0) == []
+        assert after - before == sent, (after - before, sent)
+        assert seen["error"] > 300, seen
+        assert [v["state"] for v in m.ctl_json("status")["instances"]] == ["MASTER"] * 2
+        assert log_problems(m) == [] and log_problems(b) == []
+    finally:
+        m.stop()
+        b.stop()
