@@ -202,3 +202,30 @@ def test_many_clients_at_once(hosts):
         s.close()
     assert m.ctl("status").returncode == 0
     m.check_alive()
+
+
+def test_idle_client_is_hung_up_on(tmp_path, monkeypatch, aio):
+    """A client that connects and sends nothing loses its connection after
+    IDLE_TIMEOUT (the server in-process, on both loops)."""
+    import asyncio
+    from vrrpd import control
+
+    monkeypatch.setattr(control, "IDLE_TIMEOUT", 0.2)
+    path = str(tmp_path / "c.sock")
+
+    async def main():
+        server = control.ControlServer(path, {"status": lambda: "up"})
+        await server.start()
+        try:
+            reader, writer = await asyncio.open_unix_connection(path)
+            t = asyncio.get_running_loop().time()
+            assert await asyncio.wait_for(reader.read(), 5) == b""      # EOF: hung up on
+            assert asyncio.get_running_loop().time() - t < 2
+            writer.close()
+            reader, writer = await asyncio.open_unix_connection(path)  # others still served
+            writer.write(b'{"cmd": "status"}\n')
+            assert json.loads(await reader.readline()) == {"ok": True, "result": "up"}
+            writer.close()
+        finally:
+            await server.close()
+    aio(main())
