@@ -99,3 +99,45 @@ def test_parallel_scrapes_do_not_hold_the_loop(lan, tmp_path):
         d.check_alive()
     finally:
         d.stop()
+
+
+def test_scrape_connections_are_bounded(aio):
+    """With every slot held by a client that sends nothing, a scrape is
+    answered 503 at once; once a slot frees, scrapes are served again."""
+    import asyncio
+    import socket
+    import types
+    import urllib.error
+    import urllib.request
+    from vrrpd.metrics import Metrics
+    from vrrpd.scripts import ScriptCounters
+
+    daemon = types.SimpleNamespace(instances={}, by_idx={}, engine=None, _sockets={},
+                                   runner=types.SimpleNamespace(counters=ScriptCounters()))
+
+    def scrape(port):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+    async def main():
+        m = Metrics(daemon, "127.0.0.1", 0, max_scrapes=2)
+        m.start()
+        port = m._server.server_address[1]
+        loop = asyncio.get_running_loop()
+        try:
+            held = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
+            await asyncio.sleep(0.2)
+            status, body = await loop.run_in_executor(None, scrape, port)
+            assert status == 503 and b"busy" in body
+            held.pop().close()
+            await asyncio.sleep(0.2)
+            status, body = await loop.run_in_executor(None, scrape, port)
+            assert status == 200 and b"vrrpd_loop_lag_seconds" in body
+            for s in held:
+                s.close()
+        finally:
+            m.stop()
+    aio(main())

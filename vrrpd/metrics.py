@@ -192,7 +192,7 @@ class BoundedServer(ThreadingWSGIServer):
 
     slots: threading.BoundedSemaphore
     BUSY = (b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
-            b"Retry-After: 1\r\nContent-Length: 21\r\n\r\ntoo many scrapes: busy")
+            b"Retry-After: 1\r\nContent-Length: 23\r\n\r\ntoo many scrapes: busy\n")
 
     def process_request(self, request, client_address):
         if not self.slots.acquire(blocking=False):
