@@ -281,7 +281,8 @@ print(sent)
 
 
 def _rejected(st: dict) -> int:
-    return (sum(n for c in st["instances"].values() for k, n in c.items() if k.startswith("reject_"))
+    return (sum(n for c in st["instances"].values() for k, n in c.items()
+                if k.startswith("reject_"))
             + sum(n for s in st["sockets"] for k, n in s["counters"].items()
                   if k.startswith("reject_")))
 

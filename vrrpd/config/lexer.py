@@ -381,7 +381,8 @@ class Lexer:
                 raise LimitExceeded(where, f"more than {MAX_TOKENS} words")
             self._chars += len(text)
             if self._chars > MAX_TEXT:
-                raise LimitExceeded(where, f"more than {MAX_TEXT >> 20} MiB of text after expansion")
+                raise LimitExceeded(where,
+                                    f"more than {MAX_TEXT >> 20} MiB of text after expansion")
             self.lines.append((where, tokens))
 
     def _expand(self, subs: list[str], where: Where, depth: int) -> None:
