@@ -360,3 +360,38 @@ def test_conditional_sample_with_config_id():
     assert r.errors == []
     assert r.config.instances["VI_0"].priority == 170
     assert r.config.scripts["check_VI_0"].script.argv == ("/etc/keepalived/scripts/check_high_VI_0.sh",)
+
+
+@pytest.mark.parametrize("text, message", [
+    # keepalived: "Address label X is longer than maximum length 15 - removing address".
+    ('192.0.2.9/32 dev eth0 label eth0:0123456789ab', "longer than maximum length 15"),
+    ('192.0.2.9/32 dev eth0/1', "not a valid interface name"),
+    ('192.0.2.9/32 dev eth0 label "eth0:\\000"', "NUL byte"),
+])
+def test_vip_checks_start_up_would_fail(tmp_path, text, message):
+    """`vrrpd -t` refuses what the kernel or start-up would refuse."""
+    conf = INST.replace("192.0.2.7/24", text) % ""
+    assert any(message in e for e in errors(tmp_path, conf)), errors(tmp_path, conf)
+
+
+@pytest.mark.parametrize("line, message", [
+    ('notify_master "/bin/echo a\\000b"', "NUL byte"),
+    ("notify_backup /bin/true\x00x", "NUL byte"),
+    ("interface eth0123456789abcdef", "1 to 15 bytes"),
+    ("interface eth:0", "not a valid interface name"),
+    ("track_interface {\n eth 0/1\n }", "unexpected"),
+    ("track_interface {\n a/b\n }", "not a valid interface name"),
+    ("use_vmac vrrp.0123456789abcdef", "1 to 15 bytes"),
+])
+def test_instance_checks_start_up_would_fail(tmp_path, line, message):
+    errs = errors(tmp_path, INST % line)
+    assert any(message in e for e in errs), errs
+
+
+def test_label_bytes_reach_the_kernel_as_written():
+    """A label is passed as its bytes (keepalived passes the C string): a
+    non-UTF-8 byte must not fail the VIP batch."""
+    from pyroute2.netlink import rtnl
+    from vrrpd.addresses import Vip, _Template
+    vip = Vip.parse("192.0.2.9/32", 1, label="eth0:\udcff")
+    assert b"eth0:\xff\x00" in _Template(vip, rtnl.RTM_NEWADDR).data

@@ -9,6 +9,7 @@ import os
 import socket
 import stat
 import subprocess
+import sys
 
 import pytest
 
@@ -158,3 +159,73 @@ def test_refuses_non_root(hosts, tmp_path):
     r = m.ctl("status", prefix=nobody)
     assert r.returncode == 1 and "root only" in r.stderr, r
     assert m.ctl("status").returncode == 0
+    # SO_PEERCRED is checked on accept: a non-root peer that sends nothing
+    # is answered and hung up on, not left holding a connection.
+    idle = ("import socket, sys; s = socket.socket(socket.AF_UNIX); s.settimeout(5); "
+            f"s.connect({m.sock!r}); print(s.recv(4096).decode())")
+    r = subprocess.run([*nobody, sys.executable, "-c", idle], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 0 and "root only" in r.stdout, r
+
+
+def test_many_clients_at_once(hosts):
+    """500 vrrpctl requests at the same moment all get their answer (listen
+    backlog, EAGAIN retried by the client); held idle connections over the
+    cap get an error reply and the daemon keeps answering once they go."""
+    import threading
+    from vrrpd.ctl import request
+    net, spec, (m, b) = hosts(instances=1)
+    results, go = [], threading.Barrier(500)
+
+    def one():
+        go.wait()
+        try:
+            results.append(len(request(m.sock, "status")["instances"]))
+        except Exception as e:
+            results.append(repr(e))
+    threads = [threading.Thread(target=one) for _ in range(500)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    failed = [r for r in results if r != 1]
+    assert not failed, (len(failed), failed[:3])
+    held = []
+    for _ in range(80):
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(m.sock)
+        held.append(s)
+    s = held[-1]
+    s.settimeout(5)
+    assert b"too many clients" in s.recv(4096)
+    for s in held:
+        s.close()
+    assert m.ctl("status").returncode == 0
+    m.check_alive()
+
+
+def test_idle_client_is_hung_up_on(tmp_path, monkeypatch, aio):
+    """A client that connects and sends nothing loses its connection after
+    IDLE_TIMEOUT (the server in-process, on both loops)."""
+    import asyncio
+    from vrrpd import control
+
+    monkeypatch.setattr(control, "IDLE_TIMEOUT", 0.2)
+    path = str(tmp_path / "c.sock")
+
+    async def main():
+        server = control.ControlServer(path, {"status": lambda: "up"})
+        await server.start()
+        try:
+            reader, writer = await asyncio.open_unix_connection(path)
+            t = asyncio.get_running_loop().time()
+            assert await asyncio.wait_for(reader.read(), 5) == b""      # EOF: hung up on
+            assert asyncio.get_running_loop().time() - t < 2
+            writer.close()
+            reader, writer = await asyncio.open_unix_connection(path)  # others still served
+            writer.write(b'{"cmd": "status"}\n')
+            assert json.loads(await reader.readline()) == {"ok": True, "result": "up"}
+            writer.close()
+        finally:
+            await server.close()
+    aio(main())

@@ -314,3 +314,65 @@ async def read_kept_lines(fifo, path: str, total: int) -> list[str]:
     os.close(reader)
     await fifo.close()
     return got.decode().splitlines()
+
+
+def _hanging_master(lan, tmp_path, global_lines: str):
+    """A lone master whose notify_master never exits; -> (daemon, pid file)."""
+    from test_ctl import OpsDaemon
+    from vrrpd.labconf import LabSpec, host_config
+    pids = tmp_path / "pids"
+    script = tmp_path / "hang.sh"
+    script.write_text(f"#!/bin/sh\necho $$ >> {pids}\nexec sleep 1000\n")
+    script.chmod(0o755)
+    spec = LabSpec(instances=1, version=3, advert_int=0.1, notify_fifo="@FIFO@",
+                   extra_instance=f"notify_master {script}")
+    net = lan(hosts=1, nics=spec.nics)
+    conf = host_config(spec, 0, priority=200).replace("global_defs {",
+                                                      "global_defs {\n" + global_lines, 1)
+    d = OpsDaemon(net.hosts[0], conf, tmp_path)
+    d.start()
+    d.wait_all(["VI_0"], "MASTER", timeout=30)
+    d.wait_socket()
+    from netns import wait_for
+    wait_for(lambda: pids.exists() and pids.read_text().strip(), 10, what="notify_master ran")
+    return d, int(pids.read_text().split()[0])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.netns
+def test_notify_script_timeout(lan, tmp_path):
+    """notify_script_timeout (a vrrpd extension): a notify script that never
+    exits is stopped after it and counted as a timeout."""
+    from netns import wait_for
+    d, pid = _hanging_master(lan, tmp_path, "    notify_script_timeout 0.5")
+    try:
+        wait_for(lambda: not _alive(pid), 5, what="the hanging notify_master stopped")
+        assert d.ctl_json("stats")["scripts"]["timeouts"] == 1
+    finally:
+        d.stop()
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("kill", [False, True])
+def test_notify_scripts_at_stop(lan, tmp_path, kill):
+    """keepalived leaves notify scripts running when it stops (the default);
+    notify_script_kill_on_stop stops them with the daemon."""
+    d, pid = _hanging_master(lan, tmp_path, "    notify_script_kill_on_stop" if kill else "")
+    try:
+        d.signal(signal.SIGTERM)
+        d.wait_exit(timeout=20)
+        time.sleep(0.5)
+        assert _alive(pid) is not kill
+    finally:
+        d.stop()
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)

@@ -317,3 +317,72 @@ def test_moved_instance_shows_its_new_line(lan, tmp_path):
     finally:
         m.stop()
         b.stop()
+
+
+# Ten seconds or more of reading, under every limit of the reader: each line's
+# parameter takes 61 substitution passes.
+SLOW = ("".join(f"$D{i}=${{D{i + 1}}}\n" for i in range(60)) + "$D60=x\n"
+        "~SEQ(a,1,200000) y $D0\n")
+# Hundreds of MB of lines, under every limit of the reader.
+BIG = "~SEQ(a,1,450000) x ${a} y ${a}\n"
+
+
+def _lone(lan, tmp_path, *extra):
+    from test_ctl import OpsDaemon
+    spec = LabSpec(instances=1, version=3, advert_int=0.1, notify_fifo="@FIFO@")
+    net = lan(hosts=1, nics=spec.nics)
+    d = OpsDaemon(net.hosts[0], host_config(spec, 0, priority=200), tmp_path, extra=extra)
+    d.start()
+    d.wait_all(["VI_0"], "MASTER", timeout=30)
+    d.wait_socket()
+    return d, host_config(spec, 0, priority=200)
+
+
+def test_reader_time_limit(lan, tmp_path):
+    """A reload whose reader overruns its time limit is rejected with one
+    line for vrrpctl; the running configuration stays."""
+    d, good = _lone(lan, tmp_path, "--reload-timeout", "0.5")
+    try:
+        reconfigure(d, good + SLOW)
+        t = time.monotonic()
+        r = d.ctl("reload")
+        took = time.monotonic() - t
+        lines = r.stdout.strip().splitlines()
+        assert r.returncode == 1 and took < 10, (r, took)
+        assert any("longer than 0.5 s" in x for x in lines), r
+        assert "Traceback" not in r.stdout + r.stderr and len(lines) == 2, r
+        assert d.ctl_json("status")["instances"][0]["state"] == "MASTER"
+        assert d.ctl_json("stats")["reload_failures"] == 1
+    finally:
+        d.stop()
+
+
+def test_reader_out_of_memory_is_one_line(lan, tmp_path):
+    d, good = _lone(lan, tmp_path, "--reload-memory", "120")
+    try:
+        reconfigure(d, good + BIG)
+        r = d.ctl("reload")
+        assert r.returncode == 1 and "needs more than 120 MiB" in r.stdout, r
+        assert "Traceback" not in r.stdout
+        reconfigure(d, good)
+        assert d.ctl_json("reload")["ok"]
+    finally:
+        d.stop()
+
+
+def test_sigterm_while_a_reload_reads(lan, tmp_path):
+    """SIGTERM is honoured at once even while a reload's reader is busy."""
+    d, good = _lone(lan, tmp_path)
+    try:
+        reconfigure(d, good + SLOW)
+        d.signal(signal.SIGHUP)
+        wait_for(lambda: "reloading configuration" in d.log_tail(50), 5, what="reload started")
+        time.sleep(0.3)
+        t = time.monotonic()
+        d.signal(signal.SIGTERM)
+        d.wait_exit(timeout=20)
+        took = time.monotonic() - t
+        assert took < 1.0, (took, d.log_tail(20))
+        assert "Traceback" not in d.log_tail(200)
+    finally:
+        d.stop()

@@ -82,7 +82,7 @@ def _outcome(tmp_path, running_conf: dict, new_conf: dict, above: str = "") -> r
     # The reader's own entry point, in its own process, as the daemon runs it.
     r = subprocess.run([sys.executable, "-m", "vrrpd.reloadchild"], capture_output=True,
                        input=pickle.dumps((str(new), None,
-                                           reloadchild.fingerprints(plan, plan.instances))),
+                                           reloadchild.fingerprints(plan, plan.instances), 0)),
                        timeout=60)
     return pickle.loads(r.stdout)
 

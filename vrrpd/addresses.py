@@ -97,7 +97,8 @@ class _Template:
                 if vip.broadcast:
                     attrs.append(("IFA_BROADCAST", "0.0.0.0"))
                 if vip.label:
-                    attrs.append(("IFA_LABEL", vip.label))
+                    # Its bytes as written in the config, as keepalived passes them.
+                    attrs.append(("IFA_LABEL", vip.label.encode("utf-8", "surrogateescape")))
         msg["attrs"] = attrs
         msg["header"]["type"] = mtype
         msg["header"]["flags"] = flags

@@ -12,6 +12,7 @@ Exit status: 0 ok, 1 the daemon reported an error (e.g. reload rejected),
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import socket
 import sys
@@ -24,13 +25,52 @@ class CtlError(Exception):
     pass
 
 
-def request(path: str, cmd: str, *args: str, timeout: float = 60.0):
-    """One command -> its result; CtlError with the daemon's message on failure."""
+CONNECT_RETRY = 2.0     # seconds to retry a connect refused with EAGAIN (backlog full)
+
+
+def connect(s: socket.socket, path: str, retry: float = CONNECT_RETRY) -> None:
+    """A unix socket's connect fails with EAGAIN while the daemon's listen
+    backlog is full (many clients at once): retry briefly."""
+    end = time.monotonic() + retry
+    delay = 0.005
+    while True:
+        try:
+            s.connect(path)
+            return
+        except BlockingIOError as e:
+            if e.errno != errno.EAGAIN or time.monotonic() + delay > end:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
+def request(path: str, cmd: str, *args: str, timeout: float = 60.0,
+            retry: float = CONNECT_RETRY):
+    """One command -> its result; CtlError with the daemon's message on failure.
+    A "busy" refusal (the daemon's client cap) is retried for `retry` seconds."""
+    end = time.monotonic() + retry
+    delay = 0.005
+    while True:
+        reply = _exchange(path, {"cmd": cmd, "args": list(args)}, timeout, retry)
+        busy = not reply.get("ok") and str(reply.get("error", "")).startswith("busy:")
+        if not busy or time.monotonic() + delay > end:
+            break
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+    if not reply.get("ok"):
+        raise CtlError(reply.get("error", "unknown error"))
+    return reply["result"]
+
+
+def _exchange(path: str, req: dict, timeout: float, retry: float) -> dict:
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(timeout)
-            s.connect(path)
-            s.sendall(json.dumps({"cmd": cmd, "args": list(args)}).encode() + b"\n")
+            connect(s, path, retry)
+            try:
+                s.sendall(json.dumps(req).encode() + b"\n")
+            except (BrokenPipeError, ConnectionResetError):
+                pass        # refused on accept (not root, busy): the reply says why
             buf = b""
             while not buf.endswith(b"\n"):
                 chunk = s.recv(1 << 16)
@@ -43,9 +83,9 @@ def request(path: str, cmd: str, *args: str, timeout: float = 60.0):
         reply = json.loads(buf)
     except ValueError:
         raise ConnectionError(f"vrrpd at {path} sent no valid reply") from None
-    if not reply.get("ok"):
-        raise CtlError(reply.get("error", "unknown error"))
-    return reply["result"]
+    if not isinstance(reply, dict):
+        raise ConnectionError(f"vrrpd at {path} sent no valid reply")
+    return reply
 
 
 def table(rows: list[list[str]], header: list[str]) -> str:

@@ -43,6 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"SIGUSR2 stats dump (default {STATS_PATH})")
     p.add_argument("--json-dump", metavar="PATH", default=JSON_PATH,
                    help=f"SIGRTMIN+2 JSON dump (default {JSON_PATH})")
+    p.add_argument("--reload-timeout", metavar="SECONDS", type=float, default=30.0,
+                   help="a reload's configuration reader is stopped after this long "
+                        "(the reload is rejected; default 30)")
+    p.add_argument("--reload-memory", metavar="MIB", type=int, default=2048,
+                   help="address space the reload's configuration reader may use "
+                        "(default 2048; 0: no limit)")
     p.add_argument("--advert-tx", choices=("frame", "ip"), default="frame",
                    help="multicast adverts on Ethernet links: prebuilt frames on a packet "
                         "socket (default; they skip netfilter OUTPUT/POSTROUTING), or the "
@@ -71,7 +77,11 @@ def config_test(path: str, config_id: str | None = None) -> int:
     """`vrrpd -t`: print every problem as FILE:LINE: message; 0 if valid."""
     from .config import load
 
-    result = load(path, config_id=config_id)
+    try:
+        result = load(path, config_id=config_id)
+    except MemoryError:             # under a memory limit (ulimit -v, the reload child's)
+        print(f"{path}:0: out of memory reading the configuration", file=sys.stderr)
+        return 1
     for w in result.warnings:
         print(f"{w}", file=sys.stderr)
     for e in result.errors:
@@ -221,7 +231,8 @@ class Operations:
 
         self = cls()
         loop = asyncio.get_running_loop()
-        self.reloader = Reloader(daemon, args.config, args.config_id, running)
+        self.reloader = Reloader(daemon, args.config, args.config_id, running,
+                                 timeout=args.reload_timeout, memory=args.reload_memory << 20)
         self.reloader.vips_record = leftovers.state_path(args.control_socket)
         dumps = Dumps(daemon, self.reloader, args.data_dump, args.stats_dump, args.json_dump)
         self.control = self.metrics = self.watchdog = None
@@ -256,8 +267,11 @@ class Operations:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGRTMIN + 2):
             loop.remove_signal_handler(sig)
+        # A reload still reading its configuration is cut short (its reader
+        # killed, the reload rejected); one already applying finishes first.
+        self.reloader.abort()
         for t in list(self._tasks):
-            await t                 # a reload in progress finishes before the shutdown
+            await t
         if self.control is not None:
             await self.control.close()
         for part in (self.metrics, self.watchdog):

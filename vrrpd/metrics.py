@@ -1,9 +1,11 @@
 """Prometheus metrics (--metrics ADDR:PORT, off by default).
 
-A custom collector reads the engine's counters when scraped: nothing is
-done per packet in Python.  prometheus-client serves HTTP from its own
-thread; the collector hops onto the daemon's loop to read, so it never sees
-a half-applied reload.
+Nothing is done per packet in Python: a scrape copies the engine's counters
+into plain tuples on the daemon's loop, a slice of instances per loop turn
+(take_snapshot), and prometheus-client renders that copy in the HTTP
+thread.  The rendered text serves every scrape within MAX_AGE seconds, one
+render runs at a time, and at most MAX_SCRAPES connections are served at
+once (the rest get 503): scrapers cannot hold the loop or pile up work.
 
 Metrics (labels: instance, interface, vrid unless noted):
   vrrpd_instance_state            0 INIT, 1 BACKUP, 2 MASTER, 3 FAULT
@@ -14,7 +16,8 @@ Metrics (labels: instance, interface, vrid unless noted):
   vrrpd_priority_zero_sent_total, vrrpd_priority_zero_received_total
   vrrpd_adverts_rejected_total{reason}
   vrrpd_socket_rejected_total{interface, family, reason}  (no instance to blame)
-  vrrpd_script_runs_total, _failures_total, _timeouts_total, _exec_errors_total
+  vrrpd_script_runs_total, _failures_total, _timeouts_total, _exec_errors_total,
+  _suppressed_total (notify_master_rx_lower_pri runs skipped by its rate limit)
   vrrpd_loop_lag_seconds          lateness of the last periodic wake-up
   vrrpd_loop_lag_max_seconds      the largest seen
 """
@@ -22,10 +25,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import socket
+import threading
+import time
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import start_http_server
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import ThreadingWSGIServer
 
 from . import _engine
 
@@ -37,7 +45,11 @@ COUNTERS = (("adverts_sent", "vrrpd_adverts_sent", "adverts sent"),
             ("pri0_sent", "vrrpd_priority_zero_sent", "priority-0 adverts sent"),
             ("pri0_received", "vrrpd_priority_zero_received", "priority-0 adverts received"),
             ("became_master", "vrrpd_instance_failovers", "times the instance became MASTER"))
-SCRIPT_COUNTERS = ("runs", "failures", "timeouts", "exec_errors")
+SCRIPT_COUNTERS = ("runs", "failures", "timeouts", "exec_errors", "suppressed")
+SLICE = 100             # instances copied per loop turn
+MAX_AGE = 1.0           # seconds a rendered exposition serves later scrapes
+MAX_SCRAPES = 4         # connections served at once; more are answered 503
+HTTP_TIMEOUT = 10.0     # seconds a connection may idle
 
 
 class LoopLag:
@@ -68,70 +80,180 @@ class LoopLag:
             self._handle.cancel()
 
 
-class DaemonCollector:
-    def __init__(self, daemon, loop: asyncio.AbstractEventLoop, lag: LoopLag):
-        self.daemon, self.loop, self.lag = daemon, loop, lag
+class Snapshot:
+    """Plain copies of what a scrape reports, taken on the loop; rendered elsewhere."""
+
+    def __init__(self):
+        self.instances: list[tuple] = []    # (labels, state, prio, base, transitions, counters)
+        self.sockets: list[tuple] = []      # (labels, counters)
+        self.scripts: dict[str, int] = {}
+        self.lag = self.lag_max = 0.0
+
+
+async def take_snapshot(daemon, lag: LoopLag, slice_size: int = SLICE) -> Snapshot:
+    """Copy the counters on the loop, `slice_size` instances per turn, so that a
+    scrape at thousands of instances never holds the adverts.  An instance a
+    reload removed or replaced between two turns is left out."""
+    d, e = daemon, daemon.engine
+    snap = Snapshot()
+    insts = list(d.instances.values())
+    for start in range(0, len(insts), slice_size):
+        for inst in insts[start:start + slice_size]:
+            if d.by_idx.get(inst.idx) is not inst:
+                continue
+            snap.instances.append(([inst.name, inst.ifname, str(inst.spec.vrid)],
+                                   e.state(inst.idx), e.priority(inst.idx), inst.spec.priority,
+                                   inst.transitions, e.counters(inst.idx)))
+        await asyncio.sleep(0)
+    for (ifname, family), (sid, _) in list(d._sockets.items()):
+        fam = "6" if family == socket.AF_INET6 else "4"
+        snap.sockets.append(([ifname, fam], e.socket_counters(sid)))
+    snap.scripts = {k: getattr(d.runner.counters, k) for k in SCRIPT_COUNTERS}
+    snap.lag, snap.lag_max = lag.last, lag.max
+    return snap
+
+
+def render(snap: Snapshot) -> bytes:
+    """The text exposition of one snapshot (runs in the HTTP thread)."""
+    state = GaugeMetricFamily("vrrpd_instance_state", "0 INIT, 1 BACKUP, 2 MASTER, 3 FAULT",
+                              labels=INST_LABELS)
+    prio = GaugeMetricFamily("vrrpd_instance_priority", "effective priority", labels=INST_LABELS)
+    base = GaugeMetricFamily("vrrpd_instance_base_priority", "configured priority",
+                             labels=INST_LABELS)
+    trans = CounterMetricFamily("vrrpd_instance_transitions", "state transitions",
+                                labels=INST_LABELS)
+    counters = {k: CounterMetricFamily(name, text, labels=INST_LABELS) for k, name, text in COUNTERS}
+    rejected = CounterMetricFamily("vrrpd_adverts_rejected", "adverts rejected, by reason",
+                                   labels=INST_LABELS + ["reason"])
+    for labels, st, pr, bp, tr, c in snap.instances:
+        state.add_metric(labels, st)
+        prio.add_metric(labels, pr)
+        base.add_metric(labels, bp)
+        trans.add_metric(labels, tr)
+        for k, fam in counters.items():
+            fam.add_metric(labels, c[k])
+        for reason in _engine.REJECT_NAMES[1:]:
+            rejected.add_metric(labels + [reason], c["reject_" + reason])
+    sock_rej = CounterMetricFamily("vrrpd_socket_rejected",
+                                   "adverts rejected before reaching an instance",
+                                   labels=["interface", "family", "reason"])
+    for labels, c in snap.sockets:
+        for reason in _engine.REJECT_NAMES[1:]:
+            sock_rej.add_metric(labels + [reason], c["reject_" + reason])
+    scripts = []
+    for k in SCRIPT_COUNTERS:
+        m = CounterMetricFamily(f"vrrpd_script_{k}", f"scripts: {k.replace('_', ' ')}")
+        m.add_metric([], snap.scripts[k])
+        scripts.append(m)
+    lag = GaugeMetricFamily("vrrpd_loop_lag_seconds", "lateness of the last periodic wake-up",
+                            value=snap.lag)
+    lag_max = GaugeMetricFamily("vrrpd_loop_lag_max_seconds", "largest loop lateness seen",
+                                value=snap.lag_max)
+    families = [state, prio, base, trans, *counters.values(), rejected, sock_rej, *scripts,
+                lag, lag_max]
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(families))
+    return generate_latest(registry)
+
+
+class _Families:
+    def __init__(self, families):
+        self.families = families
 
     def collect(self):
-        # Runs in the HTTP thread: read everything on the loop, in one go.
-        fut = asyncio.run_coroutine_threadsafe(self._read(), self.loop)
-        return fut.result(timeout=10)
+        return self.families
 
-    async def _read(self) -> list:
-        d, e = self.daemon, self.daemon.engine
-        state = GaugeMetricFamily("vrrpd_instance_state", "0 INIT, 1 BACKUP, 2 MASTER, 3 FAULT",
-                                  labels=INST_LABELS)
-        prio = GaugeMetricFamily("vrrpd_instance_priority", "effective priority", labels=INST_LABELS)
-        base = GaugeMetricFamily("vrrpd_instance_base_priority", "configured priority",
-                                 labels=INST_LABELS)
-        trans = CounterMetricFamily("vrrpd_instance_transitions", "state transitions",
-                                    labels=INST_LABELS)
-        counters = {k: CounterMetricFamily(name, text, labels=INST_LABELS) for k, name, text in COUNTERS}
-        rejected = CounterMetricFamily("vrrpd_adverts_rejected", "adverts rejected, by reason",
-                                       labels=INST_LABELS + ["reason"])
-        for inst in list(d.instances.values()):
-            labels = [inst.name, inst.ifname, str(inst.spec.vrid)]
-            c = e.counters(inst.idx)
-            state.add_metric(labels, e.state(inst.idx))
-            prio.add_metric(labels, e.priority(inst.idx))
-            base.add_metric(labels, inst.spec.priority)
-            trans.add_metric(labels, inst.transitions)
-            for k, fam in counters.items():
-                fam.add_metric(labels, c[k])
-            for reason in _engine.REJECT_NAMES[1:]:
-                rejected.add_metric(labels + [reason], c["reject_" + reason])
-        sock_rej = CounterMetricFamily("vrrpd_socket_rejected",
-                                       "adverts rejected before reaching an instance",
-                                       labels=["interface", "family", "reason"])
-        for (ifname, family), (sid, _) in list(d._sockets.items()):
-            c = e.socket_counters(sid)
-            fam = "6" if family == socket.AF_INET6 else "4"
-            for reason in _engine.REJECT_NAMES[1:]:
-                sock_rej.add_metric([ifname, fam, reason], c["reject_" + reason])
-        scripts = []
-        for k in SCRIPT_COUNTERS:
-            m = CounterMetricFamily(f"vrrpd_script_{k}", f"scripts: {k.replace('_', ' ')}")
-            m.add_metric([], getattr(d.runner.counters, k))
-            scripts.append(m)
-        lag = GaugeMetricFamily("vrrpd_loop_lag_seconds", "lateness of the last periodic wake-up",
-                                value=self.lag.last)
-        lag_max = GaugeMetricFamily("vrrpd_loop_lag_max_seconds", "largest loop lateness seen",
-                                    value=self.lag.max)
-        return [state, prio, base, trans, *counters.values(), rejected, sock_rej, *scripts,
-                lag, lag_max]
+
+class Exposition:
+    """The latest rendered exposition, shared: a scrape within MAX_AGE of the
+    last render gets it as is, and only one render runs at a time (scrapes
+    arriving meanwhile wait for it and take its result)."""
+
+    def __init__(self, daemon, loop: asyncio.AbstractEventLoop, lag: LoopLag,
+                 max_age: float = MAX_AGE):
+        self.daemon, self.loop, self.lag, self.max_age = daemon, loop, lag, max_age
+        self._lock = threading.Lock()
+        self._body = b""
+        self._at = -math.inf
+
+    def get(self) -> bytes:
+        with self._lock:
+            if time.monotonic() - self._at > self.max_age:
+                fut = asyncio.run_coroutine_threadsafe(take_snapshot(self.daemon, self.lag),
+                                                       self.loop)
+                self._body = render(fut.result(timeout=30))
+                self._at = time.monotonic()
+            return self._body
+
+
+class BoundedServer(ThreadingWSGIServer):
+    """A thread per connection, at most MAX_SCRAPES at once: a connection
+    beyond that is answered 503 from the accepting thread and closed."""
+
+    slots: threading.BoundedSemaphore
+    BUSY = (b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+            b"Retry-After: 1\r\nContent-Length: 23\r\n\r\ntoo many scrapes: busy\n")
+
+    def process_request(self, request, client_address):
+        if not self.slots.acquire(blocking=False):
+            self.busy += 1
+            try:
+                request.setblocking(False)
+                request.send(self.BUSY)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+
+class _Handler(WSGIRequestHandler):
+    timeout = HTTP_TIMEOUT      # a client that sends nothing loses its slot
+
+    def log_message(self, format, *args):
+        pass
 
 
 class Metrics:
-    def __init__(self, daemon, addr: str, port: int):
+    def __init__(self, daemon, addr: str, port: int, max_scrapes: int = MAX_SCRAPES):
         self.daemon, self.addr, self.port = daemon, addr, port
+        self.max_scrapes = max_scrapes
         self.lag = LoopLag()
         self._server = None
+        self._thread = None
 
     def start(self) -> None:
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(DaemonCollector(self.daemon, asyncio.get_running_loop(), self.lag))
+        expo = Exposition(self.daemon, asyncio.get_running_loop(), self.lag)
+
+        def app(environ, start_response):
+            if environ.get("PATH_INFO") not in ("/", "/metrics"):
+                start_response("404 Not Found", [("Content-Type", "text/plain")])
+                return [b"not found\n"]
+            try:
+                body = expo.get()
+            except Exception as e:          # the loop too busy, shutting down...
+                log.warning("metrics: scrape failed: %s", e)
+                start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
+                return [b"metrics unavailable\n"]
+            start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST),
+                                      ("Content-Length", str(len(body)))])
+            return [body]
+
+        server_cls = type("Server", (BoundedServer,), {
+            "slots": threading.BoundedSemaphore(self.max_scrapes), "busy": 0,
+            "address_family": socket.getaddrinfo(self.addr, self.port, type=socket.SOCK_STREAM,
+                                                 flags=socket.AI_PASSIVE)[0][0]})
+        self._server = make_server(self.addr, self.port, app, server_cls, handler_class=_Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics",
+                                        daemon=True)
+        self._thread.start()
         self.lag.start()
-        self._server, _ = start_http_server(self.port, self.addr, registry=registry)
         log.info("metrics on http://%s:%d/metrics", self.addr, self.port)
 
     def stop(self) -> None:

@@ -261,10 +261,15 @@ class NotifyFifo:
 class Notifier:
     """Runs the notifications of every transition, in order, without blocking."""
 
-    def __init__(self, runner: ScriptRunner, fifos: list[NotifyFifo] = (), smtp=None):
+    def __init__(self, runner: ScriptRunner, fifos: list[NotifyFifo] = (), smtp=None, *,
+                 timeout: float | None = None, kill_on_stop: bool = False):
+        """timeout, kill_on_stop: notify_script_timeout / notify_script_kill_on_stop
+        (vrrpd extensions; keepalived neither limits nor stops its notify scripts)."""
         self.runner = runner
         self.fifos = list(fifos)
         self.smtp = smtp                      # vrrpd.smtp.SmtpAlerter or None
+        self.timeout = timeout
+        self.kill_on_stop = kill_on_stop
         self._stops: list[asyncio.Future] = []
 
     def open(self) -> None:
@@ -286,7 +291,8 @@ class Notifier:
             for script, args in ((scripts.for_state(state), ()),
                                  (scripts.notify, (kind, name, state, str(priority)))):
                 if script is not None:
-                    fut = self.runner.start(script, *args, detached=not stop)
+                    fut = self.runner.start(script, *args, timeout=self.timeout,
+                                            detached=not (stop or self.kill_on_stop))
                     if stop:
                         self._stops.append(fut)
         if fifo:
@@ -298,7 +304,8 @@ class Notifier:
                             scripts: NotifyScripts | None = None) -> None:
         """A master received a lower-priority advert (keepalived's MASTER_RX_LOWER_PRI)."""
         if scripts is not None and scripts.notify_master_rx_lower_pri is not None:
-            self.runner.start(scripts.notify_master_rx_lower_pri, detached=True)
+            self.runner.start(scripts.notify_master_rx_lower_pri, timeout=self.timeout,
+                              detached=not self.kill_on_stop)
         self._to_fifos(fifo_line("INSTANCE", name, "MASTER_RX_LOWER_PRI", priority))
 
     def priority_changed(self, name: str, state: str, priority: int) -> None:

@@ -60,6 +60,8 @@ SLICE = 0.001           # s of reload work on the loop between returns to it
 ROOM_US = 1500          # resume only if no advert is due sooner (a slice fits)
 SPAWN_ROOM_US = 3000    # starting the reader costs ~1 ms: between advert bursts
 MAX_WAIT = 0.2          # s to wait for that room before going ahead anyway
+READER_TIMEOUT = 30.0   # s the configuration reader may take (vrrpd --reload-timeout)
+READER_MEMORY = 2 << 30 # bytes of address space it may use (vrrpd --reload-memory)
 
 
 class Slices:
@@ -118,20 +120,33 @@ class Reloader:
     """daemon.reload's driver: serialises reloads, reports to systemd."""
 
     def __init__(self, daemon, path: str, config_id: str | None,
-                 running: "reloadchild.Fingerprints | bytes"):
+                 running: "reloadchild.Fingerprints | bytes", timeout: float = READER_TIMEOUT,
+                 memory: int = READER_MEMORY):
         """running: fingerprints of daemon.plan (reloadchild.fingerprints, or
-        their pickle as the reader sends them), made
-        before the instances start: ~0.2 s per 1,000 instances the loop must not wait."""
+        their pickle as the reader sends them), made before the instances start.
+        timeout (s), memory (bytes of address space, 0: none): the reader's limits."""
         self.daemon, self.path, self.config_id = daemon, path, config_id
         self.vips_record: str | None = None     # leftovers.state_path(): kept current
+        self.timeout, self.memory = timeout, memory
+        self.stopping = False
+        self._proc: subprocess.Popen | None = None
         self._lock = asyncio.Lock()
         self.reloads = 0
         self.failures = 0
         self.spawn_seconds = 0.0     # the last reader start's cost in the daemon
         self.running = running      # what the reader diffs against; then what it sends back
 
+    def abort(self) -> None:
+        """The daemon is stopping: a running reader is killed (its reload is
+        rejected) and reloads still queued are refused."""
+        self.stopping = True
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+
     async def __call__(self) -> dict:
         async with self._lock:
+            if self.stopping:
+                return {"ok": False, "errors": ["reload: the daemon is stopping"], "warnings": []}
             sdnotify.reloading()
             try:
                 return await self._reload()
@@ -191,7 +206,7 @@ class Reloader:
         whatever its size); Popen uses vfork, so starting it costs the
         daemon no copy of its page tables."""
         loop = asyncio.get_running_loop()
-        request = pickle.dumps((self.path, self.config_id, self.running),
+        request = pickle.dumps((self.path, self.config_id, self.running, self.memory),
                                protocol=pickle.HIGHEST_PROTOCOL)
         await slices.pause(SPAWN_ROOM_US)
         t = time.perf_counter()
@@ -207,13 +222,23 @@ class Reloader:
             os.close(infd)
         self.spawn_seconds = time.perf_counter() - t
         log.debug("reload: reader started in %.2f ms", self.spawn_seconds * 1000)
+        self._proc = proc
         try:
-            data = await _read_all(loop, proc.stdout.fileno())
+            data = await asyncio.wait_for(_read_all(loop, proc.stdout.fileno()), self.timeout)
+        except asyncio.TimeoutError:
+            proc.kill()
+            data = None
         finally:
             proc.stdout.close()
             await _reap(loop, proc)
+            self._proc = None
+        if data is None:
+            return Outcome(errors=[f"reload: reading the configuration took longer than "
+                                   f"{self.timeout:g} s (the reader's limit): stopped"])
         if not data:
-            return Outcome(errors=["reload: the configuration reader died"])
+            why = "the daemon is stopping" if self.stopping else \
+                f"the configuration reader died (exit status {proc.returncode})"
+            return Outcome(errors=[f"reload: {why}"])
         await slices.pause()
         return pickle.loads(data)           # small: changed instances stay pickled
 

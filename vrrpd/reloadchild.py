@@ -25,6 +25,7 @@ import gc
 import hashlib
 import os
 import pickle
+import resource
 import sys
 import traceback
 from dataclasses import dataclass, field
@@ -159,9 +160,11 @@ def startup(path: str, config_id: str | None) -> Startup:
 
 
 def main() -> int:
-    """stdin: pickle of (path, config_id, Fingerprints or their pickle); stdout:
-    pickle of the Outcome.  With --plan (start-up): stdin (path, config_id),
-    stdout a Startup.  Either one's fingerprints go out pickled on their own."""
+    """stdin: pickle of (path, config_id, Fingerprints or their pickle, memory
+    limit in bytes or 0); stdout: pickle of the Outcome.  With --plan
+    (start-up): stdin (path, config_id), stdout a Startup.  Either one's
+    fingerprints go out pickled on their own.  Errors are single lines for
+    vrrpctl: a traceback goes to stderr (the daemon's log) only."""
     gc.disable()                        # short-lived
     at_startup = "--plan" in sys.argv[1:]
     if not at_startup:
@@ -170,11 +173,16 @@ def main() -> int:
         # daemon waits for it.
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
         os.sched_setaffinity(0, range(os.cpu_count() or 1))
+    memory = 0
+    kind = Startup if at_startup else Outcome
+    what = "reading the configuration" if at_startup else "reload"
     try:
         if at_startup:
             out = startup(*pickle.load(sys.stdin.buffer))
         else:
-            path, config_id, running = pickle.load(sys.stdin.buffer)
+            path, config_id, running, memory = pickle.load(sys.stdin.buffer)
+            if memory:
+                resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
             if isinstance(running, bytes):
                 running = pickle.loads(running)
             out = compute(path, config_id, running)
@@ -182,10 +190,14 @@ def main() -> int:
         # it keeps them pickled, a fraction of the objects' memory.
         if out.fingerprints is not None:
             out.fingerprints = pickle.dumps(out.fingerprints, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception:
-        what = "reading the configuration" if at_startup else "reload"
-        out = (Startup if at_startup else Outcome)(
-            errors=[f"{what} failed: " + traceback.format_exc(limit=5)])
+    except MemoryError:
+        out = None
+        gc.collect()
+        out = kind(errors=[f"{what}: reading the configuration needs more than "
+                           f"{memory >> 20} MiB (the reader's limit)"])
+    except Exception as e:
+        traceback.print_exc(limit=5)
+        out = kind(errors=[f"{what} failed: {type(e).__name__}: {str(e)[:200]}"])
     sys.stdout.buffer.write(pickle.dumps(out, protocol=pickle.HIGHEST_PROTOCOL))
     sys.stdout.buffer.flush()
     return 0

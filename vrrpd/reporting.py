@@ -10,6 +10,7 @@ import logging
 from . import _engine
 from .config.model import Command, Config, Fifo
 from .notify import Notifier, NotifyFifo, NotifyScripts
+from .ratelimit import PerKey
 from .scripts import ScriptRunner
 
 log = logging.getLogger("vrrpd.notify")
@@ -27,7 +28,9 @@ class Reporter:
         self.config = config
         self.runner = runner
         fifos = [self._fifo(f) for f in (g.notify_fifo, g.vrrp_notify_fifo) if f is not None]
-        self.notifier = Notifier(self.runner, fifos)
+        self.notifier = Notifier(self.runner, fifos, timeout=g.notify_script_timeout,
+                                 kill_on_stop=g.notify_script_kill_on_stop)
+        self.lower_scripts = PerKey()
         self.scripts: dict[str, NotifyScripts] = {}
         self.group_scripts: dict[str, NotifyScripts] = {
             name: NotifyScripts(**{k: self._prepare(getattr(grp, k), f"{k} of group {name}")
@@ -116,7 +119,16 @@ class Reporter:
                              inst.priority, scripts)
 
     def on_rx_lower_pri(self, inst, priority: int) -> None:
-        self.notifier.master_rx_lower_pri(inst.name, inst.priority, self.scripts.get(inst.name))
+        """keepalived runs notify_master_rx_lower_pri for every such advert; a
+        storm of them would start thousands of processes, so it runs at most
+        once per advert interval per instance (the skipped runs are counted
+        in the script counters' `suppressed`).  The fifo line is written for each."""
+        scripts = self.scripts.get(inst.name)
+        if scripts is not None and scripts.notify_master_rx_lower_pri is not None and \
+                not self.lower_scripts.allow(inst.name, inst.spec.advert_int_cs / 100):
+            self.runner.counters.suppressed += 1
+            scripts = None
+        self.notifier.master_rx_lower_pri(inst.name, inst.priority, scripts)
 
     async def on_stop(self, daemon) -> None:
         await self.notifier.shutdown()

@@ -30,6 +30,7 @@ from .garp import Announce, GarpConfig, GarpScheduler, arp_frame, ipv6_forwardin
 from .links import Link, LinkEvent, LinkMonitor
 from .notify import coalesced
 from .plan import engine_tunables
+from .ratelimit import PerKey
 from .routes import RouteManager
 from .scripts import ScriptRunner
 from .syncgroups import SyncGroups
@@ -185,6 +186,7 @@ class Daemon:
         # Objects with open(), on_transition(inst, old, new, reason),
         # on_group_transition(group, state), on_rx_lower_pri(inst, prio), on_stop(daemon).
         self.hooks = []
+        self.lower_log = PerKey()       # lower-priority advert log lines, per instance
 
     # -- start-up --------------------------------------------------------------------
     async def start(self) -> None:
@@ -419,7 +421,11 @@ class Daemon:
                 batch.append((inst, old, new, reason))
                 self._follow_group(inst, old, new, reason)
             elif kind == _engine.EV_RX_LOWER_PRI:
-                lower.append((inst.name, ev[2], _addr(ev[3])))
+                # Every advert is answered by the engine and counted (rx_lower_pri);
+                # the log line goes out at most once per advert interval.
+                if self.lower_log.allow(inst.name, inst.spec.advert_int_cs / 100):
+                    lower.append((inst.name, ev[2], _addr(ev[3]),
+                                  self.lower_log.take_held(inst.name)))
                 for key, ann in self._announces(inst):
                     self.garp.lower_prio(key, ann)
                 for h in self.hooks:
@@ -430,10 +436,11 @@ class Daemon:
                             _engine.REJECT_NAMES[ev[2]])
         if len(lower) > LOG_EACH:       # a storm of them: one line, as for transitions
             log.info("%d masters received lower priority adverts: %s", len(lower),
-                     ", ".join(f"{n} ({p} from {a})" for n, p, a in lower))
+                     ", ".join(f"{n} ({p} from {a})" for n, p, a, _ in lower))
         else:
-            for name, prio, addr in lower:
-                log.info("(%s) received lower priority (%d) advert from %s", name, prio, addr)
+            for name, prio, addr, held in lower:
+                log.info("(%s) received lower priority (%d) advert from %s%s", name, prio, addr,
+                         f" ({held} more not logged)" if held else "")
         if batch:
             log_transitions(batch)
             self._effects_waiting += len(batch)

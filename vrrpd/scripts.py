@@ -144,6 +144,7 @@ class ScriptCounters:
     exec_errors: int = 0   # could not be started (missing, not executable, setuid failed...)
     refused: int = 0       # disabled at preparation (insecure, not found, bad user, bad syntax)
     insecure: int = 0      # root scripts with unsafe paths (refused only with script security)
+    suppressed: int = 0    # notify_master_rx_lower_pri runs skipped by its rate limit
 
 
 def resolve_user(user: str | None = None, group: str | None = None, *,

@@ -114,7 +114,7 @@ GLOBAL = {
     "notification_email_from": v.string, "smtp_server": _smtp_server,
     "smtp_helo_name": v.string, "smtp_connect_timeout": v.float_range(0.001, 86400),
     "smtp_alert": v.bool_opt, "smtp_alert_vrrp": v.bool_opt, "no_email_faults": v.flag,
-    "vrrp_mcast_group4": v.ip_arg, "vrrp_mcast_group6": v.ip_arg, "default_interface": v.string,
+    "vrrp_mcast_group4": v.ip_arg, "vrrp_mcast_group6": v.ip_arg, "default_interface": v.interface,
     "vrrp_garp_master_delay": v.float_range(0, 86400), "vrrp_garp_master_repeat": v.int_range(0, UINT),
     "vrrp_garp_lower_prio_delay": v.float_range(0, 86400),
     "vrrp_garp_lower_prio_repeat": v.int_range(0, UINT),
@@ -134,6 +134,7 @@ GLOBAL = {
     "vrrp_process_name": v.string, "max_auto_priority": v.int_range(-1, 99),
     "min_auto_priority_delay": v.int_range(1, 10_000_000), "script_user": _script_user,
     "enable_script_security": v.flag, "notify_fifo": _fifo,
+    "notify_script_timeout": v.float_range(0.001, 86400), "notify_script_kill_on_stop": v.flag,
     "notify_fifo_script": _fifo_script("notify_fifo"), "vrrp_notify_fifo": _fifo,
     "vrrp_notify_fifo_script": _fifo_script("vrrp_notify_fifo"),
     "fifo_write_vrrp_states_on_reload": v.flag, "dynamic_interfaces": _dynamic_interfaces,
@@ -164,7 +165,7 @@ def _use_vmac(node: Node, out: dict) -> None:
         if a.count(":") >= 4:
             out["vmac_mac"] = a
         else:
-            out["vmac_name"] = a
+            out["vmac_name"] = v.ifname(a, "use_vmac")
 
 
 def _auth(node: Node) -> Authentication:
@@ -217,10 +218,10 @@ def _src_ip(field: str):
 
 
 INSTANCE = {
-    "state": _state, "interface": v.string, "vrf": v.string, "use_vmac": _use_vmac,
+    "state": _state, "interface": v.interface, "vrf": v.string, "use_vmac": _use_vmac,
     "use_vmac_addr": v.flag, "vmac_xmit_base": v.flag, "vmac_garp_intvl": _extra_if,
     "use_ipvlan": v.words, "native_ipv6": v.flag, "dont_track_primary": v.flag,
-    "track_interface": v.tracks(-253, 253), "track_script": v.tracks(-253, 253),
+    "track_interface": v.tracks(-253, 253, v.ifname), "track_script": v.tracks(-253, 253),
     "track_file": v.tracks(-254, 254), "track_process": v.tracks(-254, 254),
     "track_bfd": v.tracks(-253, 253),
     "mcast_src_ip": _src_ip("mcast_src_ip"), "unicast_src_ip": _src_ip("unicast_src_ip"),
@@ -313,7 +314,7 @@ TRACK_PROCESS = {
 }
 
 SYNC_GROUP = {
-    "group": v.name_list, "track_interface": v.tracks(-253, 253),
+    "group": v.name_list, "track_interface": v.tracks(-253, 253, v.ifname),
     "track_script": v.tracks(-253, 253), "track_file": v.tracks(-254, 254),
     "track_process": v.tracks(-254, 254), "track_bfd": v.tracks(-253, 253),
     "notify_master": v.command, "notify_backup": v.command, "notify_fault": v.command,
@@ -323,7 +324,7 @@ SYNC_GROUP = {
 }
 
 GARP_GROUP = {"garp_interval": v.float_range(0, 86400), "gna_interval": v.float_range(0, 86400),
-              "interface": v.string, "interfaces": v.name_list}
+              "interface": v.interface, "interfaces": v.name_list}
 
 
 # Values keepalived 2.2.7 reads as whole seconds (read_unsigned_strvec): a

@@ -7,6 +7,12 @@ includer/m/w/b/a variants) with globs and brace expansion relative to the
 including file, `@id`/`@^id` conditional lines, `$NAME=value` definitions
 (multi-line with trailing `\\`), `$NAME`/`${NAME}` substitution and the
 `~SEQ`/`~SEQx`/`~LST` line generators.  Braces are separate tokens.
+
+Only regular, non-executable files are read (keepalived: "not a regular
+non-executable file"; keepalived skips such a file, vrrpd refuses it), so
+that an include of a device or FIFO can neither block nor read forever.
+Every expansion is bounded (MAX_* below): a configuration over a limit is
+one FILE:LINE error, found before it costs much time or memory.
 """
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ import glob
 import os
 import random
 import re
+import stat
 import sys
 
 from .problems import Report, Where
@@ -21,7 +28,14 @@ from .problems import Report, Where
 INCLUDES = {"include", "includer", "includem", "includew", "includeb", "includea"}
 MAX_INCLUDE_DEPTH = 32
 MAX_SUBST_PASSES = 64
-MAX_GENERATED = 1_000_000        # ~SEQ/~LST lines from one source line
+MAX_GENERATED = 500_000         # lines one source line expands to (~SEQ/~LST, multi-line
+                                # $NAME; nested: the product)
+MAX_CONFIG_BYTES = 16 << 20     # all files read, together
+MAX_FILES = 1000                # file reads (an include fan-out reads a file again each time)
+MAX_LINES = 500_000             # logical lines, after every expansion
+MAX_LINE_CHARS = 1 << 20        # one line after $NAME substitution
+MAX_TOKENS = 2_000_000          # tokens in all lines
+MAX_TEXT = 4 * MAX_CONFIG_BYTES # characters in all lines, after expansion
 
 _COMMENT = re.compile(r"[#!]")
 _UNQUOTED = re.compile(r"[{}]|[^\s{}]+")
@@ -32,6 +46,14 @@ _COND = re.compile(r"@(\^?)(\S*)\s*(.*)$", re.S)
 _GEN = re.compile(r"\s*~(SEQx?|LST)\(")
 _ESCAPES = {"a": "\a", "b": "\b", "E": "\x1b", "f": "\f", "n": "\n",
             "r": "\r", "t": "\t", "v": "\v"}
+
+
+class LimitExceeded(Exception):
+    """A configuration over one of the limits: reading stops with this error."""
+
+    def __init__(self, where: Where, message: str):
+        super().__init__(message)
+        self.where = where
 
 
 class Quoted(str):
@@ -181,6 +203,11 @@ class Lexer:
         self._open: list[str] = []
         self._pwd = "."
         self.files: list[str] = []
+        self._bytes = 0             # read so far, all files
+        self._count = 0             # logical lines processed so far
+        self._tokens = 0
+        self._chars = 0
+        self._generated = 1         # lines each line stands for inside nested ~SEQ/~LST
 
     # -- files ---------------------------------------------------------------
     def read_file(self, path: str, where: Where | None = None) -> None:
@@ -191,12 +218,23 @@ class Lexer:
         if len(self._open) >= MAX_INCLUDE_DEPTH:
             self.report.error(where or (path, 0), "includes nested too deeply")
             return
+        if len(self.files) >= MAX_FILES:
+            raise LimitExceeded(where or (path, 0), f"more than {MAX_FILES} files read (includes)")
         try:
-            with open(path, encoding="utf-8", errors="surrogateescape") as f:
-                physical = f.read().splitlines()
+            data = self._read_regular(path, where)
         except OSError as e:
             self.report.error(where or (path, 0), f"cannot read {path}: {e.strerror}")
             return
+        if data is None:
+            return
+        self._count += data.count(b"\n")
+        if self._count > MAX_LINES:
+            raise LimitExceeded(where or (path, 0), f"more than {MAX_LINES} lines")
+        physical = data.decode("utf-8", errors="surrogateescape").splitlines()
+        del data
+        for i, text in enumerate(physical):
+            if len(text) > MAX_LINE_CHARS:
+                raise LimitExceeded((path, i + 1), f"line longer than {MAX_LINE_CHARS} characters")
         self.files.append(path)
         self._open.append(real)
         saved_pwd, self._pwd = self._pwd, os.path.dirname(os.path.abspath(path))
@@ -205,6 +243,35 @@ class Lexer:
         finally:
             self._pwd = saved_pwd
             self._open.pop()
+
+    def _read_regular(self, path: str, where: Where | None) -> bytes | None:
+        """The file's bytes; None (an error reported) unless it is a regular,
+        non-executable file (checked before opening: opening a device may act)."""
+        def refuse() -> None:
+            self.report.error(where or (path, 0),
+                              f"Configuration file '{path}' is not a regular non-executable file")
+        if not _regular(os.stat(path)):
+            refuse()
+            return None
+        # O_NONBLOCK: a FIFO swapped in after the check must not block the open.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            if not _regular(st):
+                refuse()
+                return None
+            if self._bytes + st.st_size > MAX_CONFIG_BYTES:
+                raise LimitExceeded(where or (path, 0),
+                                    f"configuration larger than {MAX_CONFIG_BYTES >> 20} MiB")
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                data = f.read(MAX_CONFIG_BYTES - self._bytes + 1)
+        finally:
+            os.close(fd)
+        self._bytes += len(data)
+        if self._bytes > MAX_CONFIG_BYTES:      # grew since fstat
+            raise LimitExceeded(where or (path, 0),
+                                f"configuration larger than {MAX_CONFIG_BYTES >> 20} MiB")
+        return data
 
     def _read_lines(self, path: str, physical: list[str]) -> None:
         i, n = 0, len(physical)
@@ -275,6 +342,10 @@ class Lexer:
 
     # -- one logical line ----------------------------------------------------
     def process(self, text: str, where: Where, depth: int) -> None:
+        if depth:                       # physical lines were counted when read
+            self._count += 1
+            if self._count > MAX_LINES:
+                raise LimitExceeded(where, f"more than {MAX_LINES} lines after expansion")
         if depth > MAX_SUBST_PASSES:
             self.report.error(where, "parameter substitution nests too deeply")
             return
@@ -296,17 +367,38 @@ class Lexer:
             if new is None:
                 return
             if new != text:
-                for sub in new.split("\n"):
-                    if sub.strip():
-                        self.process(sub, where, depth + 1)
+                subs = [sub for sub in new.split("\n") if sub.strip()]
+                self._expand(subs, where, depth)
                 return
         try:
             tokens = tokenize(text)
         except ValueError as e:
             self.report.error(where, str(e))
             return
+        if ("\0" in text or "\\" in text) and any("\0" in t for t in tokens):
+            # A path or argument with a NUL cannot reach the kernel (exec, open, netlink).
+            self.report.error(where, "NUL byte in a word")
+            return
         if tokens:
+            self._tokens += len(tokens)
+            if self._tokens > MAX_TOKENS:
+                raise LimitExceeded(where, f"more than {MAX_TOKENS} words")
+            self._chars += len(text)
+            if self._chars > MAX_TEXT:
+                raise LimitExceeded(where,
+                                    f"more than {MAX_TEXT >> 20} MiB of text after expansion")
             self.lines.append((where, tokens))
+
+    def _expand(self, subs: list[str], where: Where, depth: int) -> None:
+        """Process the lines a multi-line $NAME became, bounding nested expansions."""
+        if self._generated * len(subs) > MAX_GENERATED:
+            raise LimitExceeded(where, f"nested expansions make more than {MAX_GENERATED} lines")
+        outer, self._generated = self._generated, self._generated * max(1, len(subs))
+        try:
+            for sub in subs:
+                self.process(sub, where, depth + 1)
+        finally:
+            self._generated = outer
 
     def _lookup(self, name: str, args: str | None) -> str | list[str] | None:
         if name == "_PWD":
@@ -349,6 +441,9 @@ class Lexer:
                 return value
 
             new = _REF.sub(repl, text)
+            if len(new) > MAX_LINE_CHARS:
+                raise LimitExceeded(where, f"line longer than {MAX_LINE_CHARS} characters "
+                                           "after parameter substitution")
             if new == text or multiline:
                 return new
             text = new
@@ -389,21 +484,31 @@ class Lexer:
                 stop = end + (1 if step > 0 else -1)
                 values = range(start, stop, step)
                 if len(values) > MAX_GENERATED:
-                    raise ValueError
+                    raise LimitExceeded(where, f"~{kind} generates more than {MAX_GENERATED} lines")
                 rows = [[fmt.format(v)] for v in values]
         except (ValueError, IndexError):
             self.report.error(where, f"malformed ~{kind}(...) specification")
             return
+        if self._generated * len(rows) > MAX_GENERATED:
+            raise LimitExceeded(where, f"nested expansions make more than {MAX_GENERATED} lines")
         saved = {n: self.defs.get(n) for n in names}
-        for row in rows:
-            for n, v in zip(names, row):
-                self.defs[n] = v
-            self.process(rest, where, depth + 1)
+        outer, self._generated = self._generated, self._generated * len(rows)
+        try:
+            for row in rows:
+                for n, v in zip(names, row):
+                    self.defs[n] = v
+                self.process(rest, where, depth + 1)
+        finally:
+            self._generated = outer
         for n, v in saved.items():
             if v is None:
                 self.defs.pop(n, None)
             else:
                 self.defs[n] = v
+
+
+def _regular(st: os.stat_result) -> bool:
+    return stat.S_ISREG(st.st_mode) and not st.st_mode & 0o111
 
 
 def _matching_paren(text: str, open_at: int) -> int:
@@ -418,5 +523,8 @@ def _matching_paren(text: str, open_at: int) -> int:
 def read(path: str, report: Report, config_id: str) -> tuple[list[Line], list[str]]:
     """All logical lines of `path` and the files it includes, and the files read."""
     lx = Lexer(report, config_id)
-    lx.read_file(path)
+    try:
+        lx.read_file(path)
+    except LimitExceeded as e:
+        report.error(e.where, str(e))
     return lx.lines, lx.files

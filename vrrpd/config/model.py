@@ -337,6 +337,10 @@ class GlobalDefs:
     script_user: str | None = None
     script_group: str | None = None
     enable_script_security: bool = False
+    # vrrpd extensions (keepalived has neither): a time limit for notify scripts,
+    # and stopping the ones still running when the daemon stops.
+    notify_script_timeout: float | None = None
+    notify_script_kill_on_stop: bool = False
     notify_fifo: Fifo | None = None
     vrrp_notify_fifo: Fifo | None = None
     fifo_write_vrrp_states_on_reload: bool = False

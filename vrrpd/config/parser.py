@@ -20,6 +20,9 @@ class Node:
     block_where: Where | None = field(default=None)
 
 
+MAX_BLOCK_DEPTH = 64       # keepalived's blocks nest a few deep; beyond this, reading stops
+
+
 def parse(lines: list[Line], report: Report) -> list[Node]:
     root: list[Node] = []
     stack: list[tuple[list[Node], Node | None]] = [(root, None)]
@@ -41,6 +44,9 @@ def parse(lines: list[Line], report: Report) -> list[Node]:
                 if pending is None or pending.children is not None:
                     report.error(where, "'{' without a keyword before it")
                     pending = Node("{", [], where)      # swallow the block
+                if len(stack) > MAX_BLOCK_DEPTH:
+                    report.error(where, f"blocks nested more than {MAX_BLOCK_DEPTH} deep")
+                    return root
                 pending.children = []
                 pending.block_where = where
                 stack.append((pending.children, pending))

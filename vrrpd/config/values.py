@@ -76,6 +76,10 @@ def string(node: Node) -> str:
     return arg(node)
 
 
+def interface(node: Node) -> str:
+    return ifname(arg(node), node.keyword)
+
+
 def words(node: Node) -> tuple[str, ...]:
     return tuple(node.args)
 
@@ -148,11 +152,14 @@ def name_list(node: Node) -> tuple[str, ...]:
     return tuple(out)
 
 
-def tracks(lo: int, hi: int):
-    """track_* blocks: `NAME [weight W] [reverse|noreverse|no_reverse]`."""
+def tracks(lo: int, hi: int, names=None):
+    """track_* blocks: `NAME [weight W] [reverse|noreverse|no_reverse]`;
+    names(name, what) checks each name (track_interface: ifname)."""
     def conv(node: Node) -> tuple[Track, ...]:
         out = []
         for item in block_items(node):
+            if names is not None:
+                names(item.keyword, node.keyword)
             weight, reverse, rest = None, False, list(item.args)
             while rest:
                 w = rest.pop(0)
@@ -186,6 +193,20 @@ _VIP_FLAGS = {"home": "home", "-nodad": "nodad", "nodad": "nodad", "mngtmpaddr":
               "use_vmac": "use_vmac"}
 
 
+IFNAMSIZ = 16
+
+
+def ifname(name: str, what: str = "interface") -> str:
+    """A Linux interface name (the kernel's dev_valid_name()): 1-15 bytes,
+    not '.' or '..', no '/', ':' or white space."""
+    n = len(name.encode("utf-8", "surrogateescape"))
+    if not 0 < n < IFNAMSIZ:
+        raise BadValue(f"{what} '{name}': an interface name has 1 to {IFNAMSIZ - 1} bytes")
+    if name in (".", "..") or any(c in "/:" or c.isspace() for c in name):
+        raise BadValue(f"{what} '{name}' is not a valid interface name")
+    return name
+
+
 def vip(item: Node) -> VirtualAddress:
     """`<IPADDR>[/<MASK>] [brd X] [dev X] [scope X] [label X] [peer X] [flags...]`."""
     words = [item.keyword, *item.args]
@@ -209,12 +230,16 @@ def vip(item: Node) -> VirtualAddress:
         if w in ("brd", "broadcast"):
             kw["brd"] = v if v in ("-", "+") else ip(v, "brd")
         elif w == "dev":
-            kw["dev"] = v
+            kw["dev"] = ifname(v, "dev")
         elif w == "scope":
             if v not in SCOPES and not v.isdigit():
                 raise BadValue(f"unknown scope '{v}'")
             kw["scope"] = v
         elif w == "label":
+            # keepalived: a label of IFNAMSIZ bytes or more is refused; the kernel
+            # gets its bytes as written (vrrpd.addresses).
+            if len(v.encode("utf-8", "surrogateescape")) >= IFNAMSIZ:
+                raise BadValue(f"Address label {v} is longer than maximum length {IFNAMSIZ - 1}")
             kw["label"] = v
         elif w == "peer":
             try:
@@ -274,7 +299,7 @@ def route(item: Node) -> Route:
         elif w in ("via", "gw"):
             kw["via"] = ip(v.split()[-1], "via")
         elif w == "dev":
-            kw["dev"] = v
+            kw["dev"] = ifname(v, "dev")
         elif w == "table":
             kw["table"] = v
         elif w == "track_group":
