@@ -328,8 +328,8 @@ cdef class Effects:
         for pos in range(len(idxs)):
             idx = idxs[pos]
             p = self._get(idx)
-            line = b"%s %s %s %d\n" % (kind, PyBytes_FromStringAndSize(<char*>p.name, p.name_len),
-                                       <bytes>words[pos], <int>priorities[pos])
+            line = <bytes>(b"%s %s %s %d\n" % (kind, PyBytes_FromStringAndSize(<char*>p.name, p.name_len),
+                                       <bytes>words[pos], <int>priorities[pos]))
             if len(buf) + len(line) > PIPE_BUF and len(buf):
                 blocks.append(bytes(buf))
                 buf = bytearray()
