@@ -45,7 +45,6 @@ STATE_NAMES = {_engine.INIT: "INIT", _engine.BACKUP: "BACKUP",
                _engine.MASTER: "MASTER", _engine.FAULT: "FAULT"}
 
 
-EFFECTS_SLICE = 0.002     # s of transition side effects between returns to the loop
 CHUNK_MAX = 512           # instances per chunk of a takeover (besides the netlink budget)
 VIP_RETRY_S = 5.0         # an instance FAULTed by a VIP it could not add tries again after this
 UP, DOWN, CLEAR, OTHER = range(4)       # what a transition does to the instance's VIPs
