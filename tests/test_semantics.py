@@ -16,9 +16,10 @@ import time
 
 import pytest
 
+from daemons import DaemonProc
 from netns import wait_for
 from test_scenarios import (ADVERT_INT, DIFFERENCES, EXPECTED, PEER_PRIO, G, I, bench, check,  # noqa: F401
-                            expand, instance, sync_group, vrrp_script)
+                            expand, global_defs, instance, sync_group, vrrp_script)
 
 pytestmark = [pytest.mark.netns, pytest.mark.keepalived,
               pytest.mark.skipif(shutil.which("keepalived") is None and
@@ -267,6 +268,42 @@ def test_restart_with_fewer_instances_after_kill(bench):
     else:
         assert running == {"198.19.0.1"}
         assert after == set()
+
+
+# Item 6 and 7 together: a master restarted after kill -9 finds its VIPs
+# still on eth0; starting as BACKUP it removes them, then becomes MASTER at
+# its down timer and adds them back.  Those removals are its own, not an
+# outside deletion: no priority 0, no second BACKUP.  keepalived 2.2.7 does
+# the same.  (The link monitor may report them late; test_vipwatch.py.)
+def test_restart_after_kill_keeps_master(bench):
+    n = 100
+    conf = "".join(instance(f"VI_{i}", i + 1, 150, None) for i in range(n))
+    names = [f"VI_{i}" for i in range(n)]
+    d = bench.start_dut(conf)
+    d.wait_all(names, "MASTER")
+    d.kill()
+    # A second fifo (tag): two readers of one fifo would share its lines.
+    d2 = bench.dut = DaemonProc(bench.lan.hosts[0], bench.kind, global_defs() + conf, bench.tmp,
+                                tag="dut2")
+    bench.procs.append(d2.start())
+    try:
+        d2.wait_all(names, "MASTER")
+        time.sleep(1.5)     # beyond the monitor's hold and a master-down interval
+        masters, after = set(), []
+        for _, kind, name, state, _ in d2.fifo.events(d2.started):
+            if kind == "INSTANCE" and name in masters:
+                after.append(f"{name} {state}")
+            if kind == "INSTANCE" and state == "MASTER":
+                masters.add(name)
+        assert masters == set(names)
+        assert after == []
+    finally:
+        for p in (d, d2):
+            try:
+                os.unlink(p.ctl_path + ".vips")
+            except FileNotFoundError:
+                pass
+    bench.stop_dut(0)
 
 
 # Item 6: a VIP deleted from outside while MASTER.  keepalived 2.2.7 sends

@@ -164,7 +164,7 @@ class Daemon:
         self._links_gen = 0             # bumped when a link's name, MAC or existence changes
         self._slots: dict[int, int] = {}    # ifindex -> socket slot of Effects
         self.links = LinkMonitor(on_link=self._on_link)
-        self.links.on_address = VipWatch(self, now_us)    # a VIP deleted from outside
+        self.vipwatch = self.links.on_address = VipWatch(self, now_us)  # a VIP deleted from outside
         self.addresses = AddressManager()
         self.vmacs = VmacManager()
         self.routes = RouteManager(self.links.ifindex)
@@ -551,6 +551,8 @@ class Daemon:
 
         if not any(effects.nmsgs(i) for i in idxs):
             return []
+        if not add:
+            self.vipwatch.expect_deleted(v for i in insts for v in i.vips)
         try:
             await self.addresses.requester.request_built(
                 build, lambda view: effects.acks(view, first[0]))

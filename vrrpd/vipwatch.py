@@ -4,6 +4,13 @@ keepalived 2.2.7 (measured, tests/test_semantics.py): the master sends
 priority 0 and goes BACKUP, so the peer takes over at once; it then
 competes again as any backup (with a higher priority it preempts back and
 re-adds the address).  An address marked `no_track` is left alone.
+
+Deletions vrrpd makes itself are announced first (`expect_deleted`): the
+link monitor may deliver their events late (it is held during a mass
+transition), after the instance became MASTER again, e.g. the stale VIPs
+of a crashed predecessor removed at start-up.  The kernel reports a
+deletion before a later re-add of the same address, so an RTM_NEWADDR for
+the address ends the expectation (also when our deletion found nothing).
 """
 from __future__ import annotations
 
@@ -22,6 +29,11 @@ class VipWatch:
         self.daemon, self.clock = daemon, clock
         self._plan = None
         self._owner: dict[tuple[int, str], str] = {}    # (ifindex, address) -> instance name
+        self._expected: set[tuple[int, str]] = set()      # deletions of our own, not yet seen
+
+    def expect_deleted(self, vips) -> None:
+        """vrrpd is about to delete these VIPs (objects with ifindex, address)."""
+        self._expected.update((v.ifindex, v.address) for v in vips)
 
     def _index(self) -> dict[tuple[int, str], str]:
         # Rebuilt when a reload swaps the plan; our own removals go through here
@@ -41,6 +53,11 @@ class VipWatch:
         return self._owner
 
     def __call__(self, link, addr, added: bool) -> None:
+        if self._expected:
+            key = (link.index, str(ipaddress.ip_address(addr.address)))
+            if key in self._expected:
+                self._expected.discard(key)
+                return
         if added or self.daemon.stopping or not self.daemon._electing:
             return
         name = self._index().get((link.index, str(ipaddress.ip_address(addr.address))))
