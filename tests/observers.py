@@ -77,8 +77,14 @@ def _realtime_offset_ns() -> int:
 
 
 def _realtime_priority() -> bool:
+    """SCHED_FIFO at OBSERVER_PRIO, on OBSERVER_CPU if given (a CPU the daemon is kept off:
+    this kernel does not preempt a task in a system call, so an observer sharing the
+    daemon's CPU would wait out each of its netlink sends before reading)."""
+    if os.environ.get("OBSERVER_CPU"):
+        os.sched_setaffinity(0, {int(os.environ["OBSERVER_CPU"])})
     try:
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
+        os.sched_setscheduler(0, os.SCHED_FIFO,
+                              os.sched_param(int(os.environ.get("OBSERVER_PRIO", "10"))))
         return True
     except (OSError, AttributeError):
         return False
@@ -191,10 +197,14 @@ def _fifo(out: str, path: str) -> None:
 class Observer:
     """One observer process in a namespace (vrrpd.labnet.Netns)."""
 
-    def __init__(self, ns, kind: str, out: str, *args: str):
+    def __init__(self, ns, kind: str, out: str, *args: str, cpu: int | None = None,
+                 priority: int = 10):
+        """cpu: the one CPU to run on; priority: its SCHED_FIFO priority."""
         self.kind, self.out = kind, out
+        env = dict(os.environ, OBSERVER_PRIO=str(priority),
+                   OBSERVER_CPU="" if cpu is None else str(cpu))
         self.proc = ns.popen(sys.executable, os.path.abspath(__file__), kind, out, *args,
-                             stdout=subprocess.PIPE, text=True)
+                             stdout=subprocess.PIPE, text=True, env=env)
         line = self.proc.stdout.readline().strip()
         if line != "ready":
             self.proc.kill()
