@@ -185,6 +185,7 @@ async def _serve(plan, args, running, stop: asyncio.Event) -> int:
         return 1
     await _remove_leftovers(daemon, previous - wanted)
     leftovers.write(record, wanted)
+    del previous, wanted        # one entry per VIP: not kept for the daemon's life
     try:
         ops = await Operations.start(daemon, args, running)
     except (OSError, ValueError) as e:          # socket path, metrics port in use...
