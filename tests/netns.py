@@ -5,7 +5,7 @@ Every namespace a test makes is named vt<pid>...; conftest checks none is left.
 import os
 
 from vrrpd import labnet
-from vrrpd.labnet import Lan as _Lan, Netns, sh, wait_for  # noqa: F401
+from vrrpd.labnet import Lan as _Lan, P2P as _P2P, Netns, sh, wait_for  # noqa: F401
 
 PREFIX = "vt"
 
@@ -17,6 +17,11 @@ def new_name(tag: str) -> str:
 def Lan(*args, **kw):
     kw.setdefault("prefix", PREFIX)
     return _Lan(*args, **kw)
+
+
+def P2P(*args, **kw):
+    kw.setdefault("prefix", PREFIX)
+    return _P2P(*args, **kw)
 
 
 def our_namespaces() -> set[str]:

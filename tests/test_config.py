@@ -395,3 +395,21 @@ def test_label_bytes_reach_the_kernel_as_written():
     from vrrpd.addresses import Vip, _Template
     vip = Vip.parse("192.0.2.9/32", 1, label="eth0:\udcff")
     assert b"eth0:\xff\x00" in _Template(vip, rtnl.RTM_NEWADDR).data
+
+
+def test_vip_addresses_are_standard_interfaces_without_a_stored_network(tmp_path):
+    """The daemon holds every VIP's address for its life: it keeps the
+    address and prefix length only, and behaves as ipaddress.ip_interface()."""
+    import pickle
+    cfg = load_ok(tmp_path, INST % "    virtual_ipaddress_excluded {\n 2001:db8::7/64 peer 2001:db8::8\n }")
+    inst = cfg.instances["VI_1"]
+    excluded = inst.virtual_ipaddress_excluded[0]
+    for a in (inst.virtual_ipaddress[0].address, excluded.address, excluded.peer):
+        std = ipaddress.ip_interface(str(a))
+        assert isinstance(a, type(std))
+        assert a == std and hash(a) == hash(std) and repr(a) == repr(std)
+        assert (a.ip, a.network, a.netmask, a.with_prefixlen) == \
+            (std.ip, std.network, std.netmask, std.with_prefixlen)
+        assert "network" not in vars(a) and "netmask" not in vars(a)
+        again = pickle.loads(pickle.dumps(a))
+        assert type(again) is type(a) and again == std

@@ -131,3 +131,28 @@ def test_words_repeated_in_every_instance_reach_the_daemon_once(tmp_path):
     plan = daemon.read_config(str(conf), "x").plan
     assert len({id(s.interface) for s in plan.instances}) == spec.nics
     assert len({id(s.conf.state) for s in plan.instances}) == 1
+
+
+def test_numbers_repeated_in_every_instance_are_one_object_in_the_daemon(tmp_path):
+    # Pickle writes floats and ints by value: unshared, 10,000 instances'
+    # advert_int, garp_* delays and the like are 10,000 objects each.
+    from dataclasses import dataclass
+
+    from vrrpd import daemon
+    from vrrpd.labconf import LabSpec, host_config
+    from vrrpd.reloadchild import share_numbers
+
+    spec = LabSpec(instances=600, version=3, advert_int=0.1)
+    conf = tmp_path / "k.conf"
+    conf.write_text(host_config(spec, 1))
+    plan = daemon.read_config(str(conf), "x").plan
+    for name in ("advert_int", "garp_master_delay", "preempt_delay"):
+        assert len({id(getattr(s.conf, name)) for s in plan.instances}) == 1, name
+
+    @dataclass(frozen=True)
+    class D:
+        a: float
+        b: object = None
+    neg, pos = D(-0.0), D(float("0"))
+    share_numbers([neg, pos, D(float("0"), b=(D(float("0")),))])
+    assert str(neg.a) == "-0.0" and str(pos.a) == "0.0"

@@ -387,3 +387,22 @@ def test_file_fault_keeps_priority_from_before():
     assert ti.verdict == Verdict(True, 95, False)
     ti.update("file", "f", 0)
     assert ti.verdict == Verdict(False, 100, False)
+
+
+def test_equal_tracked_values_are_one_shared_mapping_never_changed_in_place():
+    """Thousands of instances tracking one interface hold one values mapping,
+    and a change to one instance's value leaves the others' alone."""
+    a = TrackedInstance("VI_1", 100, [Track("interface", "eth0", weight=10)])
+    b = TrackedInstance("VI_2", 100, [Track("interface", "eth0", weight=10)])
+    a.update("interface", "eth0", True)
+    b.update("interface", "eth0", True)
+    assert a._values is b._values
+    assert a.update("interface", "eth0", False).priority == 100
+    assert b._values == {("interface", "eth0"): True} and b.verdict.priority == 110
+    b.set_value("file", "f", 1)                 # an int 1 is not the bool True
+    c = TrackedInstance("VI_3", 100, [Track("interface", "eth0")])
+    c.set_value("interface", "eth0", True)
+    c.set_value("file", "f", True)
+    assert type(b._values[("file", "f")]) is int and type(c._values[("file", "f")]) is bool
+    a.remove("interface", "eth0")
+    assert a._values == {} and b._values[("interface", "eth0")] is True

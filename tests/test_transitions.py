@@ -9,6 +9,7 @@ from types import SimpleNamespace
 from test_notify import read_kept_lines
 from vrrpd import _engine, notify, runtime
 from vrrpd.addresses import Vip
+from vrrpd.garp import arp_frame
 from vrrpd.links import Link
 from vrrpd.notify import NotifyFifo, coalesced, fifo_line
 from vrrpd.runtime import Daemon, Instance, log_transitions
@@ -56,6 +57,27 @@ def fake_daemon(links: dict) -> Daemon:
     d.plan = SimpleNamespace(config=SimpleNamespace(
         global_defs=SimpleNamespace(vrrp_garp_interval=0.0, vrrp_gna_interval=0.0)))
     return d
+
+
+def test_prebuilt_instances_keep_no_announcements_unless_paced():
+    """A takeover sends the frames prebuilt in Effects: the Announce objects
+    they came from are not kept per instance, except for the GarpScheduler's
+    (refresh or pacing configured)."""
+    mac = bytes.fromhex("020000000001")
+    d = fake_daemon({3: Link(3, "eth0", 0, mac)})
+    kept = {}
+    d.addresses = SimpleNamespace(encode=lambda kind, vip: b"")
+    d.effects = SimpleNamespace(set_instance=lambda idx, **kw: kept.update(kw))
+    d._slot = lambda ifindex: 0
+    d._links_gen = 0
+    i = inst("VI_1", [Vip.parse("192.0.2.1", 3)])
+    d._announces(i)                                       # e.g. a lower-priority advert
+    d._prebuild(i)
+    assert kept["frames"] == [(0, arp_frame(mac, bytes([192, 0, 2, 1])))]
+    assert i.announces == runtime.NO_ANNOUNCES
+    i.spec.conf.garp_master_refresh = 10.0
+    d._prebuild(i)
+    assert i.garp_paced and i.announces[1] and d._announces(i) is i.announces[1]
 
 
 def test_announces_are_built_once_and_rebuilt_when_a_link_or_the_vips_change():

@@ -96,7 +96,7 @@ def read_config(path: str, config_id: str | None):
     in one piece, without the parsing's garbage in between."""
     import pickle
     import subprocess
-    from .reloadchild import Startup
+    from .reloadchild import Startup, share_numbers
 
     request = pickle.dumps((path, config_id), protocol=pickle.HIGHEST_PROTOCOL)
     try:
@@ -106,7 +106,10 @@ def read_config(path: str, config_id: str | None):
         return Startup(errors=[f"cannot start the configuration reader: {e}"])
     if proc.returncode or not proc.stdout:
         return Startup(errors=[f"the configuration reader failed (exit {proc.returncode})"])
-    return pickle.loads(proc.stdout)
+    out = pickle.loads(proc.stdout)
+    if out.plan is not None:
+        share_numbers(out.plan)
+    return out
 
 
 def run(args) -> int:
@@ -185,6 +188,7 @@ async def _serve(plan, args, running, stop: asyncio.Event) -> int:
         return 1
     await _remove_leftovers(daemon, previous - wanted)
     leftovers.write(record, wanted)
+    del previous, wanted        # one entry per VIP: not kept for the daemon's life
     try:
         ops = await Operations.start(daemon, args, running)
     except (OSError, ValueError) as e:          # socket path, metrics port in use...

@@ -149,6 +149,35 @@ class Startup:
     fingerprints: Fingerprints | bytes | None = None    # main(): pickled
 
 
+def share_numbers(root) -> None:
+    """Equal floats and large ints in the dataclasses under `root` become
+    one object each (fields of frozen dataclasses are set as their
+    __init__ does): every instance repeats its advert_int, garp_* delays and
+    the like, and pickle writes numbers by value, so the daemon runs this
+    on what it unpickled."""
+    canon: dict = {}
+    seen: set[int] = set()
+    stack = [root]
+    while stack:
+        obj = stack.pop()
+        if isinstance(obj, (list, tuple)):
+            stack.extend(obj)
+        elif isinstance(obj, dict):
+            stack.extend(obj.values())
+        elif dataclasses.is_dataclass(obj) and not isinstance(obj, type) and id(obj) not in seen:
+            seen.add(id(obj))       # an instance's conf is in the plan twice
+            for f in dataclasses.fields(obj):
+                value = getattr(obj, f.name)
+                kind = type(value)
+                if kind is float or kind is int:
+                    # float.hex(): -0.0 and 0.0 stay apart.
+                    one = canon.setdefault((kind, value.hex() if kind is float else value), value)
+                    if one is not value:
+                        object.__setattr__(obj, f.name, one)
+                else:
+                    stack.append(value)
+
+
 def startup(path: str, config_id: str | None) -> Startup:
     result = load(path, config_id=config_id)
     out = Startup(errors=[str(e) for e in result.errors],

@@ -41,6 +41,7 @@ from .vmac import VmacManager, create_all
 
 log = logging.getLogger("vrrpd")
 
+NO_ANNOUNCES = ((), ())      # Instance.announces when none are cached
 STATE_NAMES = {_engine.INIT: "INIT", _engine.BACKUP: "BACKUP",
                _engine.MASTER: "MASTER", _engine.FAULT: "FAULT"}
 
@@ -135,7 +136,7 @@ class Instance:
     transitions: int = 0
     last_transition: float = 0.0
     last_reason: str = ""
-    announces: tuple = ((), [])       # (what they were built from, [(key, Announce)]): _announces
+    announces: tuple = ((), ())       # (what they were built from, ((key, Announce), ...)): _announces
     prebuilt: tuple = ()          # (spec, vips, name, links_gen) its Effects bytes were built from
     garp_paced: bool = False      # announced by GarpScheduler (refresh or pacing configured)
     vip_fault: bool = False       # a VIP could not be added: FAULT until the retry
@@ -425,7 +426,7 @@ class Daemon:
                 if self.lower_log.allow(inst.name, inst.spec.advert_int_cs / 100):
                     lower.append((inst.name, ev[2], _addr(ev[3]),
                                   self.lower_log.take_held(inst.name)))
-                for key, ann in self._announces(inst):
+                for key, ann in self._announces(inst, keep=inst.garp_paced):
                     self.garp.lower_prio(key, ann)
                 for h in self.hooks:
                     h.on_rx_lower_pri(inst, ev[2])
@@ -463,6 +464,7 @@ class Daemon:
             except Exception:       # never let one failure stop later transitions
                 log.exception("applying transitions failed")
             finally:
+                batch = None        # not held while waiting for the next one
                 self._effects.task_done()
                 if held_since is not None and (self._effects.empty() or
                                                time.monotonic() - held_since > HOLD_MONITOR_S):
@@ -655,7 +657,9 @@ class Daemon:
                                or g.vrrp_gna_interval)
         encode = self.addresses.encode
         frames = []
-        for _, ann in self._announces(inst):
+        # Only the GarpScheduler (paced instances) needs the Announce objects
+        # after this: the others' GARP/NA frames live in Effects.
+        for _, ann in self._announces(inst, keep=inst.garp_paced):
             slot = self._slot(ann.ifindex)
             frames += [(slot, arp_frame(ann.mac, v)) for v in ann.vips4]
             if ann.vips6:
@@ -685,10 +689,15 @@ class Daemon:
     def _ifindex_of_slot(self, slot: int) -> int:
         return next(ix for ix, s in self._slots.items() if s == slot)
 
-    def _announces(self, inst: Instance) -> list:
+    def _announces(self, inst: Instance, keep: bool = True) -> list:
         """(key, Announce) per interface the instance's VIPs live on; rebuilt
         only when one of those links changed (a failover of thousands of
-        instances must not rebuild them all)."""
+        instances must not rebuild them all).  keep=False: built for this
+        once and not cached (an instance whose announcements are prebuilt
+        frames does not hold them), an existing cache is dropped."""
+        if not keep:
+            inst.announces = NO_ANNOUNCES
+            return list(self._build_announces(inst))
         links = self.links.links
         built_for, anns = inst.announces
         # What they depend on: the name, config and VIPs (a reload may change

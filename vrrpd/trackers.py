@@ -86,7 +86,7 @@ class Trackers:
             for key in {track_key(t.kind, t.name) for t in ti.tracks}:
                 value = self._known(key, old, carry)
                 if value is not None:
-                    ti._values[key] = value
+                    ti.set_value(*key, value)
                 self._by_object.setdefault(key, []).append(ti)
             ti.verdict = ti._evaluate()
             self.instances[name] = ti

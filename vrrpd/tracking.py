@@ -36,6 +36,7 @@ import functools
 import logging
 import os
 import struct
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Iterable, NamedTuple, Sequence
 
@@ -524,6 +525,36 @@ def track_key(kind: str, name: str) -> tuple[str, str]:
     return _KEYS.setdefault(key, key)
 
 
+class _Values(dict):
+    """A TrackedInstance's tracked values, shared by every instance with
+    equal ones (thousands of instances tracking one interface): never
+    changed in place, replaced by _values_with() / _values_without()."""
+    __slots__ = ("__weakref__",)
+
+
+_VALUES: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+
+def _shared_values(items: dict) -> _Values:
+    # The value's type is part of the key: True == 1 would merge a bool with an int.
+    key = tuple(sorted((k, type(v), v) for k, v in items.items()))
+    values = _VALUES.get(key)
+    if values is None:
+        values = _VALUES[key] = _Values(items)
+    return values
+
+
+NO_VALUES = _shared_values({})
+
+
+def _values_with(values: dict, key: tuple[str, str], value) -> _Values:
+    return _shared_values({**values, key: value})
+
+
+def _values_without(values: dict, key: tuple[str, str]) -> _Values:
+    return _shared_values({k: v for k, v in values.items() if k != key})
+
+
 @functools.lru_cache(maxsize=None)
 def _verdict(fault: bool, priority: int, pending: bool) -> Verdict:
     # Few distinct verdicts (priority is 1..255): one object each, shared.
@@ -556,13 +587,13 @@ class TrackedInstance:
         self.tracks: tuple[Track, ...] = own + tuple(group_tracks)
         self.on_change = on_change
         self.named = named
-        self._values: dict[tuple[str, str], bool | int] = {}
+        self._values: dict[tuple[str, str], bool | int] = NO_VALUES    # shared, read-only
         self.verdict = self._evaluate()
 
     def update(self, kind: str, name: str, value: bool | int) -> Verdict:
         if self._values.get((kind, name)) == value and (kind, name) in self._values:
             return self.verdict             # nothing new (a re-dump, a reload)
-        self._values[track_key(kind, name)] = value
+        self.set_value(kind, name, value)
         verdict = self._evaluate()
         if kind == "file" and self._file_faults(name, value):
             # keepalived (vrrp_track.c) takes the file's old share out of its
@@ -570,6 +601,10 @@ class TrackedInstance:
             # priority: FAULT is reported with the priority from before.
             verdict = verdict._replace(priority=self.verdict.priority)
         return self._changed(verdict)
+
+    def set_value(self, kind: str, name: str, value: bool | int) -> None:
+        """Record a value without evaluating (the caller re-evaluates)."""
+        self._values = _values_with(self._values, track_key(kind, name), value)
 
     def _file_faults(self, name: str, value) -> bool:
         """Whether this value of file `name` puts the instance in FAULT by its weight."""
@@ -589,7 +624,7 @@ class TrackedInstance:
     def remove(self, kind: str, name: str) -> Verdict:
         """Stop tracking an object (keepalived drops a disabled script)."""
         self.tracks = tuple(t for t in self.tracks if not (t.kind == kind and t.name == name))
-        self._values.pop((kind, name), None)
+        self._values = _values_without(self._values, (kind, name))
         return self._changed(self._evaluate())
 
     def tracks_object(self, kind: str, name: str) -> bool:

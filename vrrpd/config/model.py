@@ -16,6 +16,61 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+
+
+class _LeanInterface:
+    """An ip_interface() that stores its address and prefix length only:
+    `network` and `netmask` are made when asked.  The standard class keeps a
+    network object (with its own address and a `hosts` closure) per
+    address, several hundred bytes for each of thousands of VIPs that the
+    daemon holds for its life.  Equal, hashed, ordered and pickled as the
+    standard class (by its text)."""
+    _address_class: type
+    _network_class: type
+    _standard: type
+
+    def __init__(self, address):
+        addr, mask = self._split_addr_prefix(address)
+        self._address_class.__init__(self, addr)
+        self._prefixlen = self._network_class((addr, mask), strict=False)._prefixlen
+
+    @property
+    def network(self):
+        # The address class's text keeps an IPv6 scope, as the standard class's network does.
+        return self._network_class((self._address_class.__str__(self), self._prefixlen),
+                                   strict=False)
+
+    @property
+    def netmask(self):
+        return self._make_netmask(self._prefixlen)[0]
+
+    def __repr__(self):
+        return f"{self._standard.__name__}({str(self)!r})"
+
+
+class LeanIPv4Interface(_LeanInterface, ipaddress.IPv4Interface):
+    _address_class, _network_class = ipaddress.IPv4Address, ipaddress.IPv4Network
+    _standard = ipaddress.IPv4Interface
+
+
+class LeanIPv6Interface(_LeanInterface, ipaddress.IPv6Interface):
+    _address_class, _network_class = ipaddress.IPv6Address, ipaddress.IPv6Network
+    _standard = ipaddress.IPv6Interface
+
+
+def ip_interface(text: str) -> IPInterface:
+    """ipaddress.ip_interface() with the lean classes (ValueError as it)."""
+    try:
+        return LeanIPv4Interface(text)
+    except (ipaddress.AddressValueError, ipaddress.NetmaskValueError):
+        pass
+    try:
+        return LeanIPv6Interface(text)
+    except (ipaddress.AddressValueError, ipaddress.NetmaskValueError):
+        pass
+    raise ValueError(f"{text!r} does not appear to be an IPv4 or IPv6 interface")
+
+
 frozen = dataclass(frozen=True, slots=True, kw_only=True)
 NOWHERE: Where = ("", 0)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import shlex
 
-from .model import Command, Route, Rule, Track, UnicastPeer, VirtualAddress
+from .model import Command, Route, Rule, Track, UnicastPeer, VirtualAddress, ip_interface
 from .parser import Node
 
 
@@ -211,7 +211,7 @@ def vip(item: Node) -> VirtualAddress:
     """`<IPADDR>[/<MASK>] [brd X] [dev X] [scope X] [label X] [peer X] [flags...]`."""
     words = [item.keyword, *item.args]
     try:
-        addr = ipaddress.ip_interface(words[0])
+        addr = ip_interface(words[0])
     except ValueError:
         raise BadValue(f"'{words[0]}' is not an IP address[/prefix]") from None
     kw: dict = {}
@@ -243,7 +243,7 @@ def vip(item: Node) -> VirtualAddress:
             kw["label"] = v
         elif w == "peer":
             try:
-                kw["peer"] = ipaddress.ip_interface(v)
+                kw["peer"] = ip_interface(v)
             except ValueError:
                 raise BadValue(f"peer '{v}' is not an IP address") from None
         elif w == "preferred_lft":
