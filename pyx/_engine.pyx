@@ -485,6 +485,7 @@ cdef class Engine:
         p.lower_prio_no_advert = lower_prio_no_advert
         p.higher_prio_send_advert = higher_prio_send_advert
         p.skip_check_adv_addr = skip_check_adv_addr
+        p.sync_next = idx
         p.advert_field = field
         p.adver_int = field * (1000000 if version == 2 else 10000)
         p.master_adver_int = p.adver_int
@@ -538,6 +539,7 @@ cdef class Engine:
                 self._sctr[p.sock_id * NSCTR + S_TX_DROPPED] += 1
         s.outq_len = kept
         self._heap_remove(idx)
+        self._sync_unlink(idx)
         s.vrid_map[p.vrid] = 0
         self._free_bufs(p)
         p.used = 0
@@ -654,6 +656,7 @@ cdef class Engine:
         if p.state != S_INIT:
             return
         p.want_master = want_master
+        p.wants_master = want_master      # keepalived: wantstate starts as the configured state
         p.master_adver_int = p.adver_int
         p.have_master = 0
         if p.faulted:
@@ -695,6 +698,7 @@ cdef class Engine:
                 self._enqueue(idx, True)
             if p.state == S_MASTER or p.state == S_BACKUP:
                 self._heap_remove(idx)
+                p.wants_master = 0
                 self._set_state(idx, S_FAULT, R_FAULT)
         elif p.state == S_FAULT:
             # keepalived: even an owner with `state MASTER` goes BACKUP and
@@ -726,6 +730,7 @@ cdef class Engine:
         if p.state == S_MASTER:
             self._enqueue(idx, True)
         self._heap_remove(idx)
+        p.wants_master = 0
         self._set_state(idx, S_INIT, R_SHUTDOWN)
         self._flush()
 
@@ -752,7 +757,13 @@ cdef class Engine:
                     self._ictr[<size_t>idx * NICTR + C_ADVERTS_LATE] += 1
                 self._heap_set(idx, d)
             elif p.state == S_BACKUP:
-                self._become_master(idx, p.deadline, now, p.down_reason)
+                p.wants_master = 1
+                if self._sync_held(idx):
+                    # keepalived vrrp_sync_can_goto_master: stay BACKUP,
+                    # wanting MASTER, and wait another Master_Down_Interval.
+                    self._heap_set(idx, now + self._master_down(p))
+                else:
+                    self._become_master(idx, p.deadline, now, p.down_reason)
             else:
                 self._heap_remove(idx)
         self._flush()
@@ -961,6 +972,7 @@ cdef class Engine:
                 # priority master is still accepted until preempt_delay has
                 # run since startup or since its first lower advert.
                 _follow_master(p, adv, src)
+                p.wants_master = 0        # keepalived: an accepted master means wantstate BACKUP
                 if p.preempt_delay:
                     if their >= p.priority:
                         p.preempt_time = 0
@@ -990,6 +1002,7 @@ cdef class Engine:
                     self._enqueue(idx, False)
                 _follow_master(p, adv, src)
                 p.preempt_time = 0
+                p.wants_master = 0
                 p.down_reason = R_MASTER_DOWN_TIMER
                 self._set_state(idx, S_BACKUP, R_HIGHER_PRIORITY_ADVERT)
                 self._heap_set(idx, now + self._master_down(p))
@@ -1044,6 +1057,7 @@ cdef class Engine:
         memcpy(p.master_addr, p.src, p.alen)
         p.have_master = 1
         p.master_priority = p.priority
+        p.wants_master = 1
         self._set_state(idx, S_MASTER, reason)
         # RFC 5798 6.4.2: send an advert at once, then every Advert_Interval
         # counted from the timer's deadline (not from when we ran).  Instances
@@ -1063,9 +1077,46 @@ cdef class Engine:
         p.master_adver_int = p.adver_int
         p.preempt_time = 0
         p.have_master = 0
+        p.wants_master = 0
         p.down_reason = R_MASTER_DOWN_TIMER
         self._set_state(idx, S_BACKUP, reason)
         self._heap_set(idx, now + self._master_down(p))
+
+    cdef bint _sync_held(self, int idx) noexcept:
+        """keepalived vrrp_sync_can_goto_master, negated: a sync-group member
+        goes MASTER only when its group is MASTER already or every other
+        member wants MASTER too (its own down timer ran out, or it was
+        configured `state MASTER` and has heard no master since): one member
+        still hearing a better master holds the whole group in BACKUP."""
+        cdef int j = self._inst[idx].sync_next
+        cdef bint held = False
+        while j != idx:
+            if self._inst[j].state == S_MASTER:
+                return False
+            if not self._inst[j].wants_master:
+                held = True
+            j = self._inst[j].sync_next
+        return held
+
+    cdef void _sync_unlink(self, int idx) noexcept:
+        cdef int j = idx
+        while self._inst[j].sync_next != idx:
+            j = self._inst[j].sync_next
+        self._inst[j].sync_next = self._inst[idx].sync_next
+        self._inst[idx].sync_next = idx
+
+    def set_sync_group(self, list members):
+        """The instances of one vrrp_sync_group: each leaves the group it was
+        in and they form one (a single idx: in no group).  The engine uses it
+        only to hold a member whose down timer ran out (_sync_held); moving
+        the other members is the daemon's (force_state)."""
+        cdef int i, n = len(members)
+        for i in range(n):
+            self._get(members[i])
+        for i in range(n):
+            self._sync_unlink(members[i])
+        for i in range(n):
+            self._inst[<int>members[i]].sync_next = members[(i + 1) % n]
 
     cdef void _set_state(self, int idx, int state, int reason) noexcept:
         self._inst[idx].state = state

@@ -63,11 +63,6 @@ EXPECTED.update({
     "sync_weight_process": [G("G1", "BACKUP"), I("VI_0", "BACKUP", 150), I("VI_1", "BACKUP", 90),
                             I("VI_0", "STOP", 150), I("VI_1", "STOP", 90), G("G1", "STOP")],
 })
-DIFFERENCES["sync_weight_process"] = (
-    "vrrpd's VI_0 goes MASTER at its down timer and takes VI_1 (90, hearing the peer's 100) "
-    "with it; keepalived 2.2.7 moves a group to MASTER only once every member wants MASTER",
-    "model keepalived's vrrp_sync_can_goto_master in the engine (a member whose down timer "
-    "fires stays BACKUP, wanting MASTER, while another member hears a better master)")
 PEER_HEARD_90 = {"script": False, "interface": True, "file": False}
 
 

@@ -476,6 +476,9 @@ async def apply(daemon, p: Prepared, slices: Slices) -> None:
         await slices()
     check = [inst for inst, _ in p.kept] if in_place else list(daemon.instances.values())
     # One step: the swap.
+    leaving_ids = {id(inst) for inst, _ in leaving}
+    regroup = [daemon.instances[m].idx for m in grouped_old
+               if m in daemon.instances and id(daemon.instances[m]) not in leaving_ids]
     for inst, spec in leaving:
         if inst.name in grouped_old:
             leave(inst, spec)
@@ -492,6 +495,9 @@ async def apply(daemon, p: Prepared, slices: Slices) -> None:
     daemon.plan = p.plan
     daemon.trackers, daemon.syncgroups = trackers, syncgroups
     touched = [daemon._add_instance(s) for s in p.starting() if s.name in grouped_new]
+    for idx in regroup:                         # out of their old groups, into the new ones
+        engine.set_sync_group([idx])
+    daemon.link_sync_groups()
     if in_place:
         # Forget instances that went away (or were renamed) only now: until
         # here the runtime could still ask for their verdicts.

@@ -195,6 +195,7 @@ class Daemon:
         await self._add_static()
         for spec in self.plan.instances:
             self._add_instance(spec)
+        self.link_sync_groups()
         for h in self.hooks:
             h.open()
         self._effects_task = asyncio.create_task(self._run_effects())
@@ -760,6 +761,14 @@ class Daemon:
                for m in self.syncgroups.members.get(self.syncgroups.group_of.get(inst.name), ())}
         own[inst.name] = verdict.fault or inst.vip_fault
         self.engine.set_fault(inst.idx, self.syncgroups.group_faulted(inst.name, own), t)
+
+    def link_sync_groups(self) -> None:
+        """Tell the engine which instances form each sync group (it holds a
+        member whose down timer ran out until all want MASTER)."""
+        for members in self.syncgroups.members.values():
+            idxs = [self.instances[m].idx for m in members if m in self.instances]
+            if idxs:
+                self.engine.set_sync_group(idxs)
 
     def _follow_group(self, inst: Instance, old: int, new: int, reason: str) -> None:
         moved = self.syncgroups.followers(inst.name, new, old, reason)
