@@ -142,13 +142,14 @@ cdef enum:
     R_FAULT_CLEARED = 6
     R_SHUTDOWN = 7
     R_SYNC_GROUP = 8
+    R_RELOAD = 9            # a reload changed the instance's peers (set_peers)
 
 REASON_NAMES = ("startup", "master_down_timer", "higher_priority_advert",
                 "priority_zero_advert", "preempt", "fault", "fault_cleared",
-                "shutdown", "sync_group")
+                "shutdown", "sync_group", "reload")
 (REASON_STARTUP, REASON_MASTER_DOWN_TIMER, REASON_HIGHER_PRIORITY_ADVERT,
  REASON_PRIORITY_ZERO_ADVERT, REASON_PREEMPT, REASON_FAULT,
- REASON_FAULT_CLEARED, REASON_SHUTDOWN, REASON_SYNC_GROUP) = range(9)
+ REASON_FAULT_CLEARED, REASON_SHUTDOWN, REASON_SYNC_GROUP, REASON_RELOAD) = range(10)
 
 # Reject reasons, in vrrpd/_codec.pxd's numbering.
 REJECT_NAMES = (
@@ -530,6 +531,19 @@ cdef class Engine:
             self._flush()
         # Sends the device deferred go with it (their buffers do).
         cdef sock_t* s = &self._socks[p.sock_id]
+        self._drop_queued(idx)
+        self._heap_remove(idx)
+        self._sync_unlink(idx)
+        s.vrid_map[p.vrid] = 0
+        self._free_bufs(p)
+        p.used = 0
+        self._free[self._nfree] = idx
+        self._nfree += 1
+
+    cdef void _drop_queued(self, int idx) noexcept:
+        """Forget idx's sends still queued (deferred by a full device)."""
+        cdef inst_t* p = &self._inst[idx]
+        cdef sock_t* s = &self._socks[p.sock_id]
         cdef int i, kept = 0
         for i in range(s.outq_len):
             if s.outq[i].idx != idx:
@@ -538,13 +552,55 @@ cdef class Engine:
             else:
                 self._sctr[p.sock_id * NSCTR + S_TX_DROPPED] += 1
         s.outq_len = kept
-        self._heap_remove(idx)
-        self._sync_unlink(idx)
-        s.vrid_map[p.vrid] = 0
-        self._free_bufs(p)
-        p.used = 0
-        self._free[self._nfree] = idx
-        self._nfree += 1
+
+    def set_peers(self, int idx, list dsts, int64_t now):
+        """Reload: new destinations for a running instance (unicast peers, or
+        the multicast group).  keepalived 2.2.7 keeps the instance, which
+        passes through FAULT while it has no socket for them: a master or
+        backup reports FAULT (a master first sends priority 0 to the old
+        destinations), then BACKUP with its master-down timer running.  An
+        instance in INIT or FAULT only changes destinations."""
+        cdef inst_t* p = self._get(idx)
+        cdef int alen = p.alen
+        if not dsts or len(dsts) > 255 or any(len(d) != alen for d in dsts):
+            raise ValueError("dsts must be 1..255 packed addresses")
+        cdef int ndst = len(dsts)
+        cdef uint8_t* addrs = <uint8_t*>malloc(ndst * alen)
+        if not addrs:
+            raise MemoryError()
+        cdef int i
+        cdef bytes b
+        for i in range(ndst):
+            b = dsts[i]
+            memcpy(addrs + i * alen, <const char*>b, alen)
+        cdef bint running = p.state == S_MASTER or p.state == S_BACKUP
+        if running:
+            if p.state == S_MASTER:
+                self._enqueue(idx, True)
+            self._heap_remove(idx)
+            p.wants_master = 0
+            self._set_state(idx, S_FAULT, R_RELOAD)
+        # Queued sends name destinations by position: out before the list changes.
+        self._flush()
+        self._drop_queued(idx)
+        cdef uint8_t* old = p.dsts
+        cdef int old_n = p.ndst
+        cdef uint8_t old_mc = p.multicast
+        p.dsts = addrs
+        p.ndst = ndst
+        p.multicast = ndst == 1 and _is_multicast(addrs, alen)
+        try:
+            self._reencode(p, p.advert_field, p.vips, p.naddr)
+        except BaseException:
+            p.dsts = old
+            p.ndst = old_n
+            p.multicast = old_mc
+            free(addrs)
+            raise
+        free(old)
+        if running and not p.faulted:
+            self._become_backup(idx, now, R_RELOAD)
+        self._flush_unless_deferred()
 
     def set_advert_addrs(self, int idx, list vips):
         """Reload: a new virtual_ipaddress list for a running instance.  The
@@ -575,18 +631,29 @@ cdef class Engine:
 
     def retune(self, int idx, int64_t now, *, int advert_int_cs, bint preempt,
                int preempt_delay_cs, int down_timer_adverts, bint lower_prio_no_advert,
-               bint higher_prio_send_advert, bint skip_check_adv_addr):
-        """Reload: new timing and election settings for a running instance,
-        which keeps its state (keepalived keeps an instance whose advert_int
-        or preempt changed).  A master's next advert comes at the new
-        interval at the latest; a backup's down timer follows from the next
-        advert it hears."""
+               bint higher_prio_send_advert, bint skip_check_adv_addr, int version=0):
+        """Reload: new version (0: unchanged), timing and election settings for a running
+        instance, which keeps its state (keepalived 2.2.7 keeps an instance
+        whose version, advert_int or preempt changed).  A master's next
+        advert comes at the new interval at the latest; a backup's down
+        timer follows from the next advert it hears."""
         cdef inst_t* p = self._get(idx)
-        cdef int field = _advert_field(p.version, advert_int_cs)
+        if version == 0:
+            version = p.version
+        if version not in (2, 3) or (version == 2 and p.family != AF_INET) or \
+                (version == 3 and p.auth_type):
+            raise ValueError("version: 2 (IPv4 only) or 3 (no authentication)")
+        cdef int field = _advert_field(version, advert_int_cs)
         if preempt_delay_cs < 0 or not 1 <= down_timer_adverts <= 255:
             raise ValueError("preempt_delay must be >= 0, down_timer_adverts 1..255")
-        if field != p.advert_field:
-            self._reencode(p, field, p.vips, p.naddr)
+        cdef int old_version = p.version
+        if field != p.advert_field or version != p.version:
+            p.version = version
+            try:
+                self._reencode(p, field, p.vips, p.naddr)
+            except BaseException:
+                p.version = old_version
+                raise
             p.advert_field = field
             p.adver_int = field * (1000000 if p.version == 2 else 10000)
             # RFC 5798 6.4.3: a master advertises its own interval; v2 has no other.

@@ -123,6 +123,7 @@ cdef class Engine:
     cdef inst_t* _get(self, int idx) except NULL
     cdef int _reencode(self, inst_t* p, int field, const uint8_t* addrs, int naddr) except -1
     cdef void _free_bufs(self, inst_t* p) noexcept
+    cdef void _drop_queued(self, int idx) noexcept
     cdef void _heap_set(self, int idx, int64_t deadline) noexcept
     cdef void _heap_remove(self, int idx) noexcept
     cdef int _sift_up(self, int pos) noexcept

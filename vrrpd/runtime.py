@@ -297,12 +297,9 @@ class Daemon:
         inst.sock_id = self._socket_for(link.name, spec.family, link)
         inst.vips = self.vips_of(spec)
         family = spec.family
-        group = self.plan.mcast_group4 if family == socket.AF_INET else self.plan.mcast_group6
-        dsts = spec.unicast_peers or [group]
         inst.idx = self.engine.add_instance(
-            sock_id=inst.sock_id, vrid=spec.vrid, version=spec.version, priority=spec.priority,
-            src=socket.inet_pton(family, src),
-            dsts=[socket.inet_pton(family, d) for d in dsts],
+            sock_id=inst.sock_id, vrid=spec.vrid, priority=spec.priority,
+            src=socket.inet_pton(family, src), dsts=self.advert_dsts(spec),
             vips=[socket.inet_pton(family, a) for a in spec.advert_addrs],
             auth_type=spec.auth_type, auth_pass=spec.auth_pass,
             v3_checksum_as_v2=spec.v3_checksum_as_v2, owner=spec.priority == 255,
@@ -312,6 +309,11 @@ class Daemon:
         self.effects.clear(inst.idx)
         self._prebuild(inst)
         return inst
+
+    def advert_dsts(self, spec) -> list[bytes]:
+        """Where the instance's adverts go (packed): its unicast peers, else the group."""
+        group = self.plan.mcast_group4 if spec.family == socket.AF_INET else self.plan.mcast_group6
+        return [socket.inet_pton(spec.family, d) for d in spec.unicast_peers or [group]]
 
     def forget(self, inst: Instance) -> None:
         """The instance is gone (reload): its slot's prebuilt bytes go too."""
