@@ -1177,6 +1177,7 @@ cdef class Engine:
         in and they form one (a single idx: in no group).  The engine uses it
         only to hold a member whose down timer ran out (_sync_held); moving
         the other members is the daemon's (force_state)."""
+        members = list(dict.fromkeys(members))     # a member named twice is one member
         cdef int i, n = len(members)
         for i in range(n):
             self._get(members[i])
