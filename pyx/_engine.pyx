@@ -142,13 +142,14 @@ cdef enum:
     R_FAULT_CLEARED = 6
     R_SHUTDOWN = 7
     R_SYNC_GROUP = 8
+    R_RELOAD = 9            # a reload changed the instance's peers (set_peers)
 
 REASON_NAMES = ("startup", "master_down_timer", "higher_priority_advert",
                 "priority_zero_advert", "preempt", "fault", "fault_cleared",
-                "shutdown", "sync_group")
+                "shutdown", "sync_group", "reload")
 (REASON_STARTUP, REASON_MASTER_DOWN_TIMER, REASON_HIGHER_PRIORITY_ADVERT,
  REASON_PRIORITY_ZERO_ADVERT, REASON_PREEMPT, REASON_FAULT,
- REASON_FAULT_CLEARED, REASON_SHUTDOWN, REASON_SYNC_GROUP) = range(9)
+ REASON_FAULT_CLEARED, REASON_SHUTDOWN, REASON_SYNC_GROUP, REASON_RELOAD) = range(10)
 
 # Reject reasons, in vrrpd/_codec.pxd's numbering.
 REJECT_NAMES = (
@@ -485,6 +486,7 @@ cdef class Engine:
         p.lower_prio_no_advert = lower_prio_no_advert
         p.higher_prio_send_advert = higher_prio_send_advert
         p.skip_check_adv_addr = skip_check_adv_addr
+        p.sync_next = idx
         p.advert_field = field
         p.adver_int = field * (1000000 if version == 2 else 10000)
         p.master_adver_int = p.adver_int
@@ -529,6 +531,19 @@ cdef class Engine:
             self._flush()
         # Sends the device deferred go with it (their buffers do).
         cdef sock_t* s = &self._socks[p.sock_id]
+        self._drop_queued(idx)
+        self._heap_remove(idx)
+        self._sync_unlink(idx)
+        s.vrid_map[p.vrid] = 0
+        self._free_bufs(p)
+        p.used = 0
+        self._free[self._nfree] = idx
+        self._nfree += 1
+
+    cdef void _drop_queued(self, int idx) noexcept:
+        """Forget idx's sends still queued (deferred by a full device)."""
+        cdef inst_t* p = &self._inst[idx]
+        cdef sock_t* s = &self._socks[p.sock_id]
         cdef int i, kept = 0
         for i in range(s.outq_len):
             if s.outq[i].idx != idx:
@@ -537,12 +552,55 @@ cdef class Engine:
             else:
                 self._sctr[p.sock_id * NSCTR + S_TX_DROPPED] += 1
         s.outq_len = kept
-        self._heap_remove(idx)
-        s.vrid_map[p.vrid] = 0
-        self._free_bufs(p)
-        p.used = 0
-        self._free[self._nfree] = idx
-        self._nfree += 1
+
+    def set_peers(self, int idx, list dsts, int64_t now):
+        """Reload: new destinations for a running instance (unicast peers, or
+        the multicast group).  keepalived 2.2.7 keeps the instance, which
+        passes through FAULT while it has no socket for them: a master or
+        backup reports FAULT (a master first sends priority 0 to the old
+        destinations), then BACKUP with its master-down timer running.  An
+        instance in INIT or FAULT only changes destinations."""
+        cdef inst_t* p = self._get(idx)
+        cdef int alen = p.alen
+        if not dsts or len(dsts) > 255 or any(len(d) != alen for d in dsts):
+            raise ValueError("dsts must be 1..255 packed addresses")
+        cdef int ndst = len(dsts)
+        cdef uint8_t* addrs = <uint8_t*>malloc(ndst * alen)
+        if not addrs:
+            raise MemoryError()
+        cdef int i
+        cdef bytes b
+        for i in range(ndst):
+            b = dsts[i]
+            memcpy(addrs + i * alen, <const char*>b, alen)
+        cdef bint running = p.state == S_MASTER or p.state == S_BACKUP
+        if running:
+            if p.state == S_MASTER:
+                self._enqueue(idx, True)
+            self._heap_remove(idx)
+            p.wants_master = 0
+            self._set_state(idx, S_FAULT, R_RELOAD)
+        # Queued sends name destinations by position: out before the list changes.
+        self._flush()
+        self._drop_queued(idx)
+        cdef uint8_t* old = p.dsts
+        cdef int old_n = p.ndst
+        cdef uint8_t old_mc = p.multicast
+        p.dsts = addrs
+        p.ndst = ndst
+        p.multicast = ndst == 1 and _is_multicast(addrs, alen)
+        try:
+            self._reencode(p, p.advert_field, p.vips, p.naddr)
+        except BaseException:
+            p.dsts = old
+            p.ndst = old_n
+            p.multicast = old_mc
+            free(addrs)
+            raise
+        free(old)
+        if running and not p.faulted:
+            self._become_backup(idx, now, R_RELOAD)
+        self._flush_unless_deferred()
 
     def set_advert_addrs(self, int idx, list vips):
         """Reload: a new virtual_ipaddress list for a running instance.  The
@@ -573,18 +631,29 @@ cdef class Engine:
 
     def retune(self, int idx, int64_t now, *, int advert_int_cs, bint preempt,
                int preempt_delay_cs, int down_timer_adverts, bint lower_prio_no_advert,
-               bint higher_prio_send_advert, bint skip_check_adv_addr):
-        """Reload: new timing and election settings for a running instance,
-        which keeps its state (keepalived keeps an instance whose advert_int
-        or preempt changed).  A master's next advert comes at the new
-        interval at the latest; a backup's down timer follows from the next
-        advert it hears."""
+               bint higher_prio_send_advert, bint skip_check_adv_addr, int version=0):
+        """Reload: new version (0: unchanged), timing and election settings for a running
+        instance, which keeps its state (keepalived 2.2.7 keeps an instance
+        whose version, advert_int or preempt changed).  A master's next
+        advert comes at the new interval at the latest; a backup's down
+        timer follows from the next advert it hears."""
         cdef inst_t* p = self._get(idx)
-        cdef int field = _advert_field(p.version, advert_int_cs)
+        if version == 0:
+            version = p.version
+        if version not in (2, 3) or (version == 2 and p.family != AF_INET) or \
+                (version == 3 and p.auth_type):
+            raise ValueError("version: 2 (IPv4 only) or 3 (no authentication)")
+        cdef int field = _advert_field(version, advert_int_cs)
         if preempt_delay_cs < 0 or not 1 <= down_timer_adverts <= 255:
             raise ValueError("preempt_delay must be >= 0, down_timer_adverts 1..255")
-        if field != p.advert_field:
-            self._reencode(p, field, p.vips, p.naddr)
+        cdef int old_version = p.version
+        if field != p.advert_field or version != p.version:
+            p.version = version
+            try:
+                self._reencode(p, field, p.vips, p.naddr)
+            except BaseException:
+                p.version = old_version
+                raise
             p.advert_field = field
             p.adver_int = field * (1000000 if p.version == 2 else 10000)
             # RFC 5798 6.4.3: a master advertises its own interval; v2 has no other.
@@ -654,6 +723,7 @@ cdef class Engine:
         if p.state != S_INIT:
             return
         p.want_master = want_master
+        p.wants_master = want_master      # keepalived: wantstate starts as the configured state
         p.master_adver_int = p.adver_int
         p.have_master = 0
         if p.faulted:
@@ -695,6 +765,7 @@ cdef class Engine:
                 self._enqueue(idx, True)
             if p.state == S_MASTER or p.state == S_BACKUP:
                 self._heap_remove(idx)
+                p.wants_master = 0
                 self._set_state(idx, S_FAULT, R_FAULT)
         elif p.state == S_FAULT:
             # keepalived: even an owner with `state MASTER` goes BACKUP and
@@ -726,6 +797,7 @@ cdef class Engine:
         if p.state == S_MASTER:
             self._enqueue(idx, True)
         self._heap_remove(idx)
+        p.wants_master = 0
         self._set_state(idx, S_INIT, R_SHUTDOWN)
         self._flush()
 
@@ -752,7 +824,13 @@ cdef class Engine:
                     self._ictr[<size_t>idx * NICTR + C_ADVERTS_LATE] += 1
                 self._heap_set(idx, d)
             elif p.state == S_BACKUP:
-                self._become_master(idx, p.deadline, now, p.down_reason)
+                p.wants_master = 1
+                if self._sync_held(idx):
+                    # keepalived vrrp_sync_can_goto_master: stay BACKUP,
+                    # wanting MASTER, and wait another Master_Down_Interval.
+                    self._heap_set(idx, now + self._master_down(p))
+                else:
+                    self._become_master(idx, p.deadline, now, p.down_reason)
             else:
                 self._heap_remove(idx)
         self._flush()
@@ -961,6 +1039,7 @@ cdef class Engine:
                 # priority master is still accepted until preempt_delay has
                 # run since startup or since its first lower advert.
                 _follow_master(p, adv, src)
+                p.wants_master = 0        # keepalived: an accepted master means wantstate BACKUP
                 if p.preempt_delay:
                     if their >= p.priority:
                         p.preempt_time = 0
@@ -990,6 +1069,7 @@ cdef class Engine:
                     self._enqueue(idx, False)
                 _follow_master(p, adv, src)
                 p.preempt_time = 0
+                p.wants_master = 0
                 p.down_reason = R_MASTER_DOWN_TIMER
                 self._set_state(idx, S_BACKUP, R_HIGHER_PRIORITY_ADVERT)
                 self._heap_set(idx, now + self._master_down(p))
@@ -1044,6 +1124,7 @@ cdef class Engine:
         memcpy(p.master_addr, p.src, p.alen)
         p.have_master = 1
         p.master_priority = p.priority
+        p.wants_master = 1
         self._set_state(idx, S_MASTER, reason)
         # RFC 5798 6.4.2: send an advert at once, then every Advert_Interval
         # counted from the timer's deadline (not from when we ran).  Instances
@@ -1063,9 +1144,47 @@ cdef class Engine:
         p.master_adver_int = p.adver_int
         p.preempt_time = 0
         p.have_master = 0
+        p.wants_master = 0
         p.down_reason = R_MASTER_DOWN_TIMER
         self._set_state(idx, S_BACKUP, reason)
         self._heap_set(idx, now + self._master_down(p))
+
+    cdef bint _sync_held(self, int idx) noexcept:
+        """keepalived vrrp_sync_can_goto_master, negated: a sync-group member
+        goes MASTER only when its group is MASTER already or every other
+        member wants MASTER too (its own down timer ran out, or it was
+        configured `state MASTER` and has heard no master since): one member
+        still hearing a better master holds the whole group in BACKUP."""
+        cdef int j = self._inst[idx].sync_next
+        cdef bint held = False
+        while j != idx:
+            if self._inst[j].state == S_MASTER:
+                return False
+            if not self._inst[j].wants_master:
+                held = True
+            j = self._inst[j].sync_next
+        return held
+
+    cdef void _sync_unlink(self, int idx) noexcept:
+        cdef int j = idx
+        while self._inst[j].sync_next != idx:
+            j = self._inst[j].sync_next
+        self._inst[j].sync_next = self._inst[idx].sync_next
+        self._inst[idx].sync_next = idx
+
+    def set_sync_group(self, list members):
+        """The instances of one vrrp_sync_group: each leaves the group it was
+        in and they form one (a single idx: in no group).  The engine uses it
+        only to hold a member whose down timer ran out (_sync_held); moving
+        the other members is the daemon's (force_state)."""
+        members = list(dict.fromkeys(members))     # a member named twice is one member
+        cdef int i, n = len(members)
+        for i in range(n):
+            self._get(members[i])
+        for i in range(n):
+            self._sync_unlink(members[i])
+        for i in range(n):
+            self._inst[<int>members[i]].sync_next = members[(i + 1) % n]
 
     cdef void _set_state(self, int idx, int state, int reason) noexcept:
         self._inst[idx].state = state

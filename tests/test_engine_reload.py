@@ -121,3 +121,76 @@ def test_retune_refuses_what_cannot_be_sent_and_changes_nothing():
     r.e.tick(due)
     (_, adv), = r.sent()
     assert adv.adv == 1 and r.state == E.MASTER
+
+
+# -- a reload changing the version or the destinations: the instance stays -----------
+
+def test_version_change_keeps_a_master_and_its_timer_at_the_new_interval():
+    """keepalived 2.2.7 keeps a master whose version changes (3 -> 2 with
+    advert_int 1): no transition, the next advert is a VRRPv2 one."""
+    r = Router("192.0.2.10", 100, adv_cs=10)                  # v3, 100 ms
+    tm = to_master(r)
+    r.e.retune(r.i, tm + 1000, version=2, advert_int_cs=100, **TUNE)
+    assert r.state == E.MASTER and r.e.pop_events() == []
+    due = r.e.deadline(r.i)
+    assert due <= tm + 100_000 + 1000                        # the timer kept its slot
+    r.e.tick(due)
+    (_, adv), = r.sent()
+    assert adv.version == 2 and adv.adv == 1 and adv.priority == 100
+    assert r.e.deadline(r.i) == due + 1_000_000
+    # A v3 advert is now the wrong version; v2 ones are heard.
+    r.hear(advert("192.0.2.20", 200, adv_cs=10), "192.0.2.20", due + 10)
+    assert r.rejects("version_mismatch") == 1 and r.state == E.MASTER
+    r.hear(advert("192.0.2.20", 200, version=2, adv_cs=100), "192.0.2.20", due + 20)
+    assert r.state == E.BACKUP
+
+
+def test_version_refusals_change_nothing():
+    r = Router("fe80::10", 100)
+    to_master(r)
+    with pytest.raises(ValueError):
+        r.e.retune(r.i, T0, version=2, advert_int_cs=100, **TUNE)     # v2 is IPv4 only
+    r.e.tick(r.e.deadline(r.i))
+    (_, adv), = r.sent()
+    assert adv.version == 3
+
+
+def test_new_peers_fault_then_backup_then_master_to_the_peers():
+    """keepalived 2.2.7 keeps an instance given unicast peers by a reload; it
+    goes FAULT, BACKUP, and MASTER after its down timer.  The priority 0 goes
+    to the old destination, the adverts after it to the peers."""
+    r = Router("192.0.2.10", 150, adv_cs=10)
+    tm = to_master(r)
+    now = tm + 1000
+    peers = ["192.0.2.20", "192.0.2.30"]
+    r.e.set_peers(r.i, [pk(p) for p in peers], now)
+    assert r.states() == [(E.FAULT, "reload"), (E.BACKUP, "reload")]
+    assert [(d, a.priority) for d, a in r.sent()] == [(GROUP4, 0)]
+    down = r.e.deadline(r.i)
+    assert down == now + mdi_us(3, 150, 100_000)
+    r.e.tick(down)
+    assert r.states() == [(E.MASTER, "master_down_timer")]
+    assert sorted(d for d, a in r.sent()) == peers           # per-peer checksums checked by parse
+    # Unicast now: adverts from others than the peers are not heard.
+    r.hear(advert("192.0.2.99", 200, adv_cs=10, dst="192.0.2.10"), "192.0.2.99", down + 10,
+           dst="192.0.2.10")
+    assert r.rejects("unicast_unknown_peer") == 1 and r.state == E.MASTER
+    # And back to multicast.
+    r.e.set_peers(r.i, [pk(GROUP4)], down + 20)
+    assert r.states() == [(E.FAULT, "reload"), (E.BACKUP, "reload")]
+    assert sorted((d, a.priority) for d, a in r.sent()) == [(p, 0) for p in peers]
+
+
+def test_new_peers_of_a_faulted_instance_change_no_state():
+    r = Router("192.0.2.10", 100)
+    r.e.start(r.i, T0)
+    r.e.set_fault(r.i, True, T0 + 1)
+    r.states()
+    r.e.set_peers(r.i, [pk("192.0.2.20")], T0 + 2)
+    assert r.states() == [] and r.state == E.FAULT
+    r.e.set_fault(r.i, False, T0 + 3)
+    assert r.states() == [(E.BACKUP, "fault_cleared")]
+    with pytest.raises(ValueError):
+        r.e.set_peers(r.i, [], T0 + 4)
+    with pytest.raises(ValueError):
+        r.e.set_peers(r.i, [pk("2001:db8::1")], T0 + 4)

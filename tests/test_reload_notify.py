@@ -22,6 +22,8 @@ the others are masters.
 """
 from __future__ import annotations
 
+import re
+import shutil
 import signal
 import time
 
@@ -32,6 +34,7 @@ from netns import wait_for
 from test_notify import RECORDER, recorded
 from test_reload import Capture, reconfigure
 from test_scripts import write_script
+from vrrpd.labconf import LabSpec, vip
 
 pytestmark = [pytest.mark.netns, pytest.mark.keepalived]
 
@@ -226,3 +229,111 @@ def test_removed_instances_report_like_keepalived(kind, lan, tmp_path):
         for d in (dut, peer):
             if d is not None:
                 d.stop()
+
+
+# -- At scale: 1,000 masters, a reload removes 100 that hold routes and rules -------------
+#
+# Issue 16: everything a removed master held goes with it -- its VIPs, its
+# virtual_routes and virtual_rules, its strict-mode nftables set element --
+# and notify_deleted runs for each, as keepalived 2.2.7 does.  The same
+# configuration and SIGHUP for both daemons; the 900 others see nothing.
+SCALE = 1000
+SCALE_REMOVED = range(3, SCALE, 10)         # 100 instances, spread over the 4 NICs
+
+
+def _scale_config(spec, rec: str, removed: set[int], keep_removed: bool) -> str:
+    """vrrp_strict (every master's VIPs in the nftables set); the instances in
+    `removed` also have a route, a rule and notify scripts; keep_removed=False
+    leaves them out."""
+    out = ["global_defs {\n  router_id dut\n  script_user root\n  enable_script_security\n"
+           "  vrrp_strict\n  vrrp_garp_master_delay 0\n  vrrp_notify_fifo @FIFO@\n}\n"]
+    for i in range(spec.instances):
+        if i in removed and not keep_removed:
+            continue
+        nic, vrid = spec.placement(i)
+        s = (f"vrrp_instance VI_{i} {{\n  state BACKUP\n  interface eth{nic}\n"
+             f"  virtual_router_id {vrid}\n  priority 200\n  advert_int 1\n  version 3\n"
+             f"  virtual_ipaddress {{\n    {vip(spec, i)}/32 dev eth{nic}\n  }}\n")
+        if i in removed:
+            k = sorted(removed).index(i)
+            s += (f"  virtual_routes {{\n    198.51.100.{k}/32 dev eth{nic}\n  }}\n"
+                  f"  virtual_rules {{\n    from 198.51.100.{k}/32 table {1000 + k}\n  }}\n"
+                  f'  notify_deleted "{rec} deleted VI_{i}"\n  notify "{rec} notify"\n')
+        out.append(s + "}\n")
+    return "".join(out)
+
+
+def _in_order(log) -> list[tuple[int, int, str]]:
+    """The recorder's lines as written (recorded() sorts by PID, which may wrap)."""
+    rows = []
+    for line in log.read_text().splitlines():
+        pid, argc, args = (line + " ").split(" ", 2)
+        rows.append((int(pid), int(argc), args.strip()))
+    return rows
+
+
+def _held(ns, spec) -> tuple[set[str], set[str], set[str], set[str]]:
+    """What the host holds: VIPs on eth0..ethN, the 198.51.100.0/24 routes,
+    the rules from that range, the addresses in keepalived's nftables set."""
+    vips = set()
+    for nic in range(spec.nics):
+        vips |= {a.split("/")[0] for a in vips_on(ns, f"eth{nic}")}
+    routes = {line.split()[0].split("/")[0] for line in
+              ns.run("ip", "-o", "route", "show", "table", "all").stdout.splitlines()
+              if line.startswith("198.51.100.")}
+    rules = set(re.findall(r"from (198\.51\.100\.\d+) lookup", ns.run("ip", "rule", "show").stdout))
+    r = ns.run("nft", "list", "set", "ip", "keepalived", "vips", check=False)
+    nft = set(re.findall(r"\d+\.\d+\.\d+\.\d+", r.stdout.split("elements", 1)[-1])) \
+        if r.returncode == 0 and "elements" in r.stdout else set()
+    return vips, routes, rules, nft
+
+
+@pytest.mark.skipif(shutil.which("nft") is None, reason="nftables not installed")
+@pytest.mark.parametrize("kind", ["keepalived", "vrrpd"])
+def test_reload_removes_100_of_1000_with_routes_rules_and_nft(kind, lan, tmp_path):
+    spec = LabSpec(instances=SCALE)
+    removed = set(SCALE_REMOVED)
+    assert len(removed) == 100
+    log = tmp_path / "log"
+    rec = write_script(tmp_path / "rec.sh", RECORDER.format(log=log))
+    net = lan(hosts=1, nics=spec.nics)
+    host = net.hosts[0]
+    dut = DaemonProc(host, kind, _scale_config(spec, rec, removed, True), str(tmp_path),
+                     detail=False)
+    try:
+        dut.start()
+        dut.wait_all([f"VI_{i}" for i in range(SCALE)], "MASTER", timeout=60)
+        gone_vips = {vip(spec, i) for i in removed}
+        kept_vips = {vip(spec, i) for i in range(SCALE)} - gone_vips
+        ours = {f"198.51.100.{k}" for k in range(len(removed))}
+        full = (kept_vips | gone_vips, ours, ours, kept_vips | gone_vips)
+
+        def held():
+            v, ro, ru, n = _held(host, spec)
+            return (v & (kept_vips | gone_vips), ro, ru, n)
+        wait_for(lambda: held() == full, 20, what=f"all held before the reload: {held()}")
+        n_before = len(recorded(log, 2 * len(removed), timeout=20))    # their BACKUP, MASTER
+        assert n_before == 2 * len(removed)
+
+        reconfigure(dut, _scale_config(spec, rec, removed, False))
+        t0 = dut.signal(signal.SIGHUP)
+        last = f'INSTANCE "VI_{max(removed)}" DELETED 200'
+        wait_for(lambda: last in [x for t, x in dut.fifo.lines if t >= t0], 30, what=last)
+        after = (kept_vips, set(), set(), kept_vips)
+        wait_for(lambda: held() == after, 20, what="what the removed held is gone")
+        # Each removed instance: notify_deleted with its own arguments only,
+        # then the generic notify with INSTANCE name DELETED priority.
+        recorded(log, n_before + 2 * len(removed), timeout=20)
+        time.sleep(1.0)                     # and nothing more comes
+        rows = [r for _, *r in _in_order(log)[n_before:]]
+        expect = sorted([(2, f"<deleted> <VI_{i}>") for i in removed] +
+                        [(5, f"<notify> <INSTANCE> <VI_{i}> <DELETED> <200>") for i in removed])
+        assert sorted((argc, args) for argc, args in rows) == expect
+        # One fifo line per removed instance, in the old configuration's
+        # order; nothing for the 900 others, which stay MASTER.
+        assert [x for t, x in dut.fifo.lines if t >= t0] == \
+            [f'INSTANCE "VI_{i}" DELETED 200' for i in sorted(removed)]
+        assert held() == after
+        dut.check_alive()
+    finally:
+        dut.stop()

@@ -95,8 +95,8 @@ def test_reader_reports_only_what_changed(tmp_path):
     assert [(k, n) for _, k, n in prio.changes] == [("changed", "A")] and prio.globals_same
     adv = _outcome(tmp_path, base, {**base, "adv": 2})          # Engine.retune: kept
     assert [(k, n) for _, k, n in adv.changes] == [("changed", "A")]
-    version = _outcome(tmp_path, base, {**base, "version": 3})
-    assert [(k, n) for _, k, n in version.changes] == [("replaced", "A")]
+    version = _outcome(tmp_path, base, {**base, "version": 3})  # Engine.retune: kept
+    assert [(k, n) for _, k, n in version.changes] == [("changed", "A")]
     script = _outcome(tmp_path, base, {**base, "weight": -20})
     assert not script.globals_same          # a vrrp_script is global
 

@@ -48,6 +48,51 @@ def test_force_state_leaves_fault_and_init_alone():
         e.force_state(a, _engine.FAULT, 10)
 
 
+@pytest.mark.parametrize("grouped", [True, False])
+def test_member_waits_until_every_member_wants_master(grouped):
+    """keepalived 2.2.7 vrrp_sync_can_goto_master: A's down timer runs out (it
+    discards the peer's lower adverts) while B still hears a better master:
+    A stays BACKUP, wanting MASTER; once B's timer runs out too, B goes and
+    A (its group MASTER now) goes at its next timer.  Not grouped, A goes
+    at once."""
+    from test_engine import advert
+    e, (a, b) = engine_with(2)
+    if grouped:
+        e.set_sync_group([a, b])
+    peer = socket.inet_aton("192.0.2.20")
+    e.start(a, 0)
+    e.start(b, 0)
+    e.pop_events()
+
+    def hear(vrid: int, prio: int, now: int) -> None:
+        e.inject(0, advert("192.0.2.20", prio, vrid=vrid, adv_cs=10, vips=(f"198.19.0.{vrid}",)),
+                 peer, GROUP, 255, now)
+
+    def run(t0: int, t1: int, *, b_hears: bool) -> list:
+        events = []
+        for now in range(t0, t1, 10_000):              # 10 ms steps
+            if now % 100_000 == 0:                      # the peer's adverts, every 100 ms
+                hear(1, 50, now)                        # lower: A discards it (preempt)
+                if b_hears:
+                    hear(2, 200, now)                   # higher: B follows that master
+            e.tick(now)
+            events += [ev for ev in e.pop_events() if ev[1] == _engine.EV_STATE]
+        return events
+
+    events = run(0, 2_000_000, b_hears=True)            # > 5 Master_Down_Intervals
+    if not grouped:
+        assert events == [(a, _engine.EV_STATE, _engine.MASTER, _engine.REASON_PREEMPT)]
+        return
+    assert events == [] and e.state(a) == e.state(b) == _engine.BACKUP
+    events = run(2_000_000, 3_000_000, b_hears=False)
+    assert [ev[0] for ev in events] == [b, a]
+    assert e.state(a) == e.state(b) == _engine.MASTER
+    # Regrouped (a member named twice is one), then out of the group again.
+    e.set_sync_group([a, b, a])
+    e.set_sync_group([a])
+    e.remove_instance(b)
+
+
 def config(tracking_weight=False) -> Config:
     inst = {n: VrrpInstance(name=n, interface="eth0", virtual_router_id=i + 1,
                             sync_group="G" if n != "C" else None)

@@ -30,6 +30,8 @@ cdef struct inst_t:
     uint8_t lower_prio_no_advert    # MASTER: no advert in answer to a lower one
     uint8_t higher_prio_send_advert # MASTER: one advert before yielding to a higher one
     uint8_t skip_check_adv_addr     # no address-list check while the master is the same
+    uint8_t wants_master        # keepalived's wantstate == MASTER (sync groups wait for all)
+    int32_t sync_next           # next member of its sync group's ring; idx itself: none
     int family
     int sock_id
     int ndst
@@ -121,6 +123,7 @@ cdef class Engine:
     cdef inst_t* _get(self, int idx) except NULL
     cdef int _reencode(self, inst_t* p, int field, const uint8_t* addrs, int naddr) except -1
     cdef void _free_bufs(self, inst_t* p) noexcept
+    cdef void _drop_queued(self, int idx) noexcept
     cdef void _heap_set(self, int idx, int64_t deadline) noexcept
     cdef void _heap_remove(self, int idx) noexcept
     cdef int _sift_up(self, int pos) noexcept
@@ -140,6 +143,8 @@ cdef class Engine:
     cdef int64_t _master_down(self, inst_t* p) noexcept
     cdef void _become_master(self, int idx, int64_t base, int64_t now, int reason) noexcept
     cdef void _become_backup(self, int idx, int64_t now, int reason) noexcept
+    cdef bint _sync_held(self, int idx) noexcept
+    cdef void _sync_unlink(self, int idx) noexcept
     cdef void _reject(self, int sid, int idx, int reason, const uint8_t* src,
                       int64_t now) noexcept
     cdef void _dispatch(self, int sid, const uint8_t* pkt, size_t n,

@@ -117,7 +117,7 @@ def engine_tunables(spec: InstanceSpec) -> dict:
     """Engine settings a running instance can take without leaving its state
     (Engine.add_instance() and Engine.retune() keywords)."""
     c = spec.conf
-    return dict(advert_int_cs=spec.advert_int_cs, preempt=spec.preempt,
+    return dict(version=spec.version, advert_int_cs=spec.advert_int_cs, preempt=spec.preempt,
                 preempt_delay_cs=spec.preempt_delay_cs, down_timer_adverts=c.down_timer_adverts,
                 lower_prio_no_advert=bool(c.lower_prio_no_advert),
                 higher_prio_send_advert=bool(c.higher_prio_send_advert),

@@ -12,8 +12,11 @@ interface, source address) -- not by name:
   routes and rules) that are new and sends GARPs for them, and removes
   those that went (keepalived restore_vrrp_state / clear_diff_vrrp_vip).
   No transition, no notify.
+  A new version re-encodes its adverts (Engine.retune); new unicast peers
+  take it through FAULT to BACKUP (Engine.set_peers), as keepalived 2.2.7
+  does (tests/test_semantics.py).
 - replaced: same key, but a setting the engine fixes at add_instance()
-  changed (version, peers, source, auth, owner): the old one
+  changed (advert interface, source, auth, owner): the old one
   leaves as if removed, the new one starts.
 - added: start.  removed: a master sends priority 0 (engine.remove_instance)
   and its routes, rules, VIPs and strict-mode drop entries are removed;
@@ -351,19 +354,22 @@ class NetChanges:
         self.routes_remove += inst.spec.conf.virtual_routes
         self.rules_remove += inst.spec.conf.virtual_rules
 
-    def update(self, inst, spec, new_vips) -> None:
-        """A kept master: the difference between what it holds and the new settings."""
+    def update(self, inst, spec, new_vips, staying: bool = True) -> None:
+        """A kept master: the difference between what it holds and the new
+        settings (staying=False: only what goes; it is leaving MASTER)."""
         old_drop = inst.vips if inst.spec.needs_drop else []
         new_drop = new_vips if spec.needs_drop else []
-        added = [v for v in new_vips if v not in inst.vips]
+        added = [v for v in new_vips if v not in inst.vips] if staying else []
         self.vips_add += added
         self.vips_remove += [v for v in inst.vips if v not in new_vips]
-        self.drop_add += [v for v in new_drop if v not in old_drop]
+        if staying:
+            self.drop_add += [v for v in new_drop if v not in old_drop]
         self.drop_remove += [v for v in old_drop if v not in new_drop]
         for mine, theirs, add, remove in (
                 (inst.spec.conf.virtual_routes, spec.conf.virtual_routes, self.routes_add, self.routes_remove),
                 (inst.spec.conf.virtual_rules, spec.conf.virtual_rules, self.rules_add, self.rules_remove)):
-            add += [r for r in theirs if r not in mine]
+            if staying:
+                add += [r for r in theirs if r not in mine]
             remove += [r for r in mine if r not in theirs]
         if added:
             self.announce.append(inst)
@@ -461,6 +467,7 @@ async def apply(daemon, p: Prepared, slices: Slices) -> None:
             leave(inst, spec)
             await slices()
     old_names = {}                              # id(kept Instance) -> its name before the reload
+    repeer = []                                 # kept instances with new destinations
     for inst, spec in p.kept:
         old_names[id(inst)] = inst.name
         if spec.advert_addrs != inst.spec.advert_addrs:
@@ -470,12 +477,19 @@ async def apply(daemon, p: Prepared, slices: Slices) -> None:
         if tunables != engine_tunables(inst.spec):
             engine.retune(inst.idx, now_us(), **tunables)
         new_vips = daemon.vips_of(spec)
+        peers = spec.unicast_peers != inst.spec.unicast_peers
+        if peers:
+            repeer.append(inst)
         if engine.state(inst.idx) == _engine.MASTER:
-            net.update(inst, spec, new_vips)
+            # New peers: it leaves MASTER (set_peers); its FAULT removes the rest.
+            net.update(inst, spec, new_vips, staying=not peers)
         inst.vips = new_vips
         await slices()
     check = [inst for inst, _ in p.kept] if in_place else list(daemon.instances.values())
     # One step: the swap.
+    leaving_ids = {id(inst) for inst, _ in leaving}
+    regroup = [daemon.instances[m].idx for m in grouped_old
+               if m in daemon.instances and id(daemon.instances[m]) not in leaving_ids]
     for inst, spec in leaving:
         if inst.name in grouped_old:
             leave(inst, spec)
@@ -492,6 +506,12 @@ async def apply(daemon, p: Prepared, slices: Slices) -> None:
     daemon.plan = p.plan
     daemon.trackers, daemon.syncgroups = trackers, syncgroups
     touched = [daemon._add_instance(s) for s in p.starting() if s.name in grouped_new]
+    t = now_us()
+    for inst in repeer:                         # after the swap: reported under the new name
+        engine.set_peers(inst.idx, daemon.advert_dsts(inst.spec), t)
+    for idx in regroup:                         # out of their old groups, into the new ones
+        engine.set_sync_group([idx])
+    daemon.link_sync_groups()
     if in_place:
         # Forget instances that went away (or were renamed) only now: until
         # here the runtime could still ask for their verdicts.

@@ -79,10 +79,10 @@ def fingerprints(plan: Plan, specs) -> Fingerprints:
 
 def engine_settings(spec: InstanceSpec) -> tuple:
     """What Engine.add_instance() fixes; a change means replacing the instance.
-    (Not the advert's address list: Engine.set_advert_addrs; nor timing and
-    election settings: Engine.retune, see plan.engine_tunables.)"""
-    return (spec.advert_interface, spec.version, spec.src_ip, tuple(spec.unicast_peers),
-            spec.auth_type, spec.auth_pass, spec.v3_checksum_as_v2, spec.priority == 255)
+    (Not the advert's address list: Engine.set_advert_addrs; nor the
+    destinations: Engine.set_peers; nor version, timing and election
+    settings: Engine.retune, see plan.engine_tunables.)"""
+    return (spec.advert_interface, spec.src_ip, spec.auth_type, spec.auth_pass, spec.v3_checksum_as_v2, spec.priority == 255)
 
 
 def norm(obj):

@@ -21,6 +21,15 @@ NOTIFY_KEYWORDS = ("notify_master", "notify_backup", "notify_fault", "notify_sto
 NO_SCRIPTS = NotifyScripts()
 
 
+def _scripts_for(scripts: NotifyScripts | None, new: int, reason: str) -> NotifyScripts | None:
+    """keepalived 2.2.7 (measured, tests/test_semantics.py): the FAULT an
+    instance passes through when a reload gives it new unicast peers starts
+    only the generic notify, not notify_fault."""
+    if scripts is not None and reason == "reload" and new == _engine.FAULT:
+        return NotifyScripts(notify=scripts.notify)
+    return scripts
+
+
 class Reporter:
     def __init__(self, config: Config, runner: ScriptRunner, *, build: bool = True):
         """build=False: no instance scripts yet; a reload adds them with build()."""
@@ -69,27 +78,28 @@ class Reporter:
         if word is None:
             return
         self.notifier.notify("INSTANCE", inst.name, word, inst.priority,
-                             self.scripts.get(inst.name), smtp_alert=inst.spec.conf.smtp_alert)
+                             _scripts_for(self.scripts.get(inst.name), new, reason),
+                             smtp_alert=inst.spec.conf.smtp_alert)
 
     def on_transitions(self, chunk, effects) -> None:
         """A chunk of (inst, old, new, reason), in order: per instance its
         scripts are started before its fifo line goes out (keepalived's
         order); the chunk's lines are formatted by `effects` (vrrpd._effects)
         and written together."""
-        items = [(inst, "STOP" if reason == "shutdown" else STATE_WORDS.get(new))
+        items = [(inst, "STOP" if reason == "shutdown" else STATE_WORDS.get(new), new, reason)
                  for inst, _, new, reason in chunk]
-        items = [(inst, word) for inst, word in items if word is not None]
+        items = [(inst, word, new, reason) for inst, word, new, reason in items if word is not None]
         scripts = self.scripts
-        for inst, word in items:
-            s = scripts.get(inst.name)
+        for inst, word, new, reason in items:
+            s = _scripts_for(scripts.get(inst.name), new, reason)
             smtp = inst.spec.conf.smtp_alert
             if smtp or (s is not None and (s.notify is not None or s.for_state(word) is not None)):
                 self.notifier.notify("INSTANCE", inst.name, word, inst.priority, s,
                                      smtp_alert=smtp, fifo=False)
         if self.notifier.fifos and items:
-            blocks = effects.fifo_lines([inst.idx for inst, _ in items],
-                                        [word.encode() for _, word in items],
-                                        [inst.priority for inst, _ in items])
+            blocks = effects.fifo_lines([inst.idx for inst, *_ in items],
+                                        [word.encode() for _, word, *_ in items],
+                                        [inst.priority for inst, *_ in items])
             for f in self.notifier.fifos:
                 f.write_blocks(blocks)
 

@@ -196,6 +196,7 @@ class Daemon:
         await self._add_static()
         for spec in self.plan.instances:
             self._add_instance(spec)
+        self.link_sync_groups()
         for h in self.hooks:
             h.open()
         self._effects_task = asyncio.create_task(self._run_effects())
@@ -297,12 +298,9 @@ class Daemon:
         inst.sock_id = self._socket_for(link.name, spec.family, link)
         inst.vips = self.vips_of(spec)
         family = spec.family
-        group = self.plan.mcast_group4 if family == socket.AF_INET else self.plan.mcast_group6
-        dsts = spec.unicast_peers or [group]
         inst.idx = self.engine.add_instance(
-            sock_id=inst.sock_id, vrid=spec.vrid, version=spec.version, priority=spec.priority,
-            src=socket.inet_pton(family, src),
-            dsts=[socket.inet_pton(family, d) for d in dsts],
+            sock_id=inst.sock_id, vrid=spec.vrid, priority=spec.priority,
+            src=socket.inet_pton(family, src), dsts=self.advert_dsts(spec),
             vips=[socket.inet_pton(family, a) for a in spec.advert_addrs],
             auth_type=spec.auth_type, auth_pass=spec.auth_pass,
             v3_checksum_as_v2=spec.v3_checksum_as_v2, owner=spec.priority == 255,
@@ -312,6 +310,11 @@ class Daemon:
         self.effects.clear(inst.idx)
         self._prebuild(inst)
         return inst
+
+    def advert_dsts(self, spec) -> list[bytes]:
+        """Where the instance's adverts go (packed): its unicast peers, else the group."""
+        group = self.plan.mcast_group4 if spec.family == socket.AF_INET else self.plan.mcast_group6
+        return [socket.inet_pton(spec.family, d) for d in spec.unicast_peers or [group]]
 
     def forget(self, inst: Instance) -> None:
         """The instance is gone (reload): its slot's prebuilt bytes go too."""
@@ -771,6 +774,14 @@ class Daemon:
                for m in self.syncgroups.members.get(self.syncgroups.group_of.get(inst.name), ())}
         own[inst.name] = verdict.fault or inst.vip_fault
         self.engine.set_fault(inst.idx, self.syncgroups.group_faulted(inst.name, own), t)
+
+    def link_sync_groups(self) -> None:
+        """Tell the engine which instances form each sync group (it holds a
+        member whose down timer ran out until all want MASTER)."""
+        for members in self.syncgroups.members.values():
+            idxs = [self.instances[m].idx for m in members if m in self.instances]
+            if idxs:
+                self.engine.set_sync_group(idxs)
 
     def _follow_group(self, inst: Instance, old: int, new: int, reason: str) -> None:
         moved = self.syncgroups.followers(inst.name, new, old, reason)

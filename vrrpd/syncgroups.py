@@ -15,9 +15,10 @@
   announced BACKUP (FAULT if a member is faulted) *before* its members
   (keepalived vrrp_init_state sends the group notifies first): initial().
 
-Not modelled: keepalived 2.2's wait for every member to *want* MASTER
-before any goes (with identical timers on both routers the members' timers
-expire together, so the group moves at once either way).
+- A member whose down timer runs out goes MASTER only once every other
+  member wants MASTER too (keepalived vrrp_sync_can_goto_master): the
+  engine holds it in BACKUP meanwhile (Engine.set_sync_group, linked by the
+  runtime at start-up and after a reload).
 """
 from __future__ import annotations
 
