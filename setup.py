@@ -57,8 +57,8 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "vrrpd = vrrpd.daemon:main",
-            "vrrpctl = vrrpd.ctl:main",
+            "vrrpd = vrrpd.core.service:main",
+            "vrrpctl = vrrpd.ops.vrrpctl:main",
             "vrrpd-lab = vrrpd.lab:main",
         ],
     },

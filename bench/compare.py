@@ -23,7 +23,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from vrrpd.labconf import LabSpec  # noqa: E402
+from vrrpd.lab.conf import LabSpec  # noqa: E402
 from vrrpd.lab import failover  # noqa: E402
 from vrrpd.lab.report import PlotUnavailable, plot_result, require_matplotlib  # noqa: E402
 from vrrpd.lab.testbed import SCENARIOS, TOPOLOGIES, Testbed  # noqa: E402

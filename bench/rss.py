@@ -4,7 +4,7 @@
 
 Per instance count: a host namespace joined to a peer namespace by veth pairs
 (eth0..ethK, one per 255 VRIDs, no bridge), the lab's generated
-keepalived.conf (vrrpd.labconf: VRRPv3, advert_int 0.1, one /32 VIP per
+keepalived.conf (vrrpd.lab.conf: VRRPv3, advert_int 0.1, one /32 VIP per
 instance, state BACKUP, priority 100).  Nothing runs in the peer, so every
 instance becomes MASTER after its Master_Down_Interval and holds its VIP: the
 figure is a master's, with its VIPs and GARP state built.  Once every MASTER
@@ -33,9 +33,9 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from vrrpd.labconf import LabSpec, host_config  # noqa: E402
-from vrrpd.labnet import Netns, new_name, sh, wait_for  # noqa: E402
-from vrrpd.labrun import DaemonProc  # noqa: E402
+from vrrpd.lab.conf import LabSpec, host_config  # noqa: E402
+from vrrpd.lab.net import Netns, new_name, sh, wait_for  # noqa: E402
+from vrrpd.lab.run import DaemonProc  # noqa: E402
 
 PREFIX = "vrss"
 DUMP_SIGNAL = signal.SIGRTMIN + 7       # the traced daemon dumps its snapshot on this
@@ -51,13 +51,13 @@ def dump(*_):
     import os
     os.rename(path + ".tmp", path)
 signal.signal({sig}, dump)
-from vrrpd.daemon import main
+from vrrpd.core.service import main
 sys.exit(main())
 """
 
 # What the running daemon imports (without --metrics), after its deferrals.
-IMPORTS = ("from vrrpd import daemon; daemon.defer_imports(); import uvloop, vrrpd.runtime, "
-           "vrrpd.reporting, vrrpd.control, vrrpd.dumps, vrrpd.reload, vrrpd.procsched")
+IMPORTS = ("from vrrpd.core import service; service.defer_imports(); import uvloop, vrrpd.core.daemon, "
+           "vrrpd.scripts.reporting, vrrpd.ops.control, vrrpd.ops.dumps, vrrpd.core.reload, vrrpd.ops.procsched")
 
 
 class Host:

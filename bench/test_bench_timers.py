@@ -76,7 +76,7 @@ def test_tick_discard(benchmark):
 
 def _raw_socket_worker():
     """Runs inside a namespace: veth pair, real sendmmsg, wall-clock ticks."""
-    from vrrpd.sockets import open_vrrp_socket
+    from vrrpd.net.sockets import open_vrrp_socket
     subprocess.run(["ip", "link", "add", "va", "type", "veth", "peer", "name", "vb"], check=True)
     subprocess.run(["ip", "link", "set", "va", "up"], check=True)
     subprocess.run(["ip", "link", "set", "vb", "up"], check=True)

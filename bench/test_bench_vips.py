@@ -12,7 +12,7 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 from netns import Netns, new_name  # noqa: E402
 
-from vrrpd.addresses import AddressManager, Vip
+from vrrpd.net.addresses import AddressManager, Vip
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = os.path.join(ROOT, ".venv/bin/python")
@@ -26,7 +26,7 @@ CHILD = """
 import asyncio, json, socket, sys
 sys.path.insert(0, %(root)r)
 import uvloop
-from vrrpd.addresses import AddressManager, Vip
+from vrrpd.net.addresses import AddressManager, Vip
 async def main():
     idx = socket.if_nametoindex("veth0")
     vips = [Vip.parse(a, idx) for a in open(%(path)r).read().split()]

@@ -349,7 +349,7 @@ cdef class Engine:
 
     # --- configuration ----------------------------------------------------
     def add_socket(self, int fd, int family, int ifindex):
-        """Register a raw socket (vrrpd.sockets.open_vrrp_socket) -> sock_id.
+        """Register a raw socket (vrrpd.net.sockets.open_vrrp_socket) -> sock_id.
 
         fd=-1: capture mode (sends kept for pop_sent), fd=-2: discard mode
         (sends counted only); neither makes a syscall.
@@ -386,7 +386,7 @@ cdef class Engine:
 
     def set_link_tx(self, int sock_id, int fd, bytes mac=None):
         """Send the socket's multicast adverts as prebuilt Ethernet frames on
-        the packet socket fd (vrrpd.sockets.open_link_socket), from mac; fd=-1
+        the packet socket fd (vrrpd.net.sockets.open_link_socket), from mac; fd=-1
         goes back to the raw socket.  Why: the kernel's IP output path (route
         lookup, header, neighbour) was most of a master's CPU; a frame whose
         headers never change skips it.  Call again when the MAC changes.

@@ -1,3 +1,2 @@
-"""Test harness for running daemons on namespace hosts: a re-export of vrrpd.labrun."""
-from vrrpd.labrun import (KEEPALIVED, VENV_BIN, DaemonProc, FifoReader,  # noqa: F401
-                          vips_on)
+"""Test harness for running daemons on namespace hosts: a re-export of vrrpd.lab.run."""
+from vrrpd.lab.run import KEEPALIVED, VENV_BIN, DaemonProc, FifoReader, vips_on

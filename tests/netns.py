@@ -1,11 +1,11 @@
-"""Test hosts in network namespaces: vrrpd.labnet with the tests' own prefix.
+"""Test hosts in network namespaces: vrrpd.lab.net with the tests' own prefix.
 
 Every namespace a test makes is named vt<pid>...; conftest checks none is left.
 """
 import os
 
-from vrrpd import labnet
-from vrrpd.labnet import Lan as _Lan, P2P as _P2P, Netns, sh, wait_for  # noqa: F401
+from vrrpd.lab import net as labnet
+from vrrpd.lab.net import Lan as _Lan, P2P as _P2P, Netns, sh, wait_for  # noqa: F401
 
 PREFIX = "vt"
 

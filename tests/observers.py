@@ -195,7 +195,7 @@ def _fifo(out: str, path: str) -> None:
 
 
 class Observer:
-    """One observer process in a namespace (vrrpd.labnet.Netns)."""
+    """One observer process in a namespace (vrrpd.lab.net.Netns)."""
 
     def __init__(self, ns, kind: str, out: str, *args: str, cpu: int | None = None,
                  priority: int = 10):

@@ -174,7 +174,8 @@ def test_output_firewall_sees_only_the_ip_path(lan, tmp_path, advert_tx):
 BURST = r"""
 import socket, sys, time
 sys.path.insert(0, %(root)r)
-from vrrpd import _engine, sockets
+from vrrpd import _engine
+from vrrpd.net import sockets
 N = 40
 raw = sockets.open_vrrp_socket(socket.AF_INET, "veth0", socket.if_nametoindex("veth0"))
 link = sockets.open_link_socket()

@@ -392,7 +392,7 @@ def test_label_bytes_reach_the_kernel_as_written():
     """A label is passed as its bytes (keepalived passes the C string): a
     non-UTF-8 byte must not fail the VIP batch."""
     from pyroute2.netlink import rtnl
-    from vrrpd.addresses import Vip, _Template
+    from vrrpd.net.addresses import Vip, _Template
     vip = Vip.parse("192.0.2.9/32", 1, label="eth0:\udcff")
     assert b"eth0:\xff\x00" in _Template(vip, rtnl.RTM_NEWADDR).data
 

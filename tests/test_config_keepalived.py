@@ -58,7 +58,7 @@ def test_corpus_covers_both_outcomes():
 def test_vrrpd_and_keepalived_agree(host, name):
     path = os.path.join(CONFIGS, name)
     k = host.run("keepalived", "-t", "-l", "-f", path, check=False)
-    o = subprocess.run([sys.executable, "-m", "vrrpd.daemon", "-t", "-f", path],
+    o = subprocess.run([sys.executable, "-m", "vrrpd.core.service", "-t", "-f", path],
                        capture_output=True, text=True, cwd=ROOT)
     k_ok, o_ok = k.returncode == 0, o.returncode == 0
     assert o.returncode in (0, 1)

@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from daemons import VENV_BIN, DaemonProc, vips_on
-from vrrpd.labconf import LabSpec, host_config, vip
+from vrrpd.lab.conf import LabSpec, host_config, vip
 
 pytestmark = [pytest.mark.netns]
 
@@ -173,7 +173,7 @@ def test_many_clients_at_once(hosts):
     backlog, EAGAIN retried by the client); held idle connections over the
     cap get an error reply and the daemon keeps answering once they go."""
     import threading
-    from vrrpd.ctl import request
+    from vrrpd.ops.vrrpctl import request
     net, spec, (m, b) = hosts(instances=1)
     results, go = [], threading.Barrier(500)
 
@@ -208,7 +208,7 @@ def test_idle_client_is_hung_up_on(tmp_path, monkeypatch, aio):
     """A client that connects and sends nothing loses its connection after
     IDLE_TIMEOUT (the server in-process, on both loops)."""
     import asyncio
-    from vrrpd import control
+    from vrrpd.ops import control
 
     monkeypatch.setattr(control, "IDLE_TIMEOUT", 0.2)
     path = str(tmp_path / "c.sock")

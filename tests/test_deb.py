@@ -26,7 +26,7 @@ from daemons import DaemonProc, vips_on
 from test_config import SAMPLES, SAMPLES_BROKEN
 from vrrpd import __version__
 from vrrpd.config import load
-from vrrpd.daemon import build_parser
+from vrrpd.core.service import build_parser
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PKG = os.path.join(REPO, "packaging")

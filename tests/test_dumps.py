@@ -11,7 +11,7 @@ import pytest
 
 from netns import wait_for
 from test_ctl import two_hosts
-from vrrpd.daemon import build_parser
+from vrrpd.core.service import build_parser
 
 pytestmark = [pytest.mark.netns]
 

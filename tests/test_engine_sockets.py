@@ -1,6 +1,6 @@
 """The engine on real raw sockets between two namespace hosts.
 
-Each host runs this file as a script (`peer` mode): vrrpd.sockets + Engine on
+Each host runs this file as a script (`peer` mode): vrrpd.net.sockets + Engine on
 a uvloop loop with one add_reader per socket and one call_at timer, a few
 IPv4 VRRPv3 instances and one IPv6 instance.  tshark in the switch namespace
 is the independent judge of what goes on the wire.
@@ -29,7 +29,7 @@ def peer(conf: dict) -> None:
     """Run the engine until killed; rewrite conf['status'] as states change."""
     import uvloop
     from vrrpd import _engine as E
-    from vrrpd.sockets import open_vrrp_socket
+    from vrrpd.net.sockets import open_vrrp_socket
 
     ifindex = socket.if_nametoindex("eth0")
     s4 = open_vrrp_socket(socket.AF_INET, "eth0", ifindex)

@@ -17,7 +17,7 @@ import pytest
 
 from daemons import DaemonProc, vips_on
 from netns import wait_for
-from vrrpd.labconf import LabSpec, host_config, vip
+from vrrpd.lab.conf import LabSpec, host_config, vip
 
 pytestmark = [pytest.mark.netns]
 

@@ -13,7 +13,7 @@ import pytest
 from scapy.layers.inet6 import ICMPv6ND_NA, ICMPv6NDOptDstLLAddr
 from scapy.layers.l2 import ARP, Ether
 
-from vrrpd.garp import Announce, GarpConfig, GarpScheduler, arp_frame, na_message
+from vrrpd.net.garp import Announce, GarpConfig, GarpScheduler, arp_frame, na_message
 
 MAC = bytes.fromhex("00005e000101")
 V4 = socket.inet_aton("192.0.2.100")
@@ -182,7 +182,7 @@ SENDER = """
 import asyncio, json, socket, sys
 sys.path.insert(0, %(root)r)
 import uvloop
-from vrrpd.garp import Announce, GarpConfig, GarpScheduler
+from vrrpd.net.garp import Announce, GarpConfig, GarpScheduler
 async def main():
     idx = socket.if_nametoindex("eth0")
     mac = bytes.fromhex(open("/sys/class/net/eth0/address").read().strip().replace(":", ""))

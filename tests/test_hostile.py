@@ -159,7 +159,7 @@ def run_config_test(path: str):
         resource.setrlimit(resource.RLIMIT_AS, (CONFIG_BYTES, CONFIG_BYTES))
     t = time.monotonic()
     try:
-        r = subprocess.run([sys.executable, "-m", "vrrpd.daemon", "-t", "-f", path],
+        r = subprocess.run([sys.executable, "-m", "vrrpd.core.service", "-t", "-f", path],
                            capture_output=True, text=True, errors="replace",
                            timeout=CONFIG_SECONDS + 3, preexec_fn=limits, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
@@ -205,7 +205,7 @@ def test_lower_priority_storm_is_rate_limited(lan, tmp_path):
     import sys
     import time
     from daemons import DaemonProc
-    from vrrpd.labconf import LabSpec, host_config, vip
+    from vrrpd.lab.conf import LabSpec, host_config, vip
     runs = tmp_path / "runs"
     script = tmp_path / "rxlower.sh"
     script.write_text(f"#!/bin/sh\necho x >> {runs}\n")
@@ -296,7 +296,7 @@ def test_attacks_leave_the_adverts_alone(lan, tmp_path):
     import sys
     import time
     from test_reload import Capture, max_gaps, reconfigure
-    from vrrpd.labconf import LabSpec, host_config, vip
+    from vrrpd.lab.conf import LabSpec, host_config, vip
     spec = LabSpec(instances=2, version=3, advert_int=0.1, notify_fifo="@FIFO@")
     net = lan(hosts=3, nics=spec.nics)
     from test_ctl import OpsDaemon

@@ -16,7 +16,7 @@ import pytest
 
 from daemons import DaemonProc, vips_on
 from test_failover import SLACK, master_down_interval, skew_time
-from vrrpd.labconf import LabSpec, host_config, vip
+from vrrpd.lab.conf import LabSpec, host_config, vip
 
 pytestmark = [pytest.mark.netns, pytest.mark.keepalived,
               pytest.mark.skipif(shutil.which("keepalived") is None and

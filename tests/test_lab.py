@@ -13,8 +13,8 @@ import pytest
 from vrrpd.lab.report import summary
 from vrrpd.lab import testbed
 from vrrpd.lab.testbed import PREFIX, cleanup
-from vrrpd.labconf import LabSpec
-from vrrpd.labnet import Netns, namespaces, new_name, sh, wait_for
+from vrrpd.lab.conf import LabSpec
+from vrrpd.lab.net import Netns, namespaces, new_name, sh, wait_for
 
 LAB = [sys.executable, "-c", "import sys; from vrrpd.lab import main; sys.exit(main())"]
 INSTANCES = 50
@@ -177,7 +177,7 @@ def test_lab_keepalived_logs_to_its_file_only(tmp_path):
     # Without -G keepalived also logs to syslog, and with no /dev/log listener glibc writes
     # each line to /dev/console: on a serial console that held a 2,000-instance takeover for
     # seconds. The lab's keepalived logs to its console (the lab's log file), as vrrpd does.
-    from vrrpd.labrun import DaemonProc
+    from vrrpd.lab.run import DaemonProc
 
     class Host:
         name = "vlabnone"
@@ -208,8 +208,8 @@ def test_plot_without_matplotlib_is_one_line_naming_the_extra(tmp_path):
 def test_config_and_observe_time_a_takeover_outside_the_lab(tmp_path):
     # What a user runs on two real machines: `vrrpd-lab config` on each, the daemons started
     # by hand, `vrrpd-lab observe` on the backup; here the machines are two namespaces.
-    from vrrpd.labnet import P2P
-    from vrrpd.labrun import default_vrrpd
+    from vrrpd.lab.net import P2P
+    from vrrpd.lab.run import default_vrrpd
     n = 20
     net = P2P(nics=1, prefix=PREFIX, tag="o")
     procs = []

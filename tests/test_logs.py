@@ -1,5 +1,5 @@
 """Logging never holds the loop: records are queued and a thread writes them
-(vrrpd.logs), so a stderr nobody reads (journald behind, a full pipe) blocks
+(vrrpd.ops.logs), so a stderr nobody reads (journald behind, a full pipe) blocks
 only that thread, and nothing is lost or reordered once it drains."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 
 CHILD = r"""
 import logging, sys
-from vrrpd import logs
+from vrrpd.ops import logs
 logs.setup()
 log = logging.getLogger("vrrpd.test")
 for i in range(%(n)d):

@@ -26,7 +26,7 @@ import pytest
 
 from daemons import DaemonProc
 from netns import wait_for
-from vrrpd.labconf import LabSpec, host_config
+from vrrpd.lab.conf import LabSpec, host_config
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 

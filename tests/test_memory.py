@@ -49,9 +49,9 @@ def test_daemon_loads_only_the_pyroute2_message_classes():
     # reader's modules: a child reads the configuration.
     code = """
 import sys
-from vrrpd import daemon
+from vrrpd.core import service as daemon
 daemon.defer_imports()
-import vrrpd.runtime, vrrpd.reload, vrrpd.reporting, vrrpd.dumps, vrrpd.control, vrrpd.routes
+import vrrpd.core.daemon, vrrpd.core.reload, vrrpd.scripts.reporting, vrrpd.ops.dumps, vrrpd.ops.control, vrrpd.net.routes
 heavy = sorted(m for m in ("pyroute2.ndb", "pyroute2.ipdb", "pyroute2.iproute", "sqlite3",
                            "vrrpd.config.build", "vrrpd.config.lexer")
                if m in sys.modules)
@@ -67,10 +67,11 @@ def test_daemon_receives_its_configuration_read_by_a_child(tmp_path, monkeypatch
     # The daemon's heap never holds the configuration's text, tokens and
     # parse tree: a child reads, resolves and fingerprints it, the daemon
     # unpickles the result in one piece.
-    from vrrpd import daemon, reloadchild
+    from vrrpd.core import service as daemon
+    from vrrpd.core.reload import child as reloadchild
     from vrrpd.config import lexer, load
-    from vrrpd.labconf import LabSpec, host_config
-    from vrrpd.plan import build_plan
+    from vrrpd.lab.conf import LabSpec, host_config
+    from vrrpd.core.plan import build_plan
 
     conf = tmp_path / "k.conf"
     conf.write_text(host_config(LabSpec(instances=300, version=3, advert_int=0.1), 1))
@@ -99,9 +100,9 @@ def test_instances_share_equal_tracking_and_notify_objects(tmp_path):
     # one Track list per interface, one Verdict per value, one empty
     # NotifyScripts, one callback -- not one of each per instance.
     from vrrpd.config import load
-    from vrrpd.labconf import LabSpec, host_config
-    from vrrpd.reporting import Reporter
-    from vrrpd.trackers import Trackers
+    from vrrpd.lab.conf import LabSpec, host_config
+    from vrrpd.scripts.reporting import Reporter
+    from vrrpd.track.trackers import Trackers
 
     spec = LabSpec(instances=600, version=3, advert_int=0.1)
     (tmp_path / "k.conf").write_text(host_config(spec, 1))
@@ -122,8 +123,8 @@ def test_instances_share_equal_tracking_and_notify_objects(tmp_path):
 def test_words_repeated_in_every_instance_reach_the_daemon_once(tmp_path):
     # "eth0" and "BACKUP" of 10,000 instance blocks: one string each in the
     # daemon (the lexer interns them, pickle then sends each once).
-    from vrrpd import daemon
-    from vrrpd.labconf import LabSpec, host_config
+    from vrrpd.core import service as daemon
+    from vrrpd.lab.conf import LabSpec, host_config
 
     spec = LabSpec(instances=600, version=3, advert_int=0.1)
     conf = tmp_path / "k.conf"
@@ -138,9 +139,9 @@ def test_numbers_repeated_in_every_instance_are_one_object_in_the_daemon(tmp_pat
     # advert_int, garp_* delays and the like are 10,000 objects each.
     from dataclasses import dataclass
 
-    from vrrpd import daemon
-    from vrrpd.labconf import LabSpec, host_config
-    from vrrpd.reloadchild import share_numbers
+    from vrrpd.core import service as daemon
+    from vrrpd.lab.conf import LabSpec, host_config
+    from vrrpd.core.reload.child import share_numbers
 
     spec = LabSpec(instances=600, version=3, advert_int=0.1)
     conf = tmp_path / "k.conf"

@@ -76,7 +76,7 @@ def test_parallel_scrapes_do_not_hold_the_loop(lan, tmp_path):
     at a time, shared).  Adverts every second, seen from a second host."""
     from daemons import DaemonProc
     from test_reload import Capture, max_gaps
-    from vrrpd.labconf import LabSpec, host_config
+    from vrrpd.lab.conf import LabSpec, host_config
     spec = LabSpec(instances=1000, version=3, advert_int=1, notify_fifo="@FIFO@")
     net = lan(hosts=2, nics=spec.nics)
     host = net.hosts[0]
@@ -109,8 +109,8 @@ def test_scrape_connections_are_bounded(aio):
     import types
     import urllib.error
     import urllib.request
-    from vrrpd.metrics import Metrics
-    from vrrpd.scripts import ScriptCounters
+    from vrrpd.ops.metrics import Metrics
+    from vrrpd.scripts.runner import ScriptCounters
 
     daemon = types.SimpleNamespace(instances={}, by_idx={}, engine=None, _sockets={},
                                    runner=types.SimpleNamespace(counters=ScriptCounters()))

@@ -21,8 +21,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 
-from vrrpd import netlink as nl, nlbatch
-from vrrpd.nlbatch import Requester
+from vrrpd.net import netlink as nl, nlbatch
+from vrrpd.net.nlbatch import Requester
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENV_PY = os.path.join(ROOT, ".venv/bin/python")
@@ -72,7 +72,7 @@ try:
     import uvloop; uvloop.install()
 except ImportError:
     pass
-from vrrpd.links import LinkMonitor
+from vrrpd.net.links import LinkMonitor
 def out(**kw): print(json.dumps(kw), flush=True)
 async def main():
     loop = asyncio.get_running_loop()
@@ -269,7 +269,7 @@ ADDRESSES = """
 import asyncio, json, socket, sys
 sys.path.insert(0, %(root)r)
 import uvloop
-from vrrpd.addresses import AddressManager, Vip
+from vrrpd.net.addresses import AddressManager, Vip
 def out(r): print(json.dumps(dict(done=len(r.done), already=[v.address for v in r.already],
     failed=[(v.address, e) for v, e in r.failed], seconds=r.seconds)), flush=True)
 async def main():

@@ -11,8 +11,8 @@ import time
 import pytest
 
 from test_scripts import alive, write_script
-from vrrpd.notify import NotifyFifo, Notifier, NotifyScripts, fifo_line
-from vrrpd.scripts import ScriptRunner
+from vrrpd.scripts.notify import NotifyFifo, Notifier, NotifyScripts, fifo_line
+from vrrpd.scripts.runner import ScriptRunner
 
 # Each notify script appends one line: its pid (allocated at fork, so pid order
 # is start order -- completion order is a race), its $# and its arguments.
@@ -319,7 +319,7 @@ async def read_kept_lines(fifo, path: str, total: int) -> list[str]:
 def _hanging_master(lan, tmp_path, global_lines: str):
     """A lone master whose notify_master never exits; -> (daemon, pid file)."""
     from test_ctl import OpsDaemon
-    from vrrpd.labconf import LabSpec, host_config
+    from vrrpd.lab.conf import LabSpec, host_config
     pids = tmp_path / "pids"
     script = tmp_path / "hang.sh"
     script.write_text(f"#!/bin/sh\necho $$ >> {pids}\nexec sleep 1000\n")

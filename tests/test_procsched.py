@@ -1,4 +1,4 @@
-"""keepalived's vrrp_* process settings (vrrpd/procsched.py), applied in a
+"""keepalived's vrrp_* process settings (vrrpd/ops/procsched.py), applied in a
 child interpreter so the test run itself keeps its scheduling."""
 import json
 import os
@@ -11,7 +11,7 @@ from vrrpd.config.model import GlobalDefs
 
 CHILD = r"""
 import json, os, resource, subprocess, sys
-from vrrpd import procsched
+from vrrpd.ops import procsched
 from vrrpd.config.model import GlobalDefs
 g = GlobalDefs(**json.loads(sys.argv[1]))
 done = procsched.apply(g)
@@ -61,6 +61,6 @@ def test_nice_and_cpu_affinity():
 
 
 def test_default_rttime_is_keepalived_s():
-    from vrrpd import procsched
+    from vrrpd.ops import procsched
     assert procsched.DEFAULT_RLIMIT_RTTIME_US == 10_000
     assert GlobalDefs().vrrp_rt_priority is None

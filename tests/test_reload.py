@@ -17,8 +17,8 @@ import pytest
 from daemons import vips_on
 from netns import wait_for
 from test_ctl import VRRPCTL, two_hosts
-from vrrpd.ctl import request
-from vrrpd.labconf import LabSpec, host_config, vip
+from vrrpd.ops.vrrpctl import request
+from vrrpd.lab.conf import LabSpec, host_config, vip
 
 pytestmark = [pytest.mark.netns]
 

@@ -34,7 +34,7 @@ from netns import wait_for
 from test_notify import RECORDER, recorded
 from test_reload import Capture, reconfigure
 from test_scripts import write_script
-from vrrpd.labconf import LabSpec, vip
+from vrrpd.lab.conf import LabSpec, vip
 
 pytestmark = [pytest.mark.netns, pytest.mark.keepalived]
 

@@ -1,4 +1,4 @@
-"""The reload's configuration reader (vrrpd/reloadchild.py) is a process of
+"""The reload's configuration reader (vrrpd/core/reload/child.py) is a process of
 its own that compares against fingerprints of the running configuration:
 they must be equal in every process for equal settings (no per-process
 string hashing, no object addresses), and differ when a setting does."""
@@ -10,16 +10,16 @@ import sys
 
 import pytest
 
-from vrrpd import reloadchild
+from vrrpd.core.reload import child as reloadchild
 from vrrpd.config import load
-from vrrpd.plan import build_plan
+from vrrpd.core.plan import build_plan
 
 SAMPLES = sorted(glob.glob("/usr/share/doc/keepalived/samples/keepalived.conf*"))
 PRINT = """
 import pickle, sys
 from vrrpd.config import load
-from vrrpd.plan import build_plan
-from vrrpd import reloadchild
+from vrrpd.core.plan import build_plan
+from vrrpd.core.reload import child as reloadchild
 out = []
 for path in sys.argv[1:]:
     plan = build_plan(load(path).config)
@@ -80,7 +80,7 @@ def _outcome(tmp_path, running_conf: dict, new_conf: dict, above: str = "") -> r
     new = tmp_path / "new.conf"
     new.write_text(CONF.format(**new_conf).replace("vrrp_instance B", above + "vrrp_instance B"))
     # The reader's own entry point, in its own process, as the daemon runs it.
-    r = subprocess.run([sys.executable, "-m", "vrrpd.reloadchild"], capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "vrrpd.core.reload.child"], capture_output=True,
                        input=pickle.dumps((str(new), None,
                                            reloadchild.fingerprints(plan, plan.instances), 0)),
                        timeout=60)

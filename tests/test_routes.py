@@ -12,8 +12,15 @@ from pyroute2.netlink.rtnl.fibmsg import fibmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from vrrpd.config import load
-from vrrpd.routes import (RTM_DELROUTE, RTM_NEWROUTE, RTM_NEWRULE, RouteError, RouteManager,
-                          route_message, rule_message)
+from vrrpd.net.routes import (
+    RTM_DELROUTE,
+    RTM_NEWROUTE,
+    RTM_NEWRULE,
+    RouteError,
+    RouteManager,
+    route_message,
+    rule_message,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = os.path.join(ROOT, ".venv/bin/python")
@@ -46,8 +53,8 @@ import asyncio, sys
 import uvloop
 sys.path.insert(0, ROOT)
 from vrrpd.config import load
-from vrrpd.links import LinkMonitor
-from vrrpd.routes import RouteManager
+from vrrpd.net.links import LinkMonitor
+from vrrpd.net.routes import RouteManager
 
 async def main():
     inst = load(CONF_PATH).config.instances["V"]

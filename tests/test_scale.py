@@ -12,7 +12,7 @@ import pytest
 from daemons import DaemonProc, vips_on
 from netns import wait_for
 from test_failover import master_down_interval
-from vrrpd.labconf import LabSpec, host_config, placement, vip
+from vrrpd.lab.conf import LabSpec, host_config, placement, vip
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 

@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from vrrpd import scripts, spawner
-from vrrpd.scripts import CommandSyntaxError, ScriptResult, ScriptRunner, split_command
+from vrrpd.scripts import runner as scripts, spawner
+from vrrpd.scripts.runner import CommandSyntaxError, ScriptResult, ScriptRunner, split_command
 
 
 def write_script(path, body, mode=0o755):

@@ -5,9 +5,9 @@ import socket
 import pytest
 from aiosmtpd.controller import Controller
 
-from vrrpd.notify import Notifier
-from vrrpd.scripts import ScriptRunner
-from vrrpd.smtp import SmtpAlerter, SmtpSettings
+from vrrpd.scripts.notify import Notifier
+from vrrpd.scripts.runner import ScriptRunner
+from vrrpd.scripts.smtp import SmtpAlerter, SmtpSettings
 
 
 class Sink:

@@ -13,7 +13,7 @@ import pytest
 
 from netns import veth_host, wait_for
 from vrrpd.config import load
-from vrrpd.strict import DEFAULT_TABLE, firewall_for, needs_drop
+from vrrpd.net.firewall import DEFAULT_TABLE, firewall_for, needs_drop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = os.path.join(ROOT, ".venv/bin/python")
@@ -45,8 +45,8 @@ DRIVER = r"""
 import asyncio, socket, sys
 import uvloop
 sys.path.insert(0, ROOT)
-from vrrpd.addresses import Vip
-from vrrpd.strict import VipFirewall
+from vrrpd.net.addresses import Vip
+from vrrpd.net.firewall import VipFirewall
 
 async def main():
     index = socket.if_nametoindex("eth0")

@@ -116,7 +116,7 @@ def test_strict_config_errors(lan, tmp_path, case):
     path.write_text(text.replace("@FIFO@", str(tmp_path / "fifo")))
     ns = lan(hosts=1).hosts[0]
     ka = ns.run(KEEPALIVED, "-t", "-f", str(path), check=False)
-    ours = ns.run(sys.executable, "-m", "vrrpd.daemon", "-t", "-f", str(path), check=False)
+    ours = ns.run(sys.executable, "-m", "vrrpd.core.service", "-t", "-f", str(path), check=False)
     assert (ka.returncode != 0) == keepalived_rejects, (ka.returncode, ka.stdout, ka.stderr)
     assert (ours.returncode != 0) == (culprit is not None), ours.stderr
     if culprit:

@@ -8,7 +8,7 @@ import pytest
 
 from vrrpd import _engine
 from vrrpd.config.model import Config, SyncGroup, VrrpInstance
-from vrrpd.syncgroups import SyncGroups
+from vrrpd.core.syncgroups import SyncGroups
 
 SRC = socket.inet_aton("192.0.2.10")
 GROUP = socket.inet_aton("224.0.0.18")
@@ -151,9 +151,9 @@ def test_reload_carries_what_was_notified():
 # -- Trackers: how the config's track_* become verdicts -------------------------------
 
 from vrrpd.config.model import Track as TrackLine, VrrpScript  # noqa: E402
-from vrrpd.links import Link, LinkEvent  # noqa: E402
-from vrrpd.trackers import Trackers  # noqa: E402
-from vrrpd import netlink as nl  # noqa: E402
+from vrrpd.net.links import Link, LinkEvent  # noqa: E402
+from vrrpd.track.trackers import Trackers  # noqa: E402
+from vrrpd.net import netlink as nl  # noqa: E402
 
 
 def link(name, up=True, index=2):

@@ -11,11 +11,23 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from test_scripts import write_script
-from vrrpd.scripts import ScriptRunner
-from vrrpd.tracking import (
-    ProcessWatcher, RiseFall, Track, TrackedInstance, TrackFile, TrackFileWatcher, Verdict,
-    VrrpScript, VrrpScriptTracker, VrrpTrackProcess, bool_adjustment, effective_priority,
-    file_adjustment, parse_track_value, scan_processes,
+from vrrpd.scripts.runner import ScriptRunner
+from vrrpd.track.tracking import (
+    ProcessWatcher,
+    RiseFall,
+    Track,
+    TrackedInstance,
+    TrackFile,
+    TrackFileWatcher,
+    Verdict,
+    VrrpScript,
+    VrrpScriptTracker,
+    VrrpTrackProcess,
+    bool_adjustment,
+    effective_priority,
+    file_adjustment,
+    parse_track_value,
+    scan_processes,
 )
 
 prio = st.integers(1, 255)

@@ -1,4 +1,4 @@
-"""The daemon's per-batch transition work (vrrpd/runtime.py, vrrpd/notify.py):
+"""The daemon's per-batch transition work (vrrpd/core/daemon.py, vrrpd/scripts/notify.py):
 summarised logging, cached announcements, coalesced fifo writes, receive
 pacing.  Unit tests with fakes: no sockets, no namespaces."""
 import logging
@@ -7,12 +7,14 @@ import select
 from types import SimpleNamespace
 
 from test_notify import read_kept_lines
-from vrrpd import _engine, notify, runtime
-from vrrpd.addresses import Vip
-from vrrpd.garp import arp_frame
-from vrrpd.links import Link
-from vrrpd.notify import NotifyFifo, coalesced, fifo_line
-from vrrpd.runtime import Daemon, Instance, log_transitions
+from vrrpd import _engine
+from vrrpd.scripts import notify
+from vrrpd.core import daemon as runtime
+from vrrpd.net.addresses import Vip
+from vrrpd.net.garp import arp_frame
+from vrrpd.net.links import Link
+from vrrpd.scripts.notify import NotifyFifo, coalesced, fifo_line
+from vrrpd.core.daemon import Daemon, Instance, log_transitions
 
 
 def inst(name: str, vips=()) -> Instance:

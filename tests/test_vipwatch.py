@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from vrrpd import _engine
-from vrrpd.vipwatch import VipWatch
+from vrrpd.core.vipwatch import VipWatch
 
 
 class FakeDaemon:

@@ -17,7 +17,7 @@ import pytest
 
 from netns import veth_host, wait_for
 from vrrpd.config import load
-from vrrpd.vmac import VmacSpec, advert_interface, eui64_link_local, vip_interface, virtual_mac
+from vrrpd.net.vmac import VmacSpec, advert_interface, eui64_link_local, vip_interface, virtual_mac
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = os.path.join(ROOT, ".venv/bin/python")
@@ -45,8 +45,8 @@ import asyncio, sys
 import uvloop
 sys.path.insert(0, ROOT)
 from vrrpd.config import load
-from vrrpd.links import LinkMonitor
-from vrrpd.vmac import VmacManager, VmacSpec, create_all
+from vrrpd.net.links import LinkMonitor
+from vrrpd.net.vmac import VmacManager, VmacSpec, create_all
 
 async def main():
     cfg = load(CONF_PATH).config
@@ -258,7 +258,7 @@ def _same_vrid(v6_first: bool) -> str:
 @pytest.mark.parametrize("v6_first", [False, True], ids=["v4-first", "v6-first"])
 def test_same_vrid_in_both_families_gets_keepalived_s_vmac_names(netns, tmp_path, v6_first):
     """One VRID in both families on one interface: two vmacs, named as keepalived names them."""
-    from vrrpd.plan import build_plan
+    from vrrpd.core.plan import build_plan
     conf = str(tmp_path / "same.conf")
     with open(conf, "w") as f:
         f.write(_same_vrid(v6_first))

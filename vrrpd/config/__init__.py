@@ -24,7 +24,7 @@ def default_config_id() -> str:
 def load(path: str, config_id: str | None = None) -> LoadResult:
     """Read, parse and check a keepalived.conf; config is None if there are errors."""
     # Imported here: the daemon uses the model, while a child process reads
-    # its configuration (vrrpd.reloadchild), so the reader's modules stay out
+    # its configuration (vrrpd.core.reload.child), so the reader's modules stay out
     # of its memory.
     from . import build, lexer, parser, validate
 

@@ -237,7 +237,7 @@ def vip(item: Node) -> VirtualAddress:
             kw["scope"] = v
         elif w == "label":
             # keepalived: a label of IFNAMSIZ bytes or more is refused; the kernel
-            # gets its bytes as written (vrrpd.addresses).
+            # gets its bytes as written (vrrpd.net.addresses).
             if len(v.encode("utf-8", "surrogateescape")) >= IFNAMSIZ:
                 raise BadValue(f"Address label {v} is longer than maximum length {IFNAMSIZ - 1}")
             kw["label"] = v

@@ -17,7 +17,7 @@ import re
 import signal
 import sys
 
-from ..labconf import LabSpec
+from vrrpd.lab.conf import LabSpec
 from .testbed import SCENARIOS, TOPOLOGIES, cleanup
 
 
@@ -89,7 +89,7 @@ def _spec_args(p) -> None:
 
 
 def config_command(args) -> int:
-    from ..labconf import LabSpec, host_config
+    from vrrpd.lab.conf import LabSpec, host_config
     from .testbed import BACKUP_PRIORITY, MASTER_PRIORITY
 
     spec = LabSpec(instances=args.instances, version=args.version, advert_int=args.advert_int,

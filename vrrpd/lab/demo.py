@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 
-from ..labconf import LabSpec
+from vrrpd.lab.conf import LabSpec
 from .testbed import BACKUP_PRIORITY, MASTER_PRIORITY, Testbed, master_down_interval
 
 HOSTS = ("A", "B")

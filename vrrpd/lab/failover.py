@@ -20,8 +20,8 @@ import sys
 import time
 
 from .. import __version__
-from ..labconf import LabSpec
-from ..labrun import cpu_seconds, rss_kb
+from vrrpd.lab.conf import LabSpec
+from vrrpd.lab.run import cpu_seconds, rss_kb
 from .report import Progress, summary
 from .testbed import BACKUP_PRIORITY, Testbed, master_down_interval, protocol_time, skew_time
 

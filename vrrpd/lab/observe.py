@@ -18,8 +18,8 @@ import subprocess
 import sys
 import time
 
-from ..labconf import LabSpec, vip
-from ..labrun import FifoReader
+from vrrpd.lab.conf import LabSpec, vip
+from vrrpd.lab.run import FifoReader
 from .report import summary
 from .watch import AddrMonitor, mono_from_wall
 

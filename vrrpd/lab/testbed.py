@@ -21,9 +21,9 @@ import sys
 import tempfile
 import time
 
-from ..labconf import GARP_MASTER_REPEAT, LabSpec, host_config, vip
-from ..labnet import P2P, Lan, namespaces, sh, wait_for
-from ..labrun import DaemonProc
+from vrrpd.lab.conf import GARP_MASTER_REPEAT, LabSpec, host_config, vip
+from vrrpd.lab.net import P2P, Lan, namespaces, sh, wait_for
+from vrrpd.lab.run import DaemonProc
 from .watch import AddrMonitor, WireCapture
 
 PREFIX = "vlab"

@@ -15,7 +15,7 @@ import threading
 import time
 from datetime import datetime
 
-from ..labnet import Netns
+from vrrpd.lab.net import Netns
 
 
 def mono_from_wall(wall: float) -> float:

@@ -22,8 +22,8 @@
 """
 from __future__ import annotations
 
-from . import _engine
-from .config.model import Config
+from vrrpd import _engine
+from vrrpd.config.model import Config
 
 
 class SyncGroups:

@@ -6,7 +6,7 @@ Parsing 1,000 instances takes 0.2-1 s of pure Python; in a thread of the
 daemon it competed with the loop for the GIL and delayed adverts.  A forked
 child worked, but every page the daemon wrote while it lived was a
 copy-on-write fault: the loop's work ran up to 10x slower for a while.  So
-the reader is exec'd afresh (`python -m vrrpd.reloadchild`, spawned with
+the reader is exec'd afresh (`python -m vrrpd.core.reload.child`, spawned with
 vfork: no page tables copied) and compares against fingerprints of the
 running configuration instead of the objects themselves: a digest of each
 instance's settings, of its engine settings, and of everything global.
@@ -30,8 +30,8 @@ import sys
 import traceback
 from dataclasses import dataclass, field
 
-from .config import Config, load
-from .plan import InstanceSpec, Plan, build_plan
+from vrrpd.config import Config, load
+from vrrpd.core.plan import InstanceSpec, Plan, build_plan
 
 CHANGED, REPLACED, ADDED = "changed", "replaced", "added"
 
@@ -233,6 +233,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    # Run as vrrpd.reloadchild, not as __main__: the daemon unpickles its classes.
-    from vrrpd import reloadchild
+    # Run as vrrpd.core.reload.child, not as __main__: the daemon unpickles its classes.
+    from vrrpd.core.reload import child as reloadchild
     sys.exit(reloadchild.main())

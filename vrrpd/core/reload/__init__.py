@@ -49,13 +49,17 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from . import _engine, leftovers, reloadchild, sdnotify, strict
-from .plan import InstanceSpec, Plan, engine_tunables, where_text
-from .reloadchild import ADDED, CHANGED, REPLACED, Outcome
-from .reporting import Reporter
-from .runtime import now_us
-from .syncgroups import SyncGroups
-from .trackers import Trackers
+from vrrpd import _engine
+from vrrpd.core import leftovers
+from vrrpd.core.reload import child as reloadchild
+from vrrpd.ops import sdnotify
+from vrrpd.net import firewall as strict
+from vrrpd.core.plan import InstanceSpec, Plan, engine_tunables, where_text
+from vrrpd.core.reload.child import ADDED, CHANGED, REPLACED, Outcome
+from vrrpd.scripts.reporting import Reporter
+from vrrpd.core.daemon import now_us
+from vrrpd.core.syncgroups import SyncGroups
+from vrrpd.track.trackers import Trackers
 
 log = logging.getLogger("vrrpd")
 
@@ -204,7 +208,7 @@ class Reloader:
         return out
 
     async def _child(self, slices: Slices) -> Outcome:
-        """Start the reader (python -m vrrpd.reloadchild), collect its outcome
+        """Start the reader (python -m vrrpd.core.reload.child), collect its outcome
         without blocking.  Its input goes through a memfd (written at once,
         whatever its size); Popen uses vfork, so starting it costs the
         daemon no copy of its page tables."""
@@ -217,7 +221,7 @@ class Reloader:
         try:
             os.write(infd, request)
             os.lseek(infd, 0, os.SEEK_SET)
-            proc = subprocess.Popen([sys.executable, "-m", "vrrpd.reloadchild"], stdin=infd,
+            proc = subprocess.Popen([sys.executable, "-m", "vrrpd.core.reload.child"], stdin=infd,
                                     stdout=subprocess.PIPE)
         except OSError as e:
             return Outcome(errors=[f"reload: cannot start the configuration reader: {e}"])

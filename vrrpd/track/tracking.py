@@ -40,7 +40,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Callable, Iterable, NamedTuple, Sequence
 
-from .scripts import Script, ScriptRunner, split_command
+from vrrpd.scripts.runner import Script, ScriptRunner, split_command
 
 log = logging.getLogger(__name__)
 

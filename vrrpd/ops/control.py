@@ -7,7 +7,7 @@ seconds without a request; every request is checked against the schema
 
 Protocol: the client sends one JSON object per line, {"cmd": NAME, "args":
 [...]}; the daemon answers each with one line, {"ok": true, "result": ...}
-or {"ok": false, "error": "text"}.  Commands (see vrrpd.dumps for the
+or {"ok": false, "error": "text"}.  Commands (see vrrpd.ops.dumps for the
 result schemas): status, show NAME, stats, reload.
 """
 from __future__ import annotations

@@ -26,9 +26,9 @@ import logging
 import shutil
 from typing import Iterable
 
-from .config.model import Config, VrrpInstance
+from vrrpd.config.model import Config, VrrpInstance
 
-log = logging.getLogger("vrrpd.strict")
+log = logging.getLogger("vrrpd.net.firewall")
 
 DEFAULT_TABLE = "keepalived"
 DEFAULT_PRIORITY = -1

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import logging
 
-from . import _engine
-from .config.model import Command, Config, Fifo
-from .notify import Notifier, NotifyFifo, NotifyScripts
-from .ratelimit import PerKey
-from .scripts import ScriptRunner
+from vrrpd import _engine
+from vrrpd.config.model import Command, Config, Fifo
+from vrrpd.scripts.notify import Notifier, NotifyFifo, NotifyScripts
+from vrrpd.ops.ratelimit import PerKey
+from vrrpd.scripts.runner import ScriptRunner
 
-log = logging.getLogger("vrrpd.notify")
+log = logging.getLogger("vrrpd.scripts.notify")
 
 STATE_WORDS = {_engine.BACKUP: "BACKUP", _engine.MASTER: "MASTER", _engine.FAULT: "FAULT"}
 NOTIFY_KEYWORDS = ("notify_master", "notify_backup", "notify_fault", "notify_stop",

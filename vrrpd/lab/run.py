@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 
-from .labnet import Netns, wait_for
+from vrrpd.lab.net import Netns, wait_for
 
 VENV_BIN = os.path.dirname(sys.executable)
 KEEPALIVED = shutil.which("keepalived") or "/usr/sbin/keepalived"

@@ -6,7 +6,7 @@ timeout can kill everything it forked), with stdin/stdout/stderr on /dev/null
 (keepalived's set_std_fd(): a script that floods stdout costs nothing) and the
 daemon's environment (keepalived passes `environ` to execve).
 
-Spawning, timeouts and reaping happen in a separate process (vrrpd.spawner):
+Spawning, timeouts and reaping happen in a separate process (vrrpd.scripts.spawner):
 fork+exec costs ~1 ms of Python per script, which on the daemon's own GIL
 delayed adverts.  The loop only sends a request and reads a few replies per
 script, and it behaves the same on uvloop and on asyncio.
@@ -30,8 +30,8 @@ import stat
 from dataclasses import dataclass
 from string import hexdigits
 
-from . import spawner
-from .spawner import Spawner
+from vrrpd.scripts import spawner
+from vrrpd.scripts.spawner import Spawner
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +234,7 @@ class ScriptRunner:
 
     `prepare()` turns a configured command into a `Script` (or None when it
     must be disabled, logged and counted).  `start()` asks the spawner
-    process (vrrpd.spawner) to run it and returns a future of the
+    process (vrrpd.scripts.spawner) to run it and returns a future of the
     `ScriptResult`; the order of start() calls is the order the processes
     start.  `run()` awaits it.  Not supported: the keepalived idiom of a
     script starting with "<" run through /bin/sh.

@@ -24,9 +24,9 @@ import socket
 import struct
 import time
 
-from . import netlink as nl
+from vrrpd.net import netlink as nl
 
-log = logging.getLogger("vrrpd.nlbatch")
+log = logging.getLogger("vrrpd.net.nlbatch")
 
 IFINFOMSG = struct.Struct("=BxHiII")        # family, type, index, flags, change
 

@@ -21,9 +21,9 @@ import socket
 from dataclasses import dataclass, field
 from typing import Callable
 
-from . import netlink as nl
+from vrrpd.net import netlink as nl
 
-log = logging.getLogger("vrrpd.links")
+log = logging.getLogger("vrrpd.net.links")
 
 
 class LinkEvent(enum.Enum):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 
-from . import _engine
+from vrrpd import _engine
 
 log = logging.getLogger(__name__)
 

@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 
-from . import netlink as nl
-from .nlbatch import Requester
+from vrrpd.net import netlink as nl
+from vrrpd.net.nlbatch import Requester
 
-log = logging.getLogger("vrrpd.addresses")
+log = logging.getLogger("vrrpd.net.addresses")
 
 INFINITY_LIFE_TIME = 0xFFFFFFFF
 

@@ -1,6 +1,6 @@
 """Every tracked object of the configuration, feeding each instance's verdict.
 
-Builds, from the config model, one vrrpd.tracking.TrackedInstance per
+Builds, from the config model, one vrrpd.track.tracking.TrackedInstance per
 vrrp_instance (its track_* entries with keepalived's default weights, the
 sync group's own track_*, and its own interface unless dont_track_primary),
 runs the watchers (vrrp_script trackers, track_file inotify, track_process
@@ -13,11 +13,21 @@ import asyncio
 import logging
 from typing import Callable
 
-from .config.model import Config, VrrpInstance
-from .links import Link, LinkEvent
-from .scripts import ScriptRunner
-from .tracking import (ProcessWatcher, Track, TrackedInstance, TrackFile, TrackFileWatcher,
-                       Verdict, VrrpScript, VrrpScriptTracker, VrrpTrackProcess, track_key)
+from vrrpd.config.model import Config, VrrpInstance
+from vrrpd.net.links import Link, LinkEvent
+from vrrpd.scripts.runner import ScriptRunner
+from vrrpd.track.tracking import (
+    ProcessWatcher,
+    Track,
+    TrackedInstance,
+    TrackFile,
+    TrackFileWatcher,
+    Verdict,
+    VrrpScript,
+    VrrpScriptTracker,
+    VrrpTrackProcess,
+    track_key,
+)
 
 log = logging.getLogger("vrrpd.track")
 

@@ -24,20 +24,28 @@ import socket
 import time
 from dataclasses import dataclass, field
 
-from . import _effects, _engine, netlink as nl, sockets, strict
-from .addresses import AddressManager, Vip
-from .garp import Announce, GarpConfig, GarpScheduler, arp_frame, ipv6_forwarding, na_frame
-from .links import Link, LinkEvent, LinkMonitor
-from .notify import coalesced
-from .plan import engine_tunables
-from .ratelimit import PerKey
-from .routes import RouteManager
-from .scripts import ScriptRunner
-from .syncgroups import SyncGroups
-from .trackers import Trackers
-from .tracking import Verdict
-from .vipwatch import VipWatch
-from .vmac import VmacManager, create_all
+from vrrpd import _effects, _engine
+from vrrpd.net import netlink as nl, sockets, firewall as strict
+from vrrpd.net.addresses import AddressManager, Vip
+from vrrpd.net.garp import (
+    Announce,
+    GarpConfig,
+    GarpScheduler,
+    arp_frame,
+    ipv6_forwarding,
+    na_frame,
+)
+from vrrpd.net.links import Link, LinkEvent, LinkMonitor
+from vrrpd.scripts.notify import coalesced
+from vrrpd.core.plan import engine_tunables
+from vrrpd.ops.ratelimit import PerKey
+from vrrpd.net.routes import RouteManager
+from vrrpd.scripts.runner import ScriptRunner
+from vrrpd.core.syncgroups import SyncGroups
+from vrrpd.track.trackers import Trackers
+from vrrpd.track.tracking import Verdict
+from vrrpd.core.vipwatch import VipWatch
+from vrrpd.net.vmac import VmacManager, create_all
 
 log = logging.getLogger("vrrpd")
 
@@ -145,10 +153,10 @@ class Instance:
 class Daemon:
     def __init__(self, plan, runner: ScriptRunner | None = None, *,
                  max_instances: int | None = None, advert_tx: str = "frame"):
-        """plan: vrrpd.plan.Plan, the configuration resolved for the runtime;
+        """plan: vrrpd.core.plan.Plan, the configuration resolved for the runtime;
         runner: runs track scripts (shared with the notify hook); advert_tx:
         "frame" sends multicast adverts on Ethernet links as prebuilt frames,
-        "ip" through the kernel's IP output (vrrpd.sockets)."""
+        "ip" through the kernel's IP output (vrrpd.net.sockets)."""
         self.plan = plan
         self.advert_tx = advert_tx
         g = plan.config.global_defs

@@ -10,7 +10,8 @@ import os
 import signal
 import sys
 
-from . import __version__, leftovers
+from vrrpd import __version__
+from vrrpd.core import leftovers
 
 log = logging.getLogger("vrrpd")
 
@@ -31,8 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="accepted for keepalived compatibility; vrrpd never forks")
     p.add_argument("-i", "--config-id", help="config id for @id conditional lines (default: hostname)")
     p.add_argument("-P", "--vrrp", action="store_true", help="accepted for keepalived compatibility")
-    from .control import DEFAULT_PATH
-    from .dumps import DATA_PATH, JSON_PATH, STATS_PATH
+    from vrrpd.ops.control import DEFAULT_PATH
+    from vrrpd.ops.dumps import DATA_PATH, JSON_PATH, STATS_PATH
     p.add_argument("--control-socket", metavar="PATH", default=DEFAULT_PATH,
                    help=f"vrrpctl's unix socket (default {DEFAULT_PATH}; 'none' disables it)")
     p.add_argument("--metrics", metavar="ADDR:PORT",
@@ -57,8 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def defer_imports() -> None:
-    """Only the parts of libraries the daemon uses (vrrpd.lazyinit)."""
-    from . import lazyinit
+    """Only the parts of libraries the daemon uses (vrrpd.ops.lazyinit)."""
+    from vrrpd.ops import lazyinit
     lazyinit.defer("pyroute2")
 
 
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.config_test:
         return config_test(args.config, args.config_id)
-    from . import logs
+    from vrrpd.ops import logs
     logs.setup(console=args.log_console or not args.log_facility, detail=args.log_detail,
                syslog_facility=args.log_facility)
     return run(args)
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def config_test(path: str, config_id: str | None = None) -> int:
     """`vrrpd -t`: print every problem as FILE:LINE: message; 0 if valid."""
-    from .config import load
+    from vrrpd.config import load
 
     try:
         result = load(path, config_id=config_id)
@@ -91,16 +92,16 @@ def config_test(path: str, config_id: str | None = None) -> int:
 
 def read_config(path: str, config_id: str | None):
     """The configuration read, resolved and fingerprinted (for reloads) by
-    the reload's reader, `python -m vrrpd.reloadchild --plan`, and received
+    the reload's reader, `python -m vrrpd.core.reload.child --plan`, and received
     as one pickle (reloadchild.Startup): what the daemon keeps is unpickled
     in one piece, without the parsing's garbage in between."""
     import pickle
     import subprocess
-    from .reloadchild import Startup, share_numbers
+    from vrrpd.core.reload.child import Startup, share_numbers
 
     request = pickle.dumps((path, config_id), protocol=pickle.HIGHEST_PROTOCOL)
     try:
-        proc = subprocess.run([sys.executable, "-m", "vrrpd.reloadchild", "--plan"],
+        proc = subprocess.run([sys.executable, "-m", "vrrpd.core.reload.child", "--plan"],
                               input=request, stdout=subprocess.PIPE)
     except OSError as e:
         return Startup(errors=[f"cannot start the configuration reader: {e}"])
@@ -113,7 +114,7 @@ def read_config(path: str, config_id: str | None):
 
 
 def run(args) -> int:
-    from . import procsched
+    from vrrpd.ops import procsched
 
     result = read_config(args.config, args.config_id)
     for w in result.warnings:
@@ -142,7 +143,7 @@ def run(args) -> int:
 
 async def serve(plan, args=None, running=None) -> int:
     """running: the plan's reloadchild.fingerprints, if the reader made them."""
-    from . import memtrim, procsched
+    from vrrpd.ops import memtrim, procsched
 
     args = args or build_parser().parse_args([])
     # The one other thread, the metrics HTTP server's (--metrics), must not
@@ -156,7 +157,7 @@ async def serve(plan, args=None, running=None) -> int:
     if applied:
         log.info("process settings: %s", ", ".join(applied))
     if running is None:
-        from .reloadchild import fingerprints
+        from vrrpd.core.reload.child import fingerprints
         running = fingerprints(plan, plan.instances)   # for reloads; before adverts start
     # The configuration's garbage goes before adverts start; what start-up builds
     # is frozen out of the collector's sight afterwards: a full collection over it
@@ -172,9 +173,9 @@ async def serve(plan, args=None, running=None) -> int:
 
 
 async def _serve(plan, args, running, stop: asyncio.Event) -> int:
-    from . import memtrim, sdnotify
-    from .reporting import Reporter
-    from .runtime import Daemon
+    from vrrpd.ops import memtrim, sdnotify
+    from vrrpd.scripts.reporting import Reporter
+    from vrrpd.core.daemon import Daemon
 
     daemon = Daemon(plan, advert_tx=args.advert_tx)
     daemon.hooks.append(Reporter(plan.config, daemon.runner))
@@ -210,7 +211,7 @@ async def _serve(plan, args, running, stop: asyncio.Event) -> int:
 
 async def _remove_leftovers(daemon, stale) -> None:
     """A crashed predecessor's addresses this configuration no longer has."""
-    from .addresses import Vip
+    from vrrpd.net.addresses import Vip
     vips = []
     for dev, address in sorted(stale):
         index = daemon.links.ifindex(dev)
@@ -228,10 +229,10 @@ class Operations:
 
     @classmethod
     async def start(cls, daemon, args, running) -> "Operations":
-        from . import sdnotify
-        from .control import ControlServer
-        from .dumps import Dumps, show, stats, status
-        from .reload import Reloader
+        from vrrpd.ops import sdnotify
+        from vrrpd.ops.control import ControlServer
+        from vrrpd.ops.dumps import Dumps, show, stats, status
+        from vrrpd.core.reload import Reloader
 
         self = cls()
         loop = asyncio.get_running_loop()
@@ -253,7 +254,7 @@ class Operations:
                 "reload": self.reloader})
             await self.control.start()
         if args.metrics:
-            from .metrics import Metrics, parse_addr
+            from vrrpd.ops.metrics import Metrics, parse_addr
             self.metrics = Metrics(daemon, *parse_addr(args.metrics))
             self.metrics.start()
         interval = sdnotify.watchdog_interval()

@@ -25,7 +25,7 @@ import socket
 import tempfile
 import time
 
-from . import _engine
+from vrrpd import _engine
 
 log = logging.getLogger("vrrpd")
 
@@ -67,14 +67,14 @@ def tracking_view(daemon, name: str) -> dict:
 
 
 def status(daemon) -> dict:
-    from .runtime import now_us
+    from vrrpd.core.daemon import now_us
     t = now_us()
     return {"schema": SCHEMA, "pid": os.getpid(), "time": time.time(),
             "instances": [instance_view(daemon, i, t) for i in daemon.instances.values()]}
 
 
 def show(daemon, name: str) -> dict:
-    from .runtime import now_us
+    from vrrpd.core.daemon import now_us
     inst = daemon.instances.get(name)
     if inst is None:
         raise KeyError(f"no instance {name!r}")

@@ -1,4 +1,4 @@
-"""vrrpctl: talk to a running vrrpd over its control socket (vrrpd.control).
+"""vrrpctl: talk to a running vrrpd over its control socket (vrrpd.ops.control).
 
   vrrpctl [--socket PATH] status [--json]
   vrrpctl show INSTANCE [--json]
@@ -7,7 +7,7 @@
 
 Exit status: 0 ok, 1 the daemon reported an error (e.g. reload rejected),
 2 cannot reach the daemon.  --json prints the daemon's result unchanged
-(schemas in vrrpd.dumps).
+(schemas in vrrpd.ops.dumps).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import socket
 import sys
 import time
 
-from .control import DEFAULT_PATH
+from vrrpd.ops.control import DEFAULT_PATH
 
 
 class CtlError(Exception):

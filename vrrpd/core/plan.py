@@ -5,9 +5,9 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass, field
 
-from .config.model import Config, VirtualAddress, VrrpInstance
-from .strict import needs_drop
-from .vmac import VmacSpec, advert_interface, vip_interface
+from vrrpd.config.model import Config, VirtualAddress, VrrpInstance
+from vrrpd.net.firewall import needs_drop
+from vrrpd.net.vmac import VmacSpec, advert_interface, vip_interface
 
 # rtnetlink scope numbers for virtual_ipaddress `scope NAME` (iproute2's rt_scopes).
 SCOPES = {None: 0, "global": 0, "universe": 0, "site": 200, "link": 253, "host": 254, "nowhere": 255}

@@ -22,11 +22,11 @@ from typing import Callable
 from pyroute2.netlink.rtnl.fibmsg import fibmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
-from .config.model import Route, Rule
-from .nlbatch import Requester, encode
-from . import netlink as nl
+from vrrpd.config.model import Route, Rule
+from vrrpd.net.nlbatch import Requester, encode
+from vrrpd.net import netlink as nl
 
-log = logging.getLogger("vrrpd.routes")
+log = logging.getLogger("vrrpd.net.routes")
 
 RTM_NEWROUTE, RTM_DELROUTE, RTM_NEWRULE, RTM_DELRULE = 24, 25, 32, 33
 RTPROT_KEEPALIVED = 18

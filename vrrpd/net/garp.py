@@ -27,9 +27,9 @@ import struct
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from .sockets import open_link_socket
+from vrrpd.net.sockets import open_link_socket
 
-log = logging.getLogger("vrrpd.garp")
+log = logging.getLogger("vrrpd.net.garp")
 
 ETH_P_ARP = 0x0806
 ETH_P_IPV6 = 0x86DD

@@ -28,12 +28,12 @@ from dataclasses import dataclass
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
-from . import netlink as nl
-from .config.model import GlobalDefs, VirtualAddress, VrrpInstance
-from .links import Link
-from .nlbatch import IFINFOMSG, Requester, encode
+from vrrpd.net import netlink as nl
+from vrrpd.config.model import GlobalDefs, VirtualAddress, VrrpInstance
+from vrrpd.net.links import Link
+from vrrpd.net.nlbatch import IFINFOMSG, Requester, encode
 
-log = logging.getLogger("vrrpd.vmac")
+log = logging.getLogger("vrrpd.net.vmac")
 
 MACVLAN_MODE_PRIVATE = 1
 IN6_ADDR_GEN_MODE_NONE = 1

@@ -28,7 +28,7 @@ import stat
 from collections import deque
 from dataclasses import dataclass
 
-from .scripts import Script, ScriptRunner
+from vrrpd.scripts.runner import Script, ScriptRunner
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +267,7 @@ class Notifier:
         (vrrpd extensions; keepalived neither limits nor stops its notify scripts)."""
         self.runner = runner
         self.fifos = list(fifos)
-        self.smtp = smtp                      # vrrpd.smtp.SmtpAlerter or None
+        self.smtp = smtp                      # vrrpd.scripts.smtp.SmtpAlerter or None
         self.timeout = timeout
         self.kill_on_stop = kill_on_stop
         self._stops: list[asyncio.Future] = []
