@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+from typing import TypeVar, dataclass_transform
 
 from .problems import Where
 
@@ -48,12 +49,12 @@ class _LeanInterface:
         return f"{self._standard.__name__}({str(self)!r})"
 
 
-class LeanIPv4Interface(_LeanInterface, ipaddress.IPv4Interface):
+class LeanIPv4Interface(_LeanInterface, ipaddress.IPv4Interface):  # type: ignore[override]
     _address_class, _network_class = ipaddress.IPv4Address, ipaddress.IPv4Network
     _standard = ipaddress.IPv4Interface
 
 
-class LeanIPv6Interface(_LeanInterface, ipaddress.IPv6Interface):
+class LeanIPv6Interface(_LeanInterface, ipaddress.IPv6Interface):  # type: ignore[override]
     _address_class, _network_class = ipaddress.IPv6Address, ipaddress.IPv6Network
     _standard = ipaddress.IPv6Interface
 
@@ -71,7 +72,15 @@ def ip_interface(text: str) -> IPInterface:
     raise ValueError(f"{text!r} does not appear to be an IPv4 or IPv6 interface")
 
 
-frozen = dataclass(frozen=True, slots=True, kw_only=True)
+T = TypeVar("T")
+
+
+@dataclass_transform(frozen_default=True, kw_only_default=True)
+def frozen(cls: type[T]) -> type[T]:
+    """The model's dataclass: immutable, slotted, keyword-only (typed as a dataclass)."""
+    return dataclass(frozen=True, slots=True, kw_only=True)(cls)
+
+
 NOWHERE: Where = ("", 0)
 
 

@@ -46,7 +46,7 @@ def steady_state(tb: Testbed, window: float) -> dict:
     dt = time.monotonic() - t0
     adverts = tb.spec.instances * dt / tb.spec.advert_int
     hosts = {}
-    for role, (d, pids, vpid) in zip(("master", "backup"), trees):
+    for role, (_, pids, vpid) in zip(("master", "backup"), trees):
         cpu = sum(after[p] - before[p] for p in pids)
         hosts[role] = {
             "pids": pids,

@@ -141,7 +141,8 @@ class AddressManager:
         return self._nl
 
     def account(self, adding: bool, done: int, failed: int) -> None:
-        """Count VIPs such a batch added or removed (done includes harmless EEXIST/EADDRNOTAVAIL)."""
+        """Count VIPs such a batch added or removed (done includes harmless
+        EEXIST/EADDRNOTAVAIL)."""
         self.stats["added" if adding else "removed"] += done
         self.stats["failed"] += failed
 

@@ -182,7 +182,8 @@ class GarpScheduler:
         self.sender = sender or Sender()
         self._call_later = call_later
         self._now = now
-        self._timers: dict[object, dict[str, object]] = {}   # key -> {"delay"|"refresh"|"lower": handle}
+        # key -> {"delay"|"refresh"|"lower": handle}
+        self._timers: dict[object, dict[str, object]] = {}
         self._queues: dict[tuple[int, str], _Queue] = {}
         self.stats = dict(arp_sent=0, na_sent=0, send_errors=0)
 
@@ -200,7 +201,8 @@ class GarpScheduler:
         timers = self._timers[key] = {}
         self._burst(announce, cfg.master_repeat)
         if cfg.master_delay > 0:
-            timers["delay"] = self._later(cfg.master_delay, self._burst, announce, cfg.master_repeat)
+            timers["delay"] = self._later(cfg.master_delay, self._burst, announce,
+                                          cfg.master_repeat)
         if cfg.master_refresh > 0:
             timers["refresh"] = self._later(cfg.master_refresh, self._refresh, key, announce)
 
@@ -250,7 +252,8 @@ class GarpScheduler:
         if timers is None:
             return
         self._burst(announce, announce.config.master_refresh_repeat)
-        timers["refresh"] = self._later(announce.config.master_refresh, self._refresh, key, announce)
+        timers["refresh"] = self._later(announce.config.master_refresh, self._refresh,
+                                        key, announce)
 
     def _burst(self, a: Announce, repeat: int) -> None:
         """`repeat` rounds over all VIPs (keepalived's vrrp_send_link_update order)."""

@@ -9,7 +9,8 @@ queued before send() returns.  That send is made by a thread of our own (the ACK
 read on the loop): whoever else holds RTNL (a netns being torn down, a routing daemon,
 `ip`) would otherwise hold the loop and its adverts.  And a send holds the CPU it runs
 on (netlink_rcv_skb does not reschedule: measured, 1,024 /32 VIP adds held a CPU 13 ms,
-even from a SCHED_FIFO task above ours), so chunks are sized by time, not count: each takes about SEND_BUDGET_S at
+even from a SCHED_FIFO task above ours), so chunks are sized by time, not count: each
+takes about SEND_BUDGET_S at
 the cost per message sends have measured.  The cost depends on what the messages do
 (deleting absent VIPs took 1.7 us each, adding them 13 us), so the estimate follows a
 dearer cost at once and a cheaper one only slowly.
@@ -115,7 +116,8 @@ class Requester:
                     codes[i] = nl.error_code(view, hdr)
                     got += 1
                 else:
-                    replies.setdefault(i, []).append(bytes(view[hdr.offset:hdr.offset + hdr.length]))
+                    reply = bytes(view[hdr.offset:hdr.offset + hdr.length])
+                    replies.setdefault(i, []).append(reply)
             return got
 
         try:

@@ -122,7 +122,8 @@ def render(snap: Snapshot) -> bytes:
                              labels=INST_LABELS)
     trans = CounterMetricFamily("vrrpd_instance_transitions", "state transitions",
                                 labels=INST_LABELS)
-    counters = {k: CounterMetricFamily(name, text, labels=INST_LABELS) for k, name, text in COUNTERS}
+    counters = {k: CounterMetricFamily(name, text, labels=INST_LABELS)
+                for k, name, text in COUNTERS}
     rejected = CounterMetricFamily("vrrpd_adverts_rejected", "adverts rejected, by reason",
                                    labels=INST_LABELS + ["reason"])
     for labels, st, pr, bp, tr, c in snap.instances:

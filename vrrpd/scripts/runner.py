@@ -212,7 +212,8 @@ def path_insecurity(path: str) -> str | None:
         if is_dir and st.st_mode & stat.S_ISVTX:
             continue
         if (st.st_gid != 0 and st.st_mode & stat.S_IWGRP) or st.st_mode & stat.S_IWOTH:
-            return f"{comp}: writable by group {st.st_gid} or others (mode {stat.S_IMODE(st.st_mode):o})"
+            return (f"{comp}: writable by group {st.st_gid} or others "
+                    f"(mode {stat.S_IMODE(st.st_mode):o})")
     return None
 
 
