@@ -129,7 +129,8 @@ class VipFirewall:
         hook = f"type filter hook {{}} priority {self.priority}; policy accept;"
         ip = "ip" if fam == "ip" else "ip6"
         body = [f"\tset vips {{ type {'ipv4' if fam == 'ip' else 'ipv6'}_addr; }}"]
-        rules_in, rules_out = [], []
+        rules_in: list[str] = []
+        rules_out: list[str] = []
         if fam == "ip6":
             body += ["\tset neighbor-discovery { type icmpv6_type; flags constant; "
                      "elements = { nd-neighbor-solicit, nd-neighbor-advert }; }",

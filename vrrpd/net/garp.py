@@ -167,7 +167,7 @@ class _Queue:
     def __init__(self, interval: float):
         self.packets: collections.deque = collections.deque()
         self.interval = interval
-        self.handle = None
+        self.handle: asyncio.TimerHandle | None = None
         self.next_ok = 0.0
 
 
@@ -183,11 +183,11 @@ class GarpScheduler:
         self._call_later = call_later
         self._now = now
         # key -> {"delay"|"refresh"|"lower": handle}
-        self._timers: dict[object, dict[str, object]] = {}
+        self._timers: dict[object, dict[str, asyncio.TimerHandle]] = {}
         self._queues: dict[tuple[int, str], _Queue] = {}
         self.stats = dict(arp_sent=0, na_sent=0, send_errors=0)
 
-    def _later(self, delay: float, cb, *args):
+    def _later(self, delay: float, cb, *args) -> asyncio.TimerHandle:
         if self._call_later is None:
             loop = asyncio.get_running_loop()
             self._call_later, self._now = loop.call_later, self._now or loop.time

@@ -141,7 +141,7 @@ class AddrMsg(NamedTuple):
     prefixlen: int
     flags: int
     scope: int
-    index: int
+    index: int      # type: ignore[assignment]  # the ifindex; shadows tuple.index()
     address: str        # IFA_LOCAL if present (the interface's own address), else IFA_ADDRESS
     label: str | None
 

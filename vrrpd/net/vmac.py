@@ -74,7 +74,7 @@ class VmacSpec:
 
     @classmethod
     def for_instance(cls, inst: VrrpInstance, g: GlobalDefs,
-                     taken: set[str] = frozenset()) -> "VmacSpec | None":
+                     taken: set[str] | frozenset[str] = frozenset()) -> "VmacSpec | None":
         """taken: vmac names of the instances configured before this one."""
         if not inst.use_vmac or inst.interface is None:
             return None
@@ -95,7 +95,7 @@ class VmacSpec:
 
 
 def vip_interface(inst: VrrpInstance, vip: VirtualAddress, excluded: bool,
-                  vmac_name: str | None) -> str:
+                  vmac_name: str | None) -> str | None:
     """Where keepalived puts an address: its own `dev`, else the vmac for virtual_ipaddress
     (and for excluded ones marked use_vmac), else the instance's interface."""
     if vip.dev:
@@ -105,7 +105,7 @@ def vip_interface(inst: VrrpInstance, vip: VirtualAddress, excluded: bool,
     return inst.interface
 
 
-def advert_interface(inst: VrrpInstance, vmac_name: str | None) -> str:
+def advert_interface(inst: VrrpInstance, vmac_name: str | None) -> str | None:
     """Adverts leave from the vmac (source MAC = virtual MAC) unless vmac_xmit_base."""
     return vmac_name if vmac_name and not inst.vmac_xmit_base else inst.interface
 
@@ -251,7 +251,10 @@ class VmacManager:
         self._base_saved[base.index] = (base.name, saved, 1)
 
     def _release_base(self, index: int) -> None:
-        name, saved, refs = self._base_saved.pop(index, (None, {}, 0))
+        entry = self._base_saved.pop(index, None)
+        if entry is None:
+            return
+        name, saved, refs = entry
         if refs > 1:
             self._base_saved[index] = (name, saved, refs - 1)
             return

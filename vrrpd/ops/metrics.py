@@ -226,8 +226,8 @@ class Metrics:
         self.daemon, self.addr, self.port = daemon, addr, port
         self.max_scrapes = max_scrapes
         self.lag = LoopLag()
-        self._server = None
-        self._thread = None
+        self._server: ThreadingWSGIServer | None = None
+        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         expo = Exposition(self.daemon, asyncio.get_running_loop(), self.lag)
