@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from typing import TypeVar, dataclass_transform
+from typing import Any, TypeVar, dataclass_transform
 
 from .problems import Where
 
@@ -26,9 +26,12 @@ class _LeanInterface:
     address, several hundred bytes for each of thousands of VIPs that the
     daemon holds for its life.  Equal, hashed, ordered and pickled as the
     standard class (by its text)."""
-    _address_class: type
-    _network_class: type
+    _address_class: Any
+    _network_class: Any
     _standard: type
+    # Provided by the ipaddress class mixed in after this one.
+    _split_addr_prefix: Any
+    _make_netmask: Any
 
     def __init__(self, address):
         addr, mask = self._split_addr_prefix(address)
