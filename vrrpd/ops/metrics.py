@@ -192,6 +192,7 @@ class BoundedServer(ThreadingWSGIServer):
     beyond that is answered 503 from the accepting thread and closed."""
 
     slots: threading.BoundedSemaphore
+    busy: int                   # connections answered 503
     BUSY = (b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
             b"Retry-After: 1\r\nContent-Length: 23\r\n\r\ntoo many scrapes: busy\n")
 
