@@ -52,8 +52,9 @@ setup(
     install_requires=["uvloop", "pyroute2", "prometheus-client", "aiosmtplib"],
     extras_require={
         "lab": ["matplotlib"],          # vrrpd-lab failover --plot, bench/compare.py
+        # ruff and mypy pinned: a new release's new checks must not fail the suite unasked.
         "test": ["pytest", "pytest-benchmark", "pytest-timeout", "hypothesis",
-                 "scapy", "aiosmtpd", "matplotlib"],
+                 "scapy", "aiosmtpd", "matplotlib", "ruff==0.17.6", "mypy==2.4.1"],
     },
     entry_points={
         "console_scripts": [

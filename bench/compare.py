@@ -70,7 +70,8 @@ def run_one(topology: str, n: int, args) -> dict:
         for kind, d in r["daemons"].items():
             into = result["daemons"][kind]
             if "steady" not in into and "steady" in d:
-                into.update({k: v for k, v in d.items() if k not in ("failovers", "pooled", "errors")})
+                into.update({k: v for k, v in d.items()
+                             if k not in ("failovers", "pooled", "errors")})
             into["failovers"] += d["failovers"]
             into["pooled"].update(d["pooled"])
             into.setdefault("errors", {}).update(d.get("errors", {}))
@@ -105,7 +106,8 @@ def table(results: list[dict]) -> str:
             if "error" in d:                    # files written before per-scenario errors
                 errors = {s: d["error"] for s in r["scenarios"]}
             for scenario, error in errors.items():
-                rows.append(f"| {topo} | {n} | {kind} | {scenario}: {error} |" + " |" * (COLUMNS - 4))
+                rows.append(f"| {topo} | {n} | {kind} | {scenario}: {error} |"
+                            + " |" * (COLUMNS - 4))
             if "steady" not in d:
                 continue
             st = d["steady"]
@@ -117,7 +119,8 @@ def table(results: list[dict]) -> str:
                     f"| {st['backup']['cpu_pct']:.1f} | {st['master']['cpu_us_per_advert']:.1f} "
                     f"| {st['master']['rss_kb'] / 1024:.1f} | {d['startup_s']:.1f} "
                     f"| {f['scenario']} | {ms(t['first'])} | {ms(t['median'])} | {ms(t['p99'])} "
-                    f"| {ms(t['last'])} | {ms(f.get('protocol_s'))} | {ms(f.get('kernel_floor_s', floor))} "
+                    f"| {ms(t['last'])} | {ms(f.get('protocol_s'))} "
+                    f"| {ms(f.get('kernel_floor_s', floor))} "
                     f"| {ratio(f.get('last_vs_floor'))} | {ms(f['first_advert']['first'])} "
                     f"| {f['missing']} |")
     return "\n".join(rows)
@@ -145,7 +148,8 @@ def ratios(results: list[dict]) -> str:
             v = d["vrrpd"]["steady"]["master"]["cpu_us_per_advert"]
             k = d["keepalived"]["steady"]["master"]["cpu_us_per_advert"]
             if k:
-                lines.append(f"- {r.get('topology', 'switch')}, {r['spec']['instances']} instances: "
+                lines.append(f"- {r.get('topology', 'switch')}, "
+                             f"{r['spec']['instances']} instances: "
                              f"vrrpd's master CPU per advert "
                              f"is {v / k:.2f}× keepalived's ({v:.1f} vs {k:.1f} µs).")
     return "\n".join(lines)
@@ -220,7 +224,8 @@ VRIDs per link at 10,000), no bridge and no qdisc; switch, a bridge per link in 
 of its own, its ports polled in NAPI kernel threads, the hosts' ports with a 1,000-packet
 pfifo as a NIC has. keepalived runs with -G (its log to the lab's file only, as vrrpd's).
 
-- CPU % (utime+stime from /proc/PID/stat over a {first['daemons']['vrrpd']['steady']['window_s']:.0f} s steady-state window) and RSS
+- CPU % (utime+stime from /proc/PID/stat over a
+  {first['daemons']['vrrpd']['steady']['window_s']:.0f} s steady-state window) and RSS
   (VmRSS) count the daemon's whole process tree: keepalived's parent and VRRP child,
   vrrpd's one process. The JSON also has the VRRP process alone (`cpu_pct_vrrp`).
   µs CPU / advert: the master's CPU time divided by the adverts it should have sent.

@@ -56,8 +56,9 @@ sys.exit(main())
 """
 
 # What the running daemon imports (without --metrics), after its deferrals.
-IMPORTS = ("from vrrpd.core import service; service.defer_imports(); import uvloop, vrrpd.core.daemon, "
-           "vrrpd.scripts.reporting, vrrpd.ops.control, vrrpd.ops.dumps, vrrpd.core.reload, vrrpd.ops.procsched")
+IMPORTS = ("from vrrpd.core import service; service.defer_imports(); "
+           "import uvloop, vrrpd.core.daemon, vrrpd.scripts.reporting, vrrpd.ops.control, "
+           "vrrpd.ops.dumps, vrrpd.core.reload, vrrpd.ops.procsched")
 
 
 class Host:
@@ -207,7 +208,8 @@ def main() -> int:
     ap.add_argument("--traceback", type=int, default=0, metavar="FRAMES",
                     help="with --top: group by call stacks of this many frames, not by line")
     ap.add_argument("--snapshot", metavar="PATH",
-                    help="with --top: keep the tracemalloc snapshot there (tracemalloc.Snapshot.load)")
+                    help="with --top: keep the tracemalloc snapshot there "
+                         "(tracemalloc.Snapshot.load)")
     ap.add_argument("--imports", action="store_true", help="also measure the imports alone")
     args = ap.parse_args()
     if os.geteuid() != 0:

@@ -15,7 +15,8 @@ def big_conf(tmp_path_factory):
         parts.append(
             f"vrrp_instance VI_{i} {{\n    state BACKUP\n    interface {dev}\n"
             f"    virtual_router_id {vrid}\n    priority {100 + i % 100}\n    advert_int 0.1\n"
-            f"    virtual_ipaddress {{\n        10.{i // 65536}.{i // 256 % 256}.{i % 256}/32 dev {dev}\n    }}\n"
+            f"    virtual_ipaddress {{\n"
+            f"        10.{i // 65536}.{i // 256 % 256}.{i % 256}/32 dev {dev}\n    }}\n"
             f"    track_script {{\n        chk\n    }}\n    notify \"/bin/true VI_{i}\"\n}}\n")
     path = tmp_path_factory.mktemp("bench") / "big.conf"
     path.write_text("".join(parts))

@@ -19,7 +19,9 @@ PY = os.path.join(ROOT, ".venv/bin/python")
 
 
 def addr(family, i):
-    return f"2001:db8:1::{i:x}/128" if family == 6 else f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}/32"
+    if family == 6:
+        return f"2001:db8:1::{i:x}/128"
+    return f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}/32"
 
 
 CHILD = """

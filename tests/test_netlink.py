@@ -124,7 +124,7 @@ class Child:
             try:
                 ev = self.lines.get(timeout=timeout)
             except queue.Empty:
-                raise AssertionError(f"no event {match} within {timeout}s; saw {self.seen[-20:]}")
+                raise AssertionError(f"no event {match} within {timeout}s; saw {self.seen[-20:]}") from None
             assert ev is not None, f"child exited; saw {self.seen[-20:]}"
             self.seen.append(ev)
             if all(ev.get(k) == v for k, v in match.items()):

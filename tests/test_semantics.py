@@ -17,7 +17,6 @@ import time
 import pytest
 
 from daemons import DaemonProc
-from netns import wait_for
 from test_scenarios import (ADVERT_INT, DIFFERENCES, EXPECTED, PEER_PRIO, G, I, bench, check,  # noqa: F401
                             expand, global_defs, instance, sync_group, vrrp_script)
 

@@ -106,7 +106,7 @@ def _sysctl(ns, fam, dev, key):
 
 def fingerprint(ns) -> dict:
     """What a vmac looks like from outside: link attributes, sysctls, IPv6 link-locals."""
-    links = {l["ifname"]: l for l in json.loads(ns.run("ip", "-d", "-j", "link", "show").stdout)}
+    links = {ln["ifname"]: ln for ln in json.loads(ns.run("ip", "-d", "-j", "link", "show").stdout)}
     out = {}
     for dev in ("vrrp.7", "vrrp.8"):
         link = links.get(dev)
@@ -272,7 +272,8 @@ def test_same_vrid_in_both_families_gets_keepalived_s_vmac_names(netns, tmp_path
 
     def theirs():
         links = json.loads(ns.run("ip", "-j", "link", "show").stdout)
-        return {mac_family[l["address"]]: l["ifname"] for l in links if l["address"] in mac_family}
+        return {mac_family[ln["address"]]: ln["ifname"] for ln in links
+                if ln["address"] in mac_family}
 
     try:
         wait_for(lambda: len(theirs()) == 2, 10, what="keepalived's two vmacs")

@@ -13,7 +13,7 @@ from .model import *  # noqa: F401,F403  (the model is part of this package's AP
 from .model import Config
 from .problems import LoadResult, Problem, Report
 
-__all__ = ["load", "load_text", "LoadResult", "Problem", "Config"]
+__all__ = ["load", "default_config_id", "LoadResult", "Problem", "Config"]
 
 
 def default_config_id() -> str:

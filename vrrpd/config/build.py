@@ -8,8 +8,8 @@ from __future__ import annotations
 import dataclasses
 
 from . import values as v
-from .model import (Authentication, Config, Fifo, GarpGroup, GlobalDefs, SyncGroup,
-                    TrackFile, TrackProcess, VrrpInstance, VrrpScript)
+from .model import (Authentication, Config, Fifo, GarpGroup, GlobalDefs, Route, Rule, SyncGroup,
+                    TrackFile, TrackProcess, VirtualAddress, VrrpInstance, VrrpScript)
 from .parser import Node
 from .problems import Report
 
@@ -115,7 +115,8 @@ GLOBAL = {
     "smtp_helo_name": v.string, "smtp_connect_timeout": v.float_range(0.001, 86400),
     "smtp_alert": v.bool_opt, "smtp_alert_vrrp": v.bool_opt, "no_email_faults": v.flag,
     "vrrp_mcast_group4": v.ip_arg, "vrrp_mcast_group6": v.ip_arg, "default_interface": v.interface,
-    "vrrp_garp_master_delay": v.float_range(0, 86400), "vrrp_garp_master_repeat": v.int_range(0, UINT),
+    "vrrp_garp_master_delay": v.float_range(0, 86400),
+    "vrrp_garp_master_repeat": v.int_range(0, UINT),
     "vrrp_garp_lower_prio_delay": v.float_range(0, 86400),
     "vrrp_garp_lower_prio_repeat": v.int_range(0, UINT),
     "vrrp_garp_master_refresh": v.float_range(0, 86400),
@@ -365,7 +366,8 @@ class Builder:
             conv = table.get(child.keyword)
             if conv is None:
                 if block == "global_defs" and child.keyword in GLOBAL_IGNORED:
-                    self.report.warn(child.where, f"'{child.keyword}' does not concern VRRP: ignored")
+                    self.report.warn(child.where,
+                                     f"'{child.keyword}' does not concern VRRP: ignored")
                     continue
                 self.report.error(child.where, f"unknown keyword '{child.keyword}' in {block}")
                 continue
@@ -378,8 +380,8 @@ class Builder:
                 else:
                     key = _GLOBAL_ALIASES.get(child.keyword, child.keyword)
                     value = conv(child)
-                    if isinstance(value, tuple) and isinstance(out.get(key), tuple) \
-                            and key not in ("vrrp_garp_extra_if", "garp_extra_if", "vmac_garp_intvl"):
+                    if isinstance(value, tuple) and isinstance(out.get(key), tuple) and key not in (
+                            "vrrp_garp_extra_if", "garp_extra_if", "vmac_garp_intvl"):
                         value = out[key] + value     # repeated list blocks add up (keepalived)
                     out[key] = value
             except BadValue as e:
@@ -399,9 +401,17 @@ class Builder:
         rep = self.report
         glob_kw: dict = {}
         raw_instances: dict[str, tuple[Node, dict]] = {}
-        scripts, tfiles, tprocs, groups = {}, {}, {}, {}
-        garp_groups, static_ip, static_routes, static_rules = [], [], [], []
-        track_groups, linkbeat, updown = {}, {}, {}
+        scripts: dict[str, VrrpScript] = {}
+        tfiles: dict[str, TrackFile] = {}
+        tprocs: dict[str, TrackProcess] = {}
+        groups: dict[str, SyncGroup] = {}
+        garp_groups: list[GarpGroup] = []
+        static_ip: list[VirtualAddress] = []
+        static_routes: list[Route] = []
+        static_rules: list[Rule] = []
+        track_groups: dict[str, tuple[str, ...]] = {}
+        linkbeat: dict[str, str | None] = {}
+        updown: dict[str, tuple] = {}
         for node in tree:
             k = node.keyword
             try:
@@ -437,7 +447,7 @@ class Builder:
                     name = self.named(node, k)
                     if name:
                         members: tuple[str, ...] = ()
-                        for c in node.children:
+                        for c in node.children or ():
                             if c.keyword != "group":
                                 rep.error(c.where, f"unknown keyword '{c.keyword}' in track_group")
                             else:
@@ -509,7 +519,8 @@ class Builder:
         out.setdefault("accept", not strict or out["priority"] == 255)
         out.setdefault("skip_check_adv_addr", g.vrrp_skip_check_adv_addr)
         out["check_unicast_src"] = out.get("check_unicast_src", False) or g.vrrp_check_unicast_src \
-            or any(p.min_ttl is not None or p.max_ttl is not None for p in out.get("unicast_peer", ()))
+            or any(p.min_ttl is not None or p.max_ttl is not None
+                   for p in out.get("unicast_peer", ()))
         out.setdefault("garp_master_delay", g.vrrp_garp_master_delay)
         out.setdefault("garp_master_repeat", g.vrrp_garp_master_repeat)
         out.setdefault("garp_lower_prio_delay", g.vrrp_garp_lower_prio_delay

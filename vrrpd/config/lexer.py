@@ -70,7 +70,7 @@ def strip_comment(text: str) -> str:
         return text
     if '"' not in text and "'" not in text:
         m = _COMMENT.search(text)
-        return text[:m.start()]
+        return text if m is None else text[:m.start()]
     quote = None
     i = 0
     while i < len(text):
@@ -147,6 +147,7 @@ def _escape(text: str, i: int) -> tuple[str, int]:
         return _ESCAPES[c], i + 1
     if c in "01234567":
         m = re.match(r"[0-7]{1,3}", text[i:])
+        assert m is not None        # text[i] is an octal digit
         return chr(int(m.group(), 8) & 0xFF), i + len(m.group())
     if c == "x":
         m = re.match(r"[0-9A-Fa-f]+", text[i + 1:])
@@ -352,6 +353,7 @@ class Lexer:
         stripped = text.lstrip()
         if stripped.startswith("@"):
             m = _COND.match(stripped)
+            assert m is not None        # _COND matches any text starting with "@"
             if (m.group(2) == self.config_id) == bool(m.group(1)):
                 return
             text = stripped = m.group(3)
@@ -447,14 +449,15 @@ class Lexer:
             if new == text or multiline:
                 return new
             text = new
-        self.report.error(where, "parameter substitution does not terminate (a definition refers to itself?)")
+        self.report.error(where, "parameter substitution does not terminate "
+                                 "(a definition refers to itself?)")
         return None
 
     def _generate(self, text: str, where: Where, depth: int) -> None:
         """~SEQ(var, [start,] [step,] end) / ~SEQx(...) / ~LST(var|{vars}, values...) rest."""
         m = _GEN.match(text)
         close = _matching_paren(text, m.end() - 1) if m else -1
-        if close < 0:
+        if m is None or close < 0:
             self.report.error(where, "malformed ~SEQ/~LST line")
             return
         kind, inner, rest = m.group(1), text[m.end():close], text[close + 1:]
@@ -500,11 +503,11 @@ class Lexer:
                 self.process(rest, where, depth + 1)
         finally:
             self._generated = outer
-        for n, v in saved.items():
-            if v is None:
+        for n, old in saved.items():
+            if old is None:
                 self.defs.pop(n, None)
             else:
-                self.defs[n] = v
+                self.defs[n] = old
 
 
 def _regular(st: os.stat_result) -> bool:

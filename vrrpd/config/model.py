@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+from typing import Any, TypeVar, dataclass_transform
 
 from .problems import Where
 
@@ -25,9 +26,12 @@ class _LeanInterface:
     address, several hundred bytes for each of thousands of VIPs that the
     daemon holds for its life.  Equal, hashed, ordered and pickled as the
     standard class (by its text)."""
-    _address_class: type
-    _network_class: type
+    _address_class: Any
+    _network_class: Any
     _standard: type
+    # Provided by the ipaddress class mixed in after this one.
+    _split_addr_prefix: Any
+    _make_netmask: Any
 
     def __init__(self, address):
         addr, mask = self._split_addr_prefix(address)
@@ -48,12 +52,12 @@ class _LeanInterface:
         return f"{self._standard.__name__}({str(self)!r})"
 
 
-class LeanIPv4Interface(_LeanInterface, ipaddress.IPv4Interface):
+class LeanIPv4Interface(_LeanInterface, ipaddress.IPv4Interface):  # type: ignore[override]
     _address_class, _network_class = ipaddress.IPv4Address, ipaddress.IPv4Network
     _standard = ipaddress.IPv4Interface
 
 
-class LeanIPv6Interface(_LeanInterface, ipaddress.IPv6Interface):
+class LeanIPv6Interface(_LeanInterface, ipaddress.IPv6Interface):  # type: ignore[override]
     _address_class, _network_class = ipaddress.IPv6Address, ipaddress.IPv6Network
     _standard = ipaddress.IPv6Interface
 
@@ -71,7 +75,15 @@ def ip_interface(text: str) -> IPInterface:
     raise ValueError(f"{text!r} does not appear to be an IPv4 or IPv6 interface")
 
 
-frozen = dataclass(frozen=True, slots=True, kw_only=True)
+T = TypeVar("T")
+
+
+@dataclass_transform(frozen_default=True, kw_only_default=True)
+def frozen(cls: type[T]) -> type[T]:
+    """The model's dataclass: immutable, slotted, keyword-only (typed as a dataclass)."""
+    return dataclass(frozen=True, slots=True, kw_only=True)(cls)
+
+
 NOWHERE: Where = ("", 0)
 
 

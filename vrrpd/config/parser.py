@@ -63,5 +63,6 @@ def parse(lines: list[Line], report: Report) -> list[Node]:
                 words.append(tok)
         flush(words, where)
     for _, owner in stack[1:]:
+        assert owner is not None    # only the root has no owner
         report.error(owner.where, f"block '{owner.keyword}' is not closed (missing '}}')")
     return root

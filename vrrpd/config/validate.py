@@ -10,6 +10,7 @@ the daemon checks both when it starts.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from .model import Config, Track, VrrpInstance
 from .problems import Report
@@ -50,8 +51,10 @@ def _instance(inst: VrrpInstance, raw: dict, cfg: Config, bfd_names: set[str], r
     for vip in inst.virtual_ipaddress:
         if vip.family != inst.family:
             rep.error(vip.where, f"{n}: {vip.address} is IPv{vip.family} but the instance is "
-                                 f"IPv{inst.family} (use virtual_ipaddress_excluded for mixed families)")
-    for label, addr in (("unicast_src_ip", inst.unicast_src_ip), ("mcast_src_ip", inst.mcast_src_ip),
+                                 f"IPv{inst.family} (use virtual_ipaddress_excluded "
+                                 f"for mixed families)")
+    for label, addr in (("unicast_src_ip", inst.unicast_src_ip),
+                        ("mcast_src_ip", inst.mcast_src_ip),
                         ("mcast_dst_ip", inst.mcast_dst_ip)):
         if addr is not None and addr.version != inst.family:
             rep.error(where, f"{n}: {label} {addr} is not IPv{inst.family}")
@@ -72,7 +75,8 @@ def _instance(inst: VrrpInstance, raw: dict, cfg: Config, bfd_names: set[str], r
     if inst.priority == 255:
         for t in _all_tracks(inst):
             if t.weight:
-                rep.warn(t.where, f"{n}: address owner (priority 255) ignores tracking weight {t.weight}")
+                rep.warn(t.where, f"{n}: address owner (priority 255) ignores "
+                                  f"tracking weight {t.weight}")
 
 
 def _strict(inst: VrrpInstance, raw: dict, rep: Report) -> None:
@@ -119,7 +123,8 @@ def _duplicate_vrids(cfg: Config, rep: Report) -> None:
                None if inst.unicast_peer else inst.mcast_dst_ip)
         for other in seen.get(key, ()):
             if inst.unicast_peer and other.unicast_peer and not (
-                    {p.address for p in inst.unicast_peer} & {p.address for p in other.unicast_peer}):
+                    {p.address for p in inst.unicast_peer}
+                    & {p.address for p in other.unicast_peer}):
                 continue
             if bool(inst.unicast_peer) != bool(other.unicast_peer):
                 continue
@@ -133,8 +138,10 @@ def _duplicate_vrids(cfg: Config, rep: Report) -> None:
 def _effective_weight(t: Track, kind: str, cfg: Config) -> int:
     if t.weight is not None:
         return t.weight
-    obj = {"track_script": cfg.scripts, "track_file": cfg.track_files,
-           "track_process": cfg.track_processes}.get(kind, {}).get(t.name)
+    tables: dict[str, dict[str, Any]] = {
+        "track_script": cfg.scripts, "track_file": cfg.track_files,
+        "track_process": cfg.track_processes}
+    obj = tables.get(kind, {}).get(t.name)
     return getattr(obj, "weight", 0) or 0
 
 
@@ -165,7 +172,7 @@ def _sync_groups(cfg: Config, bfd_names: set[str], rep: Report) -> Config:
         # and track_bfd weights are kept, with no message.
         for m in set(g.group) & set(instances):
             inst = instances[m]
-            changes = {}
+            changes: dict[str, Any] = {}
             for kind in ("track_script", "track_file"):
                 ts = getattr(inst, kind)
                 dropped = [t for t in ts if _effective_weight(t, kind, cfg)]

@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="two routers, a failover and preemption, live")
     d.add_argument("--daemon", choices=("vrrpd", "keepalived"), default="vrrpd")
     d.add_argument("--advert-int", type=float, default=0.1, metavar="S")
-    d.add_argument("--vrrpd-binary", metavar="PATH", help="vrrpd executable (default: beside python)")
+    d.add_argument("--vrrpd-binary", metavar="PATH",
+                   help="vrrpd executable (default: beside python)")
 
     f = sub.add_parser("failover", help="measure CPU, memory and failover time")
     f.add_argument("--daemon", type=_list(("vrrpd", "keepalived")), default=["vrrpd"],
@@ -57,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="steady-state measuring window")
     f.add_argument("--json", required=True, metavar="OUT")
     f.add_argument("--plot", metavar="OUT.png", help="CDF of per-instance failover times")
-    f.add_argument("--vrrpd-binary", metavar="PATH", help="vrrpd executable (default: beside python)")
+    f.add_argument("--vrrpd-binary", metavar="PATH",
+                   help="vrrpd executable (default: beside python)")
     f.add_argument("--quiet", action="store_true", help="no progress bar")
 
     sub.add_parser("cleanup", help="remove every vlab* namespace and the daemons in it")

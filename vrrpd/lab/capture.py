@@ -104,7 +104,7 @@ def capture(ports: list[str], expect: int, timeout: float, out=sys.stdout,
         except InterruptedError:
             continue
         for s in ready:
-            if s is sys.stdin:
+            if not isinstance(s, socket.socket):      # stdin
                 line = sys.stdin.readline()
                 if not line:
                     stop.append(1)

@@ -56,7 +56,8 @@ def vip(spec: LabSpec, i: int, k: int = 0) -> str:
 
 
 def host_config(spec: LabSpec, host: int, peers: list[dict[int, str]] | None = None,
-                priority: int = 100, state: str = "BACKUP", src: dict[int, str] | None = None) -> str:
+                priority: int = 100, state: str = "BACKUP",
+                src: dict[int, str] | None = None) -> str:
     """keepalived.conf text for one host.
 
     peers: for unicast, per other host a {nic: address} map (this host's
@@ -87,7 +88,8 @@ def host_config(spec: LabSpec, host: int, peers: list[dict[int, str]] | None = N
             lines.append("    }")
         lines.append("    virtual_ipaddress {")
         plen = 128 if spec.family == 6 else 32
-        lines += [f"        {vip(spec, i, k)}/{plen} dev {dev}" for k in range(spec.vips_per_instance)]
+        lines += [f"        {vip(spec, i, k)}/{plen} dev {dev}"
+                  for k in range(spec.vips_per_instance)]
         lines.append("    }")
         if spec.extra_instance:
             lines.append("    " + spec.extra_instance)

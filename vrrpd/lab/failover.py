@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import time
+from typing import Any
 
 from .. import __version__
 from vrrpd.lab.conf import LabSpec
@@ -46,7 +47,7 @@ def steady_state(tb: Testbed, window: float) -> dict:
     dt = time.monotonic() - t0
     adverts = tb.spec.instances * dt / tb.spec.advert_int
     hosts = {}
-    for role, (d, pids, vpid) in zip(("master", "backup"), trees):
+    for role, (_, pids, vpid) in zip(("master", "backup"), trees):
         cpu = sum(after[p] - before[p] for p in pids)
         hosts[role] = {
             "pids": pids,
@@ -125,9 +126,10 @@ def measure(kind: str, spec: LabSpec, scenarios: list[str], repeat: int = 1,
         if bar:
             bar.done()
         time.sleep(1 + 3 * spec.advert_int)         # let start-up GARPs and timers settle
-        result = {"binary": tb.master.binary, "daemon_version": daemon_version(tb.master),
-                  "kernel_floor": floor, "wire": wire, "startup_s": round(startup, 3),
-                  "steady": steady_state(tb, window), "failovers": []}
+        result: dict[str, Any] = {
+            "binary": tb.master.binary, "daemon_version": daemon_version(tb.master),
+            "kernel_floor": floor, "wire": wire, "startup_s": round(startup, 3),
+            "steady": steady_state(tb, window), "failovers": []}
         plan = [(r, s) for r in range(repeat) for s in scenarios]
         for k, (r, scenario) in enumerate(plan):
             f = one_failover(tb, scenario, r, progress, restore=k < len(plan) - 1,

@@ -1,9 +1,9 @@
 """Hosts in network namespaces, for vrrpd-lab and the tests.
 
 Network safety rule: nothing here touches the host's own namespace except
-creating/deleting namespaces and the veth pairs moved into them at once.  A LAN is a bridge inside its own "switch"
-namespace with one veth per host; every host is a namespace with eth0 (and
-more NICs on request).  Addresses come from the documentation ranges
+creating/deleting namespaces and the veth pairs moved into them at once.  A LAN is a
+bridge inside its own "switch" namespace with one veth per host; every host is a
+namespace with eth0 (and more NICs on request).  Addresses come from the documentation ranges
 (192.0.2.0/24, 2001:db8::/64) so they can never be mistaken for real ones.
 """
 from __future__ import annotations

@@ -184,14 +184,20 @@ class DaemonProc:
         if self.kind == "keepalived" and sig == signal.SIGKILL:
             # keepalived's VRRP work is in a child process: kill the whole group,
             # as a crash of the machine would.
-            os.killpg(self.proc.pid, sig)
+            os.killpg(self._popen.pid, sig)
         else:
             os.kill(self.main_pid(), sig)
         return t
 
+    @property
+    def _popen(self) -> subprocess.Popen:
+        if self.proc is None:
+            raise RuntimeError(f"{self.kind} was not started")
+        return self.proc
+
     def main_pid(self) -> int:
         # ip netns exec execs the daemon, so the Popen pid is the daemon's.
-        return self.proc.pid
+        return self._popen.pid
 
     def pids(self) -> list[int]:
         """The daemon and all its descendants (keepalived: parent + VRRP child)."""
@@ -208,7 +214,7 @@ class DaemonProc:
         return self.main_pid()
 
     def wait_exit(self, timeout: float = 10.0) -> int:
-        return self.proc.wait(timeout)
+        return self._popen.wait(timeout)
 
     def log_tail(self, n: int = 30) -> str:
         try:
@@ -221,10 +227,10 @@ class DaemonProc:
         """SIGKILL the daemon's process group and reap it; the fifo stays open."""
         if self.alive():
             try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
+                os.killpg(self._popen.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-            self.proc.wait(10)
+            self._popen.wait(10)
 
     def stop(self) -> None:
         self.kill()

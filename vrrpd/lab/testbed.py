@@ -104,9 +104,9 @@ class Testbed:
         self.names = [f"VI_{i}" for i in range(spec.instances)]
         self.vips = [vip(spec, i) for i in range(spec.instances)]
         self.workdir = tempfile.mkdtemp(prefix=WORKDIR_PREFIX)
-        self.lan = None
+        self.lan: P2P | Lan | None = None
         self.daemons: list[DaemonProc] = []
-        self.monitor = None
+        self.monitor: AddrMonitor | None = None
         try:
             if topology == "p2p":
                 self.lan = P2P(nics=spec.nics, prefix=PREFIX, tag=tag)
@@ -162,10 +162,13 @@ class Testbed:
         if self.topology == "p2p":
             return WireCapture(self.backup.ns, self.nics(), self.spec.instances, timeout,
                                outgoing=True)
+        assert isinstance(self.lan, Lan)
         return WireCapture(self.lan.switch, self.ports(1), self.spec.instances, timeout)
 
     def instance_of(self, port: str, vrid: int) -> int:
-        return self.spec.instance_of(int(re.search(r"\d+$", port)[0]), vrid)
+        m = re.search(r"\d+$", port)
+        assert m is not None, port          # ports and NICs end in their number
+        return self.spec.instance_of(int(m[0]), vrid)
 
     def kernel_floor(self, repeat: int = 3) -> dict:
         """What the kernel alone needs for the takeover's VIPs: `ip -batch` adding the run's
@@ -209,6 +212,7 @@ class Testbed:
                                   str(frames), "--timeout", "10", *self.nics(),
                                   stdout=subprocess.PIPE, text=True)
         try:
+            assert rx.stdout is not None        # piped
             if rx.stdout.readline().strip() != "ready":
                 raise RuntimeError("burst receiver did not start")
             sent = json.loads(self.backup.ns.run(sys.executable, "-m", "vrrpd.lab.burst", "send",
@@ -246,7 +250,7 @@ class Testbed:
         if scenario == "link-down":
             self._links(self.master, "up")
         else:
-            self.master.proc.wait(30)           # graceful: let it finish its shutdown
+            self.master.wait_exit(30)           # graceful: let it finish its shutdown
             self.master.kill()                  # keepalived's children, if any
             self.master.start()
         self.master.wait_all(self.names, "MASTER", self.setup_timeout())
@@ -259,6 +263,7 @@ class Testbed:
         for t, kind, name, state, _ in self.backup.fifo.events(since):
             if kind == "INSTANCE" and state == "MASTER" and name not in fifo:
                 fifo[name] = t
+        assert self.monitor is not None         # made in __init__
         added = self.monitor.first_added(since)
         vips = {n: added[a] for n, a in zip(self.names, self.vips) if a in added}
         return fifo, vips

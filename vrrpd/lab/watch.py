@@ -14,8 +14,14 @@ import sys
 import threading
 import time
 from datetime import datetime
+from typing import Any, Protocol
 
 from vrrpd.lab.net import Netns
+
+
+class Namespace(Protocol):
+    """Where to run a command: a lab.net.Netns, or observe's host namespace."""
+    def popen(self, *args: str, **kw: Any) -> subprocess.Popen: ...
 
 
 def mono_from_wall(wall: float) -> float:
@@ -25,7 +31,7 @@ def mono_from_wall(wall: float) -> float:
 class AddrMonitor(threading.Thread):
     """Addresses added in a namespace, as (monotonic time, address) pairs."""
 
-    def __init__(self, ns: Netns):
+    def __init__(self, ns: Namespace):
         super().__init__(daemon=True)
         self.proc = ns.popen("ip", "-ts", "-o", "monitor", "address",
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -34,6 +40,7 @@ class AddrMonitor(threading.Thread):
         self.start()
 
     def run(self) -> None:
+        assert self.proc.stdout is not None     # piped
         for line in self.proc.stdout:
             # [2026-11-25T14:18:52.268231] 1: lo    inet 198.19.0.1/32 scope global lo\ ...
             stamp, _, rest = line.partition("] ")
@@ -76,26 +83,29 @@ class WireCapture:
                              "--timeout", str(timeout), *ports,
                              *(["--outgoing"] if outgoing else []),
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline()
+        stdin, stdout = self.proc.stdin, self.proc.stdout
+        assert stdin is not None and stdout is not None     # both piped
+        self._stdin = stdin
+        line = stdout.readline()
         if line.strip() != "ready":
             self.proc.kill()
             raise RuntimeError(f"wire capture did not start: {line!r}")
         self.packets = 0
         self._out: list[str] = []
         # Read its (possibly large) report as it comes, so it never blocks on a full pipe.
-        self._reader = threading.Thread(target=lambda: self._out.append(self.proc.stdout.read()),
+        self._reader = threading.Thread(target=lambda: self._out.append(stdout.read()),
                                         daemon=True)
         self._reader.start()
 
     def arm(self) -> None:
         """Count adverts from now on (call just before the fault)."""
-        self.proc.stdin.write(f"since {time.time()!r}\n")
-        self.proc.stdin.flush()
+        self._stdin.write(f"since {time.time()!r}\n")
+        self._stdin.flush()
 
     def result(self, grace: float = 2.0) -> dict[tuple[str, int], float]:
         """(port, VRID) -> monotonic time of its first advert; ends the capture."""
         self._reader.join(grace)
-        self.proc.stdin.close()           # tells a capture still running to report now
+        self._stdin.close()               # tells a capture still running to report now
         self._reader.join(10)
         self.proc.wait(10)
         try:

@@ -83,7 +83,7 @@ class _Template:
         msg["index"] = vip.ifindex
         msg["scope"] = 0 if six else vip.scope
         placeholder = "::" if six else "0.0.0.0"
-        attrs = [("IFA_LOCAL", placeholder)]
+        attrs: list[tuple[str, object]] = [("IFA_LOCAL", placeholder)]
         flags = nl.NLM_F_REQUEST | nl.NLM_F_ACK
         if mtype == nl.RTM_NEWADDR:
             flags |= nl.NLM_F_CREATE | nl.NLM_F_EXCL
@@ -141,7 +141,8 @@ class AddressManager:
         return self._nl
 
     def account(self, adding: bool, done: int, failed: int) -> None:
-        """Count VIPs such a batch added or removed (done includes harmless EEXIST/EADDRNOTAVAIL)."""
+        """Count VIPs such a batch added or removed (done includes harmless
+        EEXIST/EADDRNOTAVAIL)."""
         self.stats["added" if adding else "removed"] += done
         self.stats["failed"] += failed
 
@@ -184,7 +185,7 @@ class AddressManager:
         packed = vip.packed
         for off in tmpl.addr_offsets:
             out[off:off + len(packed)] = packed
-        if tmpl.brd_offset >= 0:
+        if tmpl.brd_offset >= 0 and vip.broadcast:    # the shape has one iff the VIP does
             out[tmpl.brd_offset:tmpl.brd_offset + 4] = socket.inet_aton(vip.broadcast)
         return out
 

@@ -49,8 +49,8 @@ def firewall_for(cfg: Config) -> "VipFirewall | None":
         # Debian's keepalived 2.2.7 is built without iptables support as well.
         log.warning("vrrp_iptables/vrrp_ipsets are not supported; using nftables table %s",
                     g.nftables or DEFAULT_TABLE)
-    return VipFirewall(table=g.nftables or DEFAULT_TABLE,
-                       priority=DEFAULT_PRIORITY if g.nftables_priority is None else g.nftables_priority,
+    priority = DEFAULT_PRIORITY if g.nftables_priority is None else g.nftables_priority
+    return VipFirewall(table=g.nftables or DEFAULT_TABLE, priority=priority,
                        counters=g.nftables_counters)
 
 
@@ -129,7 +129,8 @@ class VipFirewall:
         hook = f"type filter hook {{}} priority {self.priority}; policy accept;"
         ip = "ip" if fam == "ip" else "ip6"
         body = [f"\tset vips {{ type {'ipv4' if fam == 'ip' else 'ipv6'}_addr; }}"]
-        rules_in, rules_out = [], []
+        rules_in: list[str] = []
+        rules_out: list[str] = []
         if fam == "ip6":
             body += ["\tset neighbor-discovery { type icmpv6_type; flags constant; "
                      "elements = { nd-neighbor-solicit, nd-neighbor-advert }; }",

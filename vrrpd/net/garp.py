@@ -167,7 +167,7 @@ class _Queue:
     def __init__(self, interval: float):
         self.packets: collections.deque = collections.deque()
         self.interval = interval
-        self.handle = None
+        self.handle: asyncio.TimerHandle | None = None
         self.next_ok = 0.0
 
 
@@ -182,11 +182,12 @@ class GarpScheduler:
         self.sender = sender or Sender()
         self._call_later = call_later
         self._now = now
-        self._timers: dict[object, dict[str, object]] = {}   # key -> {"delay"|"refresh"|"lower": handle}
+        # key -> {"delay"|"refresh"|"lower": handle}
+        self._timers: dict[object, dict[str, asyncio.TimerHandle]] = {}
         self._queues: dict[tuple[int, str], _Queue] = {}
         self.stats = dict(arp_sent=0, na_sent=0, send_errors=0)
 
-    def _later(self, delay: float, cb, *args):
+    def _later(self, delay: float, cb, *args) -> asyncio.TimerHandle:
         if self._call_later is None:
             loop = asyncio.get_running_loop()
             self._call_later, self._now = loop.call_later, self._now or loop.time
@@ -200,7 +201,8 @@ class GarpScheduler:
         timers = self._timers[key] = {}
         self._burst(announce, cfg.master_repeat)
         if cfg.master_delay > 0:
-            timers["delay"] = self._later(cfg.master_delay, self._burst, announce, cfg.master_repeat)
+            timers["delay"] = self._later(cfg.master_delay, self._burst, announce,
+                                          cfg.master_repeat)
         if cfg.master_refresh > 0:
             timers["refresh"] = self._later(cfg.master_refresh, self._refresh, key, announce)
 
@@ -250,7 +252,8 @@ class GarpScheduler:
         if timers is None:
             return
         self._burst(announce, announce.config.master_refresh_repeat)
-        timers["refresh"] = self._later(announce.config.master_refresh, self._refresh, key, announce)
+        timers["refresh"] = self._later(announce.config.master_refresh, self._refresh,
+                                        key, announce)
 
     def _burst(self, a: Announce, repeat: int) -> None:
         """`repeat` rounds over all VIPs (keepalived's vrrp_send_link_update order)."""

@@ -187,6 +187,7 @@ class LinkMonitor:
     def _request(self, kind: str) -> None:
         self._seq += 1
         self._dump_seq, self._dump_kind = self._seq, kind
+        assert self._dumps is not None      # opened by _start_dump
         try:
             self._dumps.send(nl.dump_request(kind, self._seq))
         except OSError as e:
@@ -201,6 +202,7 @@ class LinkMonitor:
             self._watches.pop(True).close()
             self._dumps.close()
             self._dumps = None
+        assert self._loop is not None       # set by start()
         self._loop.call_later(0.1, self._start_dump)
 
     def _dump_done(self) -> None:
@@ -218,10 +220,11 @@ class LinkMonitor:
                 self._emit_link(link, LinkEvent.DELETED)
         self._stale_links, self._stale_addrs, self._touched = set(), set(), set()
         self._quiet = False
-        if not self._synced.done():
+        if self._synced is not None and not self._synced.done():
             self._synced.set_result(None)
-        if self._resync_wanted:         # events were lost while this dump ran
-            self._loop.call_soon(self._on_readable, self._events, False)  # drain, dump again
+        events, loop = self._events, self._loop
+        if self._resync_wanted and events and loop:     # events were lost while this dump ran
+            loop.call_soon(self._on_readable, events, False)     # drain, dump again
 
     def _overrun(self) -> None:
         self.stats["overruns"] += 1

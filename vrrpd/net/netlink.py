@@ -45,7 +45,8 @@ def align4(n: int) -> int:
     return (n + 3) & ~3
 
 
-def open_route_socket(groups: int = 0, rcvbuf: int = 1 << 22, sndbuf: int = 1 << 20) -> socket.socket:
+def open_route_socket(groups: int = 0, rcvbuf: int = 1 << 22,
+                      sndbuf: int = 1 << 20) -> socket.socket:
     """A non-blocking NETLINK_ROUTE socket joined to `groups` (RTMGRP_* bits)."""
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK
                          | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE)
@@ -140,7 +141,7 @@ class AddrMsg(NamedTuple):
     prefixlen: int
     flags: int
     scope: int
-    index: int
+    index: int      # type: ignore[assignment]  # the ifindex; shadows tuple.index()
     address: str        # IFA_LOCAL if present (the interface's own address), else IFA_ADDRESS
     label: str | None
 

@@ -9,7 +9,8 @@ queued before send() returns.  That send is made by a thread of our own (the ACK
 read on the loop): whoever else holds RTNL (a netns being torn down, a routing daemon,
 `ip`) would otherwise hold the loop and its adverts.  And a send holds the CPU it runs
 on (netlink_rcv_skb does not reschedule: measured, 1,024 /32 VIP adds held a CPU 13 ms,
-even from a SCHED_FIFO task above ours), so chunks are sized by time, not count: each takes about SEND_BUDGET_S at
+even from a SCHED_FIFO task above ours), so chunks are sized by time, not count: each
+takes about SEND_BUDGET_S at
 the cost per message sends have measured.  The cost depends on what the messages do
 (deleting absent VIPs took 1.7 us each, adding them 13 us), so the estimate follows a
 dearer cost at once and a cheaper one only slowly.
@@ -115,13 +116,14 @@ class Requester:
                     codes[i] = nl.error_code(view, hdr)
                     got += 1
                 else:
-                    replies.setdefault(i, []).append(bytes(view[hdr.offset:hdr.offset + hdr.length]))
+                    reply = bytes(view[hdr.offset:hdr.offset + hdr.length])
+                    replies.setdefault(i, []).append(reply)
             return got
 
         try:
             await self._send_and_collect(data, len(msgs), on_reply)
         except OSError as e:                # whole chunk refused (EMSGSIZE, ENOBUFS)
-            return [(e.errno, [])] * len(msgs)
+            return [(e.errno or errno.EIO, [])] * len(msgs)
         return [(codes.get(i, errno.ETIMEDOUT), replies.get(i, [])) for i in range(len(msgs))]
 
     def _open(self) -> None:
@@ -130,6 +132,11 @@ class Requester:
             self._sock = nl.open_route_socket(0, rcvbuf=rcvbuf, sndbuf=sndbuf)
             self._sender = concurrent.futures.ThreadPoolExecutor(
                 1, thread_name_prefix="vrrpd-netlink")
+
+    @property
+    def _opened(self) -> socket.socket:
+        assert self._sock is not None       # by _open()
+        return self._sock
 
     async def _send_and_collect(self, data, count: int, on_reply) -> int:
         """Send `data` from the sender thread, then read ACKs on the loop until
@@ -142,7 +149,7 @@ class Requester:
         got = 0
         while got < count:
             try:
-                n = self._sock.recv_into(self._buf)
+                n = self._opened.recv_into(self._buf)
             except BlockingIOError:
                 # rtnetlink ACKs inside send(); wait only if it did not.
                 if loop.time() > deadline or not await self._readable(loop, deadline):
@@ -161,7 +168,7 @@ class Requester:
         kernel's whole work on the chunk; its duration.  (Parsing the ACKs there
         too measured worse: a thread holding the GIL stalls the loop behind it.)"""
         t0 = self._clock()
-        self._sock.send(data)
+        self._opened.send(data)
         return self._clock() - t0
 
     def _size_next_chunk(self, sent: int, seconds: float) -> None:
@@ -171,7 +178,7 @@ class Requester:
 
     async def _readable(self, loop, deadline: float) -> bool:
         fut = loop.create_future()
-        watch = nl.Watch(loop, self._sock, lambda: fut.done() or fut.set_result(True))
+        watch = nl.Watch(loop, self._opened, lambda: fut.done() or fut.set_result(True))
         try:
             return await asyncio.wait_for(fut, max(0.0, deadline - loop.time()))
         except asyncio.TimeoutError:

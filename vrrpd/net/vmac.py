@@ -10,8 +10,9 @@ What keepalived 2.2.7 does (vrrp_vmac.c, vrrp_if_config.c; checked in a namespac
   rp_filter=0 (receive while it has no address), promote_secondaries=1; on the base
   interface arp_ignore=1 and arp_filter=1 so only the vmac answers for the VIPs.  IPv6
   is disabled on the vmac unless the instance has IPv6 excluded addresses;
-- IPv6 instances: (we also set arp_ignore=1, see create()); the vmac gets a link-local /64 as advert source: the configured
-  source address, else the base interface's link-local, else EUI-64 of the base MAC.
+- IPv6 instances: (we also set arp_ignore=1, see create()); the vmac gets a link-local
+  /64 as advert source: the configured source address, else the base interface's
+  link-local, else EUI-64 of the base MAC.
 - shutdown deletes the vmac.  keepalived 2.2.7 leaves the base's arp_ignore/arp_filter
   at 1; we put back what was there once the last vmac on that base is gone.
 """
@@ -73,7 +74,7 @@ class VmacSpec:
 
     @classmethod
     def for_instance(cls, inst: VrrpInstance, g: GlobalDefs,
-                     taken: set[str] = frozenset()) -> "VmacSpec | None":
+                     taken: set[str] | frozenset[str] = frozenset()) -> "VmacSpec | None":
         """taken: vmac names of the instances configured before this one."""
         if not inst.use_vmac or inst.interface is None:
             return None
@@ -88,11 +89,13 @@ class VmacSpec:
         return cls(name=name,
                    base=inst.interface, vrid=inst.virtual_router_id, family=inst.family,
                    mac=mac,
-                   ipv6=inst.family == 6 or any(v.family == 6 for v in inst.virtual_ipaddress_excluded),
+                   ipv6=inst.family == 6
+                   or any(v.family == 6 for v in inst.virtual_ipaddress_excluded),
                    source=str(src) if src is not None and src.version == 6 else None)
 
 
-def vip_interface(inst: VrrpInstance, vip: VirtualAddress, excluded: bool, vmac_name: str | None) -> str:
+def vip_interface(inst: VrrpInstance, vip: VirtualAddress, excluded: bool,
+                  vmac_name: str | None) -> str | None:
     """Where keepalived puts an address: its own `dev`, else the vmac for virtual_ipaddress
     (and for excluded ones marked use_vmac), else the instance's interface."""
     if vip.dev:
@@ -102,7 +105,7 @@ def vip_interface(inst: VrrpInstance, vip: VirtualAddress, excluded: bool, vmac_
     return inst.interface
 
 
-def advert_interface(inst: VrrpInstance, vmac_name: str | None) -> str:
+def advert_interface(inst: VrrpInstance, vmac_name: str | None) -> str | None:
     """Adverts leave from the vmac (source MAC = virtual MAC) unless vmac_xmit_base."""
     return vmac_name if vmac_name and not inst.vmac_xmit_base else inst.interface
 
@@ -145,7 +148,8 @@ class VmacManager:
         self._nl = requester or Requester()
         self._own_requester = requester is None
         self.vmacs: dict[str, Vmac] = {}                     # name -> Vmac
-        self._base_saved: dict[int, tuple[str, dict[str, int | None], int]] = {}  # index -> (name, saved, refs)
+        # base index -> (name, saved sysctls, vmacs on it)
+        self._base_saved: dict[int, tuple[str, dict[str, int | None], int]] = {}
         self.stats = dict(created=0, reused=0, removed=0, failed=0)
 
     async def create(self, spec: VmacSpec, base: Link) -> Vmac:
@@ -168,7 +172,8 @@ class VmacManager:
                 # A vmac left by an earlier run for another base/MAC (keepalived does the same).
                 log.info("removing stale vmac %s (MAC %s on ifindex %s)", spec.name,
                          _mac_text(mac or b""), link)
-                await self._check(self._link_msg(nl.RTM_DELLINK, index), f"delete stale {spec.name}")
+                await self._check(self._link_msg(nl.RTM_DELLINK, index),
+                                  f"delete stale {spec.name}")
                 old = None
         if old is None:
             m = ifinfmsg()
@@ -177,7 +182,8 @@ class VmacManager:
                           ("IFLA_ADDRESS", _mac_text(spec.mac)),
                           ("IFLA_LINKINFO", {"attrs": [
                               ("IFLA_INFO_KIND", "macvlan"),
-                              ("IFLA_INFO_DATA", {"attrs": [("IFLA_MACVLAN_MODE", MACVLAN_MODE_PRIVATE)]})]})]
+                              ("IFLA_INFO_DATA", {"attrs": [
+                                  ("IFLA_MACVLAN_MODE", MACVLAN_MODE_PRIVATE)]})]})]
             await self._check(encode(m, nl.RTM_NEWLINK, nl.NLM_F_CREATE | nl.NLM_F_EXCL),
                               f"create {spec.name} on {base.name}")
             self.stats["created"] += 1
@@ -200,7 +206,8 @@ class VmacManager:
         if not spec.ipv6:
             write_sysctl(6, spec.name, "disable_ipv6", 1)
         if spec.family == 6:
-            vmac.link_local = spec.source or base.ipv6_link_local() or eui64_link_local(base.mac or bytes(6))
+            vmac.link_local = (spec.source or base.ipv6_link_local()
+                               or eui64_link_local(base.mac or bytes(6)))
             code = await self._add_link_local(index, vmac.link_local)
             if code not in (0, errno.EEXIST):
                 log.warning("adding link-local %s to %s failed: %s", vmac.link_local, spec.name,
@@ -244,7 +251,10 @@ class VmacManager:
         self._base_saved[base.index] = (base.name, saved, 1)
 
     def _release_base(self, index: int) -> None:
-        name, saved, refs = self._base_saved.pop(index, (None, {}, 0))
+        entry = self._base_saved.pop(index, None)
+        if entry is None:
+            return
+        name, saved, refs = entry
         if refs > 1:
             self._base_saved[index] = (name, saved, refs - 1)
             return
@@ -298,7 +308,8 @@ class VmacManager:
         m["attrs"] = [("IFA_LOCAL", address), ("IFA_ADDRESS", address),
                       ("IFA_CACHEINFO", {"ifa_preferred": 0, "ifa_valid": 0xFFFFFFFF,
                                          "cstamp": 0, "tstamp": 0})]
-        return (await self._nl.errnos([encode(m, nl.RTM_NEWADDR, nl.NLM_F_CREATE | nl.NLM_F_EXCL)]))[0]
+        msg = encode(m, nl.RTM_NEWADDR, nl.NLM_F_CREATE | nl.NLM_F_EXCL)
+        return (await self._nl.errnos([msg]))[0]
 
 
 async def create_all(manager: VmacManager, specs: list[VmacSpec], link_by_name) -> dict[str, Vmac]:

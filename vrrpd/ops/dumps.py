@@ -45,11 +45,13 @@ def instance_view(daemon, inst, now_us: int) -> dict:
     e, spec, idx = daemon.engine, inst.spec, inst.idx
     deadline = e.deadline(idx)
     return {
-        "name": inst.name, "interface": inst.ifname, "family": 6 if spec.family == socket.AF_INET6 else 4,
+        "name": inst.name, "interface": inst.ifname,
+        "family": 6 if spec.family == socket.AF_INET6 else 4,
         "vrid": spec.vrid, "version": spec.version, "state": _engine.STATE_NAMES[e.state(idx)],
         "base_priority": spec.priority, "effective_priority": e.priority(idx),
         "master_address": _addr(e.master_address(idx)),
-        "advert_int": spec.advert_int_cs / 100, "master_adver_int": e.master_adver_int_us(idx) / 1e6,
+        "advert_int": spec.advert_int_cs / 100,
+        "master_adver_int": e.master_adver_int_us(idx) / 1e6,
         "preempt": spec.preempt, "preempt_delay": spec.preempt_delay_cs / 100,
         "vips": [v.address for v in spec.vips], "transitions": inst.transitions,
         "last_transition": inst.last_transition or None, "last_reason": inst.last_reason or None,
@@ -117,6 +119,7 @@ def data_text(st: dict) -> str:
     """SIGUSR1: the state of every instance (keepalived's /tmp/keepalived.data)."""
     out = ["------< VRRP Topology >------"]
     for v in st["instances"]:
+        next_timer = "(none)" if v["next_timer"] is None else f"{v['next_timer']:g} sec"
         out += [f" VRRP Instance = {v['name']}",
                 f"   State = {v['state']}",
                 f"   Interface = {v['interface']}",
@@ -130,7 +133,7 @@ def data_text(st: dict) -> str:
                 f"   Master advert interval = {v['master_adver_int']:g} sec",
                 f"   Preempt = {'enabled' if v['preempt'] else 'disabled'}",
                 f"   Preempt delay = {v['preempt_delay']:g} sec",
-                f"   Next timer = {'(none)' if v['next_timer'] is None else format(v['next_timer'], 'g') + ' sec'}",
+                f"   Next timer = {next_timer}",
                 f"   Transitions = {v['transitions']}",
                 f"   Last transition = {_when(v['last_transition'])} ({v['last_reason'] or '-'})",
                 f"   Virtual IP = {len(v['vips'])}"]
@@ -153,7 +156,8 @@ def stats_text(st: dict) -> str:
                 f"    Received: {c['pri0_received']}",
                 f"    Sent: {c['pri0_sent']}",
                 "  Rejected:"]
-        out += [f"    {k[7:]}: {n}" for k, n in c.items() if k.startswith("reject_") and k != "reject_none"]
+        out += [f"    {k[7:]}: {n}" for k, n in c.items()
+                if k.startswith("reject_") and k != "reject_none"]
     for s in st["sockets"]:
         out += [f"Socket {s['interface']} IPv{s['family']}:"]
         out += [f"  {k}: {n}" for k, n in s["counters"].items() if n]

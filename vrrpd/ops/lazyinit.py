@@ -30,9 +30,10 @@ def defer(name: str) -> bool:
         if not attr.startswith("__") and importlib.util.find_spec(f"{name}.{attr}") is not None:
             return importlib.import_module(f"{name}.{attr}")
         del module.__getattr__
+        assert spec.loader is not None      # checked above
         spec.loader.exec_module(module)
         return getattr(module, attr)
 
-    module.__getattr__ = __getattr__
+    module.__getattr__ = __getattr__    # type: ignore[method-assign]  # PEP 562
     sys.modules[name] = module
     return True

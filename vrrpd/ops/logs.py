@@ -17,7 +17,8 @@ import time
 _listener: logging.handlers.QueueListener | None = None
 
 
-def setup(*, console: bool = True, detail: bool = False, syslog_facility: str | None = None) -> None:
+def setup(*, console: bool = True, detail: bool = False,
+          syslog_facility: str | None = None) -> None:
     global _listener
     root = logging.getLogger("vrrpd")
     root.handlers.clear()

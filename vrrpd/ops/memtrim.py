@@ -12,8 +12,9 @@ returned by Python itself once empty; this covers the rest (objects over
 from __future__ import annotations
 
 import ctypes
+from typing import Any
 
-_trim = None
+_trim: Any = None           # libc's malloc_trim; False where there is none
 
 
 def _load():

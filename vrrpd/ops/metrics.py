@@ -128,7 +128,8 @@ def render(snap: Snapshot) -> bytes:
                              labels=INST_LABELS)
     trans = CounterMetricFamily("vrrpd_instance_transitions", "state transitions",
                                 labels=INST_LABELS)
-    counters = {k: CounterMetricFamily(name, text, labels=INST_LABELS) for k, name, text in COUNTERS}
+    counters = {k: CounterMetricFamily(name, text, labels=INST_LABELS)
+                for k, name, text in COUNTERS}
     rejected = CounterMetricFamily("vrrpd_adverts_rejected", "adverts rejected, by reason",
                                    labels=INST_LABELS + ["reason"])
     for labels, st, pr, bp, tr, c in snap.instances:
@@ -203,6 +204,7 @@ class BoundedServer(ThreadingWSGIServer):
     beyond that is answered 503 from the accepting thread and closed."""
 
     slots: threading.BoundedSemaphore
+    busy: int                   # connections answered 503
     BUSY = (b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
             b"Retry-After: 1\r\nContent-Length: 23\r\n\r\ntoo many scrapes: busy\n")
 
@@ -241,8 +243,8 @@ class Metrics:
         self.daemon, self.addr, self.port = daemon, addr, port
         self.max_scrapes = max_scrapes
         self.lag = LoopLag()
-        self._server = None
-        self._thread = None
+        self._server: ThreadingWSGIServer | None = None
+        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         expo = Exposition(self.daemon, asyncio.get_running_loop(), self.lag)

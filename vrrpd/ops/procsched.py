@@ -35,7 +35,7 @@ def apply(g) -> list[str]:
     """Apply the GlobalDefs settings to this process; returns what was set
     (for the start-up log).  A setting the kernel refuses is logged and
     skipped, as keepalived does."""
-    done = []
+    done: list[str] = []
     if g.vrrp_cpu_affinity:
         _try(done, f"cpu affinity {sorted(g.vrrp_cpu_affinity)}",
              os.sched_setaffinity, 0, set(g.vrrp_cpu_affinity))

@@ -29,7 +29,8 @@ def notify(*assignments: str) -> bool:
 
 def reloading() -> bool:
     # systemd >= 253 (Type=notify-reload) wants MONOTONIC_USEC with RELOADING=1.
-    return notify("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+    usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    return notify("RELOADING=1", f"MONOTONIC_USEC={usec}")
 
 
 def watchdog_interval() -> float | None:

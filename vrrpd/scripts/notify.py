@@ -26,6 +26,7 @@ import os
 import select
 import stat
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from vrrpd.scripts.runner import Script, ScriptRunner
@@ -211,6 +212,7 @@ class NotifyFifo:
             self._dropping += 1
             return
         if not self._queue:
+            assert self._loop is not None       # by open()
             self._loop.add_writer(self._fd, self._flush)
         self._queue.append(data)
 
@@ -230,6 +232,7 @@ class NotifyFifo:
                 return
             self._queue.popleft()
             self.lines += 1
+        assert self._loop is not None           # by open()
         self._loop.remove_writer(self._fd)
         if self._dropping:
             log.warning("notify fifo %s: reader caught up; %d events were dropped",
@@ -241,6 +244,7 @@ class NotifyFifo:
         self._unlink()
         if self._fd >= 0:
             if self._queue:
+                assert self._loop is not None   # by open()
                 self._loop.remove_writer(self._fd)
                 self._queue.clear()
             os.close(self._fd)
@@ -261,7 +265,7 @@ class NotifyFifo:
 class Notifier:
     """Runs the notifications of every transition, in order, without blocking."""
 
-    def __init__(self, runner: ScriptRunner, fifos: list[NotifyFifo] = (), smtp=None, *,
+    def __init__(self, runner: ScriptRunner, fifos: Iterable[NotifyFifo] = (), smtp=None, *,
                  timeout: float | None = None, kill_on_stop: bool = False):
         """timeout, kill_on_stop: notify_script_timeout / notify_script_kill_on_stop
         (vrrpd extensions; keepalived neither limits nor stops its notify scripts)."""

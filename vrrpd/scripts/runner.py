@@ -212,7 +212,8 @@ def path_insecurity(path: str) -> str | None:
         if is_dir and st.st_mode & stat.S_ISVTX:
             continue
         if (st.st_gid != 0 and st.st_mode & stat.S_IWGRP) or st.st_mode & stat.S_IWOTH:
-            return f"{comp}: writable by group {st.st_gid} or others (mode {stat.S_IMODE(st.st_mode):o})"
+            return (f"{comp}: writable by group {st.st_gid} or others "
+                    f"(mode {stat.S_IMODE(st.st_mode):o})")
     return None
 
 
@@ -285,28 +286,34 @@ class ScriptRunner:
                     pwd.getpwnam(DEFAULT_SCRIPT_USER)
                 except KeyError:
                     # keepalived 2.2.7 ("Unable to set default user keepalived_script")
-                    return self._refuse(what, f"no script user: set script_user or create "
-                                              f"{DEFAULT_SCRIPT_USER} (enable_script_security)")
+                    self._refuse(what, f"no script user: set script_user or create "
+                                       f"{DEFAULT_SCRIPT_USER} (enable_script_security)")
+                    return None
             uid, gid = resolve_user(user, group, script_user=self.script_user,
                                     script_group=self.script_group)
         except CommandSyntaxError as e:
-            return self._refuse(what, str(e))
+            self._refuse(what, str(e))
+            return None
         except KeyError as e:
-            return self._refuse(what, f"unknown user/group {e}")
+            self._refuse(what, f"unknown user/group {e}")
+            return None
 
         if "/" not in argv[0]:
             found = find_in_path(argv[0], uid, gid)
             if found is None:
-                return self._refuse(what, f"{argv[0]!r} not found in PATH")
+                self._refuse(what, f"{argv[0]!r} not found in PATH")
+                return None
             log.warning("%s: %r resolved by PATH search to %s; please give the full path",
                         what, argv[0], found)
             argv[0] = found
         try:
             st = os.stat(argv[0])
         except OSError as e:
-            return self._refuse(what, f"{argv[0]}: {e.strerror}")
+            self._refuse(what, f"{argv[0]}: {e.strerror}")
+            return None
         if not stat.S_ISREG(st.st_mode) or not _is_executable(st, uid, gid):
-            return self._refuse(what, f"{argv[0]} is not executable for uid:gid {uid}:{gid}")
+            self._refuse(what, f"{argv[0]} is not executable for uid:gid {uid}:{gid}")
+            return None
 
         setid_root = (st.st_uid == 0 and st.st_mode & stat.S_ISUID) or \
                      (st.st_gid == 0 and st.st_mode & stat.S_ISGID)
@@ -316,7 +323,8 @@ class ScriptRunner:
             if problem:
                 self.counters.insecure += 1
                 if self.enable_script_security:
-                    return self._refuse(what, f"insecure: {problem}")
+                    self._refuse(what, f"insecure: {problem}")
+                    return None
                 log.warning("%s: unsafe permissions (%s); runs anyway since "
                             "enable_script_security is off", what, problem)
             if not self.enable_script_security and not self._warned_unsecured:
@@ -327,7 +335,6 @@ class ScriptRunner:
     def _refuse(self, what: str, why: str) -> None:
         self.counters.refused += 1
         log.error("disabling script %s: %s", what, why)
-        return None
 
     # -- running -------------------------------------------------------------
 

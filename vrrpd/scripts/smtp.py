@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 BODIES = {
     "MASTER": "The VRRP {what} {name} is now MASTER: it owns its virtual addresses.",
     "BACKUP": "The VRRP {what} {name} is now BACKUP: it no longer owns its virtual addresses.",
-    "FAULT": "The VRRP {what} {name} is now in FAULT state: it no longer owns its virtual addresses.",
+    "FAULT": "The VRRP {what} {name} is now in FAULT state: "
+             "it no longer owns its virtual addresses.",
 }
 
 

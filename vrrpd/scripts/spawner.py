@@ -34,6 +34,7 @@ import socket
 import subprocess
 import sys
 import time
+from typing import Any
 
 RUN, STOP, STARTED, FAILED, TIMEDOUT, EXITED = range(6)
 KILL_DELAY = 2.0            # keepalived: SIGKILL the group 2 s after the timeout SIGTERM
@@ -52,7 +53,7 @@ def spawn(argv: list[str], uid: int, gid: int) -> subprocess.Popen:
     """fork+exec one script: no shell, own session and process group (a
     timeout kills everything it forked), stdio on /dev/null (keepalived's
     set_std_fd(): a script that floods stdout costs nothing)."""
-    kw = dict(stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+    kw: dict[str, Any] = dict(stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
               stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
     if uid != os.geteuid() or gid != os.getegid():
         # keepalived: setgid, setgroups(1, &gid), setuid in the child.
