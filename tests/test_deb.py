@@ -23,7 +23,7 @@ import subprocess
 import pytest
 
 from daemons import DaemonProc, vips_on
-from test_config import SAMPLES, SAMPLES_BROKEN
+from keepalived_samples import SAMPLES, SAMPLES_BROKEN
 from vrrpd import __version__
 from vrrpd.config import load
 from vrrpd.core.service import build_parser

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from test_ctl import two_hosts
+from daemons import two_hosts
 
 pytestmark = [pytest.mark.netns]
 
@@ -213,7 +213,7 @@ def test_lower_priority_storm_is_rate_limited(lan, tmp_path):
     spec = LabSpec(instances=1, version=3, advert_int=0.1, notify_fifo="@FIFO@",
                    extra_instance=f"notify_master_rx_lower_pri {script}")
     net = lan(hosts=2, nics=spec.nics)
-    from test_ctl import OpsDaemon
+    from daemons import OpsDaemon
     m = OpsDaemon(net.hosts[0], host_config(spec, 0, priority=200, state="MASTER"), tmp_path)
     m.start()
     try:
@@ -299,7 +299,7 @@ def test_attacks_leave_the_adverts_alone(lan, tmp_path):
     from vrrpd.lab.conf import LabSpec, host_config, vip
     spec = LabSpec(instances=2, version=3, advert_int=0.1, notify_fifo="@FIFO@")
     net = lan(hosts=3, nics=spec.nics)
-    from test_ctl import OpsDaemon
+    from daemons import OpsDaemon
     m = OpsDaemon(net.hosts[0], host_config(spec, 0, priority=200), tmp_path)
     b = OpsDaemon(net.hosts[1], host_config(spec, 1, priority=100), tmp_path)
     m.start()

@@ -8,7 +8,7 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from test_ctl import two_hosts
+from daemons import two_hosts
 
 pytestmark = [pytest.mark.netns]
 

@@ -16,7 +16,7 @@ import pytest
 
 from daemons import vips_on
 from netns import wait_for
-from test_ctl import VRRPCTL, two_hosts
+from daemons import VRRPCTL, two_hosts
 from vrrpd.ops.vrrpctl import request
 from vrrpd.lab.conf import LabSpec, host_config, vip
 
@@ -328,7 +328,7 @@ BIG = "~SEQ(a,1,450000) x ${a} y ${a}\n"
 
 
 def _lone(lan, tmp_path, *extra):
-    from test_ctl import OpsDaemon
+    from daemons import OpsDaemon
     spec = LabSpec(instances=1, version=3, advert_int=0.1, notify_fifo="@FIFO@")
     net = lan(hosts=1, nics=spec.nics)
     d = OpsDaemon(net.hosts[0], host_config(spec, 0, priority=200), tmp_path, extra=extra)

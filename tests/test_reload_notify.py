@@ -31,9 +31,8 @@ import pytest
 
 from daemons import DaemonProc, vips_on
 from netns import wait_for
-from test_notify import RECORDER, recorded
+from scriptfiles import RECORDER, recorded, write_script
 from test_reload import Capture, reconfigure
-from test_scripts import write_script
 from vrrpd.lab.conf import LabSpec, vip
 
 pytestmark = [pytest.mark.netns, pytest.mark.keepalived]

@@ -17,8 +17,7 @@ import time
 import pytest
 
 from daemons import DaemonProc
-from netns import wait_for
-from test_scenarios import (ADVERT_INT, DIFFERENCES, EXPECTED, PEER_PRIO, G, I, bench, check,  # noqa: F401
+from scenario_bench import (ADVERT_INT, EXPECTED, PEER_PRIO, G, I, check,
                             expand, global_defs, instance, sync_group, vrrp_script)
 
 pytestmark = [pytest.mark.netns, pytest.mark.keepalived,
