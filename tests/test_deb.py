@@ -1,4 +1,4 @@
-"""The Debian package (issue 8).
+"""The Debian package.
 
 Fast checks of the packaging sources run every time: the example config is
 valid (also with every optional line enabled) and the man page lists exactly

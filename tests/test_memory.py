@@ -1,4 +1,4 @@
-"""What vrrpd keeps per instance (issue 14: RSS at 10,000 instances <= 60 MiB;
+"""What vrrpd keeps per instance (the target: RSS at 10,000 instances <= 60 MiB;
 bench/rss.py measures the whole daemon).  Bounds are per instance, from
 resident memory or object counts, generous enough that no allocator detail
 fails them, tight enough that the per-instance waste each test names does."""
@@ -21,8 +21,8 @@ def rss_kb() -> int:
 
 
 def test_engine_advert_buffers_are_sized_to_the_advert():
-    # Each instance's two advert variants used to get the largest advert's
-    # room (255 IPv6 addresses, 4 kB) each: ~8 kB per instance, 80 MB at 10,000.
+    # Each instance's two advert variants get room for their own encoded size,
+    # not the largest advert's (255 IPv6 addresses, 4 kB) each.
     n = 4000
     e = E.Engine(n, defer_sends=True)
     socks = [e.add_socket(-2, socket.AF_INET, 10 + k) for k in range(-(-n // 250))]
@@ -43,7 +43,7 @@ def test_engine_advert_buffers_are_sized_to_the_advert():
 
 
 def test_daemon_loads_only_the_pyroute2_message_classes():
-    # pyroute2's __init__ imports the whole library (~18 MB resident; sqlite3
+    # pyroute2's __init__ imports the whole library (megabytes resident; sqlite3
     # through NDB): the daemon imports only its netlink message classes, and
     # the rest of pyroute2 still loads on demand.  Nor the configuration
     # reader's modules: a child reads the configuration.

@@ -350,9 +350,9 @@ class FakeRouteSocket:
 
 def test_requester_sizes_chunks_to_the_send_budget(monkeypatch):
     """Each sendmsg() holds the loop for the kernel's work on the whole buffer, so the
-    Requester sizes chunks by the cost per message it measured: at 13 us per message
-    (a /32 VIP add here) a 2 ms budget is 153 messages.  A cheap batch first (deleting
-    absent VIPs: 1.7 us each) must not make the next dear one overrun the budget much."""
+    Requester sizes chunks by the cost per message it timed: at 13 us per message
+    a 2 ms budget is 153 messages.  A cheap batch first (1.7 us each, like deleting
+    absent VIPs) must not make the next dear one overrun the budget much."""
     clock = [0.0]
     sock = FakeRouteSocket(clock, cost=1.7e-6)
     monkeypatch.setattr(nl, "open_route_socket", lambda *a, **kw: sock)

@@ -1,4 +1,4 @@
-"""What a reload says about the instances it removes (issue 7): the same
+"""What a reload says about the instances it removes: the same
 configuration and the same SIGHUP reload for keepalived 2.2.7 and for vrrpd,
 and the same notify scripts (argv, start order), notify fifo lines and
 priority-0 adverts.

@@ -1,4 +1,4 @@
-"""Differential scenarios for issue 16: where vrrpd followed the man page or
+"""Differential scenarios where vrrpd could follow the man page or
 its own reading and keepalived 2.2.7 does something else.
 
 Same method as tests/test_scenarios.py (whose bench, expectations format
