@@ -13,6 +13,7 @@ import sys
 
 import pytest
 
+from children import child
 from daemons import VRRPCTL, two_hosts, vips_on
 from vrrpd.lab.conf import vip
 
@@ -116,10 +117,8 @@ def test_refuses_non_root(hosts, tmp_path):
     assert m.ctl("status").returncode == 0
     # SO_PEERCRED is checked on accept: a non-root peer that sends nothing
     # is answered and hung up on, not left holding a connection.
-    idle = ("import socket, sys; s = socket.socket(socket.AF_UNIX); s.settimeout(5); "
-            f"s.connect({m.sock!r}); print(s.recv(4096).decode())")
-    r = subprocess.run([*nobody, sys.executable, "-c", idle], capture_output=True, text=True,
-                       timeout=30)
+    r = subprocess.run([*nobody, sys.executable, child("unix_idle_peer"), m.sock],
+                       capture_output=True, text=True, timeout=30)
     assert r.returncode == 0 and "root only" in r.stdout, r
 
 

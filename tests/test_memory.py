@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 
+from children import child
 from vrrpd import _engine as E
 
 
@@ -47,20 +48,7 @@ def test_daemon_loads_only_the_pyroute2_message_classes():
     # through NDB): the daemon imports only its netlink message classes, and
     # the rest of pyroute2 still loads on demand.  Nor the configuration
     # reader's modules: a child reads the configuration.
-    code = """
-import sys
-from vrrpd.core import service as daemon
-daemon.defer_imports()
-import vrrpd.core.daemon, vrrpd.core.reload, vrrpd.scripts.reporting, vrrpd.ops.dumps, vrrpd.ops.control, vrrpd.net.routes
-heavy = sorted(m for m in ("pyroute2.ndb", "pyroute2.ipdb", "pyroute2.iproute", "sqlite3",
-                           "vrrpd.config.build", "vrrpd.config.lexer")
-               if m in sys.modules)
-assert not heavy, heavy
-from pyroute2 import IPRoute
-import pyroute2
-assert pyroute2.__version__ and IPRoute.__name__ == "IPRoute"
-"""
-    subprocess.run([sys.executable, "-c", code], check=True)
+    subprocess.run([sys.executable, child("daemon_imports")], check=True)
 
 
 def test_daemon_receives_its_configuration_read_by_a_child(tmp_path, monkeypatch):

@@ -35,6 +35,7 @@ import time
 
 import pytest
 
+from children import child
 from daemons import DaemonProc
 from netns import wait_for
 from scenario_bench import (ADVERT_INT, EXPECTED, PEER_PRIO, Bench, G, I, check, expand, instance, sync_group,
@@ -188,21 +189,11 @@ def test_startup_state_master(bench, scenario, prio):
     check(bench, scenario)
 
 
-INJECT = """
-import sys
-from scapy.all import IP, send
-from scapy.layers.vrrp import VRRPv3
-pkt = IP(src=sys.argv[1], dst="224.0.0.18", ttl=255) / VRRPv3(
-    vrid=1, priority=int(sys.argv[2]), adv=int(sys.argv[3]), ipcount=1, addrlist=["198.19.0.1"])
-send(pkt, iface="eth0", verbose=False)
-"""
-
-
 def test_rx_lower_pri(bench):
     d = bench.start_dut(instance("VI_0", 1, 150, bench.notify_dir))
     d.wait_state("VI_0", "MASTER")
     # One advert of a lower-priority router from host 1 (not a running daemon).
-    bench.lan.hosts[1].run(sys.executable, "-c", INJECT, bench.lan.host_ip(1), "50",
+    bench.lan.hosts[1].run(sys.executable, child("inject_lower_advert"), bench.lan.host_ip(1), "50",
                            str(round(ADVERT_INT * 100)))
     wait_for(lambda: any("MASTER_RX_LOWER_PRI" in x for x in bench.fifo(keep_rx_lower=True)), 5,
              what="MASTER_RX_LOWER_PRI")
