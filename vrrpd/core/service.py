@@ -146,8 +146,8 @@ async def serve(plan, args=None, running=None) -> int:
     from vrrpd.ops import memtrim, procsched
 
     args = args or build_parser().parse_args([])
-    # The other threads (netlink senders, track_process's /proc scan, the metrics
-    # HTTP server's) must not hold the GIL for 5 ms when the loop needs it for adverts.
+    # The other threads (log writer, netlink senders, track_process's /proc scan, the
+    # metrics server's) must not hold the GIL for 5 ms when the loop needs it for adverts.
     sys.setswitchinterval(0.0005)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
