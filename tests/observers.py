@@ -102,7 +102,7 @@ def _netlink(out: str) -> None:
         while True:
             try:
                 data = sock.recv(1 << 16)
-            except OSError as e:        # ENOBUFS: the kernel dropped notifications
+            except OSError:             # ENOBUFS: the kernel dropped notifications
                 overruns += 1
                 continue
             raw.append((time.monotonic_ns(), data))

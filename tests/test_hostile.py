@@ -191,7 +191,6 @@ def test_lower_priority_storm_is_rate_limited(lan, tmp_path):
     most about once per advert interval; skipped runs are counted exactly."""
     import sys
     import time
-    from daemons import DaemonProc
     from vrrpd.lab.conf import LabSpec, host_config, vip
     runs = tmp_path / "runs"
     script = tmp_path / "rxlower.sh"

@@ -74,7 +74,7 @@ def test_parallel_scrapes_do_not_hold_the_loop(lan, tmp_path):
         before = _lag_max(host)
         cap = Capture(net.hosts[1], 8)
         out = host.run(sys.executable, child("metrics_storm"), "6", timeout=120).stdout
-        codes, ok, size = out.split("] ")[0] + "]", *out.split("] ")[1].split()
+        _codes, ok, size = out.split("] ")[0] + "]", *out.split("] ")[1].split()
         assert int(ok) >= 10 and int(size) > 1_000_000, out     # real expositions served
         after = _lag_max(host)
         gaps = max_gaps(cap.packets(), {net.host_ip(0, nic=k) for k in range(spec.nics)})
