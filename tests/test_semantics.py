@@ -1,8 +1,8 @@
 """Differential scenarios where vrrpd could follow the man page or
 its own reading and keepalived 2.2.7 does something else.
 
-Same method as tests/test_scenarios.py (whose bench, expectations format
-and comparison this reuses): each scenario runs once with keepalived 2.2.7
+Same method as tests/test_scenarios.py, with the same bench, expectations
+format and comparison (tests/scenario_bench.py): each scenario runs once with keepalived 2.2.7
 and once with vrrpd as the daemon under test, with the same config and
 steps, and both runs must produce the sequence in EXPECTED.
 """
