@@ -1,4 +1,4 @@
-"""vrrpd's resident memory at N instances (issue 14's memory target).
+"""vrrpd's resident memory at N instances (the target: <= 60 MiB at 10,000).
 
     sudo .venv/bin/python bench/rss.py [--instances 1000,10000] [--top 25] [--settle 3]
 

@@ -388,7 +388,7 @@ cdef class Engine:
         """Send the socket's multicast adverts as prebuilt Ethernet frames on
         the packet socket fd (vrrpd.net.sockets.open_link_socket), from mac; fd=-1
         goes back to the raw socket.  Why: the kernel's IP output path (route
-        lookup, header, neighbour) was most of a master's CPU; a frame whose
+        lookup, header, neighbour) is most of a master's CPU; a frame whose
         headers never change skips it.  Call again when the MAC changes.
         Unicast peers always use the raw socket (their MACs need ARP/ND)."""
         if sock_id < 0 or sock_id >= self._nsocks:

@@ -7,6 +7,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 from netns import PREFIX, Lan, Netns, new_name, our_namespaces  # noqa: E402
+from scenario_bench import Bench  # noqa: E402
 
 
 @pytest.fixture(params=["asyncio", "uvloop"])
@@ -85,3 +86,12 @@ def lan():
     yield make
     for net in made:
         net.delete()
+
+
+@pytest.fixture(params=["vrrpd", "keepalived"])
+def bench(request, lan, tmp_path):
+    """The differential bench (scenario_bench.Bench), once per daemon under test;
+    eth1 on both hosts is a second link to track."""
+    b = Bench(request.param, lan(hosts=2, nics=2), str(tmp_path))
+    yield b
+    b.close()

@@ -7,7 +7,6 @@ path the adverts took (frames skip the OUTPUT hook, the IP path does not).
 """
 from __future__ import annotations
 
-import os
 import socket
 import sys
 import time
@@ -18,6 +17,7 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 from scapy.layers.vrrp import VRRPv3
 
+from children import child
 from daemons import DaemonProc
 from vrrpd import _codec, _engine
 
@@ -171,44 +171,6 @@ def test_output_firewall_sees_only_the_ip_path(lan, tmp_path, advert_tx):
 
 # ------------------------------------------------- a full device queue defers
 
-BURST = r"""
-import socket, sys, time
-sys.path.insert(0, %(root)r)
-from vrrpd import _engine
-from vrrpd.net import sockets
-N = 40
-raw = sockets.open_vrrp_socket(socket.AF_INET, "veth0", socket.if_nametoindex("veth0"))
-link = sockets.open_link_socket()
-tap = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
-tap.bind(("veth1", 0))
-tap.setblocking(False)
-e = _engine.Engine(64, defer_sends=True)
-sid = e.add_socket(raw.fileno(), socket.AF_INET, socket.if_nametoindex("veth0"))
-mac = bytes.fromhex(open("/sys/class/net/veth0/address").read().strip().replace(":", ""))
-e.set_link_tx(sid, link.fileno(), mac)
-for vrid in range(1, N + 1):
-    idx = e.add_instance(sock_id=sid, vrid=vrid, version=3, priority=255, advert_int_cs=100,
-                         src=socket.inet_aton("192.0.2.1"), dsts=[socket.inet_aton("224.0.0.18")],
-                         vips=[socket.inet_aton("192.0.2.%%d" %% (100 + vrid))], owner=True)
-    e.start(idx, 1, want_master=True)    # an owner is MASTER at once: N adverts queued
-flushes = 0
-e.flush()
-while e.tx_pending() and flushes < 1000:
-    time.sleep(0.001)                    # as the daemon retries (runtime.TX_RETRY_US)
-    e.flush()
-    flushes += 1
-time.sleep(0.5)
-seen = 0
-while True:
-    try:
-        frame = tap.recv(2048)
-    except BlockingIOError:
-        break
-    seen += frame[14 + 9] == 112
-c = e.socket_counters(sid)
-print(c["tx_packets"], c["tx_deferred"], c["tx_dropped"], e.tx_pending(), seen, flushes)
-"""
-
 
 @pytest.mark.netns
 @pytest.mark.parametrize("rate,all_through", [("1mbit", True), ("8kbit", False)])
@@ -225,8 +187,7 @@ def test_a_full_device_queue_defers_sends_instead_of_losing_them(netns, rate, al
     ns.run("ip", "addr", "add", "192.0.2.1/24", "dev", "veth0")
     ns.run("tc", "qdisc", "add", "dev", "veth0", "root", "tbf", "rate", rate,
            "burst", "300", "limit", "150")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = ns.run(sys.executable, "-c", BURST % dict(root=root), timeout=60).stdout.split()
+    out = ns.run(sys.executable, child("advert_burst"), timeout=60).stdout.split()
     sent, deferred, dropped, pending, seen, flushes = map(int, out)
     assert deferred > 0 and pending == 0, out                 # the burst did not fit at once
     if all_through:

@@ -15,6 +15,8 @@ import sysconfig
 
 import pytest
 
+from children import child
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYX = sorted(glob.glob(os.path.join(ROOT, "pyx", "*.pyx")))
 DIRECTIVES = "language_level=3,boundscheck=False,wraparound=False,cdivision=True"
@@ -57,11 +59,7 @@ def test_every_extension_builds_and_imports(cython, tmp_path):
     for pyx in PYX:
         build(CYTHONS[cython], pyx, str(tmp_path))
     names = [os.path.splitext(os.path.basename(p))[0] for p in PYX]
-    code = ("import importlib, vrrpd\n"
-            f"for n in {names!r}:\n"
-            "    m = importlib.import_module('vrrpd.' + n)\n"
-            "    assert m.__file__.startswith(vrrpd.__path__[0]), m.__file__\n")
-    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+    r = subprocess.run([sys.executable, child("import_extensions"), *names], cwd=tmp_path, capture_output=True,
                        text=True, env={**os.environ, "PYTHONPATH": str(tmp_path)})
     assert r.returncode == 0, r.stderr
 
@@ -73,12 +71,6 @@ def test_codec_built_by_debian_cython_round_trips(tmp_path):
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
     build(CYTHONS["debian-0.29"], os.path.join(ROOT, "pyx", "_codec.pyx"), str(tmp_path))
-    code = ("from socket import AF_INET6\n"
-            "from vrrpd import _codec as c\n"
-            "m = c.encode(3, AF_INET6, 9, 200, 100, ['2001:db8::1'], src='fe80::1', dst='ff02::12')\n"
-            "a = c.decode(m, AF_INET6, 'fe80::1', 'ff02::12')\n"
-            "assert (a.vrid, a.priority, a.addresses) == (9, 200, ('2001:db8::1',)), a\n"
-            "assert c.decode(m[:-1], AF_INET6).reason == 'bad_length'\n")
-    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+    r = subprocess.run([sys.executable, child("codec_round_trip")], cwd=tmp_path, capture_output=True,
                        text=True, env={**os.environ, "PYTHONPATH": str(tmp_path)})
     assert r.returncode == 0, r.stderr

@@ -12,6 +12,7 @@ from socket import AF_INET, AF_INET6
 
 import pytest
 
+from children import child
 from vrrpd import _codec as codec
 
 KEEPALIVED = "/usr/sbin/keepalived"
@@ -20,42 +21,6 @@ pytestmark = [
     pytest.mark.netns, pytest.mark.keepalived,
     pytest.mark.skipif(not os.path.exists(KEEPALIVED), reason="keepalived not installed"),
 ]
-
-# Runs inside the capturing namespace: print "ready", then one JSON line per
-# VRRP packet {src, dst, ttl, payload(hex)} until COUNT packets or TIMEOUT.
-CAPTURE = textwrap.dedent("""
-    import json, socket, struct, sys
-    family, count, timeout = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
-    ifindex = socket.if_nametoindex("eth0")
-    s = socket.socket(family, socket.SOCK_RAW, 112)
-    s.settimeout(timeout)
-    if family == socket.AF_INET:
-        # struct ip_mreqn: group, local address (any), interface index.
-        s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,
-                     socket.inet_pton(family, "224.0.0.18") + bytes(4)
-                     + struct.pack("=i", ifindex))
-    else:
-        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP,
-                     socket.inet_pton(family, "ff02::12") + struct.pack("=I", ifindex))
-        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
-        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVHOPLIMIT, 1)
-    print("ready", flush=True)
-    for _ in range(count):
-        data, anc, _flags, addr = s.recvmsg(65535, 256)
-        if family == socket.AF_INET:
-            ihl = (data[0] & 0x0F) * 4
-            rec = dict(src=socket.inet_ntop(family, data[12:16]),
-                       dst=socket.inet_ntop(family, data[16:20]), ttl=data[8],
-                       payload=data[ihl:struct.unpack("!H", data[2:4])[0]].hex())
-        else:
-            rec = dict(src=addr[0].split("%")[0], payload=data.hex())
-            for level, kind, value in anc:
-                if kind == socket.IPV6_PKTINFO:
-                    rec["dst"] = socket.inet_ntop(family, value[:16])
-                elif kind == socket.IPV6_HOPLIMIT:
-                    rec["ttl"] = struct.unpack("=i", value)[0]
-        print(json.dumps(rec), flush=True)
-""")
 
 
 def run_keepalived(host, tmp_path, instance: str):
@@ -69,7 +34,7 @@ def run_keepalived(host, tmp_path, instance: str):
 
 def capture(host, family, instance, tmp_path, count=3):
     """Start the capture on lan host 1, keepalived on host 0; return packets."""
-    cap = host[1].popen(sys.executable, "-c", CAPTURE, str(family), str(count), "20",
+    cap = host[1].popen(sys.executable, child("vrrp_capture"), str(family), str(count), "20",
                         stdout=subprocess.PIPE, text=True)
     assert cap.stdout.readline().strip() == "ready"
     ka = run_keepalived(host[0], tmp_path, instance)
@@ -163,7 +128,7 @@ def test_keepalived_v3_ipv6(hosts, tmp_path):
 
 def test_keepalived_priority_zero_on_shutdown(hosts, tmp_path):
     """keepalived's priority-0 advert on SIGTERM (RFC 5798 6.4.3) decodes too."""
-    cap = hosts[1].popen(sys.executable, "-c", CAPTURE, str(AF_INET), "50", "20",
+    cap = hosts[1].popen(sys.executable, child("vrrp_capture"), str(AF_INET), "50", "20",
                          stdout=subprocess.PIPE, text=True)
     assert cap.stdout.readline().strip() == "ready"
     ka = run_keepalived(hosts[0], tmp_path, """

@@ -13,55 +13,11 @@ import sys
 
 import pytest
 
-from daemons import VENV_BIN, DaemonProc, vips_on
-from vrrpd.lab.conf import LabSpec, host_config, vip
+from children import child
+from daemons import VRRPCTL, two_hosts, vips_on
+from vrrpd.lab.conf import vip
 
 pytestmark = [pytest.mark.netns]
-
-VRRPCTL = os.path.join(VENV_BIN, "vrrpctl")
-
-
-class OpsDaemon(DaemonProc):
-    """vrrpd with its control socket (and any extra flags) under the test's tmp dir."""
-
-    def __init__(self, ns, config_text, workdir, tag="", extra=(), sockdir=None):
-        super().__init__(ns, "vrrpd", config_text, str(workdir), tag)
-        self.sock = os.path.join(str(sockdir or workdir), f"{ns.name}{tag}.ctl")
-        self.extra = ["--control-socket", self.sock, *extra]
-
-    def argv(self) -> list[str]:
-        return super().argv() + self.extra
-
-    def ctl(self, *args: str, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-        return subprocess.run([*prefix, VRRPCTL, "--socket", self.sock, *args],
-                              capture_output=True, text=True, timeout=60)
-
-    def ctl_json(self, *args: str):
-        r = self.ctl(*args, "--json")
-        assert r.returncode == 0, r.stderr
-        return json.loads(r.stdout)
-
-    def wait_socket(self) -> None:
-        from netns import wait_for
-        wait_for(lambda: self.check_alive() or os.path.exists(self.sock), 15,
-                 what=f"control socket {self.sock}\n{self.log_tail()}")
-
-
-def two_hosts(lan, tmp_path, instances=2, extra=(), sockdir=None, **spec_kw):
-    """host 0 (priority 200) and host 1 (100), both started; every instance settled."""
-    spec = LabSpec(instances=instances, version=3, advert_int=0.1, notify_fifo="@FIFO@", **spec_kw)
-    net = lan(hosts=2, nics=spec.nics)
-    names = [f"VI_{i}" for i in range(instances)]
-    procs = []
-    for i, prio in enumerate((200, 100)):
-        d = OpsDaemon(net.hosts[i], host_config(spec, i, priority=prio), tmp_path, extra=extra,
-                      sockdir=sockdir)
-        procs.append(d.start())
-    procs[0].wait_all(names, "MASTER", timeout=30)
-    procs[1].wait_all(names, "BACKUP", timeout=30)
-    for d in procs:
-        d.wait_socket()
-    return net, spec, procs
 
 
 @pytest.fixture
@@ -161,10 +117,8 @@ def test_refuses_non_root(hosts, tmp_path):
     assert m.ctl("status").returncode == 0
     # SO_PEERCRED is checked on accept: a non-root peer that sends nothing
     # is answered and hung up on, not left holding a connection.
-    idle = ("import socket, sys; s = socket.socket(socket.AF_UNIX); s.settimeout(5); "
-            f"s.connect({m.sock!r}); print(s.recv(4096).decode())")
-    r = subprocess.run([*nobody, sys.executable, "-c", idle], capture_output=True, text=True,
-                       timeout=30)
+    r = subprocess.run([*nobody, sys.executable, child("unix_idle_peer"), m.sock],
+                       capture_output=True, text=True, timeout=30)
     assert r.returncode == 0 and "root only" in r.stdout, r
 
 

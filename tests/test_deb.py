@@ -1,4 +1,4 @@
-"""The Debian package (issue 8).
+"""The Debian package.
 
 Fast checks of the packaging sources run every time: the example config is
 valid (also with every optional line enabled) and the man page lists exactly
@@ -23,7 +23,7 @@ import subprocess
 import pytest
 
 from daemons import DaemonProc, vips_on
-from test_config import SAMPLES, SAMPLES_BROKEN
+from keepalived_samples import SAMPLES, SAMPLES_BROKEN
 from vrrpd import __version__
 from vrrpd.config import load
 from vrrpd.core.service import build_parser

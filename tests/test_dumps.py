@@ -9,8 +9,8 @@ import signal
 
 import pytest
 
+from daemons import two_hosts
 from netns import wait_for
-from test_ctl import two_hosts
 from vrrpd.core.service import build_parser
 
 pytestmark = [pytest.mark.netns]

@@ -3,7 +3,7 @@ Router harness of test_engine.py): lower_prio_no_advert,
 higher_prio_send_advert, skip_check_adv_addr."""
 from __future__ import annotations
 
-from test_engine import Router, T0, advert, pk, to_master
+from engine_router import Router, T0, advert, pk, to_master
 from vrrpd import _engine as E
 
 

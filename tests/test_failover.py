@@ -17,21 +17,10 @@ import pytest
 
 from daemons import DaemonProc, vips_on
 from netns import wait_for
+from rfc_timers import SLACK, master_down_interval, skew_time
 from vrrpd.lab.conf import LabSpec, host_config, vip
 
 pytestmark = [pytest.mark.netns]
-
-SLACK = 0.020
-
-
-def skew_time(version: int, priority: int, advert_int: float) -> float:
-    if version == 2:
-        return (256 - priority) / 256          # RFC 3768 6.1: seconds
-    return (256 - priority) * advert_int / 256  # RFC 5798 6.1: of Master_Adver_Interval
-
-
-def master_down_interval(version: int, priority: int, advert_int: float) -> float:
-    return 3 * advert_int + skew_time(version, priority, advert_int)
 
 
 class Pair:

@@ -13,6 +13,7 @@ import pytest
 from scapy.layers.inet6 import ICMPv6ND_NA, ICMPv6NDOptDstLLAddr
 from scapy.layers.l2 import ARP, Ether
 
+from children import child
 from vrrpd.net.garp import Announce, GarpConfig, GarpScheduler, arp_frame, na_message
 
 MAC = bytes.fromhex("00005e000101")
@@ -178,27 +179,6 @@ def test_large_burst_is_sliced_and_errors_are_counted():
 
 
 # --- the real thing, between two namespace hosts ------------------------------------
-SENDER = """
-import asyncio, json, socket, sys
-sys.path.insert(0, %(root)r)
-import uvloop
-from vrrpd.net.garp import Announce, GarpConfig, GarpScheduler
-async def main():
-    idx = socket.if_nametoindex("eth0")
-    mac = bytes.fromhex(open("/sys/class/net/eth0/address").read().strip().replace(":", ""))
-    s = GarpScheduler()
-    s.master("VI_1", Announce(idx, "eth0", mac,
-             [socket.inet_aton(a) for a in %(v4)r],
-             [socket.inet_pton(socket.AF_INET6, a) for a in %(v6)r],
-             GarpConfig(master_delay=0, master_repeat=2), router=True))
-    await asyncio.sleep(0.3)
-    print(json.dumps(s.stats))
-    s.close()
-uvloop.install()
-asyncio.run(main())
-"""
-
-
 @pytest.mark.netns
 def test_garp_and_na_on_the_wire(lan, tmp_path):
     net = lan(hosts=2)
@@ -225,7 +205,7 @@ def test_garp_and_na_on_the_wire(lan, tmp_path):
     deadline = time.monotonic() + 20
     while "Capturing on" not in cap.stderr.readline():
         assert time.monotonic() < deadline and cap.poll() is None, "tshark did not start"
-    out = h0.run(PY, "-c", SENDER % dict(root=ROOT, v4=v4, v6=v6)).stdout
+    out = h0.run(PY, child("garp_sender"), json.dumps(v4), json.dumps(v6)).stdout
     assert json.loads(out) == dict(arp_sent=4, na_sent=4, send_errors=0)
     time.sleep(0.5)
     cap.terminate()

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from test_ctl import two_hosts
+from children import child
+from daemons import two_hosts
 
 pytestmark = [pytest.mark.netns]
 
@@ -183,20 +184,6 @@ def test_hostile_configs(tmp_path):
 
 # -- a storm of valid lower-priority adverts at a master -----------------------------
 
-STORM_SENDER = r"""
-import socket, sys, time
-from vrrpd import _codec
-src, vip, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-msg = _codec.encode(3, socket.AF_INET, 1, 50, 10, [vip], src=src, dst="224.0.0.18")
-s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 112)
-s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 255)
-s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(src))
-t = time.monotonic()
-for _ in range(n):
-    s.sendto(msg, ("224.0.0.18", 0))
-print(time.monotonic() - t)
-"""
-
 
 def test_lower_priority_storm_is_rate_limited(lan, tmp_path):
     """5,000 lower-priority adverts at a master: each is counted (and answered
@@ -212,13 +199,13 @@ def test_lower_priority_storm_is_rate_limited(lan, tmp_path):
     spec = LabSpec(instances=1, version=3, advert_int=0.1, notify_fifo="@FIFO@",
                    extra_instance=f"notify_master_rx_lower_pri {script}")
     net = lan(hosts=2, nics=spec.nics)
-    from test_ctl import OpsDaemon
+    from daemons import OpsDaemon
     m = OpsDaemon(net.hosts[0], host_config(spec, 0, priority=200, state="MASTER"), tmp_path)
     m.start()
     try:
         m.wait_all(["VI_0"], "MASTER", timeout=30)
         m.wait_socket()
-        r = net.hosts[1].run(sys.executable, "-c", STORM_SENDER, net.host_ip(1), vip(spec, 0),
+        r = net.hosts[1].run(sys.executable, child("storm_sender"), net.host_ip(1), vip(spec, 0),
                              "5000")
         took = float(r.stdout)
         time.sleep(1.5)
@@ -240,44 +227,6 @@ def test_lower_priority_storm_is_rate_limited(lan, tmp_path):
 
 # -- everything at once, at a running pair: the adverts keep their cadence ----------
 
-# Runs in the attacker's namespace: malformed VRRP packets (valid IP headers,
-# so that every one reaches the daemons' sockets), crafted with scapy.
-ATTACKER = r"""
-import socket, sys, time
-from scapy.all import IP, Raw
-from vrrpd import _codec
-src, vip, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
-GROUP = "224.0.0.18"
-good = bytearray(_codec.encode(3, socket.AF_INET, 1, 50, 10, [vip], src=src, dst=GROUP))
-v2 = _codec.encode(2, socket.AF_INET, 1, 50, 1, [vip])
-
-def mutate(i, v):
-    b = bytearray(good); b[i] = v; return bytes(b)
-
-payloads = {
-    "too short": bytes(good[:6]),
-    "bad version": mutate(0, 0x41),
-    "bad type": mutate(0, 0x32),
-    "bad checksum": mutate(6, good[6] ^ 0xFF),
-    "address count": mutate(3, 9),
-    "zero advert_int": bytes(good[:4]) + b"\0\0" + bytes(good[6:]),
-    "unknown vrid": _codec.encode(3, socket.AF_INET, 200, 50, 10, [vip], src=src, dst=GROUP),
-    "version mismatch": v2,
-    "garbage": bytes(range(7, 47)),
-}
-packets = [bytes(IP(src=src, dst=GROUP, ttl=255, proto=112) / Raw(p)) for p in payloads.values()]
-packets.append(bytes(IP(src=src, dst=GROUP, ttl=64, proto=112) / Raw(bytes(good))))   # bad TTL
-s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
-s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(src))
-sent = 0
-for _ in range(rounds):
-    for p in packets:
-        s.sendto(p, (GROUP, 0))
-        sent += 1
-    time.sleep(0.002)                   # a steady flood, not a burst that overflows buffers
-print(sent)
-"""
-
 
 def _rejected(st: dict) -> int:
     return (sum(n for c in st["instances"].values() for k, n in c.items()
@@ -298,7 +247,7 @@ def test_attacks_leave_the_adverts_alone(lan, tmp_path):
     from vrrpd.lab.conf import LabSpec, host_config, vip
     spec = LabSpec(instances=2, version=3, advert_int=0.1, notify_fifo="@FIFO@")
     net = lan(hosts=3, nics=spec.nics)
-    from test_ctl import OpsDaemon
+    from daemons import OpsDaemon
     m = OpsDaemon(net.hosts[0], host_config(spec, 0, priority=200), tmp_path)
     b = OpsDaemon(net.hosts[1], host_config(spec, 1, priority=100), tmp_path)
     m.start()
@@ -314,7 +263,7 @@ def test_attacks_leave_the_adverts_alone(lan, tmp_path):
         before = _rejected(m.ctl_json("stats"))
         t0 = time.monotonic()
         cap = Capture(net.hosts[1], 14)
-        attacker = net.hosts[2].popen(sys.executable, "-c", ATTACKER, net.host_ip(2), vip(spec, 0),
+        attacker = net.hosts[2].popen(sys.executable, child("vrrp_attacker"), net.host_ip(2), vip(spec, 0),
                                       "800", stdout=subprocess.PIPE, text=True)
         seen = fuzz_control(m.sock, 1000)
         cases = hostile_configs(tmp_path / "hostile")

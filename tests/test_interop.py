@@ -15,7 +15,7 @@ import time
 import pytest
 
 from daemons import DaemonProc, vips_on
-from test_failover import SLACK, master_down_interval, skew_time
+from rfc_timers import SLACK, master_down_interval, skew_time
 from vrrpd.lab.conf import LabSpec, host_config, vip
 
 pytestmark = [pytest.mark.netns, pytest.mark.keepalived,

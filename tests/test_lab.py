@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from children import child
 from vrrpd.lab.report import summary
 from vrrpd.lab import testbed
 from vrrpd.lab.testbed import PREFIX, cleanup
@@ -192,9 +193,7 @@ def test_lab_keepalived_logs_to_its_file_only(tmp_path):
 def test_plot_without_matplotlib_is_one_line_naming_the_extra(tmp_path):
     # A plain `pip install` has no matplotlib: --plot must say which extra brings it, at once
     # (before minutes of lab), not end a run in a traceback.
-    hide = ("import sys; sys.modules['matplotlib'] = None; "
-            "from vrrpd.lab import main; sys.exit(main())")
-    proc = subprocess.run([sys.executable, "-c", hide, "failover", "--instances", "2",
+    proc = subprocess.run([sys.executable, child("lab_without_matplotlib"), "failover", "--instances", "2",
                            "--json", str(tmp_path / "x.json"), "--plot", str(tmp_path / "x.png")],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2

@@ -7,21 +7,12 @@ import select
 import subprocess
 import sys
 
-CHILD = r"""
-import logging, sys
-from vrrpd.ops import logs
-logs.setup()
-log = logging.getLogger("vrrpd.test")
-for i in range(%(n)d):
-    log.info("line %%d %%s", i, "x" * 100)
-print("returned", flush=True)
-sys.stdin.readline()
-"""
+import children
 
 
 def test_logging_does_not_wait_for_a_stalled_stderr():
     n = 5000            # ~600 KB: ten times what a pipe holds
-    child = subprocess.Popen([sys.executable, "-c", CHILD % {"n": n}], stdin=subprocess.PIPE,
+    child = subprocess.Popen([sys.executable, children.child("log_flood"), str(n)], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         ready, _, _ = select.select([child.stdout], [], [], 30)

@@ -1,4 +1,4 @@
-"""What vrrpd keeps per instance (issue 14: RSS at 10,000 instances <= 60 MiB;
+"""What vrrpd keeps per instance (the target: RSS at 10,000 instances <= 60 MiB;
 bench/rss.py measures the whole daemon).  Bounds are per instance, from
 resident memory or object counts, generous enough that no allocator detail
 fails them, tight enough that the per-instance waste each test names does."""
@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 
+from children import child
 from vrrpd import _engine as E
 
 
@@ -21,8 +22,8 @@ def rss_kb() -> int:
 
 
 def test_engine_advert_buffers_are_sized_to_the_advert():
-    # Each instance's two advert variants used to get the largest advert's
-    # room (255 IPv6 addresses, 4 kB) each: ~8 kB per instance, 80 MB at 10,000.
+    # Each instance's two advert variants get room for their own encoded size,
+    # not the largest advert's (255 IPv6 addresses, 4 kB) each.
     n = 4000
     e = E.Engine(n, defer_sends=True)
     socks = [e.add_socket(-2, socket.AF_INET, 10 + k) for k in range(-(-n // 250))]
@@ -43,24 +44,11 @@ def test_engine_advert_buffers_are_sized_to_the_advert():
 
 
 def test_daemon_loads_only_the_pyroute2_message_classes():
-    # pyroute2's __init__ imports the whole library (~18 MB resident; sqlite3
+    # pyroute2's __init__ imports the whole library (megabytes resident; sqlite3
     # through NDB): the daemon imports only its netlink message classes, and
     # the rest of pyroute2 still loads on demand.  Nor the configuration
     # reader's modules: a child reads the configuration.
-    code = """
-import sys
-from vrrpd.core import service as daemon
-daemon.defer_imports()
-import vrrpd.core.daemon, vrrpd.core.reload, vrrpd.scripts.reporting, vrrpd.ops.dumps, vrrpd.ops.control, vrrpd.net.routes
-heavy = sorted(m for m in ("pyroute2.ndb", "pyroute2.ipdb", "pyroute2.iproute", "sqlite3",
-                           "vrrpd.config.build", "vrrpd.config.lexer")
-               if m in sys.modules)
-assert not heavy, heavy
-from pyroute2 import IPRoute
-import pyroute2
-assert pyroute2.__version__ and IPRoute.__name__ == "IPRoute"
-"""
-    subprocess.run([sys.executable, "-c", code], check=True)
+    subprocess.run([sys.executable, child("daemon_imports")], check=True)
 
 
 def test_daemon_receives_its_configuration_read_by_a_child(tmp_path, monkeypatch):

@@ -8,7 +8,8 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from test_ctl import two_hosts
+from children import child
+from daemons import two_hosts
 
 pytestmark = [pytest.mark.netns]
 
@@ -46,22 +47,6 @@ def test_metrics_match_counters(lan, tmp_path):
         b.stop()
 
 
-STORM = """
-import sys, threading, time, urllib.error, urllib.request
-codes, sizes = [], []
-def scrape():
-    for _ in range(ROUNDS):
-        try:
-            r = urllib.request.urlopen('http://127.0.0.1:9650/metrics', timeout=30)
-            sizes.append(len(r.read())); codes.append(r.status)
-        except urllib.error.HTTPError as e:
-            codes.append(e.code)
-ts = [threading.Thread(target=scrape) for _ in range(10)]
-[t.start() for t in ts]; [t.join() for t in ts]
-print(sorted(set(codes)), codes.count(200), max(sizes or [0]))
-"""
-
-
 def _lag_max(host) -> float:
     text = host.run(sys.executable, "-c", SCRAPE).stdout
     for fam in text_string_to_metric_families(text):
@@ -88,7 +73,7 @@ def test_parallel_scrapes_do_not_hold_the_loop(lan, tmp_path):
         time.sleep(2)
         before = _lag_max(host)
         cap = Capture(net.hosts[1], 8)
-        out = host.run(sys.executable, "-c", STORM.replace("ROUNDS", "6"), timeout=120).stdout
+        out = host.run(sys.executable, child("metrics_storm"), "6", timeout=120).stdout
         _codes, ok, size = out.split("] ")[0] + "]", *out.split("] ")[1].split()
         assert int(ok) >= 10 and int(size) > 1_000_000, out     # real expositions served
         after = _lag_max(host)

@@ -21,6 +21,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 
+from children import child
 from vrrpd.net import netlink as nl, nlbatch
 from vrrpd.net.nlbatch import Requester
 
@@ -65,49 +66,11 @@ def test_decoders_never_raise_on_garbage(data, cut):
 
 
 # --- child-process plumbing ---------------------------------------------------------
-MONITOR = """
-import asyncio, json, sys
-sys.path.insert(0, %(root)r)
-try:
-    import uvloop; uvloop.install()
-except ImportError:
-    pass
-from vrrpd.net.links import LinkMonitor
-def out(**kw): print(json.dumps(kw), flush=True)
-async def main():
-    loop = asyncio.get_running_loop()
-    m = LinkMonitor(
-        on_link=lambda l, e, o: out(ev=e.value, name=l.name, old=o and o.name, up=l.is_up),
-        on_address=lambda l, a, add: out(ev="addr", name=l.name, address=a.address,
-                                         plen=a.prefixlen, added=add),
-        rcvbuf=%(rcvbuf)d)
-    await m.start()
-    l = m.by_name("veth0")
-    out(ev="synced", loop=type(loop).__module__, index=l.index, mac=l.mac.hex(":"),
-        up=l.is_up, ipv4=l.primary_ipv4(), ll=l.ipv6_link_local())
-    def command():
-        line = sys.stdin.readline()
-        if not line:
-            loop.stop(); return
-        if line.strip() in ("hold", "release"):
-            getattr(m, line.strip())()
-            out(ev=line.strip()); return
-        out(ev="stats", stats=m.stats, addrs={l.name: sorted(a for _, a in l.addresses)
-                                              for l in m.links.values()})
-    loop.add_reader(sys.stdin.fileno(), command)
-    await asyncio.Event().wait()
-try:
-    asyncio.run(main())
-except RuntimeError:
-    pass
-"""
-
-
 class Child:
     """A Python child in a namespace speaking JSON lines; reads with a timeout."""
 
-    def __init__(self, ns, python, code):
-        self.proc = ns.popen(python, "-c", code, stdin=subprocess.PIPE,
+    def __init__(self, ns, python, name, *args):
+        self.proc = ns.popen(python, child(name), *args, stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True)
         self.lines: queue.Queue = queue.Queue()
         self.seen: list[dict] = []
@@ -163,7 +126,7 @@ def test_link_monitor_sees_link_and_address_events(netns, python):
     if not os.path.exists(python):
         pytest.skip(f"{python} not installed")
     ns = veth_ns(netns)
-    child = Child(ns, python, MONITOR % dict(root=ROOT, rcvbuf=1 << 20))
+    child = Child(ns, python, "link_monitor", str(1 << 20))
     synced = child.expect(ev="synced")
     if python == VENV_PY:
         assert synced["loop"].startswith("uvloop")
@@ -205,7 +168,7 @@ def test_held_monitor_reads_its_events_on_release(netns):
     """hold() (a mass failover in progress) leaves the kernel's events queued;
     release() reads them, in order.  A MAC change is an event of its own."""
     ns = veth_ns(netns)
-    child = Child(ns, VENV_PY, MONITOR % dict(root=ROOT, rcvbuf=1 << 20))
+    child = Child(ns, VENV_PY, "link_monitor", str(1 << 20))
     child.expect(ev="synced")
     child.send("hold")
     child.expect(ev="hold")
@@ -227,7 +190,7 @@ def test_overrun_is_repaired_by_redump(netns, tmp_path):
     must notice (ENOBUFS), re-dump, and end up agreeing with the kernel - and every
     address must have been reported to the callback exactly as a live event would."""
     ns = veth_ns(netns)
-    child = Child(ns, VENV_PY, MONITOR % dict(root=ROOT, rcvbuf=1 << 14))
+    child = Child(ns, VENV_PY, "link_monitor", str(1 << 14))
     child.expect(ev="synced")
     n = 3000
     batch = tmp_path / "add"
@@ -265,37 +228,11 @@ def test_overrun_is_repaired_by_redump(netns, tmp_path):
     assert removed == want
 
 
-ADDRESSES = """
-import asyncio, json, socket, sys
-sys.path.insert(0, %(root)r)
-import uvloop
-from vrrpd.net.addresses import AddressManager, Vip
-def out(r): print(json.dumps(dict(done=len(r.done), already=[v.address for v in r.already],
-    failed=[(v.address, e) for v, e in r.failed], seconds=r.seconds)), flush=True)
-async def main():
-    idx = socket.if_nametoindex("veth0")
-    vips = [Vip.parse(f"2001:db8:1::{i:x}/128" if i %% 2 else
-                      f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}/32", idx)
-            for i in range(%(n)d)]
-    vips += [Vip.parse("192.0.2.1/24", idx),             # pre-existing: EEXIST
-             Vip.parse("192.0.2.99/32", 999999),         # no such device
-             Vip.parse("192.0.2.98/32", idx, label="bad label that is far too long")]
-    m = AddressManager()
-    out(await m.add(vips))
-    sys.stdin.readline()
-    out(await m.remove_all())
-    out(await m.remove([Vip.parse("192.0.2.97/32", idx)]))   # never there: EADDRNOTAVAIL
-    m.close()
-uvloop.install()
-asyncio.run(main())
-"""
-
-
 @pytest.mark.netns
 def test_address_manager_10000_vips_in_one_batch(netns):
     n = 10000
     ns = veth_ns(netns)
-    child = Child(ns, VENV_PY, ADDRESSES % dict(root=ROOT, n=n))
+    child = Child(ns, VENV_PY, "address_batch", str(n))
     added = child.expect(timeout=120)
     assert added["done"] == n
     assert added["already"] == ["192.0.2.1"]
@@ -350,9 +287,9 @@ class FakeRouteSocket:
 
 def test_requester_sizes_chunks_to_the_send_budget(monkeypatch):
     """Each sendmsg() holds the loop for the kernel's work on the whole buffer, so the
-    Requester sizes chunks by the cost per message it measured: at 13 us per message
-    (a /32 VIP add here) a 2 ms budget is 153 messages.  A cheap batch first (deleting
-    absent VIPs: 1.7 us each) must not make the next dear one overrun the budget much."""
+    Requester sizes chunks by the cost per message it timed: at 13 us per message
+    a 2 ms budget is 153 messages.  A cheap batch first (1.7 us each, like deleting
+    absent VIPs) must not make the next dear one overrun the budget much."""
     clock = [0.0]
     sock = FakeRouteSocket(clock, cost=1.7e-6)
     monkeypatch.setattr(nl, "open_route_socket", lambda *a, **kw: sock)

@@ -10,27 +10,9 @@ import time
 
 import pytest
 
-from test_scripts import alive, write_script
+from scriptfiles import RECORDER, alive, read_kept_lines, recorded, write_script
 from vrrpd.scripts.notify import NotifyFifo, Notifier, NotifyScripts, fifo_line
 from vrrpd.scripts.runner import ScriptRunner
-
-# Each notify script appends one line: its pid (allocated at fork, so pid order
-# is start order -- completion order is a race), its $# and its arguments.
-RECORDER = 'l="$$ $#"; for a; do l="$l <$a>"; done; echo "$l" >> {log}'
-
-
-def recorded(log, n, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        lines = log.read_text().splitlines() if log.exists() else []
-        if len(lines) >= n or time.monotonic() > deadline:
-            break
-        time.sleep(0.01)
-    rows = []
-    for line in lines:
-        pid, argc, args = (line + " ").split(" ", 2)
-        rows.append((int(pid), int(argc), args.strip()))
-    return sorted(rows)          # by pid: start order
 
 
 def test_notify_scripts_start_in_order_with_their_arguments(aio, tmp_path):
@@ -298,27 +280,9 @@ def test_same_script_arguments_and_fifo_lines_as_keepalived(aio, netns, tmp_path
     assert ka_lines[:2] == ['INSTANCE "VI_1" BACKUP 100', 'INSTANCE "VI_1" MASTER 100']
 
 
-async def read_kept_lines(fifo, path: str, total: int) -> list[str]:
-    """Open a reader on the fifo and read until every line it kept of `total`
-    (all but its drops) arrived, or 1 s passed; then close the fifo."""
-    reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    got = b""
-    for _ in range(200):
-        await asyncio.sleep(0.005)
-        try:
-            got += os.read(reader, 1 << 20)
-        except BlockingIOError:
-            pass
-        if fifo.queued == 0 and got.count(b"\n") == total - fifo.drops:
-            break
-    os.close(reader)
-    await fifo.close()
-    return got.decode().splitlines()
-
-
 def _hanging_master(lan, tmp_path, global_lines: str):
     """A lone master whose notify_master never exits; -> (daemon, pid file)."""
-    from test_ctl import OpsDaemon
+    from daemons import OpsDaemon
     from vrrpd.lab.conf import LabSpec, host_config
     pids = tmp_path / "pids"
     script = tmp_path / "hang.sh"

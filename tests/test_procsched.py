@@ -7,31 +7,12 @@ import sys
 
 import pytest
 
+from children import child
 from vrrpd.config.model import GlobalDefs
-
-CHILD = r"""
-import json, os, resource, subprocess, sys
-from vrrpd.ops import procsched
-from vrrpd.config.model import GlobalDefs
-g = GlobalDefs(**json.loads(sys.argv[1]))
-done = procsched.apply(g)
-child = subprocess.run([sys.executable, "-c",
-    "import os; print(os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0))"],
-    capture_output=True, text=True).stdout.split()
-print(json.dumps({"done": done, "policy": os.sched_getscheduler(0),
-                  "rtprio": os.sched_getparam(0).sched_priority,
-                  "nice": os.getpriority(os.PRIO_PROCESS, 0),
-                  "rttime": resource.getrlimit(resource.RLIMIT_RTTIME),
-                  "affinity": sorted(os.sched_getaffinity(0)),
-                  "child": [int(x) for x in child],
-                  "locked_kb": int([l.split()[1] for l in open("/proc/self/status")
-                                    if l.startswith("VmLck")][0])}))
-procsched.release()
-"""
 
 
 def apply_in_child(**settings) -> dict:
-    r = subprocess.run([sys.executable, "-c", CHILD, json.dumps(settings)],
+    r = subprocess.run([sys.executable, child("procsched_apply"), json.dumps(settings)],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)

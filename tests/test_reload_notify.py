@@ -1,4 +1,4 @@
-"""What a reload says about the instances it removes (issue 7): the same
+"""What a reload says about the instances it removes: the same
 configuration and the same SIGHUP reload for keepalived 2.2.7 and for vrrpd,
 and the same notify scripts (argv, start order), notify fifo lines and
 priority-0 adverts.
@@ -31,9 +31,8 @@ import pytest
 
 from daemons import DaemonProc, vips_on
 from netns import wait_for
-from test_notify import RECORDER, recorded
+from scriptfiles import RECORDER, recorded, write_script
 from test_reload import Capture, reconfigure
-from test_scripts import write_script
 from vrrpd.lab.conf import LabSpec, vip
 
 pytestmark = [pytest.mark.netns, pytest.mark.keepalived]

@@ -11,6 +11,7 @@ import pytest
 from pyroute2.netlink.rtnl.fibmsg import fibmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
+from children import child
 from vrrpd.config import load
 from vrrpd.net.routes import (
     RTM_DELROUTE,
@@ -46,31 +47,6 @@ vrrp_instance V {
         from 192.0.2.200 not table 100 priority 1004
     }
 }
-"""
-
-DRIVER = r"""
-import asyncio, sys
-import uvloop
-sys.path.insert(0, ROOT)
-from vrrpd.config import load
-from vrrpd.net.links import LinkMonitor
-from vrrpd.net.routes import RouteManager
-
-async def main():
-    inst = load(CONF_PATH).config.instances["V"]
-    links = LinkMonitor()
-    await links.start()
-    m = RouteManager(links.ifindex)
-    r = await m.add(inst.virtual_routes, inst.virtual_rules)
-    again = await m.add(inst.virtual_routes, inst.virtual_rules)
-    print("READY", len(r.done), len(r.failed), len(again.already), flush=True)
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
-    r = await m.remove_all()
-    print("DONE", len(r.done), len(r.failed), flush=True)
-    m.close()
-    links.close()
-
-uvloop.run(main())
 """
 
 
@@ -143,8 +119,8 @@ def test_routes_and_rules_appear_and_disappear(lan, tmp_path):
     h0 = lan(hosts=1).hosts[0]
     path = tmp_path / "routes.conf"
     path.write_text(CONF)
-    code = DRIVER.replace("ROOT", repr(ROOT)).replace("CONF_PATH", repr(str(path)))
-    p = h0.popen(PY, "-c", code, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    p = h0.popen(PY, child("routes_driver"), str(path), stdin=subprocess.PIPE,
+                 stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().split() == ["READY", "11", "0", "11"]
     routes = {(r["dst"], r.get("table", "main")): r for r in _routes(h0)}
     assert set(routes) == {("198.51.100.0/24", "100"), ("203.0.113.0/24", "main"),

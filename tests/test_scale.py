@@ -11,7 +11,7 @@ import pytest
 
 from daemons import DaemonProc, vips_on
 from netns import wait_for
-from test_failover import master_down_interval
+from rfc_timers import master_down_interval
 from vrrpd.lab.conf import LabSpec, host_config, placement, vip
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]

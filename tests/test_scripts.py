@@ -14,23 +14,9 @@ import time
 
 import pytest
 
+from scriptfiles import alive, write_script
 from vrrpd.scripts import runner as scripts, spawner
 from vrrpd.scripts.runner import CommandSyntaxError, ScriptResult, ScriptRunner, split_command
-
-
-def write_script(path, body, mode=0o755):
-    path.write_text("#!/bin/sh\n" + body + "\n")
-    path.chmod(mode)
-    return str(path)
-
-
-def alive(pid: int) -> bool:
-    """True if pid exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 # -- keepalived's word splitting -------------------------------------------------
@@ -362,7 +348,6 @@ def test_security_refuses_root_script_in_group_writable_dir(tmp_path, caplog):
     lax = ScriptRunner()
     assert lax.prepare(s) is not None
     assert lax.counters.insecure == 1 and lax.counters.refused == 0
-
 
 
 @needs_root

@@ -1,8 +1,8 @@
-"""Differential scenarios for issue 16: where vrrpd followed the man page or
+"""Differential scenarios where vrrpd could follow the man page or
 its own reading and keepalived 2.2.7 does something else.
 
-Same method as tests/test_scenarios.py (whose bench, expectations format
-and comparison this reuses): each scenario runs once with keepalived 2.2.7
+Same method as tests/test_scenarios.py, with the same bench, expectations
+format and comparison (tests/scenario_bench.py): each scenario runs once with keepalived 2.2.7
 and once with vrrpd as the daemon under test, with the same config and
 steps, and both runs must produce the sequence in EXPECTED.
 """
@@ -17,7 +17,7 @@ import time
 import pytest
 
 from daemons import DaemonProc
-from test_scenarios import (ADVERT_INT, DIFFERENCES, EXPECTED, PEER_PRIO, G, I, bench, check,  # noqa: F401
+from scenario_bench import (ADVERT_INT, EXPECTED, PEER_PRIO, G, I, check,
                             expand, global_defs, instance, sync_group, vrrp_script)
 
 pytestmark = [pytest.mark.netns, pytest.mark.keepalived,

@@ -11,6 +11,7 @@ import tempfile
 
 import pytest
 
+from children import child
 from netns import veth_host, wait_for
 from vrrpd.config import load
 from vrrpd.net.firewall import DEFAULT_TABLE, firewall_for, needs_drop
@@ -37,29 +38,6 @@ vrrp_instance V6 {
     virtual_ipaddress { fe80::8/64
                         2001:db8::200/64 }
 }
-"""
-
-# Adds the VIPs given on the command line to the firewall, READY, line, removes them,
-# READY, line, closes.
-DRIVER = r"""
-import asyncio, socket, sys
-import uvloop
-sys.path.insert(0, ROOT)
-from vrrpd.net.addresses import Vip
-from vrrpd.net.firewall import VipFirewall
-
-async def main():
-    index = socket.if_nametoindex("eth0")
-    vips = [Vip.parse(a, index) for a in sys.argv[1:]]
-    fw = VipFirewall()
-    line = lambda: asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
-    print("READY", await fw.add_vips(vips), flush=True)
-    await line()
-    print("READY", await fw.remove_vips(vips), flush=True)
-    await line()
-    print("DONE", await fw.close(), fw.stats, flush=True)
-
-uvloop.run(main())
 """
 
 
@@ -89,8 +67,7 @@ def _pings(ns, addr) -> bool:
 
 class Driver:
     def __init__(self, ns, vips):
-        code = DRIVER.replace("ROOT", repr(ROOT))
-        self.proc = ns.popen(PY, "-c", code, *vips, stdin=subprocess.PIPE,
+        self.proc = ns.popen(PY, child("firewall_driver"), *vips, stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True)
         self.next_line("READY True")
 

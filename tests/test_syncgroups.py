@@ -55,7 +55,7 @@ def test_member_waits_until_every_member_wants_master(grouped):
     A stays BACKUP, wanting MASTER; once B's timer runs out too, B goes and
     A (its group MASTER now) goes at its next timer.  Not grouped, A goes
     at once."""
-    from test_engine import advert
+    from engine_router import advert
     e, (a, b) = engine_with(2)
     if grouped:
         e.set_sync_group([a, b])

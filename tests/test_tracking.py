@@ -10,7 +10,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from test_scripts import write_script
+from scriptfiles import write_script
 from vrrpd.scripts.runner import ScriptRunner
 from vrrpd.track.tracking import (
     ProcessWatcher,

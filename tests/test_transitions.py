@@ -6,7 +6,7 @@ import os
 import select
 from types import SimpleNamespace
 
-from test_notify import read_kept_lines
+from scriptfiles import read_kept_lines
 from vrrpd import _engine
 from vrrpd.scripts import notify
 from vrrpd.core import daemon as runtime

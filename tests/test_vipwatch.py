@@ -1,4 +1,4 @@
-"""VipWatch (issue 16 item 6) tells an outside deletion of a master's VIP
+"""VipWatch tells an outside deletion of a master's VIP
 from vrrpd's own, whatever the order the link monitor delivers them in."""
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ import tempfile
 
 import pytest
 
+from children import child
 from netns import veth_host, wait_for
 from vrrpd.config import load
 from vrrpd.net.vmac import VmacSpec, advert_interface, eui64_link_local, vip_interface, virtual_mac
@@ -37,31 +38,6 @@ vrrp_instance V6 {
     virtual_ipaddress { fe80::8/64
                         2001:db8::200/64 }
 }
-"""
-
-# Creates the vmacs for CONF's instances, prints READY, waits for a line, removes them.
-DRIVER = r"""
-import asyncio, sys
-import uvloop
-sys.path.insert(0, ROOT)
-from vrrpd.config import load
-from vrrpd.net.links import LinkMonitor
-from vrrpd.net.vmac import VmacManager, VmacSpec, create_all
-
-async def main():
-    cfg = load(CONF_PATH).config
-    links = LinkMonitor()
-    await links.start()
-    manager = VmacManager()
-    specs = [VmacSpec.for_instance(i, cfg.global_defs) for i in cfg.instances.values()]
-    made = await create_all(manager, specs, links.by_name)
-    print("READY", sorted(made), manager.stats, flush=True)
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
-    await manager.close()
-    print("DONE", manager.stats, flush=True)
-    links.close()
-
-uvloop.run(main())
 """
 
 
@@ -128,23 +104,15 @@ def fingerprint(ns) -> dict:
     return out
 
 
-ARP_PROBE = """
-from scapy.all import ARP, Ether, srp
-ans, _ = srp(Ether(dst="ff:ff:ff:ff:ff:ff") / ARP(pdst=TARGET), iface="eth0", timeout=1,
-             multi=True, verbose=0)
-print(" ".join(sorted(r[1].hwsrc for r in ans)))
-"""
-
-
 def arp_replies(ns, target: str) -> list[str]:
     """MACs of every ARP reply to one who-has for target (scapy, from ns's eth0)."""
-    return ns.run(PY, "-c", ARP_PROBE.replace("TARGET", repr(target))).stdout.split()
+    return ns.run(PY, child("arp_who_has"), target, "1").stdout.split()
 
 
 class Driver:
     def __init__(self, ns, conf_path):
-        code = DRIVER.replace("ROOT", repr(ROOT)).replace("CONF_PATH", repr(conf_path))
-        self.proc = ns.popen(PY, "-c", code, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.proc = ns.popen(PY, child("vmac_driver"), conf_path, stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
         self.ready = self.proc.stdout.readline()
         assert self.ready.startswith("READY"), self.ready
 

@@ -17,6 +17,7 @@ import time
 
 import pytest
 
+from children import child
 from daemons import DaemonProc, vips_on
 
 
@@ -60,19 +61,9 @@ def advert_sources(ns, seconds: float = 1.2) -> set[tuple[str, str]]:
     return {tuple(line.split("\t")) for line in out.splitlines() if line.strip()}
 
 
-ARPING = """
-import sys
-from scapy.layers.l2 import ARP, Ether
-from scapy.sendrecv import srp
-ans, _ = srp(Ether(dst="ff:ff:ff:ff:ff:ff") / ARP(pdst=sys.argv[1]), iface="eth0", timeout=0.5,
-             multi=True, verbose=0)
-print(" ".join(sorted({r[ARP].hwsrc for _, r in ans})))
-"""
-
-
 def arp_answerers(client, vip: str = VIP) -> set[str]:
     """The MACs that answer a broadcast ARP request for vip (every answer within 0.5 s)."""
-    return set(client.run(sys.executable, "-c", ARPING, vip).stdout.split())
+    return set(client.run(sys.executable, child("arp_who_has"), vip, "0.5").stdout.split())
 
 
 def has_link(ns, name: str) -> bool:

@@ -80,8 +80,8 @@ LOG_EACH = 8      # transitions per batch logged one line each at INFO; more are
 
 def log_transitions(batch) -> None:
     """keepalived's "(VI_1) Entering MASTER STATE" per transition.  A failover
-    of thousands of instances would spend ~60 us per line (a tenth of a second
-    per 2,000) before its VIPs go up, so a large batch is logged as one INFO
+    of thousands of instances would spend a line's formatting and writing per
+    instance before its VIPs go up, so a large batch is logged as one INFO
     line per (state, reason) naming every instance, and the per-instance
     lines go to DEBUG."""
     if len(batch) <= LOG_EACH:
@@ -464,7 +464,7 @@ class Daemon:
             batch = await self._effects.get()
             self._effects_waiting -= len(batch)
             # A mass failover: the kernel's notifications of the VIPs we add
-            # (~20 us of decoding each) wait in the link monitor's socket
+            # (each costs decoding on the loop) wait in the link monitor's socket
             # until the transitions are through, instead of competing with
             # them; link events wait that long too (at most HOLD_MONITOR_S).
             if held_since is None and len(batch) + self._effects_waiting >= HOLD_MONITOR:

@@ -146,8 +146,8 @@ async def serve(plan, args=None, running=None) -> int:
     from vrrpd.ops import memtrim, procsched
 
     args = args or build_parser().parse_args([])
-    # The one other thread, the metrics HTTP server's (--metrics), must not
-    # hold the GIL for the default 5 ms when the loop needs it to send adverts.
+    # The other threads (log writer, netlink senders, track_process's /proc scan, the
+    # metrics server's) must not hold the GIL for 5 ms when the loop needs it for adverts.
     sys.setswitchinterval(0.0005)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -161,7 +161,7 @@ async def serve(plan, args=None, running=None) -> int:
         running = fingerprints(plan, plan.instances)   # for reloads; before adverts start
     # The configuration's garbage goes before adverts start; what start-up builds
     # is frozen out of the collector's sight afterwards: a full collection over it
-    # would hold the loop (and the adverts) ~25 ms at 1,000 instances.  Likewise
+    # would hold the loop (and the adverts) longer the more instances.  Likewise
     # no collections while start-up runs, as in a reload.
     gc.collect()
     gc.disable()

@@ -43,31 +43,14 @@ def master_down_interval(spec: LabSpec, priority: int) -> float:
     return 3 * spec.advert_int + skew_time(spec, priority)
 
 
-# Run in the switch namespace: GRO (plus UDP GRO forwarding, which makes a
-# veth take locally sent packets too) turns on NAPI for the bridge ports, and
-# threaded NAPI moves their polling into kernel threads.
-_THREAD_WIRE = """
-import sys
-from pyroute2 import Ethtool
-e = Ethtool()
-for port in sys.argv[1:]:
-    f = e.get_features(port)
-    f.features["rx-gro"].enable = True
-    f.features["rx-udp-gro-forwarding"].enable = True
-    e.set_features(port, f)
-    with open(f"/sys/class/net/{port}/threaded", "w") as t:
-        t.write("1")
-"""
-
-
 def thread_wire(switch, ports: list[str]) -> None:
     """Make the switch's work its own.  A packet sent into a veth is otherwise
     carried through the bridge and into the receiving host's socket within
     the sender's system call, so the sender's CPU time includes the switch
-    and the receiver's kernel (half of a vrrpd master's measured time at
-    2,000 instances).  With NAPI threads on the bridge ports each daemon is
+    and the receiver's kernel (a large share of a vrrpd master's time at
+    thousands of instances).  With NAPI threads on the bridge ports each daemon is
     charged what it would be on real hardware: its own send and receive."""
-    switch.run(sys.executable, "-c", _THREAD_WIRE, *ports)
+    switch.run(sys.executable, "-m", "vrrpd.lab.threadwire", *ports)
 
 
 def queue_nics(host, nics: int) -> None:

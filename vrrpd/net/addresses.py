@@ -1,11 +1,11 @@
 """AddressManager: add and remove virtual IPs in large batches over rtnetlink.
 
 A failover may have to add 10,000 VIPs at once.  One RTM_NEWADDR per VIP with NLM_F_ACK,
-packed many to a sendmsg() by nlbatch.Requester (chunks of ~5 ms of the kernel's work,
+packed many to a sendmsg() by nlbatch.Requester (chunks of SEND_BUDGET_S of the kernel's work,
 sent from a thread of its own so that the loop never waits for the RTNL lock).
 
 Encoding: pyroute2's ifaddrmsg lays out one message per distinct shape (family, prefix,
-ifindex, label, ...) - at ~100 us per encode it is too slow to call per VIP - and we copy
+ifindex, label, ...) - its encoder is too slow to call per VIP - and we copy
 that template per VIP, patching sequence number and address bytes.
 
 What keepalived sends (vrrp_ipaddress.c): IFA_LOCAL, IFA_BROADCAST and IFA_LABEL when set;

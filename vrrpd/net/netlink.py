@@ -1,11 +1,11 @@
 """rtnetlink plumbing shared by links.py (LinkMonitor) and addresses.py (AddressManager).
 
 Why our own sockets: pyroute2's IPRoute/AsyncIPRoute cannot open their socket under
-uvloop (see shared/README.md), so we open NETLINK_ROUTE sockets ourselves, non-blocking,
+uvloop, so we open NETLINK_ROUTE sockets ourselves, non-blocking,
 for loop.add_reader().  pyroute2 still does the message layouts (ifinfmsg/ifaddrmsg,
 both in 0.7.x (Debian 12) and 0.9.x); only the two hot messages are handled here with
 struct: ACK/error replies (36 bytes each, one per VIP) and ifaddrmsg events, because
-pyroute2 needs ~40 us to decode one and a 10,000-VIP failover echoes 10,000 of them.
+pyroute2's decoding of one costs far more and a 10,000-VIP failover echoes 10,000 of them.
 """
 from __future__ import annotations
 

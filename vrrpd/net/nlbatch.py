@@ -8,11 +8,10 @@ rtnetlink handles a whole buffer inside sendmsg(), under the RTNL lock, so the A
 queued before send() returns.  That send is made by a thread of our own (the ACKs are
 read on the loop): whoever else holds RTNL (a netns being torn down, a routing daemon,
 `ip`) would otherwise hold the loop and its adverts.  And a send holds the CPU it runs
-on (netlink_rcv_skb does not reschedule: measured, 1,024 /32 VIP adds held a CPU 13 ms,
-even from a SCHED_FIFO task above ours), so chunks are sized by time, not count: each
-takes about SEND_BUDGET_S at
+on (netlink_rcv_skb does not reschedule, not even for a SCHED_FIFO task above ours),
+so chunks are sized by time, not count: each takes about SEND_BUDGET_S at
 the cost per message sends have measured.  The cost depends on what the messages do
-(deleting absent VIPs took 1.7 us each, adding them 13 us), so the estimate follows a
+(deleting an absent VIP costs a fraction of adding one), so the estimate follows a
 dearer cost at once and a cheaper one only slowly.
 """
 from __future__ import annotations
@@ -31,12 +30,11 @@ log = logging.getLogger("vrrpd.net.nlbatch")
 
 IFINFOMSG = struct.Struct("=BxHiII")        # family, type, index, flags, change
 
-# How long one sendmsg() may hold a CPU.  Crash failover of 2,000 instances, 5 runs
-# each, first to last MASTER: 139 ms with one send of up to 1,024 VIPs (13 ms) on the
-# loop; from the thread 153 ms at 2 ms a send, 140 ms at 5 ms (ACKs then parsed in the
-# thread too), 128 ms at 8 ms (ACKs on the loop, as now).
+# How long one sendmsg() may hold a CPU: long enough that a takeover's VIPs go out in
+# few sends, short enough that no one send holds a CPU the loop may need for long
+# (the failover figures behind the choice: bench/results/NOTES.md).
 SEND_BUDGET_S = 0.005
-FIRST_COST_S = 20e-6        # per message, before any measurement (a /32 VIP add: 13 us here)
+FIRST_COST_S = 20e-6        # per message, before any send was timed (above a /32 VIP add's)
 MIN_CHUNK, MAX_CHUNK = 4, 1024
 COST_DECAY = 0.95           # per send, how fast the cost estimate falls to a cheaper one
 
@@ -166,7 +164,7 @@ class Requester:
     def _send(self, data: bytearray) -> float:
         """In the sender thread, which holds the GIL only to start and end: the
         kernel's whole work on the chunk; its duration.  (Parsing the ACKs there
-        too measured worse: a thread holding the GIL stalls the loop behind it.)"""
+        too is worse: a thread holding the GIL stalls the loop behind it.)"""
         t0 = self._clock()
         self._opened.send(data)
         return self._clock() - t0

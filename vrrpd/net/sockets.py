@@ -13,7 +13,7 @@ kernel would otherwise drop bad checksums silently, before our counters.
 
 Multicast adverts on Ethernet links leave by a second, send-only packet
 socket (open_link_socket) as prebuilt frames: the kernel's IP output path
-per advert (route lookup, header, neighbour) was most of a master's CPU.
+per advert (route lookup, header, neighbour) is most of a master's CPU.
 Frames do not traverse netfilter's OUTPUT/POSTROUTING hooks (qdiscs and tc
 still apply); `vrrpd --advert-tx ip` keeps every advert on the IP path.
 """

@@ -3,10 +3,9 @@ vrrp_priority (nice), vrrp_rt_priority (realtime SCHED_RR), vrrp_rlimit_rttime,
 vrrp_no_swap (mlockall) and vrrp_cpu_affinity.
 
 Why an operator sets them: on a busy router the daemon competes for the CPU
-with everything else, scripts included.  Measured on a 2-core VM (1,000
-instances at 100 ms, 100 track scripts timing out and 3,000 notify scripts
-starting): the largest gap between adverts was 109-114 ms at normal priority
-(the daemon waiting for a CPU), 104.6-105.3 ms with SCHED_RR.
+with everything else, scripts included: at normal priority the daemon may
+wait for a CPU when an advert is due, with SCHED_RR it runs when it wakes
+(figures with 1,000 instances and hanging scripts: bench/results/NOTES.md).
 
 Realtime is set with SCHED_RESET_ON_FORK, as keepalived does, so the script
 spawner and the scripts run at normal priority and cannot starve anything.

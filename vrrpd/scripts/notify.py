@@ -60,7 +60,7 @@ _held: list | None = None         # fifos holding lines, inside coalesced()
 def coalesced():
     """Fifo lines written inside go out at the end, in as few writes as
     PIPE_BUF allows: a failover of thousands of instances is thousands of
-    lines, and one write per line was a measurable part of it."""
+    lines, and one write per line would be a real part of its cost."""
     global _held
     if _held is not None:             # nested: the outer one writes
         yield

@@ -7,8 +7,8 @@ timeout can kill everything it forked), with stdin/stdout/stderr on /dev/null
 daemon's environment (keepalived passes `environ` to execve).
 
 Spawning, timeouts and reaping happen in a separate process (vrrpd.scripts.spawner):
-fork+exec costs ~1 ms of Python per script, which on the daemon's own GIL
-delayed adverts.  The loop only sends a request and reads a few replies per
+fork+exec costs much Python per script, which on the daemon's own GIL
+would delay adverts.  The loop only sends a request and reads a few replies per
 script, and it behaves the same on uvloop and on asyncio.
 
 Security (keepalived's check_script_secure()): a script that runs as root must

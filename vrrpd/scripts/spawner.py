@@ -1,10 +1,10 @@
 """The script spawner: a small process of its own that forks, execs, times
 out and reaps the daemon's scripts.
 
-Why a process and not a thread: subprocess.Popen spends ~1 ms of Python per
-script holding the GIL.  On a worker thread that competed with the event
-loop (py-spy --gil, 1,000 instances + 100 hanging track scripts: the spawner
-thread held the GIL ~40 % of the time and adverts came up to 60 ms late).
+Why a process and not a thread: subprocess.Popen spends much Python per
+script holding the GIL; on a worker thread that competes with the event
+loop, and with many hanging track scripts adverts go out late (figures:
+bench/results/NOTES.md).
 Here it has its own interpreter and GIL; the daemon only exchanges a few
 small messages per script.  The process is exec'd afresh (not a fork of the
 daemon), so it holds none of the daemon's memory or sockets.

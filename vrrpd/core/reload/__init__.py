@@ -65,7 +65,7 @@ log = logging.getLogger("vrrpd")
 
 SLICE = 0.001           # s of reload work on the loop between returns to it
 ROOM_US = 1500          # resume only if no advert is due sooner (a slice fits)
-SPAWN_ROOM_US = 3000    # starting the reader costs ~1 ms: between advert bursts
+SPAWN_ROOM_US = 3000    # starting the reader is the dearest step: between advert bursts
 MAX_WAIT = 0.2          # s to wait for that room before going ahead anyway
 READER_TIMEOUT = 30.0   # s the configuration reader may take (vrrpd --reload-timeout)
 READER_MEMORY = 2 << 30 # bytes of address space it may use (vrrpd --reload-memory)

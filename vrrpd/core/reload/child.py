@@ -2,10 +2,10 @@
 configuration, resolve it and diff it against the running one -- off the
 daemon's GIL and out of its memory.
 
-Parsing 1,000 instances takes 0.2-1 s of pure Python; in a thread of the
-daemon it competed with the loop for the GIL and delayed adverts.  A forked
-child worked, but every page the daemon wrote while it lived was a
-copy-on-write fault: the loop's work ran up to 10x slower for a while.  So
+Parsing thousands of instances is long pure Python: in a thread of the
+daemon it would compete with the loop for the GIL and delay adverts.  In a
+forked child every page the daemon writes while the child lives is a
+copy-on-write fault, which slows the loop's work for that while.  So
 the reader is exec'd afresh (`python -m vrrpd.core.reload.child`, spawned with
 vfork: no page tables copied) and compares against fingerprints of the
 running configuration instead of the objects themselves: a digest of each
