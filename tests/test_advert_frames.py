@@ -19,7 +19,8 @@ from scapy.layers.l2 import Ether
 from scapy.layers.vrrp import VRRPv3
 
 from daemons import DaemonProc
-from vrrpd import _codec, _engine
+from vrrpd import _codec
+from vrrpd.engine import Engine
 
 MAC = bytes.fromhex("02005e0000aa")
 
@@ -69,7 +70,7 @@ def test_frame_header_refuses_unicast_destinations():
 
 
 def test_set_link_tx_checks_its_arguments():
-    e = _engine.Engine(4)
+    e = Engine(4)
     sink = e.add_socket(-1, socket.AF_INET, 1)
     with pytest.raises(ValueError):
         e.set_link_tx(sink, 5, MAC)                          # a test sink has no link
@@ -174,7 +175,7 @@ def test_output_firewall_sees_only_the_ip_path(lan, tmp_path, advert_tx):
 BURST = r"""
 import socket, sys, time
 sys.path.insert(0, %(root)r)
-from vrrpd import _engine
+from vrrpd.engine import Engine
 from vrrpd.net import sockets
 N = 40
 raw = sockets.open_vrrp_socket(socket.AF_INET, "veth0", socket.if_nametoindex("veth0"))
@@ -182,7 +183,7 @@ link = sockets.open_link_socket()
 tap = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
 tap.bind(("veth1", 0))
 tap.setblocking(False)
-e = _engine.Engine(64, defer_sends=True)
+e = Engine(64, defer_sends=True)
 sid = e.add_socket(raw.fileno(), socket.AF_INET, socket.if_nametoindex("veth0"))
 mac = bytes.fromhex(open("/sys/class/net/veth0/address").read().strip().replace(":", ""))
 e.set_link_tx(sid, link.fileno(), mac)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from vrrpd import _engine as E
+from vrrpd import engine as E
 from test_engine import GROUP4, T0, VIP4, VIP6, Router, advert, mdi_us, pk, to_master
 
 VIP4B = "192.0.2.101"

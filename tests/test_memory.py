@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 
-from vrrpd import _engine as E
+from vrrpd import engine as E
 
 
 def rss_kb() -> int:
