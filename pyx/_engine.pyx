@@ -11,7 +11,7 @@ from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memcpy, memcmp, memset
 from libc.errno cimport errno, EINTR, EAGAIN, ENOBUFS
 from cpython.bytes cimport PyBytes_FromStringAndSize
-from collections import namedtuple
+from collections import namedtuple as _namedtuple
 
 cimport cython
 
@@ -117,7 +117,7 @@ EV_STATE, EV_RX_LOWER_PRI, EV_REJECT, EV_SOCK_REJECT = (
     E_STATE, E_RX_LOWER_PRI, E_REJECT, E_SOCK_REJECT)
 
 # A plain tuple underneath: built at C speed, unpacked by position or name.
-Event = namedtuple("Event", "idx kind code detail")
+Event = _namedtuple("Event", "idx kind code detail")
 
 # Transition reasons (for logs and notify).
 cdef enum:
