@@ -11,9 +11,15 @@ from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memcpy, memcmp, memset
 from libc.errno cimport errno, EINTR, EAGAIN, ENOBUFS
 from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.object cimport PyTypeObject
+from cpython.ref cimport Py_INCREF
+from cpython.tuple cimport PyTuple_SET_ITEM
 from collections import namedtuple as _namedtuple
 
 cimport cython
+
+cdef extern from "Python.h":
+    object PyType_GenericAlloc(PyTypeObject*, Py_ssize_t)
 
 from vrrpd._codec cimport (
     advert_t, decode_advert, encode_advert, encode_frame_header, patch_priority,
@@ -116,8 +122,24 @@ cdef enum:
 EV_STATE, EV_RX_LOWER_PRI, EV_REJECT, EV_SOCK_REJECT = (
     E_STATE, E_RX_LOWER_PRI, E_REJECT, E_SOCK_REJECT)
 
-# A plain tuple underneath: built at C speed, unpacked by position or name.
+# A tuple underneath, unpacked by position or by name.  pop_events fills
+# each one in place (_event), as PyTuple_New would: Event's Python-level
+# __new__ would cost more than the rest of pop_events.
 Event = _namedtuple("Event", "idx kind code detail")
+cdef PyTypeObject* _EVENT_TYPE = <PyTypeObject*>Event
+
+
+cdef inline object _event(object idx, object kind, object code, object detail):
+    cdef object ev = PyType_GenericAlloc(_EVENT_TYPE, 4)
+    Py_INCREF(idx)
+    PyTuple_SET_ITEM(ev, 0, idx)
+    Py_INCREF(kind)
+    PyTuple_SET_ITEM(ev, 1, kind)
+    Py_INCREF(code)
+    PyTuple_SET_ITEM(ev, 2, code)
+    Py_INCREF(detail)
+    PyTuple_SET_ITEM(ev, 3, detail)
+    return ev
 
 # Transition reasons (for logs and notify).
 cdef enum:
@@ -1226,11 +1248,11 @@ cdef class Engine:
         for i in range(self._ev_len):
             ev = &self._ev[i]
             if ev.kind == E_STATE:
-                out.append(tuple.__new__(Event, (ev.idx, ev.kind, ev.arg1, ev.arg2)))
+                out.append(_event(ev.idx, ev.kind, ev.arg1, ev.arg2))
             else:
-                out.append(tuple.__new__(Event, (
-                    ev.idx, ev.kind, ev.arg1,
-                    PyBytes_FromStringAndSize(<char*>ev.addr, ev.alen) if ev.alen else None)))
+                out.append(_event(ev.idx, ev.kind, ev.arg1,
+                                  PyBytes_FromStringAndSize(<char*>ev.addr, ev.alen)
+                                  if ev.alen else None))
         self._ev_len = 0
         return out
 

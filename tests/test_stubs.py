@@ -7,6 +7,7 @@ import ast
 import importlib
 import inspect
 import os
+import socket
 import types
 
 import pytest
@@ -103,3 +104,16 @@ def test_engine_face_is_derived_from_the_engines_constants():
         {getattr(_engine, n): n[len("EV_"):] for n in vars(_engine) if n.startswith("EV_")}
     assert engine.STATE_NAMES[engine.MASTER] == "MASTER"
     assert engine.REASON_NAMES[engine.REASON_SYNC_GROUP] == "sync_group"
+
+
+def test_pop_events_hands_out_events():
+    e = engine.Engine(2)
+    sid = e.add_socket(-1, socket.AF_INET, 1)
+    idx = e.add_instance(sock_id=sid, vrid=1, version=3, priority=100, advert_int_cs=100,
+                         src=bytes([192, 0, 2, 1]), dsts=[bytes([224, 0, 0, 18])],
+                         vips=[bytes([192, 0, 2, 100])])
+    e.start(idx, 1)
+    [ev] = e.pop_events()
+    assert type(ev) is engine.Event
+    assert ev == (idx, engine.EventKind.STATE, engine.State.BACKUP, engine.Reason.STARTUP)
+    assert (ev.idx, ev.kind, ev.code, ev.detail) == tuple(ev)
