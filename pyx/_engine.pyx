@@ -123,8 +123,8 @@ EV_STATE, EV_RX_LOWER_PRI, EV_REJECT, EV_SOCK_REJECT = (
     E_STATE, E_RX_LOWER_PRI, E_REJECT, E_SOCK_REJECT)
 
 # A tuple underneath, unpacked by position or by name.  pop_events fills
-# each one in place (_event), as PyTuple_New would: Event's Python-level
-# __new__ would cost more than the rest of pop_events.
+# each one in place (_event): one allocation, as for a plain tuple, rather
+# than a call of Event's Python-level __new__ per event.
 Event = _namedtuple("Event", "idx kind code detail")
 cdef PyTypeObject* _EVENT_TYPE = <PyTypeObject*>Event
 
