@@ -15,6 +15,12 @@ from setuptools import Extension, find_packages, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
+# Bounds and negative-index checks stay on by default; the hot functions
+# (codec encode/decode/checksum, the engine's receive/timer/send loops, the
+# effects' batch builders) turn them off with @cython.boundscheck(False) /
+# @cython.wraparound(False).  tests/test_build.py uses the same directives.
+DIRECTIVES = {"language_level": "3", "cdivision": True}
+
 
 def read_version():
     with open(os.path.join(HERE, "vrrpd", "__init__.py")) as f:
@@ -35,10 +41,7 @@ def extensions():
                               extra_compile_args=["-O2"]))
     from Cython.Build import cythonize
     return cythonize(exts, include_path=[HERE],
-                     compiler_directives={"language_level": "3",
-                                          "boundscheck": False,
-                                          "wraparound": False,
-                                          "cdivision": True})
+                     compiler_directives=DIRECTIVES)
 
 
 setup(
@@ -47,7 +50,7 @@ setup(
     description="VRRP router-redundancy daemon, keepalived-compatible, Cython hot path",
     python_requires=">=3.11",
     packages=find_packages(include=["vrrpd", "vrrpd.*"]),
-    package_data={"vrrpd": ["*.pxd"]},
+    package_data={"vrrpd": ["*.pxd", "*.pyi", "py.typed"]},
     ext_modules=extensions(),
     install_requires=["uvloop", "pyroute2", "prometheus-client", "aiosmtplib"],
     extras_require={

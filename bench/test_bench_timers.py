@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from vrrpd import _engine as E
+from vrrpd import engine as E
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 N = 10_000

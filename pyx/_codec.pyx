@@ -19,6 +19,7 @@ Message layout (both versions share the first 4 bytes and the checksum slot):
              v2 only: 8 bytes of authentication data
 """
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+cimport cython
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 
@@ -48,6 +49,8 @@ cdef enum:
 
 # ---------------------------------------------------------------- checksums
 
+@cython.boundscheck(False)
+@cython.wraparound(False)
 cdef uint32_t csum_add(uint32_t sum, const uint8_t* buf, size_t n) noexcept nogil:
     # Sum of big-endian 16-bit words (RFC 1071 4.1); an odd last byte is
     # padded with a zero.  Chained calls must pass even n except the last.
@@ -96,6 +99,8 @@ cdef inline void put16(uint8_t* p, uint16_t v) noexcept nogil:
 
 # ------------------------------------------------------------ decode (C API)
 
+@cython.boundscheck(False)
+@cython.wraparound(False)
 cdef int decode_advert(const uint8_t* pkt, size_t length, int family,
                        const uint8_t* src, const uint8_t* dst,
                        advert_t* out) noexcept nogil:
@@ -168,6 +173,8 @@ cdef int decode_advert(const uint8_t* pkt, size_t length, int family,
 
 # ------------------------------------------------------------ encode (C API)
 
+@cython.boundscheck(False)
+@cython.wraparound(False)
 cdef int encode_advert(uint8_t* buf, size_t cap, int version, int family,
                        uint8_t vrid, uint8_t priority, uint16_t advert_int,
                        const uint8_t* addrs, uint8_t naddr,
@@ -382,6 +389,8 @@ cdef Advert make_advert(const advert_t* a):
     return r
 
 
+@cython.boundscheck(False)
+@cython.wraparound(False)
 def decode(data, int family, src=None, dst=None):
     """Decode and validate one VRRP message (the IP payload).
 
@@ -416,6 +425,8 @@ def decode(data, int family, src=None, dst=None):
     return make_advert(&a)
 
 
+@cython.boundscheck(False)
+@cython.wraparound(False)
 def encode(int version, int family, int vrid, int priority, int advert_int, addresses=(),
            *, src=None, dst=None, int auth_type=0, auth_data=b"",
            bint v3_checksum_as_v2=False):
@@ -498,6 +509,8 @@ cdef inline const uint8_t* rows(const uint8_t[:, ::1] m, Py_ssize_t n, Py_ssize_
     return &m[0, 0] if n else NULL
 
 
+@cython.boundscheck(False)
+@cython.wraparound(False)
 def decode_batch(const uint8_t[:, ::1] packets, const uint16_t[::1] lengths, int family,
                  const uint8_t[:, ::1] srcs, const uint8_t[:, ::1] dsts,
                  uint8_t[::1] reject_out, uint8_t[::1] vrid_out,
@@ -537,6 +550,8 @@ def decode_batch(const uint8_t[:, ::1] packets, const uint16_t[::1] lengths, int
     return accepted
 
 
+@cython.boundscheck(False)
+@cython.wraparound(False)
 def encode_batch(int version, int family, const uint8_t[::1] vrids,
                  const uint8_t[::1] priorities, const uint16_t[::1] advert_ints,
                  const uint8_t[:, ::1] addrs, const uint8_t[::1] naddrs,

@@ -11,28 +11,9 @@ from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memcpy, memset
 from libc.errno cimport errno, EINTR, EAGAIN, ENOBUFS, EEXIST, EADDRNOTAVAIL, ETIMEDOUT
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+cimport cython
 
-cdef extern from "<sys/uio.h>" nogil:
-    cdef struct iovec:
-        void* iov_base
-        size_t iov_len
-
-cdef extern from "<sys/socket.h>" nogil:
-    ctypedef unsigned int socklen_t
-    cdef struct msghdr:
-        void* msg_name
-        socklen_t msg_namelen
-        iovec* msg_iov
-        size_t msg_iovlen
-        void* msg_control
-        size_t msg_controllen
-        int msg_flags
-    cdef struct mmsghdr:
-        msghdr msg_hdr
-        unsigned int msg_len
-    int sendmmsg(int, mmsghdr*, unsigned int, int)
-    enum:
-        MSG_DONTWAIT
+from vrrpd._sys cimport iovec, msghdr, mmsghdr, sendmmsg, MSG_DONTWAIT
 
 cdef enum:
     NLMSG_HDRLEN = 16
@@ -193,6 +174,8 @@ cdef class Effects:
             self._get(idx).gen += 1
 
     # --- rtnetlink ----------------------------------------------------------
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
     def netlink(self, list idxs, bint add, uint32_t seq0):
         """-> (one buffer of every instance's add (or remove) messages with
         sequence numbers seq0, seq0+1, ..., the number of messages)."""
@@ -225,6 +208,8 @@ cdef class Effects:
         self._batch = k
         return out, k
 
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
     def acks(self, const uint8_t[:] data, uint32_t seq0):
         """Record the NLMSG_ERROR replies (errno 0 = ACK) in `data` for the
         current batch; -> how many of its messages got one."""
@@ -246,6 +231,8 @@ cdef class Effects:
             off += (mlen + 3) & ~3
         return got
 
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
     def results(self, list idxs, bint add):
         """After acks(): -> [(position in idxs, errno)] for the instances one
         of whose messages failed (first errno; no ACK counts as ETIMEDOUT).
@@ -267,6 +254,8 @@ cdef class Effects:
         return failed
 
     # --- announcements --------------------------------------------------------
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
     def announce(self, list idxs, list gens=None):
         """One burst per instance (`repeat` rounds over its frames), one
         sendmmsg() per run of frames on one socket.  gens: only instances
@@ -317,6 +306,8 @@ cdef class Effects:
                 "announce_errors": self._errors}
 
     # --- notify fifo ------------------------------------------------------------
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
     def fifo_lines(self, list idxs, list words, list priorities, bytes kind=b"INSTANCE"):
         """keepalived's `%s "%s" %s %d\\n` per instance, in blocks of whole
         lines of at most PIPE_BUF bytes (such a write never tears a line)."""
@@ -339,6 +330,8 @@ cdef class Effects:
         return blocks
 
 
+@cython.boundscheck(False)
+@cython.wraparound(False)
 cdef int _send(Effects self, mmsghdr* msgs, iovec* iov, frame_view* pending, int m, int slot,
                list left, set refused) except -1:
     """sendmmsg() the m pending frames of one socket slot; what the device

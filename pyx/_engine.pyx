@@ -11,6 +11,15 @@ from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memcpy, memcmp, memset
 from libc.errno cimport errno, EINTR, EAGAIN, ENOBUFS
 from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.object cimport PyTypeObject
+from cpython.ref cimport Py_INCREF
+from cpython.tuple cimport PyTuple_SET_ITEM
+from collections import namedtuple as _namedtuple
+
+cimport cython
+
+cdef extern from "Python.h":
+    object PyType_GenericAlloc(PyTypeObject*, Py_ssize_t)
 
 from vrrpd._codec cimport (
     advert_t, decode_advert, encode_advert, encode_frame_header, patch_priority,
@@ -21,24 +30,9 @@ from vrrpd._codec cimport (
     CKSUM_V2, CKSUM_V3_PSEUDO, CKSUM_V3_NO_PSEUDO,
 )
 
-cdef extern from "<sys/uio.h>" nogil:
-    cdef struct iovec:
-        void* iov_base
-        size_t iov_len
+from vrrpd._sys cimport iovec, msghdr, mmsghdr, sendmmsg, MSG_DONTWAIT
 
 cdef extern from "<sys/socket.h>" nogil:
-    ctypedef unsigned int socklen_t
-    cdef struct msghdr:
-        void* msg_name
-        socklen_t msg_namelen
-        iovec* msg_iov
-        size_t msg_iovlen
-        void* msg_control
-        size_t msg_controllen
-        int msg_flags
-    cdef struct mmsghdr:
-        msghdr msg_hdr
-        unsigned int msg_len
     cdef struct cmsghdr:
         size_t cmsg_len
         int cmsg_level
@@ -49,11 +43,9 @@ cdef extern from "<sys/socket.h>" nogil:
     size_t CMSG_SPACE(size_t)
     size_t CMSG_LEN(size_t)
     int recvmmsg(int, mmsghdr*, unsigned int, int, void*)
-    int sendmmsg(int, mmsghdr*, unsigned int, int)
     enum:
         AF_INET
         AF_INET6
-        MSG_DONTWAIT
         MSG_TRUNC
         MSG_CTRUNC
 
@@ -111,14 +103,15 @@ cdef enum:
     S_MASTER = 2
     S_FAULT = 3
 
+# Python names of the C constants; vrrpd/engine.py builds its IntEnums and
+# name tables from these (the only numbering is the one here).
 INIT, BACKUP, MASTER, FAULT = S_INIT, S_BACKUP, S_MASTER, S_FAULT
-STATE_NAMES = ("INIT", "BACKUP", "MASTER", "FAULT")
 
-# Event kinds; events are (idx, kind, arg1, arg2):
-#   EV_STATE        (idx, EV_STATE, new_state, reason)
-#   EV_RX_LOWER_PRI (idx, EV_RX_LOWER_PRI, their_priority, their_address)
-#   EV_REJECT       (idx, EV_REJECT, reject_reason, source_address)
-#   EV_SOCK_REJECT  (sock_id, EV_SOCK_REJECT, reject_reason, source_address)
+# Event kinds; pop_events() returns Event(idx, kind, code, detail):
+#   EV_STATE        idx, EV_STATE, new_state, reason
+#   EV_RX_LOWER_PRI idx, EV_RX_LOWER_PRI, their_priority, their_address
+#   EV_REJECT       idx, EV_REJECT, reject_reason, source_address
+#   EV_SOCK_REJECT  sock_id, EV_SOCK_REJECT, reject_reason, source_address
 # Reject events are rate limited per socket (counters are exact).
 cdef enum:
     E_STATE = 1
@@ -128,8 +121,25 @@ cdef enum:
 
 EV_STATE, EV_RX_LOWER_PRI, EV_REJECT, EV_SOCK_REJECT = (
     E_STATE, E_RX_LOWER_PRI, E_REJECT, E_SOCK_REJECT)
-EVENT_NAMES = {E_STATE: "state", E_RX_LOWER_PRI: "rx_lower_pri",
-               E_REJECT: "reject", E_SOCK_REJECT: "sock_reject"}
+
+# A tuple underneath, unpacked by position or by name.  pop_events fills
+# each one in place (_event): one allocation, as for a plain tuple, rather
+# than a call of Event's Python-level __new__ per event.
+Event = _namedtuple("Event", "idx kind code detail")
+cdef PyTypeObject* _EVENT_TYPE = <PyTypeObject*>Event
+
+
+cdef inline object _event(object idx, object kind, object code, object detail):
+    cdef object ev = PyType_GenericAlloc(_EVENT_TYPE, 4)
+    Py_INCREF(idx)
+    PyTuple_SET_ITEM(ev, 0, idx)
+    Py_INCREF(kind)
+    PyTuple_SET_ITEM(ev, 1, kind)
+    Py_INCREF(code)
+    PyTuple_SET_ITEM(ev, 2, code)
+    Py_INCREF(detail)
+    PyTuple_SET_ITEM(ev, 3, detail)
+    return ev
 
 # Transition reasons (for logs and notify).
 cdef enum:
@@ -144,12 +154,16 @@ cdef enum:
     R_SYNC_GROUP = 8
     R_RELOAD = 9            # a reload changed the instance's peers (set_peers)
 
-REASON_NAMES = ("startup", "master_down_timer", "higher_priority_advert",
-                "priority_zero_advert", "preempt", "fault", "fault_cleared",
-                "shutdown", "sync_group", "reload")
-(REASON_STARTUP, REASON_MASTER_DOWN_TIMER, REASON_HIGHER_PRIORITY_ADVERT,
- REASON_PRIORITY_ZERO_ADVERT, REASON_PREEMPT, REASON_FAULT,
- REASON_FAULT_CLEARED, REASON_SHUTDOWN, REASON_SYNC_GROUP, REASON_RELOAD) = range(10)
+REASON_STARTUP = R_STARTUP
+REASON_MASTER_DOWN_TIMER = R_MASTER_DOWN_TIMER
+REASON_HIGHER_PRIORITY_ADVERT = R_HIGHER_PRIORITY_ADVERT
+REASON_PRIORITY_ZERO_ADVERT = R_PRIORITY_ZERO_ADVERT
+REASON_PREEMPT = R_PREEMPT
+REASON_FAULT = R_FAULT
+REASON_FAULT_CLEARED = R_FAULT_CLEARED
+REASON_SHUTDOWN = R_SHUTDOWN
+REASON_SYNC_GROUP = R_SYNC_GROUP
+REASON_RELOAD = R_RELOAD
 
 # Reject reasons, in vrrpd/_codec.pxd's numbering.
 REJECT_NAMES = (
@@ -802,6 +816,8 @@ cdef class Engine:
         self._flush()
 
     # --- timers ----------------------------------------------------------
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
     def tick(self, int64_t now):
         """Run every due timer; -> next deadline (us) or -1 if none.
 
@@ -841,6 +857,8 @@ cdef class Engine:
         return self._heap[0].deadline if self._heap_len else -1
 
     # --- receive ---------------------------------------------------------
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
     def on_readable(self, int sock_id, int64_t now):
         """Drain the socket with recvmmsg (bounded per call) -> packets read."""
         if sock_id < 0 or sock_id >= self._nsocks:
@@ -885,6 +903,8 @@ cdef class Engine:
         self._flush()
         return total
 
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
     cdef void _rx_one(self, int sid, int i, int64_t now) noexcept:
         cdef mmsghdr* m = &(<mmsghdr*>self._msgs)[i]
         cdef uint8_t* buf = self._rxbuf + i * RXBUF
@@ -946,6 +966,8 @@ cdef class Engine:
                        <const uint8_t*><const char*>dst, ttl, now)
         self._flush()
 
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
     cdef void _dispatch(self, int sid, const uint8_t* pkt, size_t n,
                         const uint8_t* src, const uint8_t* dst, int ttl,
                         int64_t now) noexcept:
@@ -1216,19 +1238,21 @@ cdef class Engine:
         if alen:
             memcpy(ev.addr, addr, alen)
 
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
     def pop_events(self):
-        """-> [(idx, kind, arg1, arg2)] since the last call (see EV_*)."""
+        """-> [Event] since the last call (see EV_*)."""
         cdef list out = []
         cdef ev_t* ev
         cdef int i
         for i in range(self._ev_len):
             ev = &self._ev[i]
             if ev.kind == E_STATE:
-                out.append((ev.idx, ev.kind, ev.arg1, ev.arg2))
+                out.append(_event(ev.idx, ev.kind, ev.arg1, ev.arg2))
             else:
-                out.append((ev.idx, ev.kind, ev.arg1,
-                            PyBytes_FromStringAndSize(<char*>ev.addr, ev.alen)
-                            if ev.alen else None))
+                out.append(_event(ev.idx, ev.kind, ev.arg1,
+                                  PyBytes_FromStringAndSize(<char*>ev.addr, ev.alen)
+                                  if ev.alen else None))
         self._ev_len = 0
         return out
 
@@ -1299,6 +1323,8 @@ cdef class Engine:
                 s.dirty = 0
         self._ndirty = kept
 
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
     cdef int _flush_sock(self, int sid) noexcept:
         """Send sid's queue; -> how many sends the device deferred, which are
         left at the front of the queue in their order."""
@@ -1433,6 +1459,8 @@ cdef class Engine:
             k += 1
         return busy
 
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
     cdef int _sendmmsg(self, int fd, int m, uint64_t* sc) noexcept:
         """-> how many of the m messages were handled (sent, or failed and
         counted); the rest found the device queue full."""
@@ -1486,6 +1514,8 @@ cdef class Engine:
         self._heap[pos] = self._heap[self._heap_len]
         self._sift_down(self._sift_up(pos))
 
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
     cdef int _sift_up(self, int pos) noexcept:
         """Moves heap[pos] up to its place; returns where it ended."""
         cdef deadline_t* h = self._heap
@@ -1502,6 +1532,8 @@ cdef class Engine:
         self._hpos[t.idx] = pos
         return pos
 
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
     cdef void _sift_down(self, int pos) noexcept:
         cdef deadline_t* h = self._heap
         cdef int n = self._heap_len

@@ -13,7 +13,7 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.vrrp import VRRP, VRRPv3
 from scapy.packet import Raw
 
-from vrrpd import _engine as E
+from vrrpd import engine as E
 
 AF4, AF6 = socket.AF_INET, socket.AF_INET6
 T0 = 1_000_000_000                 # arbitrary monotonic start, us

@@ -19,7 +19,8 @@ from scapy.layers.vrrp import VRRPv3
 
 from children import child
 from daemons import DaemonProc
-from vrrpd import _codec, _engine
+from vrrpd import _codec
+from vrrpd.engine import Engine
 
 MAC = bytes.fromhex("02005e0000aa")
 
@@ -69,7 +70,7 @@ def test_frame_header_refuses_unicast_destinations():
 
 
 def test_set_link_tx_checks_its_arguments():
-    e = _engine.Engine(4)
+    e = Engine(4)
     sink = e.add_socket(-1, socket.AF_INET, 1)
     with pytest.raises(ValueError):
         e.set_link_tx(sink, 5, MAC)                          # a test sink has no link

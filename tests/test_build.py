@@ -19,7 +19,7 @@ from children import child
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYX = sorted(glob.glob(os.path.join(ROOT, "pyx", "*.pyx")))
-DIRECTIVES = "language_level=3,boundscheck=False,wraparound=False,cdivision=True"
+DIRECTIVES = "language_level=3,cdivision=True"          # as setup.py
 
 CYTHONS = {
     "debian-0.29": ["/usr/bin/cython3"],

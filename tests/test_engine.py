@@ -10,7 +10,7 @@ import pytest
 from hypothesis import settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, initialize
 
-from vrrpd import _engine as E
+from vrrpd import engine as E
 
 from engine_router import AF4, GROUP4, T0, VIP4, VIP6, Router, advert, mdi_us, pk, skew_us, to_master
 

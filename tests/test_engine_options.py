@@ -4,7 +4,7 @@ higher_prio_send_advert, skip_check_adv_addr."""
 from __future__ import annotations
 
 from engine_router import Router, T0, advert, pk, to_master
-from vrrpd import _engine as E
+from vrrpd import engine as E
 
 
 def test_lower_prio_no_advert_keeps_quiet_but_still_reports():

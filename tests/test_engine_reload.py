@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from vrrpd import _engine as E
 from engine_router import GROUP4, T0, VIP4, VIP6, Router, advert, mdi_us, pk, to_master
+from vrrpd import engine as E
 
 VIP4B = "192.0.2.101"
 

@@ -28,7 +28,7 @@ VRID6 = 50
 def peer(conf: dict) -> None:
     """Run the engine until killed; rewrite conf['status'] as states change."""
     import uvloop
-    from vrrpd import _engine as E
+    from vrrpd import engine as E
     from vrrpd.net.sockets import open_vrrp_socket
 
     ifindex = socket.if_nametoindex("eth0")

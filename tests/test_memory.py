@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 from children import child
-from vrrpd import _engine as E
+from vrrpd import engine as E
 
 
 def rss_kb() -> int:

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from vrrpd import _engine
+from vrrpd.engine import BACKUP, EV_STATE, Engine, FAULT, INIT, MASTER, REASON_PREEMPT, REASON_SYNC_GROUP
 from vrrpd.config.model import Config, SyncGroup, VrrpInstance
 from vrrpd.core.syncgroups import SyncGroups
 
@@ -15,7 +15,7 @@ GROUP = socket.inet_aton("224.0.0.18")
 
 
 def engine_with(n: int):
-    e = _engine.Engine(16)
+    e = Engine(16)
     sid = e.add_socket(-1, socket.AF_INET, 1)
     idx = [e.add_instance(sock_id=sid, vrid=i + 1, version=3, priority=100, advert_int_cs=10,
                           src=SRC, dsts=[GROUP], vips=[socket.inet_aton(f"198.19.0.{i + 1}")])
@@ -27,13 +27,13 @@ def test_force_state_master_and_back_sends_priority_zero():
     e, (a,) = engine_with(1)
     e.start(a, 0)
     e.pop_events()
-    e.force_state(a, _engine.MASTER, 1000)
-    assert e.state(a) == _engine.MASTER
-    assert e.pop_events()[-1][:4] == (a, _engine.EV_STATE, _engine.MASTER, _engine.REASON_SYNC_GROUP)
+    e.force_state(a, MASTER, 1000)
+    assert e.state(a) == MASTER
+    assert e.pop_events()[-1][:4] == (a, EV_STATE, MASTER, REASON_SYNC_GROUP)
     sent = e.pop_sent()
     assert sent and sent[-1][2][2] == 100          # an advert at once, our priority
-    e.force_state(a, _engine.BACKUP, 2000)
-    assert e.state(a) == _engine.BACKUP
+    e.force_state(a, BACKUP, 2000)
+    assert e.state(a) == BACKUP
     assert e.pop_sent()[-1][2][2] == 0             # priority 0: the peer group takes over fast
 
 
@@ -41,11 +41,11 @@ def test_force_state_leaves_fault_and_init_alone():
     e, (a, b) = engine_with(2)
     e.start(a, 0)
     e.set_fault(a, True, 0)
-    e.force_state(a, _engine.MASTER, 10)
-    e.force_state(b, _engine.MASTER, 10)            # never started: INIT
-    assert e.state(a) == _engine.FAULT and e.state(b) == _engine.INIT
+    e.force_state(a, MASTER, 10)
+    e.force_state(b, MASTER, 10)            # never started: INIT
+    assert e.state(a) == FAULT and e.state(b) == INIT
     with pytest.raises(ValueError):
-        e.force_state(a, _engine.FAULT, 10)
+        e.force_state(a, FAULT, 10)
 
 
 @pytest.mark.parametrize("grouped", [True, False])
@@ -76,17 +76,17 @@ def test_member_waits_until_every_member_wants_master(grouped):
                 if b_hears:
                     hear(2, 200, now)                   # higher: B follows that master
             e.tick(now)
-            events += [ev for ev in e.pop_events() if ev[1] == _engine.EV_STATE]
+            events += [ev for ev in e.pop_events() if ev[1] == EV_STATE]
         return events
 
     events = run(0, 2_000_000, b_hears=True)            # > 5 Master_Down_Intervals
     if not grouped:
-        assert events == [(a, _engine.EV_STATE, _engine.MASTER, _engine.REASON_PREEMPT)]
+        assert events == [(a, EV_STATE, MASTER, REASON_PREEMPT)]
         return
-    assert events == [] and e.state(a) == e.state(b) == _engine.BACKUP
+    assert events == [] and e.state(a) == e.state(b) == BACKUP
     events = run(2_000_000, 3_000_000, b_hears=False)
     assert [ev[0] for ev in events] == [b, a]
-    assert e.state(a) == e.state(b) == _engine.MASTER
+    assert e.state(a) == e.state(b) == MASTER
     # Regrouped (a member named twice is one), then out of the group again.
     e.set_sync_group([a, b, a])
     e.set_sync_group([a])
@@ -104,11 +104,11 @@ def config(tracking_weight=False) -> Config:
 
 def test_followers_only_for_own_moves():
     sg = SyncGroups(config())
-    assert sg.followers("A", _engine.MASTER, _engine.BACKUP, "master_down_timer") == ("G", _engine.MASTER)
-    assert sg.followers("A", _engine.BACKUP, _engine.MASTER, "higher_priority_advert") == ("G", _engine.BACKUP)
-    assert sg.followers("A", _engine.MASTER, _engine.BACKUP, "sync_group") is None
-    assert sg.followers("A", _engine.BACKUP, _engine.INIT, "startup") is None
-    assert sg.followers("C", _engine.MASTER, _engine.BACKUP, "master_down_timer") is None
+    assert sg.followers("A", MASTER, BACKUP, "master_down_timer") == ("G", MASTER)
+    assert sg.followers("A", BACKUP, MASTER, "higher_priority_advert") == ("G", BACKUP)
+    assert sg.followers("A", MASTER, BACKUP, "sync_group") is None
+    assert sg.followers("A", BACKUP, INIT, "startup") is None
+    assert sg.followers("C", MASTER, BACKUP, "master_down_timer") is None
     assert sg.others("G", "A") == ("B",)
 
 
@@ -121,7 +121,7 @@ def test_one_member_faulted_faults_the_group():
 
 def test_group_notified_after_its_last_member():
     sg = SyncGroups(config())
-    M, B = _engine.MASTER, _engine.BACKUP
+    M, B = MASTER, BACKUP
     assert sg.reported("A", B) is None                 # B not yet notified
     assert sg.reported("C", M) is None                 # not in a group
     assert sg.reported("B", B) == ("G", B)
@@ -131,7 +131,7 @@ def test_group_notified_after_its_last_member():
 
 
 def test_group_announced_first_unless_a_member_waits_for_a_script():
-    F, B = _engine.FAULT, _engine.BACKUP
+    F, B = FAULT, BACKUP
     assert SyncGroups(config()).initial({}, {}) == [("G", B)]
     assert SyncGroups(config()).initial({}, {"B": True}) == [("G", F)]
     sg = SyncGroups(config())
@@ -141,11 +141,11 @@ def test_group_announced_first_unless_a_member_waits_for_a_script():
 
 def test_reload_carries_what_was_notified():
     old = SyncGroups(config())
-    old.reported("A", _engine.MASTER)
-    old.reported("B", _engine.MASTER)
+    old.reported("A", MASTER)
+    old.reported("B", MASTER)
     new = SyncGroups(config())
     new.carry(old)
-    assert new.reported("A", _engine.MASTER) is None   # already the group's state
+    assert new.reported("A", MASTER) is None   # already the group's state
 
 
 # -- Trackers: how the config's track_* become verdicts -------------------------------
@@ -215,12 +215,12 @@ def test_interface_weight_moves_priority():
 
 
 def test_deferred_sends_wait_for_flush():
-    e = _engine.Engine(4, defer_sends=True)
+    e = Engine(4, defer_sends=True)
     sid = e.add_socket(-1, socket.AF_INET, 1)
     a = e.add_instance(sock_id=sid, vrid=1, version=3, priority=255, advert_int_cs=10,
                        src=SRC, dsts=[GROUP], vips=[], owner=True)
     e.start(a, 0, want_master=True)
-    assert e.state(a) == _engine.MASTER and e.pop_sent() == []      # queued
+    assert e.state(a) == MASTER and e.pop_sent() == []      # queued
     e.flush()
     assert len(e.pop_sent()) == 1
     e.set_priority(a, 200, 10)

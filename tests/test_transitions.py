@@ -7,7 +7,7 @@ import select
 from types import SimpleNamespace
 
 from scriptfiles import read_kept_lines
-from vrrpd import _engine
+from vrrpd.engine import BACKUP, MASTER
 from vrrpd.scripts import notify
 from vrrpd.core import daemon as runtime
 from vrrpd.net.addresses import Vip
@@ -27,7 +27,7 @@ def inst(name: str, vips=()) -> Instance:
 
 
 def test_small_batch_logs_each_transition_as_keepalived(caplog):
-    batch = [(inst(f"VI_{k}"), _engine.BACKUP, _engine.MASTER, "master_down_timer")
+    batch = [(inst(f"VI_{k}"), BACKUP, MASTER, "master_down_timer")
              for k in range(runtime.LOG_EACH)]
     with caplog.at_level(logging.INFO, "vrrpd"):
         log_transitions(batch)
@@ -36,9 +36,9 @@ def test_small_batch_logs_each_transition_as_keepalived(caplog):
 
 
 def test_large_batch_is_one_line_per_state_and_reason_naming_every_instance(caplog):
-    batch = [(inst(f"VI_{k}"), _engine.BACKUP, _engine.MASTER, "master_down_timer")
+    batch = [(inst(f"VI_{k}"), BACKUP, MASTER, "master_down_timer")
              for k in range(1000)]
-    batch.append((inst("VI_x"), _engine.MASTER, _engine.BACKUP, "higher_priority_advert"))
+    batch.append((inst("VI_x"), MASTER, BACKUP, "higher_priority_advert"))
     with caplog.at_level(logging.INFO, "vrrpd"):
         log_transitions(batch)
     lines = [r.getMessage() for r in caplog.records]
@@ -251,7 +251,7 @@ def test_link_monitor_is_held_while_a_mass_failover_is_applied(aio):
 
         d._apply = apply
         task = asyncio.create_task(d._run_effects())
-        mk = lambda n: [(inst(f"VI_{k}"), _engine.BACKUP, _engine.MASTER, "r") for k in range(n)]
+        mk = lambda n: [(inst(f"VI_{k}"), BACKUP, MASTER, "r") for k in range(n)]
         for n in (3, 5):                                   # small: never held
             d._effects_waiting += n
             d._effects.put_nowait(mk(n))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from vrrpd import _engine
+from vrrpd.engine import BACKUP, MASTER
 from vrrpd.core.vipwatch import VipWatch
 
 
@@ -21,7 +21,7 @@ class FakeDaemon:
         self.instances = {"VI_1": self.inst}
         self.plan = object()
         self.stopping, self._electing = False, True
-        self.state = _engine.MASTER
+        self.state = MASTER
         self.forced: list[tuple[int, int]] = []
         self.engine = SimpleNamespace(state=lambda idx: self.state,
                                       force_state=lambda idx, st, now: self.forced.append((idx, st)))
@@ -38,7 +38,7 @@ def test_outside_deletion_of_a_master_vip_gives_up_master():
     d = FakeDaemon()
     watch = VipWatch(d, lambda: 0)
     watch(LINK, ADDR, False)
-    assert d.forced == [(0, _engine.BACKUP)]
+    assert d.forced == [(0, BACKUP)]
 
 
 def test_own_deletion_reported_after_master_again_is_ignored():
@@ -53,7 +53,7 @@ def test_own_deletion_reported_after_master_again_is_ignored():
     watch(LINK, ADDR, True)
     assert d.forced == []
     watch(LINK, ADDR, False)
-    assert d.forced == [(0, _engine.BACKUP)]
+    assert d.forced == [(0, BACKUP)]
 
 
 def test_own_deletion_that_found_nothing_expires_at_the_re_add():
@@ -62,4 +62,4 @@ def test_own_deletion_that_found_nothing_expires_at_the_re_add():
     watch.expect_deleted(d.inst.vips)       # the address was not there: no event
     watch(LINK, ADDR, True)
     watch(LINK, ADDR, False)
-    assert d.forced == [(0, _engine.BACKUP)]
+    assert d.forced == [(0, BACKUP)]

@@ -5,7 +5,7 @@ pending, the VRRP frames seen on veth1 and the number of flushes."""
 import socket
 import time
 
-from vrrpd import _engine
+from vrrpd.engine import Engine
 from vrrpd.net import sockets
 
 N = 40
@@ -14,7 +14,7 @@ link = sockets.open_link_socket()
 tap = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
 tap.bind(("veth1", 0))
 tap.setblocking(False)
-e = _engine.Engine(64, defer_sends=True)
+e = Engine(64, defer_sends=True)
 sid = e.add_socket(raw.fileno(), socket.AF_INET, socket.if_nametoindex("veth0"))
 mac = bytes.fromhex(open("/sys/class/net/veth0/address").read().strip().replace(":", ""))
 e.set_link_tx(sid, link.fileno(), mac)

@@ -24,7 +24,9 @@ import socket
 import time
 from dataclasses import dataclass, field
 
-from vrrpd import _effects, _engine
+from vrrpd import _effects
+from vrrpd.engine import (BACKUP, EV_REJECT, EV_RX_LOWER_PRI, EV_SOCK_REJECT, EV_STATE, INIT,
+                          MASTER, REASON_NAMES, REJECT_NAMES, STATE_NAMES, Engine)
 from vrrpd.net import netlink as nl, sockets, firewall as strict
 from vrrpd.net.addresses import AddressManager, Vip
 from vrrpd.net.garp import (
@@ -50,8 +52,6 @@ from vrrpd.net.vmac import VmacManager, create_all
 log = logging.getLogger("vrrpd")
 
 NO_ANNOUNCES = ((), ())      # Instance.announces when none are cached
-STATE_NAMES = {_engine.INIT: "INIT", _engine.BACKUP: "BACKUP",
-               _engine.MASTER: "MASTER", _engine.FAULT: "FAULT"}
 
 
 CHUNK_MAX = 512           # instances per chunk of a takeover (besides the netlink budget)
@@ -100,11 +100,11 @@ def log_transitions(batch) -> None:
 
 
 def _kind(old: int, new: int) -> int:
-    if new == _engine.MASTER and old != _engine.MASTER:
+    if new == MASTER and old != MASTER:
         return UP
-    if old == _engine.MASTER and new != _engine.MASTER:
+    if old == MASTER and new != MASTER:
         return DOWN
-    if old == _engine.INIT:
+    if old == INIT:
         return CLEAR
     return OTHER
 
@@ -138,7 +138,7 @@ class Instance:
     idx: int = -1
     sock_id: int = -1
     vips: list[Vip] = field(default_factory=list)
-    state: int = _engine.INIT
+    state: int = INIT
     priority: int = 0             # effective priority as last reported
     started: bool = False         # engine.start() done (held while a script is pending)
     transitions: int = 0
@@ -168,7 +168,7 @@ class Daemon:
         self.instances: dict[str, Instance] = {}
         self.by_idx: dict[int, Instance] = {}
         capacity = max_instances or max(1024, 2 * len(plan.instances))
-        self.engine = _engine.Engine(capacity, defer_sends=True)
+        self.engine = Engine(capacity, defer_sends=True)
         self.effects = _effects.Effects(capacity)
         self._links_gen = 0             # bumped when a link's name, MAC or existence changes
         self._slots: dict[int, int] = {}    # ifindex -> socket slot of Effects
@@ -412,18 +412,17 @@ class Daemon:
 
     def _on_events(self, events) -> None:
         batch, lower = [], []
-        for ev in events:
-            idx, kind = ev[0], ev[1]
-            if kind == _engine.EV_SOCK_REJECT:
-                log.warning("advert from %s on socket %d rejected: %s", _addr(ev[3]), idx,
-                            _engine.REJECT_NAMES[ev[2]])
+        for idx, kind, code, detail in events:      # engine.Event
+            if kind == EV_SOCK_REJECT:
+                log.warning("advert from %s on socket %d rejected: %s", _addr(detail), idx,
+                            REJECT_NAMES[code])
                 continue
             inst = self.by_idx.get(idx)
             if inst is None:
                 continue
-            if kind == _engine.EV_STATE:
-                old, new = inst.state, ev[2]
-                reason = _engine.REASON_NAMES[ev[3]]
+            if kind == EV_STATE:
+                old, new = inst.state, code
+                reason = REASON_NAMES[detail]
                 inst.state = new
                 inst.priority = self.engine.priority(idx)
                 inst.transitions += 1
@@ -431,20 +430,20 @@ class Daemon:
                 inst.last_reason = reason
                 batch.append((inst, old, new, reason))
                 self._follow_group(inst, old, new, reason)
-            elif kind == _engine.EV_RX_LOWER_PRI:
+            elif kind == EV_RX_LOWER_PRI:
                 # Every advert is answered by the engine and counted (rx_lower_pri);
                 # the log line goes out at most once per advert interval.
                 if self.lower_log.allow(inst.name, inst.spec.advert_int_cs / 100):
-                    lower.append((inst.name, ev[2], _addr(ev[3]),
+                    lower.append((inst.name, code, _addr(detail),
                                   self.lower_log.take_held(inst.name)))
                 for key, ann in self._announces(inst, keep=inst.garp_paced):
                     self.garp.lower_prio(key, ann)
                 for h in self.hooks:
-                    h.on_rx_lower_pri(inst, ev[2])
-            elif kind == _engine.EV_REJECT:
+                    h.on_rx_lower_pri(inst, code)
+            elif kind == EV_REJECT:
                 # The engine rate-limits these events; its counters stay exact.
-                log.warning("(%s) advert from %s rejected: %s", inst.name, _addr(ev[3]),
-                            _engine.REJECT_NAMES[ev[2]])
+                log.warning("(%s) advert from %s rejected: %s", inst.name, _addr(detail),
+                            REJECT_NAMES[code])
         if len(lower) > LOG_EACH:       # a storm of them: one line, as for transitions
             log.info("%d masters received lower priority adverts: %s", len(lower),
                      ", ".join(f"{n} ({p} from {a})" for n, p, a, _ in lower))
@@ -590,9 +589,9 @@ class Daemon:
         """GARP/NA after the VIPs, then the notifications (keepalived's order),
         then a sync group's own line after its last member's."""
         masters = [inst for inst, old, new, _ in chunk
-                   if new == _engine.MASTER and old != _engine.MASTER]
+                   if new == MASTER and old != MASTER]
         left = [inst for inst, old, new, _ in chunk
-                if old == _engine.MASTER and new != _engine.MASTER]
+                if old == MASTER and new != MASTER]
         if masters:
             self._announce(masters)
         if left:
@@ -602,7 +601,7 @@ class Daemon:
                     for key, _ in self._announces(inst):
                         self.garp.stop(key)
         for inst, old, new, _ in chunk:
-            if new == _engine.BACKUP and not self._is_prebuilt(inst):
+            if new == BACKUP and not self._is_prebuilt(inst):
                 self._prebuild(inst)    # built now rather than in the rush of a takeover
         for h in self.hooks:
             try:

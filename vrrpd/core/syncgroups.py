@@ -22,7 +22,7 @@
 """
 from __future__ import annotations
 
-from vrrpd import _engine
+from vrrpd.engine import BACKUP, FAULT, INIT, MASTER
 from vrrpd.config.model import Config
 
 
@@ -32,7 +32,7 @@ class SyncGroups:
             name: tuple(m for m in g.group if m in config.instances)
             for name, g in config.sync_groups.items()}
         self.group_of = {m: g for g, ms in self.members.items() for m in ms}
-        self.state: dict[str, int] = {g: _engine.INIT for g in self.members}
+        self.state: dict[str, int] = {g: INIT for g in self.members}
         self._reported: dict[str, int] = {}     # member -> state last notified
 
     def initial(self, pending: dict[str, bool], fault: dict[str, bool]) -> list[tuple[str, int]]:
@@ -46,7 +46,7 @@ class SyncGroups:
         for group, members in self.members.items():
             if not members or any(pending.get(m, False) for m in members):
                 continue
-            state = _engine.FAULT if any(fault.get(m, False) for m in members) else _engine.BACKUP
+            state = FAULT if any(fault.get(m, False) for m in members) else BACKUP
             self.state[group] = state
             out.append((group, state))
         return out
@@ -64,7 +64,7 @@ class SyncGroups:
         if group is None:
             return None
         self._reported[name] = state
-        if state == _engine.INIT or state == self.state[group]:
+        if state == INIT or state == self.state[group]:
             return None
         if all(self._reported.get(m) == state for m in self.members[group]):
             self.state[group] = state
@@ -76,7 +76,7 @@ class SyncGroups:
         group = self.group_of.get(name)
         if group is None or reason == "sync_group":
             return None
-        if new == _engine.MASTER or (old == _engine.MASTER and new == _engine.BACKUP):
+        if new == MASTER or (old == MASTER and new == BACKUP):
             return group, new
         return None
 

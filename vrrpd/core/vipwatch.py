@@ -17,7 +17,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 
-from vrrpd import _engine
+from vrrpd.engine import BACKUP, MASTER
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +62,9 @@ class VipWatch:
             return
         name = self._index().get((link.index, str(ipaddress.ip_address(addr.address))))
         inst = self.daemon.instances.get(name) if name else None
-        if inst is None or self.daemon.engine.state(inst.idx) != _engine.MASTER:
+        if inst is None or self.daemon.engine.state(inst.idx) != MASTER:
             return          # our own removal (the instance left MASTER first), or not a VIP
         log.warning("(%s) VIP %s deleted from %s: priority 0, BACKUP (keepalived)",
                     inst.name, addr.address, link.name)
-        self.daemon.engine.force_state(inst.idx, _engine.BACKUP, self.clock())
+        self.daemon.engine.force_state(inst.idx, BACKUP, self.clock())
         self.daemon._pump()

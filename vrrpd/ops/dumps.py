@@ -25,7 +25,7 @@ import socket
 import tempfile
 import time
 
-from vrrpd import _engine
+from vrrpd.engine import MASTER, STATE_NAMES
 
 log = logging.getLogger("vrrpd")
 
@@ -47,7 +47,7 @@ def instance_view(daemon, inst, now_us: int) -> dict:
     return {
         "name": inst.name, "interface": inst.ifname,
         "family": 6 if spec.family == socket.AF_INET6 else 4,
-        "vrid": spec.vrid, "version": spec.version, "state": _engine.STATE_NAMES[e.state(idx)],
+        "vrid": spec.vrid, "version": spec.version, "state": STATE_NAMES[e.state(idx)],
         "base_priority": spec.priority, "effective_priority": e.priority(idx),
         "master_address": _addr(e.master_address(idx)),
         "advert_int": spec.advert_int_cs / 100,
@@ -90,7 +90,7 @@ def show(daemon, name: str) -> dict:
 def counters(engine, idx: int) -> dict:
     c = engine.counters(idx)
     # Every entry into MASTER but the current one ended in a release.
-    c["released_master"] = c["became_master"] - (engine.state(idx) == _engine.MASTER)
+    c["released_master"] = c["became_master"] - (engine.state(idx) == MASTER)
     return c
 
 

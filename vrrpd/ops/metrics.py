@@ -37,7 +37,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import ThreadingWSGIServer
 
-from vrrpd import _engine
+from vrrpd.engine import REJECT_NAMES, State
 
 log = logging.getLogger("vrrpd")
 
@@ -119,9 +119,12 @@ async def take_snapshot(daemon, lag: LoopLag, slice_size: int = SLICE) -> Snapsh
     return snap
 
 
+STATE_HELP = ", ".join(f"{s.value} {s.name}" for s in State)     # "0 INIT, 1 BACKUP, ..."
+
+
 def render(snap: Snapshot) -> bytes:
     """The text exposition of one snapshot (runs in the HTTP thread)."""
-    state = GaugeMetricFamily("vrrpd_instance_state", "0 INIT, 1 BACKUP, 2 MASTER, 3 FAULT",
+    state = GaugeMetricFamily("vrrpd_instance_state", STATE_HELP,
                               labels=INST_LABELS)
     prio = GaugeMetricFamily("vrrpd_instance_priority", "effective priority", labels=INST_LABELS)
     base = GaugeMetricFamily("vrrpd_instance_base_priority", "configured priority",
@@ -139,13 +142,13 @@ def render(snap: Snapshot) -> bytes:
         trans.add_metric(labels, tr)
         for k, fam in counters.items():
             fam.add_metric(labels, c[k])
-        for reason in _engine.REJECT_NAMES[1:]:
+        for reason in REJECT_NAMES[1:]:
             rejected.add_metric(labels + [reason], c["reject_" + reason])
     sock_rej = CounterMetricFamily("vrrpd_socket_rejected",
                                    "adverts rejected before reaching an instance",
                                    labels=["interface", "family", "reason"])
     for labels, c in snap.sockets:
-        for reason in _engine.REJECT_NAMES[1:]:
+        for reason in REJECT_NAMES[1:]:
             sock_rej.add_metric(labels + [reason], c["reject_" + reason])
     scripts = []
     for k in SCRIPT_COUNTERS:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 
-from vrrpd import _engine
+from vrrpd.engine import BACKUP, FAULT, MASTER, STATE_NAMES
 from vrrpd.config.model import Command, Config, Fifo
 from vrrpd.scripts.notify import Notifier, NotifyFifo, NotifyScripts
 from vrrpd.ops.ratelimit import PerKey
@@ -15,7 +15,8 @@ from vrrpd.scripts.runner import ScriptRunner
 
 log = logging.getLogger("vrrpd.scripts.notify")
 
-STATE_WORDS = {_engine.BACKUP: "BACKUP", _engine.MASTER: "MASTER", _engine.FAULT: "FAULT"}
+# The states notify scripts and fifo lines report (keepalived has no INIT notify).
+STATE_WORDS = {s: STATE_NAMES[s] for s in (BACKUP, MASTER, FAULT)}
 NOTIFY_KEYWORDS = ("notify_master", "notify_backup", "notify_fault", "notify_stop",
                    "notify_deleted", "notify", "notify_master_rx_lower_pri")
 NO_SCRIPTS = NotifyScripts()
@@ -25,7 +26,7 @@ def _scripts_for(scripts: NotifyScripts | None, new: int, reason: str) -> Notify
     """keepalived 2.2.7 (measured, tests/test_semantics.py): the FAULT an
     instance passes through when a reload gives it new unicast peers starts
     only the generic notify, not notify_fault."""
-    if scripts is not None and reason == "reload" and new == _engine.FAULT:
+    if scripts is not None and reason == "reload" and new == FAULT:
         return NotifyScripts(notify=scripts.notify)
     return scripts
 
@@ -121,7 +122,7 @@ class Reporter:
         alert: keepalived's SMTP notifier has no case for a deleted instance
         (read in its source, not measured)."""
         deleted = inst.spec.conf.notify_deleted_enabled
-        if not deleted and inst.state == _engine.FAULT:
+        if not deleted and inst.state == FAULT:
             return
         if scripts is not None:
             scripts = NotifyScripts(notify_deleted=scripts.notify_deleted, notify=scripts.notify)

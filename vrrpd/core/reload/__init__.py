@@ -49,7 +49,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from vrrpd import _engine
+from vrrpd.engine import MASTER
 from vrrpd.core import leftovers
 from vrrpd.core.reload import child as reloadchild
 from vrrpd.ops import sdnotify
@@ -393,7 +393,7 @@ class NetChanges:
             await daemon.routes.add(self.routes_add, self.rules_add)
         for inst in self.announce:
             # keepalived sends GARPs after adding VIPs on reload (vrrp_send_link_update).
-            if daemon.engine.state(inst.idx) == _engine.MASTER:
+            if daemon.engine.state(inst.idx) == MASTER:
                 for key, ann in daemon._announces(inst):
                     daemon.garp.master(key, ann)
 
@@ -452,7 +452,7 @@ async def apply(daemon, p: Prepared, slices: Slices) -> None:
         # keepalived reports the effective priority (which tracking may have
         # changed since the last transition).
         inst.priority = engine.priority(inst.idx)
-        if engine.state(inst.idx) == _engine.MASTER:
+        if engine.state(inst.idx) == MASTER:
             gone.leave(inst)
             for key, _ in daemon._announces(inst):
                 daemon.garp.stop(key)
@@ -484,7 +484,7 @@ async def apply(daemon, p: Prepared, slices: Slices) -> None:
         peers = spec.unicast_peers != inst.spec.unicast_peers
         if peers:
             repeer.append(inst)
-        if engine.state(inst.idx) == _engine.MASTER:
+        if engine.state(inst.idx) == MASTER:
             # New peers: it leaves MASTER (set_peers); its FAULT removes the rest.
             net.update(inst, spec, new_vips, staying=not peers)
         inst.vips = new_vips
