@@ -415,3 +415,80 @@ def test_equal_tracked_values_are_one_shared_mapping_never_changed_in_place():
     assert type(b._values[("file", "f")]) is int and type(c._values[("file", "f")]) is bool
     a.remove("interface", "eth0")
     assert a._values == {} and b._values[("interface", "eth0")] is True
+
+
+def test_trackers_run_the_configured_blocks_by_name(aio, tmp_path):
+    """config.model's vrrp_script / track_file / track_process blocks drive the
+    watchers directly: each keyword (weight, reverse, init_file, quorum, rise)
+    reaches the rule it belongs to."""
+    from vrrpd.config import load
+    from vrrpd.net import netlink as nl
+    from vrrpd.net.links import Link
+    from vrrpd.track.trackers import Trackers
+
+    fail = write_script(tmp_path / "fail.sh", "exit 1")
+    value = tmp_path / "value"
+    comm = "vt" + uuid.uuid4().hex[:10]
+    shutil.copy("/bin/sleep", tmp_path / comm)
+    conf = tmp_path / "k.conf"
+    conf.write_text(f"""
+vrrp_script chk {{
+    script "{fail}"
+    interval 0.05
+    weight -20
+    rise 2
+    fall 2
+}}
+vrrp_track_file tf {{
+    file "{value}"
+    weight 3 reverse
+    init_file 4
+}}
+vrrp_track_process p {{
+    process {comm}
+    weight 5
+    quorum 1
+}}
+vrrp_track_process many {{
+    process {comm}
+    weight 7
+    quorum 2
+}}
+vrrp_instance VI_1 {{
+    interface eth0
+    virtual_router_id 1
+    priority 100
+    virtual_ipaddress {{
+        192.0.2.1/24
+    }}
+    track_script {{
+        chk
+    }}
+    track_file {{
+        tf
+    }}
+    track_process {{
+        p
+        many
+    }}
+}}
+""")
+    cfg = load(str(conf), config_id="x").config
+    eth0 = Link(index=2, name="eth0", flags=nl.IFF_UP | nl.IFF_RUNNING, mac=b"\0" * 6)
+
+    async def main():
+        async with ScriptRunner() as runner:
+            t = Trackers(cfg, runner, on_verdict=lambda n, v: None)
+            t.start({2: eth0})
+            await t.ready()
+            # script down: -20; file 4 x 3 reversed: -12; p up: +5; many below quorum: 0.
+            await wait_for(lambda: t.verdict("VI_1") == Verdict(False, 73, False))
+            await t.stop()
+
+    proc = subprocess.Popen([str(tmp_path / comm), "30"])
+    try:
+        aio(main())
+    finally:
+        proc.kill()
+        proc.wait()
+    assert value.read_text().strip() == "4"
