@@ -188,7 +188,8 @@ def test_sync_group_members_weighted_scripts_and_files_ignored():
 
 
 def test_owner_priority_never_changes_but_can_fault():
-    ti = TrackedInstance("VI_1", 255, [track_entry("interface", "eth0"), track_entry("script", "w", weight=-50)])
+    ti = TrackedInstance("VI_1", 255, [track_entry("interface", "eth0"),
+                                       track_entry("script", "w", weight=-50)])
     ti.update("script", "w", False)
     ti.update("interface", "eth0", True)
     assert ti.verdict == Verdict(False, 255, False)

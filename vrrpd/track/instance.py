@@ -162,14 +162,15 @@ class TrackedInstance:
         """The verdict of the values known now (not stored, not reported)."""
         adjustments, fault, pending = [], False, False
         for kind, t in self.tracks:
+            weight: int = t.weight  # type: ignore[assignment]  # resolved: never None
             value = self._values.get((kind, t.name))
             if value is None:
-                pending |= kind == "script" and t.weight == 0
+                pending |= kind == "script" and weight == 0
                 continue
             if kind == "file":
-                adj = file_adjustment(int(value), t.weight, t.reverse)
+                adj = file_adjustment(int(value), weight, t.reverse)
             else:
-                adj = bool_adjustment(bool(value), t.weight, t.reverse)
+                adj = bool_adjustment(bool(value), weight, t.reverse)
             if adj is None:
                 fault = True
             else:

@@ -46,12 +46,19 @@ def read_track_file(path: str) -> int:
         os.close(fd)
 
 
+def _path(tf: TrackFile) -> str:
+    # The watcher is given only blocks with a `file` (a block without one is not watched).
+    assert tf.file is not None
+    return tf.file
+
+
 def init_track_file(tf: TrackFile) -> None:
     """init_file [VALUE] [overwrite]: create (or overwrite) the file at startup."""
-    if not tf.init_file or (os.path.exists(tf.file) and not tf.init_overwrite):
+    path = _path(tf)
+    if not tf.init_file or (os.path.exists(path) and not tf.init_overwrite):
         return
     try:
-        with open(tf.file, "w") as f:
+        with open(path, "w") as f:
             f.write(f"{tf.init_value}\n")
     except OSError as e:
         log.error("track_file %s: cannot initialise %s: %s", tf.name, tf.file, e)
@@ -87,12 +94,12 @@ class TrackFileWatcher:
             init_track_file(tf)
             self.files[tf.name] = tf
             if self._ino is not None:
-                directory = os.path.dirname(os.path.abspath(tf.file))
+                directory = os.path.dirname(os.path.abspath(_path(tf)))
                 try:
                     self._by_dir.setdefault(self._ino.watch(directory), []).append(tf)
                 except OSError as e:
                     log.error("track_file %s: cannot watch %s: %s", tf.name, directory, e)
-            self._update(tf, read_track_file(tf.file), force=True)
+            self._update(tf, read_track_file(_path(tf)), force=True)
         if self._ino is None:
             self._poll = loop.call_later(self.POLL_INTERVAL, self._poll_all)
 
@@ -110,19 +117,21 @@ class TrackFileWatcher:
             self.on_value(tf.name, value)
 
     def _on_events(self) -> None:
+        if self._ino is None:
+            return
         for wd, mask, name in self._ino.events():
             if mask & Inotify.IN_Q_OVERFLOW:          # lost events: re-read everything
                 for tf in self.files.values():
-                    self._update(tf, read_track_file(tf.file))
+                    self._update(tf, read_track_file(_path(tf)))
                 continue
             if mask & Inotify.IN_ISDIR:
                 continue
             for tf in self._by_dir.get(wd, ()):
-                if os.path.basename(tf.file) == name:
+                if os.path.basename(_path(tf)) == name:
                     gone = mask & (Inotify.IN_DELETE | Inotify.IN_MOVED_FROM)
-                    self._update(tf, 0 if gone else read_track_file(tf.file))
+                    self._update(tf, 0 if gone else read_track_file(_path(tf)))
 
     def _poll_all(self) -> None:
         for tf in self.files.values():
-            self._update(tf, read_track_file(tf.file))
+            self._update(tf, read_track_file(_path(tf)))
         self._poll = asyncio.get_running_loop().call_later(self.POLL_INTERVAL, self._poll_all)

@@ -121,6 +121,8 @@ class ProcessWatcher:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        scanned = self.scanned
+        assert scanned is not None          # made by start()
         while True:
             try:
                 counts = await loop.run_in_executor(None, scan_processes, self.matches)
@@ -130,8 +132,8 @@ class ProcessWatcher:
                 for m, count in zip(self.matches, counts):
                     self.counts[m.spec.name] = count
                     self._observe(m.spec, m.quorum_ok(count))
-            if not self.scanned.done():
-                self.scanned.set_result(None)
+            if not scanned.done():
+                scanned.set_result(None)
             await asyncio.sleep(self.interval)
 
     def _observe(self, spec: TrackProcess, up: bool) -> None:

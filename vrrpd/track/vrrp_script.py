@@ -86,6 +86,7 @@ class VrrpScriptTracker:
 
     def _tick(self) -> None:
         loop = asyncio.get_running_loop()
+        assert self.script is not None      # start() runs no disabled script
         if self._running:
             self.skipped += 1
             log.debug("vrrp_script %s still running; skipping this run", self.vs.name)
