@@ -40,6 +40,9 @@ def _tracks(kind: str, entries: tuple[Track, ...], defaults: dict) -> list[Track
 
 
 class Trackers:
+    """The tracking of one configuration: every instance's TrackedInstance,
+    indexed by the objects they track, and the watchers feeding them."""
+
     def __init__(self, config: Config, runner: ScriptRunner,
                  on_verdict: Callable[[str, Verdict], None], *, build: bool = True):
         """build=False: empty; a reload fills it with build() in slices."""
