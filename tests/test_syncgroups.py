@@ -174,7 +174,7 @@ def test_omitted_weight_takes_the_scripts_own():
                         track_script=(TrackLine(name="chk"), TrackLine(name="chk2", weight=5)))
     t, _ = trackers_for([inst], scripts=[VrrpScript(name="chk", weight=-30),
                                          VrrpScript(name="chk2", weight=-30)])
-    weights = {tr.name: tr.weight for tr in t.instances["A"].tracks}
+    weights = {tr.name: tr.weight for _, tr in t.instances["A"].tracks}
     assert weights == {"chk": -30, "chk2": 5, "eth0": 0}
 
 
@@ -187,7 +187,7 @@ def test_sync_group_members_weighted_scripts_dropped_unless_kept():
         t, _ = trackers_for([inst], groups=[SyncGroup(name="G", group=("A",),
                                                       sync_group_tracking_weight=keep)],
                             scripts=[VrrpScript(name="chk"), VrrpScript(name="chk0")])
-        weights = {tr.name: tr.weight for tr in t.instances["A"].tracks}
+        weights = {tr.name: tr.weight for _, tr in t.instances["A"].tracks}
         assert weights == expected
 
 

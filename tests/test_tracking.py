@@ -11,24 +11,13 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from scriptfiles import write_script
+from vrrpd.config.model import TrackFile, TrackProcess, VrrpScript
 from vrrpd.scripts.runner import ScriptRunner
-from vrrpd.track.tracking import (
-    ProcessWatcher,
-    RiseFall,
-    Track,
-    TrackedInstance,
-    TrackFile,
-    TrackFileWatcher,
-    Verdict,
-    VrrpScript,
-    VrrpScriptTracker,
-    VrrpTrackProcess,
-    bool_adjustment,
-    effective_priority,
-    file_adjustment,
-    parse_track_value,
-    scan_processes,
-)
+from vrrpd.track.instance import TrackedInstance, track_entry
+from vrrpd.track.rules import Verdict, bool_adjustment, effective_priority, file_adjustment
+from vrrpd.track.track_file import TrackFileWatcher, parse_track_value
+from vrrpd.track.track_process import ProcessMatch, ProcessWatcher, scan_processes
+from vrrpd.track.vrrp_script import RiseFall, VrrpScriptTracker
 
 prio = st.integers(1, 255)
 weights = st.integers(-253, 253)
@@ -146,11 +135,11 @@ def test_rise_fall_start_states():
 def test_tracked_instance_combines_and_calls_back():
     seen = []
     ti = TrackedInstance("VI_1", 100, [
-        Track("script", "chk", weight=0),
-        Track("script", "plus", weight=20),
-        Track("interface", "eth1", weight=-30),
-        Track("file", "f", weight=5),
-        Track("process", "haproxy", weight=0, reverse=True),
+        track_entry("script", "chk", weight=0),
+        track_entry("script", "plus", weight=20),
+        track_entry("interface", "eth1", weight=-30),
+        track_entry("file", "f", weight=5),
+        track_entry("process", "haproxy", weight=0, reverse=True),
     ], on_change=seen.append)
     assert ti.verdict == Verdict(False, 100, True)                 # chk not run yet: pending
     ti.update("script", "chk", True)
@@ -174,10 +163,10 @@ def test_tracked_instance_combines_and_calls_back():
 def test_sync_group_members_weighted_scripts_and_files_ignored():
     # keepalived 2.2.7 (tests/test_semantics.py): a member's weighted
     # track_script/track_file is dropped; interface and process weights stay.
-    own = [Track("script", "chk", weight=50), Track("file", "f", weight=-5),
-           Track("interface", "eth1", weight=-20), Track("process", "p", weight=-7),
-           Track("script", "must")]
-    group = [Track("script", "g", weight=10)]
+    own = [track_entry("script", "chk", weight=50), track_entry("file", "f", weight=-5),
+           track_entry("interface", "eth1", weight=-20), track_entry("process", "p", weight=-7),
+           track_entry("script", "must")]
+    group = [track_entry("script", "g", weight=10)]
     member = TrackedInstance("VI_1", 100, own, group, sync_group=True)
     assert not member.tracks_object("script", "chk") and not member.tracks_object("file", "f")
     member.update("script", "chk", False)
@@ -199,7 +188,8 @@ def test_sync_group_members_weighted_scripts_and_files_ignored():
 
 
 def test_owner_priority_never_changes_but_can_fault():
-    ti = TrackedInstance("VI_1", 255, [Track("interface", "eth0"), Track("script", "w", weight=-50)])
+    ti = TrackedInstance("VI_1", 255, [track_entry("interface", "eth0"),
+                                       track_entry("script", "w", weight=-50)])
     ti.update("script", "w", False)
     ti.update("interface", "eth0", True)
     assert ti.verdict == Verdict(False, 255, False)
@@ -225,8 +215,8 @@ def test_vrrp_script_tracker_rise_fall_live(aio, tmp_path):
     async def main():
         async with ScriptRunner() as runner:
             changes = []
-            vs = VrrpScript("chk", runner.prepare(s), interval=0.03, rise=2, fall=3)
-            tr = VrrpScriptTracker(runner, vs, lambda n, up: changes.append(up))
+            vs = VrrpScript(name="chk", interval=0.03, rise=2, fall=3)
+            tr = VrrpScriptTracker(runner, vs, runner.prepare(s), lambda n, up: changes.append(up))
             tr.start()
             await wait_for(lambda: changes == [True])          # first success: up at once
             ctl.write_text("1")
@@ -246,8 +236,8 @@ def test_vrrp_script_tracker_skips_overlapping_runs_and_times_out(aio, tmp_path)
     async def main():
         async with ScriptRunner() as runner:
             changes = []
-            vs = VrrpScript("slow", runner.prepare(s), interval=0.05, timeout=0.2)
-            tr = VrrpScriptTracker(runner, vs, lambda n, up: changes.append(up))
+            vs = VrrpScript(name="slow", interval=0.05, timeout=0.2)
+            tr = VrrpScriptTracker(runner, vs, runner.prepare(s), lambda n, up: changes.append(up))
             tr.start()
             await wait_for(lambda: changes == [False])          # the timeout is a failure
             tr.stop()
@@ -263,9 +253,8 @@ def test_init_fail_reports_down_before_first_run(aio, tmp_path):
     async def main():
         async with ScriptRunner() as runner:
             changes = []
-            tr = VrrpScriptTracker(runner, VrrpScript("c", runner.prepare(s), interval=0.05,
-                                                      init_fail=True),
-                                   lambda n, up: changes.append(up))
+            tr = VrrpScriptTracker(runner, VrrpScript(name="c", interval=0.05, init_fail=True),
+                                   runner.prepare(s), lambda n, up: changes.append(up))
             tr.start()
             first = list(changes)
             await wait_for(lambda: changes == [False, True])
@@ -282,8 +271,8 @@ def test_track_file_watcher(aio, tmp_path):
     async def main():
         seen = []
         w = TrackFileWatcher(lambda name, v: seen.append((name, v)))
-        w.start([TrackFile("tf", str(f), weight=2), TrackFile("init", str(missing_dir_file),
-                                                                init_file=7)])
+        w.start([TrackFile(name="tf", file=str(f), weight=2),
+                 TrackFile(name="init", file=str(missing_dir_file), init_file=True, init_value=7)])
         assert ("tf", 0) in seen and ("init", 7) in seen       # missing file reads as 0
         f.write_text("15\n")
         await wait_for(lambda: seen[-1] == ("tf", 15))
@@ -305,8 +294,9 @@ def test_init_file_overwrite(aio, tmp_path):
 
     async def main():
         vals = []
-        for tf in (TrackFile("a", str(f), init_file=1),
-                   TrackFile("b", str(f), init_file=9, overwrite=True)):
+        for tf in (TrackFile(name="a", file=str(f), init_file=True, init_value=1),
+                   TrackFile(name="b", file=str(f), init_file=True, init_value=9,
+                             init_overwrite=True)):
             w = TrackFileWatcher(lambda n, v: vals.append(v))
             w.start([tf])
             w.stop()
@@ -315,24 +305,32 @@ def test_init_file_overwrite(aio, tmp_path):
     assert aio(main()) == [3, 9]
 
 
+def process(name: str, words: str, **kw) -> TrackProcess:
+    return TrackProcess(name=name, process=tuple(words.split()), **kw)
+
+
+def match(words: str, **kw) -> ProcessMatch:
+    return ProcessMatch(process("p", words, **kw))
+
+
 def test_process_matching_rules():
-    name = VrrpTrackProcess("p", "haproxy")
+    name = match("haproxy")
     assert name.matches("haproxy", None) and not name.matches("haproxy2", None)
-    long = VrrpTrackProcess("p", "a-very-long-process-name")
+    long = match("a-very-long-process-name")
     assert long.matches("a-very-long-pro", None)                 # comm keeps 15 chars
-    exact = VrrpTrackProcess("p", "/usr/sbin/nginx -c /etc/nginx.conf")
+    exact = match("/usr/sbin/nginx -c /etc/nginx.conf")
     assert exact.matches("nginx", ["/usr/sbin/nginx", "-c", "/etc/nginx.conf"])
     assert not exact.matches("nginx", ["/usr/sbin/nginx", "-c", "/etc/nginx.conf", "-x"])
-    partial = VrrpTrackProcess("p", ["/bin/x", "a", "b"], param_match="partial")
+    partial = match("/bin/x a b", param_match="partial")
     assert partial.matches("x", ["/bin/x", "a", "b", "c"])
     assert not partial.matches("x", ["/bin/x", "a", "bb"])
-    initial = VrrpTrackProcess("p", ["/bin/x", "a", "b"], param_match="initial")
+    initial = match("/bin/x a b", param_match="initial")
     assert initial.matches("x", ["/bin/x", "a", "bcd"]) and not initial.matches("x", ["/bin/x", "a"])
-    noparams = VrrpTrackProcess("p", "/bin/x", param_match="partial")
+    noparams = match("/bin/x", param_match="partial")
     assert noparams.matches("x", ["/bin/x"]) and not noparams.matches("x", ["/bin/x", "a"])
-    full = VrrpTrackProcess("p", "/bin/x", full_command=True)
+    full = match("/bin/x", full_command=True)
     assert full.matches("x", ["/bin/x", "anything"]) and not full.matches("x", ["x"])
-    q = VrrpTrackProcess("p", "x", quorum=2, quorum_max=3)
+    q = match("x", quorum=2, quorum_max=3)
     assert [q.quorum_ok(n) for n in range(5)] == [False, False, True, True, False]
 
 
@@ -342,12 +340,12 @@ def test_process_watcher_counts_real_processes(aio, tmp_path):
     shutil.copy("/bin/sleep", binary)
     procs = [subprocess.Popen([str(binary), "30"]) for _ in range(2)]
     try:
-        spec = VrrpTrackProcess("svc", comm, quorum=2)
-        assert scan_processes([spec]) == [2]
+        spec = process("svc", comm, quorum=2)
+        assert scan_processes([ProcessMatch(spec)]) == [2]
 
         async def main():
             changes = []
-            w = ProcessWatcher([spec, VrrpTrackProcess("none", comm + "x")],
+            w = ProcessWatcher([spec, process("none", comm + "x")],
                                lambda n, up: changes.append((n, up)), interval=0.05)
             w.start()
             await wait_for(lambda: ("svc", True) in changes and ("none", False) in changes)
@@ -371,7 +369,7 @@ def test_process_watcher_terminate_delay_debounces(aio, tmp_path):
     async def main():
         changes = []
         p = subprocess.Popen([str(binary), "30"])
-        spec = VrrpTrackProcess("svc", comm, terminate_delay=0.5)
+        spec = process("svc", comm, terminate_delay=0.5)
         w = ProcessWatcher([spec], lambda n, up: changes.append(up), interval=0.05)
         w.start()
         await wait_for(lambda: changes == [True])
@@ -390,7 +388,7 @@ def test_process_watcher_terminate_delay_debounces(aio, tmp_path):
 
 def test_file_fault_keeps_priority_from_before():
     # keepalived 2.2.7: 100, file 1 x -5 -> 95; file 60 x -5 -> FAULT 95 (not 100).
-    ti = TrackedInstance("VI_1", 100, [Track("file", "f", weight=-5)])
+    ti = TrackedInstance("VI_1", 100, [track_entry("file", "f", weight=-5)])
     ti.update("file", "f", 1)
     assert ti.verdict == Verdict(False, 95, False)
     ti.update("file", "f", 60)
@@ -404,17 +402,94 @@ def test_file_fault_keeps_priority_from_before():
 def test_equal_tracked_values_are_one_shared_mapping_never_changed_in_place():
     """Thousands of instances tracking one interface hold one values mapping,
     and a change to one instance's value leaves the others' alone."""
-    a = TrackedInstance("VI_1", 100, [Track("interface", "eth0", weight=10)])
-    b = TrackedInstance("VI_2", 100, [Track("interface", "eth0", weight=10)])
+    a = TrackedInstance("VI_1", 100, [track_entry("interface", "eth0", weight=10)])
+    b = TrackedInstance("VI_2", 100, [track_entry("interface", "eth0", weight=10)])
     a.update("interface", "eth0", True)
     b.update("interface", "eth0", True)
     assert a._values is b._values
     assert a.update("interface", "eth0", False).priority == 100
     assert b._values == {("interface", "eth0"): True} and b.verdict.priority == 110
     b.set_value("file", "f", 1)                 # an int 1 is not the bool True
-    c = TrackedInstance("VI_3", 100, [Track("interface", "eth0")])
+    c = TrackedInstance("VI_3", 100, [track_entry("interface", "eth0")])
     c.set_value("interface", "eth0", True)
     c.set_value("file", "f", True)
     assert type(b._values[("file", "f")]) is int and type(c._values[("file", "f")]) is bool
     a.remove("interface", "eth0")
     assert a._values == {} and b._values[("interface", "eth0")] is True
+
+
+def test_trackers_run_the_configured_blocks_by_name(aio, tmp_path):
+    """config.model's vrrp_script / track_file / track_process blocks drive the
+    watchers directly: each keyword (weight, reverse, init_file, quorum, rise)
+    reaches the rule it belongs to."""
+    from vrrpd.config import load
+    from vrrpd.net import netlink as nl
+    from vrrpd.net.links import Link
+    from vrrpd.track.trackers import Trackers
+
+    fail = write_script(tmp_path / "fail.sh", "exit 1")
+    value = tmp_path / "value"
+    comm = "vt" + uuid.uuid4().hex[:10]
+    shutil.copy("/bin/sleep", tmp_path / comm)
+    conf = tmp_path / "k.conf"
+    conf.write_text(f"""
+vrrp_script chk {{
+    script "{fail}"
+    interval 0.05
+    weight -20
+    rise 2
+    fall 2
+}}
+vrrp_track_file tf {{
+    file "{value}"
+    weight 3 reverse
+    init_file 4
+}}
+vrrp_track_process p {{
+    process {comm}
+    weight 5
+    quorum 1
+}}
+vrrp_track_process many {{
+    process {comm}
+    weight 7
+    quorum 2
+}}
+vrrp_instance VI_1 {{
+    interface eth0
+    virtual_router_id 1
+    priority 100
+    virtual_ipaddress {{
+        192.0.2.1/24
+    }}
+    track_script {{
+        chk
+    }}
+    track_file {{
+        tf
+    }}
+    track_process {{
+        p
+        many
+    }}
+}}
+""")
+    cfg = load(str(conf), config_id="x").config
+    eth0 = Link(index=2, name="eth0", flags=nl.IFF_UP | nl.IFF_RUNNING, mac=b"\0" * 6)
+
+    async def main():
+        async with ScriptRunner() as runner:
+            t = Trackers(cfg, runner, on_verdict=lambda n, v: None)
+            t.start({2: eth0})
+            await t.ready()
+            # script down: -20; file 4 x 3 reversed: -12; p up: +5; many below quorum: 0.
+            await wait_for(lambda: t.verdict("VI_1") == Verdict(False, 73, False))
+            await t.stop()
+
+    proc = subprocess.Popen([str(tmp_path / comm), "30"])
+    try:
+        aio(main())
+    finally:
+        proc.kill()
+        proc.wait()
+    assert value.read_text().strip() == "4"

@@ -45,7 +45,7 @@ from vrrpd.net.routes import RouteManager
 from vrrpd.scripts.runner import ScriptRunner
 from vrrpd.core.syncgroups import SyncGroups
 from vrrpd.track.trackers import Trackers
-from vrrpd.track.tracking import Verdict
+from vrrpd.track.rules import Verdict
 from vrrpd.core.vipwatch import VipWatch
 from vrrpd.net.vmac import VmacManager, create_all
 

@@ -64,8 +64,8 @@ def tracking_view(daemon, name: str) -> dict:
     if ti is None:
         return {}
     return {"fault": ti.verdict.fault, "pending": ti.verdict.pending,
-            "tracks": [{"kind": t.kind, "name": t.name, "weight": t.weight, "reverse": t.reverse,
-                        "value": ti._values.get((t.kind, t.name))} for t in ti.tracks]}
+            "tracks": [{"kind": k, "name": t.name, "weight": t.weight, "reverse": t.reverse,
+                        "value": v} for k, t, v in ti.states()]}
 
 
 def status(daemon) -> dict:

@@ -1,6 +1,6 @@
 """Every tracked object of the configuration, feeding each instance's verdict.
 
-Builds, from the config model, one vrrpd.track.tracking.TrackedInstance per
+Builds, from the config model, one vrrpd.track.instance.TrackedInstance per
 vrrp_instance (its track_* entries with keepalived's default weights, the
 sync group's own track_*, and its own interface unless dont_track_primary),
 runs the watchers (vrrp_script trackers, track_file inotify, track_process
@@ -13,39 +13,36 @@ import asyncio
 import logging
 from typing import Callable
 
-from vrrpd.config.model import Config, VrrpInstance
+from vrrpd.config.model import Config, Track, VrrpInstance
 from vrrpd.net.links import Link, LinkEvent
 from vrrpd.scripts.runner import ScriptRunner
-from vrrpd.track.tracking import (
-    ProcessWatcher,
-    Track,
-    TrackedInstance,
-    TrackFile,
-    TrackFileWatcher,
-    Verdict,
-    VrrpScript,
-    VrrpScriptTracker,
-    VrrpTrackProcess,
-    track_key,
-)
+from vrrpd.track.instance import Tracked, TrackedInstance, track_entry, track_key
+from vrrpd.track.rules import TRACK_KINDS, Verdict
+from vrrpd.track.track_file import TrackFileWatcher
+from vrrpd.track.track_process import ProcessWatcher
+from vrrpd.track.vrrp_script import VrrpScriptTracker
 
 log = logging.getLogger("vrrpd.track")
 
 
-def _tracks(kind: str, entries, defaults: dict) -> list[Track]:
-    """track_* lines -> Track, an omitted weight taking the object's own
-    (keepalived: 'an unspecified weight means the script's weight is used')."""
+def _tracks(kind: str, entries: tuple[Track, ...], defaults: dict) -> list[Tracked]:
+    """track_* lines -> (kind, Track) with the weight resolved, an omitted
+    weight taking the object's own (keepalived: 'an unspecified weight means
+    the script's weight is used')."""
     out = []
     for t in entries:
         if t.weight is None:
             weight, reverse = defaults.get(t.name, (0, False))
         else:
             weight, reverse = t.weight, t.reverse
-        out.append(Track(kind, t.name, weight, reverse))
+        out.append(track_entry(kind, t.name, weight, reverse))
     return out
 
 
 class Trackers:
+    """The tracking of one configuration: every instance's TrackedInstance,
+    indexed by the objects they track, and the watchers feeding them."""
+
     def __init__(self, config: Config, runner: ScriptRunner,
                  on_verdict: Callable[[str, Verdict], None], *, build: bool = True):
         """build=False: empty; a reload fills it with build() in slices."""
@@ -93,25 +90,26 @@ class Trackers:
                 sync_group_tracking_weight=bool(group and group.sync_group_tracking_weight),
                 on_change=self.on_verdict, named=True)
             ti.tracks = self._share(ti.tracks)
-            for key in {track_key(t.kind, t.name) for t in ti.tracks}:
+            for key in {track_key(kind, t.name) for kind, t in ti.tracks}:
                 value = self._known(key, old, carry)
                 if value is not None:
                     ti.set_value(*key, value)
                 self._by_object.setdefault(key, []).append(ti)
-            ti.verdict = ti._evaluate()
+            ti.verdict = ti.evaluate()
             self.instances[name] = ti
             yield
 
     def _share(self, obj):
-        """One object for equal Tracks and equal track lists: instances of a
+        """One object for equal tracks and equal track lists: instances of a
         lab or a data centre mostly track the same few things."""
         return self._shared.setdefault(obj, obj)
 
     def _known(self, key: tuple[str, str], old: TrackedInstance | None, carry):
         for source in (old, *self._by_object.get(key, ())[:1],
                        *((carry._by_object.get(key) or ())[:1] if carry else ())):
-            if source is not None and key in source._values:
-                return source._values[key]
+            value = source.value(*key) if source is not None else None
+            if value is not None:
+                return value
         if key[0] == "interface" and self._links:
             link = next((lk for lk in self._links.values() if lk.name == key[1]), None)
             return bool(link and link.is_up)
@@ -121,7 +119,7 @@ class Trackers:
         """Forget an instance (reload); returns its tracking."""
         ti = self.instances.pop(name, None)
         if ti is not None:
-            for key in {(t.kind, t.name) for t in ti.tracks}:
+            for key in {(kind, t.name) for kind, t in ti.tracks}:
                 users = self._by_object.get(key)
                 if users is not None and ti in users:
                     users.remove(ti)
@@ -133,27 +131,27 @@ class Trackers:
         defaults = self._defaults()
         for inst in instances:
             group = self.config.sync_groups.get(inst.sync_group) if inst.sync_group else None
-            for t in self._own_tracks(inst, defaults) + (self._group_tracks(group, defaults)
-                                                          if group else []):
-                if t.kind != "interface" and not self._by_object.get((t.kind, t.name)):
+            for kind, t in self._own_tracks(inst, defaults) + (
+                    self._group_tracks(group, defaults) if group else []):
+                if kind != "interface" and not self._by_object.get((kind, t.name)):
                     return False
         return True
 
     @staticmethod
-    def _own_tracks(inst: VrrpInstance, defaults) -> list[Track]:
+    def _own_tracks(inst: VrrpInstance, defaults) -> list[Tracked]:
         tracks = []
-        for kind in ("script", "interface", "file", "process"):
+        for kind in TRACK_KINDS:
             tracks += _tracks(kind, getattr(inst, f"track_{kind}"), defaults[kind])
         if not inst.dont_track_primary:
             # The instance's own interface going down is FAULT (keepalived),
             # not subject to the sync-group weight rule: weight 0 already.
-            tracks.append(Track("interface", inst.interface, 0))
+            tracks.append(track_entry("interface", inst.interface, 0))
         return tracks
 
     @staticmethod
-    def _group_tracks(group, defaults) -> list[Track]:
+    def _group_tracks(group, defaults) -> list[Tracked]:
         tracks = []
-        for kind in ("script", "interface", "file", "process"):
+        for kind in TRACK_KINDS:
             tracks += _tracks(kind, getattr(group, f"track_{kind}"), defaults[kind])
         return tracks
 
@@ -180,23 +178,17 @@ class Trackers:
                 for ti in self._by_object.pop(("script", name), ()):
                     ti.remove("script", name)
                 continue
-            tracker = VrrpScriptTracker(
-                self.runner,
-                VrrpScript(name, script, vs.interval, vs.effective_timeout, vs.weight,
-                           vs.weight_reverse, vs.rise, vs.fall, vs.init_fail),
-                lambda n, up: self._update("script", n, up))
+            tracker = VrrpScriptTracker(self.runner, vs, script,
+                                        lambda n, up: self._update("script", n, up))
             self._script_trackers.append(tracker)
             tracker.start()
-        files = [TrackFile(n, f.file, f.weight, f.weight_reverse,
-                           f.init_value if f.init_file else None, f.init_overwrite)
-                 for n, f in self.config.track_files.items() if n in self._used("file") and f.file]
+        used = self._used("file")
+        files = [f for n, f in self.config.track_files.items() if n in used and f.file]
         if files:
             self._files = TrackFileWatcher(lambda n, v: self._update("file", n, v))
             self._files.start(files)
-        procs = [VrrpTrackProcess(n, p.process, p.param_match, p.weight, p.weight_reverse,
-                                  p.quorum, p.quorum_max, p.fork_delay, p.terminate_delay,
-                                  p.full_command)
-                 for n, p in self.config.track_processes.items() if n in self._used("process")]
+        used = self._used("process")
+        procs = [p for n, p in self.config.track_processes.items() if n in used]
         if procs:
             self._processes = ProcessWatcher(procs, lambda n, up: self._update("process", n, up))
             self._processes.start()
