@@ -9,12 +9,14 @@ from types import SimpleNamespace
 from test_notify import read_kept_lines
 from vrrpd import _engine
 from vrrpd.scripts import notify
-from vrrpd.core import daemon as runtime
+from vrrpd.core import pump, transitions
 from vrrpd.net.addresses import Vip
 from vrrpd.net.garp import arp_frame
 from vrrpd.net.links import Link
 from vrrpd.scripts.notify import NotifyFifo, coalesced, fifo_line
-from vrrpd.core.daemon import Daemon, Instance, log_transitions
+from vrrpd.core.daemon import Daemon
+from vrrpd.core.instance import Instance
+from vrrpd.core.pump import log_transitions
 
 
 def inst(name: str, vips=()) -> Instance:
@@ -28,11 +30,11 @@ def inst(name: str, vips=()) -> Instance:
 
 def test_small_batch_logs_each_transition_as_keepalived(caplog):
     batch = [(inst(f"VI_{k}"), _engine.BACKUP, _engine.MASTER, "master_down_timer")
-             for k in range(runtime.LOG_EACH)]
+             for k in range(pump.LOG_EACH)]
     with caplog.at_level(logging.INFO, "vrrpd"):
         log_transitions(batch)
     assert [r.getMessage() for r in caplog.records] == [
-        f"(VI_{k}) Entering MASTER STATE (master_down_timer)" for k in range(runtime.LOG_EACH)]
+        f"(VI_{k}) Entering MASTER STATE (master_down_timer)" for k in range(pump.LOG_EACH)]
 
 
 def test_large_batch_is_one_line_per_state_and_reason_naming_every_instance(caplog):
@@ -76,7 +78,7 @@ def test_prebuilt_instances_keep_no_announcements_unless_paced():
     d._announces(i)                                       # e.g. a lower-priority advert
     d._prebuild(i)
     assert kept["frames"] == [(0, arp_frame(mac, bytes([192, 0, 2, 1])))]
-    assert i.announces == runtime.NO_ANNOUNCES
+    assert i.announces == transitions.NO_ANNOUNCES
     i.spec.conf.garp_master_refresh = 10.0
     d._prebuild(i)
     assert i.garp_paced and i.announces[1] and d._announces(i) is i.announces[1]
@@ -193,10 +195,10 @@ def paced_daemon(engine) -> Daemon:
 
 def test_receive_switches_to_polling_above_the_rate_and_back_below_a_quarter():
     d = paced_daemon(FakeEngine())
-    d._rx_packets = int(runtime.RX_POLL_RATE * runtime.RX_CHECK_S) + 1
+    d._rx_packets = int(pump.RX_POLL_RATE * pump.RX_CHECK_S) + 1
     d._check_rx()
     assert d._rx_poll is not None and d._loop.readers == {}
-    d._rx_packets = int(runtime.RX_POLL_RATE * runtime.RX_CHECK_S / 2)   # hysteresis: stays
+    d._rx_packets = int(pump.RX_POLL_RATE * pump.RX_CHECK_S / 2)   # hysteresis: stays
     d._check_rx()
     assert d._rx_poll is not None
     d._rx_packets = 0
@@ -205,11 +207,11 @@ def test_receive_switches_to_polling_above_the_rate_and_back_below_a_quarter():
 
 
 def test_late_timers_read_the_sockets_before_they_run():
-    now = runtime.now_us()
+    now = pump.now_us()
     on_time = paced_daemon(FakeEngine(deadline=now))
     on_time._pump()
     assert on_time.engine.calls[0] == ("tick",)
-    late = paced_daemon(FakeEngine(deadline=now - 10 * runtime.RX_LATE_US))
+    late = paced_daemon(FakeEngine(deadline=now - 10 * pump.RX_LATE_US))
     late._pump()
     assert late.engine.calls[:3] == [("read", 0), ("read", 1), ("tick",)]
 
@@ -234,7 +236,7 @@ def test_coalesced_lines_behind_a_full_pipe_queue_in_order_and_drops_are_counted
 
 
 def test_link_monitor_is_held_while_a_mass_failover_is_applied(aio):
-    """runtime.HOLD_MONITOR transitions waiting: the link monitor's reading
+    """transitions.HOLD_MONITOR transitions waiting: the link monitor's reading
     waits until the effects queue is empty (its events stay in the socket)."""
     import asyncio
     calls = []
