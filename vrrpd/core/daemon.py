@@ -95,7 +95,7 @@ class Daemon(Pump, Transitions):
         await self.create_vmacs(self.plan.instances)
         await self._add_static()
         for spec in self.plan.instances:
-            self._add_instance(spec)
+            self.add_instance(spec)
         self.link_sync_groups()
         for h in self.hooks:
             h.open()
@@ -186,7 +186,10 @@ class Daemon(Pump, Transitions):
         self.engine.set_link_tx(sock_id, psock.fileno(), link.mac)
         self._link_socks[sock_id] = (link.index, psock)
 
-    def _add_instance(self, spec) -> Instance:
+    def add_instance(self, spec) -> Instance:
+        """A new instance (start-up, reload): its socket, engine slot and
+        prebuilt side effects.  It starts with its tracking verdict
+        (apply_verdicts)."""
         base = self.links.by_name(spec.interface)
         if base is None:
             raise RuntimeError(f"{spec.where}: instance {spec.name}: interface {spec.interface} does not exist")
@@ -215,10 +218,6 @@ class Daemon(Pump, Transitions):
         """Where the instance's adverts go (packed): its unicast peers, else the group."""
         group = self.plan.mcast_group4 if spec.family == socket.AF_INET else self.plan.mcast_group6
         return [socket.inet_pton(spec.family, d) for d in spec.unicast_peers or [group]]
-
-    def forget(self, inst: Instance) -> None:
-        """The instance is gone (reload): its slot's prebuilt bytes go too."""
-        self.effects.clear(inst.idx)
 
     @staticmethod
     def _source(spec, base: Link, vmac) -> str:
@@ -295,6 +294,89 @@ class Daemon(Pump, Transitions):
             other = self.instances[m]
             if other.started:
                 self.engine.force_state(other.idx, state, t)
+
+    # -- the public API: what a reload (vrrpd.core.reload) changes -------------------
+    def remove_instance(self, inst: Instance) -> bool:
+        """The instance leaves (reload: removed or replaced): a master sends
+        priority 0 (Engine.remove_instance) and stops its GARPs; its slot and
+        prebuilt bytes go.  -> whether it was MASTER: the caller removes what
+        it held (transitions.NetChanges.leave)."""
+        # keepalived reports the effective priority (which tracking may have
+        # changed since the last transition).
+        inst.priority = self.engine.priority(inst.idx)
+        master = self.engine.state(inst.idx) == _engine.MASTER
+        if master:
+            self.stop_announcing(inst)
+        self.engine.remove_instance(inst.idx)
+        self.effects.clear(inst.idx)
+        del self.by_idx[inst.idx]
+        if self.instances.get(inst.name) is inst:
+            del self.instances[inst.name]
+        return master
+
+    def retune_instance(self, inst: Instance, spec) -> None:
+        """A kept instance takes the engine settings of its new spec that can
+        change in place (advert addresses, Engine.retune's tunables); the
+        spec itself is swapped in by swap_plan."""
+        if spec.advert_addrs != inst.spec.advert_addrs:
+            self.engine.set_advert_addrs(inst.idx, [socket.inet_pton(spec.family, a)
+                                                    for a in spec.advert_addrs])
+        tunables = engine_tunables(spec)
+        if tunables != engine_tunables(inst.spec):
+            self.engine.retune(inst.idx, now_us(), **tunables)
+
+    def is_master(self, inst: Instance) -> bool:
+        """The engine's state now (Instance.state is the last one reported)."""
+        return self.engine.state(inst.idx) == _engine.MASTER
+
+    def make_trackers(self, config) -> Trackers:
+        """Tracking for a new configuration, reporting its verdicts here;
+        built by the caller (Trackers.build), swapped in by swap_plan."""
+        return Trackers(config, self.runner, self._on_verdict, build=False)
+
+    def swap_plan(self, plan, trackers: Trackers, syncgroups: SyncGroups,
+                  kept=(), moved=()) -> None:
+        """One step of a reload: the new plan, tracking and sync groups.
+        kept: (Instance, new spec) that stay with new settings (and maybe a
+        new name); moved: (Instance, spec) whose only change is `where`."""
+        for inst, spec in kept:
+            if self.instances.get(inst.name) is inst:
+                del self.instances[inst.name]
+            if inst.name != spec.name:
+                log.info("(%s) renamed %s by reload", inst.name, spec.name)
+            inst.name, inst.spec = spec.name, spec
+        for inst, _ in kept:
+            self.instances[inst.name] = inst
+        for inst, spec in moved:      # only `where` differs: nothing else to tell anyone
+            inst.spec = spec
+        self.plan = plan
+        self.trackers, self.syncgroups = trackers, syncgroups
+
+    def set_peers(self, insts) -> None:
+        """Their specs' advert destinations to the engine (new unicast peers:
+        through FAULT to BACKUP, as keepalived does)."""
+        t = now_us()
+        for inst in insts:
+            self.engine.set_peers(inst.idx, self.advert_dsts(inst.spec), t)
+
+    def ungroup(self, insts) -> None:
+        """Out of their sync groups (link_sync_groups puts them in the new ones)."""
+        for inst in insts:
+            self.engine.set_sync_group([inst.idx])
+
+    def apply_verdicts(self, insts):
+        """Each instance's tracking verdict to the engine (it starts once no
+        weight-0 script is pending, then priority and FAULT), then the pump.
+        A generator, one step per instance: the caller may slice the work."""
+        t = now_us()
+        for inst in insts:
+            self._apply_verdict(inst, t)
+            yield
+        self._pump()
+
+    def replace_hook(self, old, new) -> None:
+        """A hook (e.g. the notify Reporter) rebuilt for a new configuration."""
+        self.hooks[self.hooks.index(old)] = new
 
     # -- shutdown --------------------------------------------------------------------
     async def stop(self) -> None:

@@ -19,11 +19,12 @@ import logging
 import os
 import socket
 import time
+from dataclasses import dataclass, field
 
 from vrrpd import _engine
 from vrrpd.core.instance import Instance
 from vrrpd.core.pump import LOG_EACH, now_us
-from vrrpd.net import netlink as nl
+from vrrpd.net import firewall as strict, netlink as nl
 from vrrpd.net.addresses import Vip
 from vrrpd.net.garp import Announce, GarpConfig, arp_frame, ipv6_forwarding, na_frame
 from vrrpd.scripts.notify import coalesced
@@ -57,6 +58,57 @@ def _runs(batch):
             yield _kind(*batch[start][1:3]), batch[start:i]
             start = i
 
+
+
+@dataclass
+class NetChanges:
+    """What a reload changes on the network: what masters hold (VIPs, the
+    strict-mode drop, virtual routes and rules), collected here and applied
+    by Transitions.apply_changes in keepalived's order."""
+    vips_add: list = field(default_factory=list)
+    vips_remove: list = field(default_factory=list)
+    drop_add: list = field(default_factory=list)
+    drop_remove: list = field(default_factory=list)
+    routes_add: list = field(default_factory=list)
+    routes_remove: list = field(default_factory=list)
+    rules_add: list = field(default_factory=list)
+    rules_remove: list = field(default_factory=list)
+    announce: list = field(default_factory=list)     # kept masters with new VIPs: GARP
+
+    def leave(self, inst) -> None:
+        """A master instance goes away: everything it holds."""
+        self.vips_remove += inst.vips
+        if inst.spec.needs_drop:
+            self.drop_remove += inst.vips
+        self.routes_remove += inst.spec.conf.virtual_routes
+        self.rules_remove += inst.spec.conf.virtual_rules
+
+    def update(self, inst, spec, new_vips, staying: bool = True) -> None:
+        """A kept master: the difference between what it holds and the new
+        settings (staying=False: only what goes; it is leaving MASTER)."""
+        old_drop = inst.vips if inst.spec.needs_drop else []
+        new_drop = new_vips if spec.needs_drop else []
+        added = [v for v in new_vips if v not in inst.vips] if staying else []
+        self.vips_add += added
+        self.vips_remove += [v for v in inst.vips if v not in new_vips]
+        if staying:
+            self.drop_add += [v for v in new_drop if v not in old_drop]
+        self.drop_remove += [v for v in old_drop if v not in new_drop]
+        for mine, theirs, add, remove in (
+                (inst.spec.conf.virtual_routes, spec.conf.virtual_routes, self.routes_add, self.routes_remove),
+                (inst.spec.conf.virtual_rules, spec.conf.virtual_rules, self.rules_add, self.rules_remove)):
+            if staying:
+                add += [r for r in theirs if r not in mine]
+            remove += [r for r in mine if r not in theirs]
+        if added:
+            self.announce.append(inst)
+
+
+async def _addresses(op, vips, what: str) -> None:
+    if vips:
+        r = await op(vips)
+        for vip, err in r.failed:
+            log.warning("%s VIP %s failed: errno %d", what, vip.address, err)
 
 
 class Transitions:
@@ -343,3 +395,31 @@ class Transitions:
                 ifindex, link.name, link.mac,
                 [v.packed for v in vips if v.family == socket.AF_INET],
                 [v.packed for v in vips if v.family == socket.AF_INET6], cfg)
+
+    # -- a reload's changes (vrrpd.core.reload) ----------------------------------------
+    def stop_announcing(self, inst: Instance) -> None:
+        """A master leaves without a transition (reload): its paced GARPs stop."""
+        for key, _ in self._announces(inst):
+            self.garp.stop(key)
+
+    async def apply_changes(self, changes: NetChanges) -> None:
+        """A reload's changes to what masters hold, in keepalived's order:
+        routes and rules, VIPs, then the drop go; the drop, VIPs, then
+        routes and rules come; GARPs for kept masters' new VIPs."""
+        if changes.routes_remove or changes.rules_remove:
+            await self.routes.remove(changes.routes_remove, changes.rules_remove)
+        await _addresses(self.addresses.remove, changes.vips_remove, "removing")
+        if changes.drop_remove and self.firewall is not None:
+            await self.firewall.remove_vips(changes.drop_remove)
+        if changes.drop_add:
+            if self.firewall is None:
+                self.firewall = strict.firewall_for(self.plan.config)
+            await self.firewall.add_vips(changes.drop_add)
+        await _addresses(self.addresses.add, changes.vips_add, "adding")
+        if changes.routes_add or changes.rules_add:
+            await self.routes.add(changes.routes_add, changes.rules_add)
+        for inst in changes.announce:
+            # keepalived sends GARPs after adding VIPs on reload (vrrp_send_link_update).
+            if self.engine.state(inst.idx) == _engine.MASTER:
+                for key, ann in self._announces(inst):
+                    self.garp.master(key, ann)
