@@ -18,7 +18,7 @@ import time
 
 from vrrpd import _effects, _engine
 from vrrpd.core.instance import Instance
-from vrrpd.core.pump import RX_CHECK_S, TX_RETRY_US, Pump, now_us
+from vrrpd.core.pump import TX_RETRY_US, Pump, now_us
 from vrrpd.core.transitions import CHUNK_MAX, Transitions
 from vrrpd.net import sockets, firewall as strict
 from vrrpd.net.addresses import AddressManager, Vip
@@ -43,6 +43,10 @@ TX_DRAIN_S = 0.2          # at shutdown, for the priority-0 adverts
 
 
 class Daemon(Pump, Transitions):
+    """One vrrpd: its parts (Pump, Transitions) share the engine, the
+    instances and the hooks; reload changes it through the public API below
+    (add_instance ... replace_hook)."""
+
     def __init__(self, plan, runner: ScriptRunner | None = None, *,
                  max_instances: int | None = None, advert_tx: str = "frame"):
         """plan: vrrpd.core.plan.Plan, the configuration resolved for the runtime;
@@ -60,28 +64,14 @@ class Daemon(Pump, Transitions):
         self.instances: dict[str, Instance] = {}
         self.by_idx: dict[int, Instance] = {}
         capacity = max_instances or max(1024, 2 * len(plan.instances))
-        self.engine = _engine.Engine(capacity, defer_sends=True)
-        self.effects = _effects.Effects(capacity)
-        self._links_gen = 0             # bumped when a link's name, MAC or existence changes
-        self._slots: dict[int, int] = {}    # ifindex -> socket slot of Effects
-        self.links = LinkMonitor(on_link=self._on_link)
+        Pump.__init__(self, _engine.Engine(capacity, defer_sends=True))
+        links = LinkMonitor(on_link=self._on_link)
+        Transitions.__init__(self, plan, links, _effects.Effects(capacity), AddressManager(),
+                             RouteManager(links.ifindex), GarpScheduler(),
+                             strict.firewall_for(plan.config))     # None: no instance needs the drop
         self.vipwatch = self.links.on_address = VipWatch(self, now_us)  # a VIP deleted from outside
-        self.addresses = AddressManager()
         self.vmacs = VmacManager()
-        self.routes = RouteManager(self.links.ifindex)
-        self.firewall = strict.firewall_for(plan.config)     # None: no instance needs the drop
-        self.garp = GarpScheduler()
-        self._sockets: dict[tuple[str, int], tuple[int, socket.socket]] = {}
         self._link_socks: dict[int, tuple[int, socket.socket]] = {}   # sock_id -> (ifindex, packet socket)
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = -1
-        self._effects: asyncio.Queue = asyncio.Queue()
-        self._effects_task: asyncio.Task | None = None
-        self._effects_waiting = 0       # transitions queued in _effects
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._rx_packets = 0            # since the last pacing check
-        self._rx_poll: asyncio.TimerHandle | None = None     # set while polling
-        self._rx_check: asyncio.TimerHandle | None = None
         self.stopping = False
         # Objects with open(), on_transition(inst, old, new, reason),
         # on_group_transition(group, state), on_rx_lower_pri(inst, prio), on_stop(daemon).
@@ -99,8 +89,8 @@ class Daemon(Pump, Transitions):
         self.link_sync_groups()
         for h in self.hooks:
             h.open()
-        self._effects_task = asyncio.create_task(self._run_effects())
-        self._rx_check = self._loop.call_later(RX_CHECK_S, self._check_rx)
+        self.start_effects()
+        self.start_rx_pacing()
         self.trackers.start(self.links.links)
         await self.trackers.ready()
         if self.plan.startup_delay:
@@ -166,9 +156,7 @@ class Daemon(Pump, Transitions):
             groups = [self.plan.mcast_group4 if family == socket.AF_INET else self.plan.mcast_group6]
             sock = sockets.open_vrrp_socket(family, ifname, link.index, groups)
             sock_id = self.engine.add_socket(sock.fileno(), family, link.index)
-            if self._rx_poll is None:
-                self._loop.add_reader(sock.fileno(), self._on_readable, sock_id)
-            self._sockets[key] = (sock_id, sock)
+            self.add_socket(key, sock_id, sock)
             if self.advert_tx == "frame":
                 self._link_tx(sock_id, link)
         return self._sockets[key][0]
@@ -392,7 +380,7 @@ class Daemon(Pump, Transitions):
         deadline = time.monotonic() + TX_DRAIN_S
         while self.engine.tx_pending() and time.monotonic() < deadline:
             await asyncio.sleep(TX_RETRY_US / 1e6)
-        await self._effects.join()
+        await self.effects_done()
         # VIPs a transition added that no later one removed (e.g. kept by a
         # failed removal): removed with their prebuilt messages.
         on = [i for i in self.instances.values() if self.effects.vips_on(i.idx)]
@@ -415,8 +403,7 @@ class Daemon(Pump, Transitions):
             if handle is not None:
                 handle.cancel()
         self.garp.close()
-        if self._effects_task is not None:
-            self._effects_task.cancel()
+        self.stop_effects()
         for sock_id, sock in self._sockets.values():
             self._loop.remove_reader(sock.fileno())
             sock.close()

@@ -9,6 +9,7 @@ instances (by_idx), hooks, GARP scheduler and transitions queue.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import time
@@ -68,6 +69,34 @@ def _addr(packed: bytes | None) -> str:
 
 
 class Pump:
+    def __init__(self, engine, loop: asyncio.AbstractEventLoop | None = None):
+        """engine: a vrrpd._engine.Engine (or a fake of its calls); loop: the
+        running loop, else set at start-up."""
+        self.engine = engine
+        self._loop = loop
+        self._sockets: dict[tuple[str, int], tuple[int, socket.socket]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = -1
+        self._rx_packets = 0            # since the last pacing check
+        self._rx_poll: asyncio.TimerHandle | None = None     # set while polling
+        self._rx_check: asyncio.TimerHandle | None = None
+
+    def add_socket(self, key: tuple[str, int], sock_id: int, sock: socket.socket) -> None:
+        """A VRRP socket (the engine's sock_id) to read when readable: key is
+        (interface, family)."""
+        if self._rx_poll is None:
+            self._loop.add_reader(sock.fileno(), self._on_readable, sock_id)
+        self._sockets[key] = (sock_id, sock)
+
+    def start_rx_pacing(self) -> None:
+        """From now on, the packet rate is checked every RX_CHECK_S."""
+        self._rx_check = self._loop.call_later(RX_CHECK_S, self._check_rx)
+
+    @property
+    def polling(self) -> bool:
+        """The sockets are polled every RX_POLL_S rather than read on events."""
+        return self._rx_poll is not None
+
     def _on_readable(self, sock_id: int) -> None:
         self._rx_packets += self.engine.on_readable(sock_id, now_us())
         self._pump()
@@ -177,6 +206,5 @@ class Pump:
                          f" ({held} more not logged)" if held else "")
         if batch:
             log_transitions(batch)
-            self._effects_waiting += len(batch)
-            self._effects.put_nowait(batch)
+            self.queue(batch)
 

@@ -15,6 +15,7 @@ instances, hooks, sync groups and verdicts (apply_verdict, pump).
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -112,6 +113,42 @@ async def _addresses(op, vips, what: str) -> None:
 
 
 class Transitions:
+    def __init__(self, plan, links, effects, addresses, routes=None, garp=None, firewall=None):
+        """plan: vrrpd.core.plan.Plan; links: a vrrpd.net.links.LinkMonitor;
+        effects: a vrrpd._effects.Effects; addresses, routes, garp, firewall:
+        vrrpd.net's AddressManager, RouteManager, GarpScheduler and the
+        strict-mode firewall (None: no instance needs the drop).  Fakes of
+        their calls will do for tests."""
+        self.plan = plan
+        self.links = links
+        self.effects = effects
+        self.addresses = addresses
+        self.routes = routes
+        self.garp = garp
+        self.firewall = firewall
+        self._links_gen = 0             # bumped when a link's name, MAC or existence changes
+        self._slots: dict[int, int] = {}    # ifindex -> socket slot of Effects
+        self._effects: asyncio.Queue = asyncio.Queue()
+        self._effects_task: asyncio.Task | None = None
+        self._effects_waiting = 0       # transitions queued in _effects
+
+    def queue(self, batch) -> None:
+        """A batch of transitions (Instance, old, new, reason) to apply, after
+        those queued before."""
+        self._effects_waiting += len(batch)
+        self._effects.put_nowait(batch)
+
+    def start_effects(self) -> None:
+        self._effects_task = asyncio.create_task(self._run_effects())
+
+    def stop_effects(self) -> None:
+        if self._effects_task is not None:
+            self._effects_task.cancel()
+
+    async def effects_done(self) -> None:
+        """Until every queued batch is applied."""
+        await self._effects.join()
+
     async def _run_effects(self) -> None:
         held_since = None
         while True:
