@@ -210,6 +210,7 @@ def pump_on(engine) -> Pump:
 def test_receive_switches_to_polling_above_the_rate_and_back_below_a_quarter():
     engine = FakeEngine()
     d = pump_on(engine)
+    assert {k: sid for k, (sid, _) in d.sockets.items()} == {("eth0", 2): 0, ("eth1", 2): 1}
     d.start_rx_pacing()
     per_check = pump.RX_POLL_RATE * pump.RX_CHECK_S
     engine.per_read = int(per_check) + 1

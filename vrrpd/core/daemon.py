@@ -284,6 +284,11 @@ class Daemon(Pump, Transitions):
                 self.engine.force_state(other.idx, state, t)
 
     # -- the public API: what a reload (vrrpd.core.reload) changes -------------------
+    @property
+    def electing(self) -> bool:
+        """Instances may start (vrrp_startup_delay is over)."""
+        return self._electing
+
     def remove_instance(self, inst: Instance) -> bool:
         """The instance leaves (reload: removed or replaced): a master sends
         priority 0 (Engine.remove_instance) and stops its GARPs; its slot and

@@ -93,6 +93,15 @@ class Pump:
         self._rx_check = self._loop.call_later(RX_CHECK_S, self._check_rx)
 
     @property
+    def sockets(self) -> dict[tuple[str, int], tuple[int, socket.socket]]:
+        """(interface, family) -> (the engine's sock_id, the VRRP socket)."""
+        return self._sockets
+
+    def pump(self) -> None:
+        """Run what is due now (after changing the engine from outside)."""
+        self._pump()
+
+    @property
     def polling(self) -> bool:
         """The sockets are polled every RX_POLL_S rather than read on events."""
         return self._rx_poll is not None
