@@ -205,7 +205,7 @@ class Reloader:
         return out
 
     async def _child(self, slices: Slices) -> Outcome:
-        """Start the reader (python -m vrrpd.core.reload.child), collect its outcome
+        """Start the reader (python -m vrrpd.core.reload), collect its outcome
         without blocking.  Its input goes through a memfd (written at once,
         whatever its size); Popen uses vfork, so starting it costs the
         daemon no copy of its page tables."""
@@ -218,7 +218,7 @@ class Reloader:
         try:
             os.write(infd, request)
             os.lseek(infd, 0, os.SEEK_SET)
-            proc = subprocess.Popen([sys.executable, "-m", "vrrpd.core.reload.child"], stdin=infd,
+            proc = subprocess.Popen([sys.executable, "-m", "vrrpd.core.reload"], stdin=infd,
                                     stdout=subprocess.PIPE)
         except OSError as e:
             return Outcome(errors=[f"reload: cannot start the configuration reader: {e}"])

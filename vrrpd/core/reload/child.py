@@ -6,7 +6,7 @@ Parsing 1,000 instances takes 0.2-1 s of pure Python; in a thread of the
 daemon it competed with the loop for the GIL and delayed adverts.  A forked
 child worked, but every page the daemon wrote while it lived was a
 copy-on-write fault: the loop's work ran up to 10x slower for a while.  So
-the reader is exec'd afresh (`python -m vrrpd.core.reload.child`, spawned with
+the reader is exec'd afresh (`python -m vrrpd.core.reload`, spawned with
 vfork: no page tables copied) and compares against fingerprints of the
 running configuration instead of the objects themselves: a digest of each
 instance's settings, of its engine settings, and of everything global.
