@@ -22,11 +22,11 @@ OLD = instance("A", 1, 200, ["192.0.2.101"]) + instance("B", 2, 100, ["192.0.2.1
 NEW = instance("B", 2, 150, ["192.0.2.102", "192.0.2.112"], "0.5") + instance("C", 3, 100, ["192.0.2.103"])
 
 
-def run_child(netns, tmp_path) -> dict:
+def run_child(netns, tmp_path, old: str = OLD, new_text: str = NEW) -> dict:
     ns = veth_host(netns("ra"))
     path, new = tmp_path / "keepalived.conf", tmp_path / "new.conf"
-    path.write_text(OLD)
-    new.write_text(NEW)
+    path.write_text(old)
+    new.write_text(new_text)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     proc = ns.run(sys.executable, CHILD, str(path), str(new),
                   timeout=60, env=env, check=False)
@@ -55,3 +55,19 @@ def test_reload_removes_keeps_and_adds_through_the_public_api(netns, tmp_path):
     assert after["C"]["master"] and after["C"]["vips"] == ["192.0.2.103"]
     assert out["addresses_after"] == ["192.0.2.10", "192.0.2.102", "192.0.2.103", "192.0.2.112"]
     assert out["addresses_stopped"] == ["192.0.2.10"]
+
+
+def test_a_renamed_instance_is_the_same_instance_under_its_new_name(netns, tmp_path):
+    """Instances are matched by identity (VRID, family, interface, source),
+    not name (keepalived clear_diff_vrrp): a rename keeps the instance, its
+    slot and its state; swap_plan files it under the new name."""
+    old = instance("A", 1, 200, ["192.0.2.101"]) + instance("B", 2, 100, ["192.0.2.102"])
+    new = instance("A", 1, 200, ["192.0.2.101"]) + instance("B_new", 2, 100, ["192.0.2.102"])
+    out = run_child(netns, tmp_path, old, new)
+    r = out["reload"]
+    assert r["ok"] and r["changed"] == ["B_new"] and r["removed"] == r["added"] == [], r
+    before, after = out["before"], out["after"]
+    assert list(after) == ["A", "B_new"] and out["plan"] == ["A", "B_new"]
+    assert after["B_new"]["id"] == before["B"]["id"] and after["B_new"]["idx"] == before["B"]["idx"]
+    assert after["B_new"]["master"] and after["A"]["id"] == before["A"]["id"]
+    assert out["addresses_after"] == out["addresses_before"]
