@@ -97,7 +97,7 @@ def test_scrape_connections_are_bounded(aio):
     from vrrpd.ops.metrics import Metrics
     from vrrpd.scripts.runner import ScriptCounters
 
-    daemon = types.SimpleNamespace(instances={}, by_idx={}, engine=None, _sockets={},
+    daemon = types.SimpleNamespace(instances={}, by_idx={}, engine=None, sockets={},
                                    runner=types.SimpleNamespace(counters=ScriptCounters()))
 
     def scrape(port):

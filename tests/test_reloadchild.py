@@ -80,10 +80,11 @@ def _outcome(tmp_path, running_conf: dict, new_conf: dict, above: str = "") -> r
     new = tmp_path / "new.conf"
     new.write_text(CONF.format(**new_conf).replace("vrrp_instance B", above + "vrrp_instance B"))
     # The reader's own entry point, in its own process, as the daemon runs it.
-    r = subprocess.run([sys.executable, "-m", "vrrpd.core.reload.child"], capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "vrrpd.core.reload"], capture_output=True,
                        input=pickle.dumps((str(new), None,
                                            reloadchild.fingerprints(plan, plan.instances), 0)),
                        timeout=60)
+    assert not r.stderr, r.stderr.decode()       # e.g. runpy's warning about the entry module
     return pickle.loads(r.stdout)
 
 

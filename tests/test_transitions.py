@@ -9,12 +9,14 @@ from types import SimpleNamespace
 from scriptfiles import read_kept_lines
 from vrrpd.engine import BACKUP, MASTER
 from vrrpd.scripts import notify
-from vrrpd.core import daemon as runtime
+from vrrpd.core import pump, transitions
 from vrrpd.net.addresses import Vip
 from vrrpd.net.garp import arp_frame
 from vrrpd.net.links import Link
 from vrrpd.scripts.notify import NotifyFifo, coalesced, fifo_line
-from vrrpd.core.daemon import Daemon, Instance, log_transitions
+from vrrpd.core.instance import Instance
+from vrrpd.core.pump import Pump, log_transitions
+from vrrpd.core.transitions import Transitions
 
 
 def inst(name: str, vips=()) -> Instance:
@@ -28,11 +30,11 @@ def inst(name: str, vips=()) -> Instance:
 
 def test_small_batch_logs_each_transition_as_keepalived(caplog):
     batch = [(inst(f"VI_{k}"), BACKUP, MASTER, "master_down_timer")
-             for k in range(runtime.LOG_EACH)]
+             for k in range(pump.LOG_EACH)]
     with caplog.at_level(logging.INFO, "vrrpd"):
         log_transitions(batch)
     assert [r.getMessage() for r in caplog.records] == [
-        f"(VI_{k}) Entering MASTER STATE (master_down_timer)" for k in range(runtime.LOG_EACH)]
+        f"(VI_{k}) Entering MASTER STATE (master_down_timer)" for k in range(pump.LOG_EACH)]
 
 
 def test_large_batch_is_one_line_per_state_and_reason_naming_every_instance(caplog):
@@ -53,12 +55,27 @@ def test_large_batch_is_one_line_per_state_and_reason_naming_every_instance(capl
     assert "(VI_999) Entering MASTER STATE (master_down_timer)" in caplog.text
 
 
-def fake_daemon(links: dict) -> Daemon:
-    d = Daemon.__new__(Daemon)
-    d.links = SimpleNamespace(links=links)
-    d.plan = SimpleNamespace(config=SimpleNamespace(
+class FakeEffects:
+    """vrrpd._effects.Effects' calls _prebuild makes, recorded."""
+
+    def __init__(self):
+        self.instances, self.sockets = {}, {}
+
+    def set_socket(self, slot, fd):
+        self.sockets[slot] = fd
+
+    def set_instance(self, idx, **kw):
+        self.instances[idx] = kw
+
+
+def side_effects(links: dict, effects=None) -> Transitions:
+    """The transitions part alone, on fakes of the kernel side."""
+    plan = SimpleNamespace(config=SimpleNamespace(
         global_defs=SimpleNamespace(vrrp_garp_interval=0.0, vrrp_gna_interval=0.0)))
-    return d
+    garp = SimpleNamespace(sender=SimpleNamespace(
+        socket_for=lambda ifindex: SimpleNamespace(fileno=lambda: 100 + ifindex)))
+    return Transitions(plan, SimpleNamespace(links=links), effects or FakeEffects(),
+                       SimpleNamespace(encode=lambda kind, vip: b""), garp=garp)
 
 
 def test_prebuilt_instances_keep_no_announcements_unless_paced():
@@ -66,17 +83,13 @@ def test_prebuilt_instances_keep_no_announcements_unless_paced():
     they came from are not kept per instance, except for the GarpScheduler's
     (refresh or pacing configured)."""
     mac = bytes.fromhex("020000000001")
-    d = fake_daemon({3: Link(3, "eth0", 0, mac)})
-    kept = {}
-    d.addresses = SimpleNamespace(encode=lambda kind, vip: b"")
-    d.effects = SimpleNamespace(set_instance=lambda idx, **kw: kept.update(kw))
-    d._slot = lambda ifindex: 0
-    d._links_gen = 0
+    d = side_effects({3: Link(3, "eth0", 0, mac)})
     i = inst("VI_1", [Vip.parse("192.0.2.1", 3)])
     d._announces(i)                                       # e.g. a lower-priority advert
     d._prebuild(i)
-    assert kept["frames"] == [(0, arp_frame(mac, bytes([192, 0, 2, 1])))]
-    assert i.announces == runtime.NO_ANNOUNCES
+    assert d.effects.instances[i.idx]["frames"] == [(0, arp_frame(mac, bytes([192, 0, 2, 1])))]
+    assert d.effects.sockets == {0: 103}                  # slot 0: eth0's packet socket
+    assert i.announces == transitions.NO_ANNOUNCES
     i.spec.conf.garp_master_refresh = 10.0
     d._prebuild(i)
     assert i.garp_paced and i.announces[1] and d._announces(i) is i.announces[1]
@@ -84,7 +97,7 @@ def test_prebuilt_instances_keep_no_announcements_unless_paced():
 
 def test_announces_are_built_once_and_rebuilt_when_a_link_or_the_vips_change():
     mac = bytes.fromhex("020000000001")
-    d = fake_daemon({3: Link(3, "eth0", 0, mac)})
+    d = side_effects({3: Link(3, "eth0", 0, mac)})
     i = inst("VI_1", [Vip.parse("192.0.2.1", 3), Vip.parse("2001:db8::1", 3)])
     first = d._announces(i)
     assert d._announces(i) is first                       # cached
@@ -142,10 +155,11 @@ class FakeEngine:
     def __init__(self, deadline=-1):
         self.calls = []
         self.deadline = deadline
+        self.per_read = 0                   # packets each on_readable() reads
 
     def on_readable(self, sock_id, now):
         self.calls.append(("read", sock_id))
-        return 0
+        return self.per_read
 
     def tick(self, now):
         self.calls.append(("tick",))
@@ -168,48 +182,58 @@ class FakeLoop:
         self.readers, self.timers = {}, []
 
     def add_reader(self, fd, cb, *args):
-        self.readers[fd] = cb
+        self.readers[fd] = lambda: cb(*args)
 
     def remove_reader(self, fd):
         self.readers.pop(fd, None)
 
     def call_later(self, delay, cb, *args):
-        self.timers.append((delay, cb))
-        return SimpleNamespace(cancel=lambda: None)
+        self.timers.append((delay, cb, args))
+        return SimpleNamespace(cancel=lambda: self.timers.remove((delay, cb, args)))
+
+    def fire(self, name: str) -> None:
+        """Run the timers armed for the method `name` (as if they were due)."""
+        due = [t for t in self.timers if t[1].__name__ == name]
+        for t in due:
+            self.timers.remove(t)
+            t[1](*t[2])
 
 
-def paced_daemon(engine) -> Daemon:
-    d = Daemon.__new__(Daemon)
-    d.engine = engine
-    d._loop = FakeLoop()
-    d._sockets = {("eth0", 2): (0, SimpleNamespace(fileno=lambda: 10)),
-                  ("eth1", 2): (1, SimpleNamespace(fileno=lambda: 11))}
-    for sock_id, sock in d._sockets.values():
-        d._loop.add_reader(sock.fileno(), d._on_readable, sock_id)
-    d._rx_packets, d._rx_poll, d._rx_check = 0, None, None
-    d._timer, d._timer_at = None, -1
-    return d
+def pump_on(engine) -> Pump:
+    """The pump alone, on a fake engine and loop, with two sockets."""
+    p = Pump(engine, FakeLoop())
+    p.add_socket(("eth0", 2), 0, SimpleNamespace(fileno=lambda: 10))
+    p.add_socket(("eth1", 2), 1, SimpleNamespace(fileno=lambda: 11))
+    return p
 
 
 def test_receive_switches_to_polling_above_the_rate_and_back_below_a_quarter():
-    d = paced_daemon(FakeEngine())
-    d._rx_packets = int(runtime.RX_POLL_RATE * runtime.RX_CHECK_S) + 1
-    d._check_rx()
-    assert d._rx_poll is not None and d._loop.readers == {}
-    d._rx_packets = int(runtime.RX_POLL_RATE * runtime.RX_CHECK_S / 2)   # hysteresis: stays
-    d._check_rx()
-    assert d._rx_poll is not None
-    d._rx_packets = 0
-    d._check_rx()
-    assert d._rx_poll is None and set(d._loop.readers) == {10, 11}
+    engine = FakeEngine()
+    d = pump_on(engine)
+    assert {k: sid for k, (sid, _) in d.sockets.items()} == {("eth0", 2): 0, ("eth1", 2): 1}
+    d.start_rx_pacing()
+    per_check = pump.RX_POLL_RATE * pump.RX_CHECK_S
+    engine.per_read = int(per_check) + 1
+    d._loop.readers[10]()                                 # one wake-up, above the rate
+    d._loop.fire("_check_rx")
+    assert d.polling and d._loop.readers == {}
+    engine.per_read = int(per_check / 4)                  # two sockets: half the rate
+    d._loop.fire("_poll_rx")
+    assert engine.calls[-3:] == [("read", 0), ("read", 1), ("tick",)]
+    d._loop.fire("_check_rx")
+    assert d.polling                                      # hysteresis: stays
+    engine.per_read = 0
+    d._loop.fire("_check_rx")
+    assert not d.polling and set(d._loop.readers) == {10, 11}
+    assert not [t for t in d._loop.timers if t[1].__name__ == "_poll_rx"]
 
 
 def test_late_timers_read_the_sockets_before_they_run():
-    now = runtime.now_us()
-    on_time = paced_daemon(FakeEngine(deadline=now))
+    now = pump.now_us()
+    on_time = pump_on(FakeEngine(deadline=now))
     on_time._pump()
     assert on_time.engine.calls[0] == ("tick",)
-    late = paced_daemon(FakeEngine(deadline=now - 10 * runtime.RX_LATE_US))
+    late = pump_on(FakeEngine(deadline=now - 10 * pump.RX_LATE_US))
     late._pump()
     assert late.engine.calls[:3] == [("read", 0), ("read", 1), ("tick",)]
 
@@ -234,33 +258,28 @@ def test_coalesced_lines_behind_a_full_pipe_queue_in_order_and_drops_are_counted
 
 
 def test_link_monitor_is_held_while_a_mass_failover_is_applied(aio):
-    """runtime.HOLD_MONITOR transitions waiting: the link monitor's reading
+    """transitions.HOLD_MONITOR transitions waiting: the link monitor's reading
     waits until the effects queue is empty (its events stay in the socket)."""
     import asyncio
     calls = []
 
-    async def main():
-        d = Daemon.__new__(Daemon)
-        d._effects, d._effects_waiting = asyncio.Queue(), 0
-        d.links = SimpleNamespace(hold=lambda: calls.append("hold"),
-                                  release=lambda: calls.append("release"))
-
-        async def apply(batch):
+    class Recorder(Transitions):
+        async def _apply(self, batch):
             calls.append(len(batch))
             await asyncio.sleep(0.01)
 
-        d._apply = apply
-        task = asyncio.create_task(d._run_effects())
+    async def main():
+        d = Recorder(None, SimpleNamespace(hold=lambda: calls.append("hold"),
+                                           release=lambda: calls.append("release")), None, None)
+        d.start_effects()
         mk = lambda n: [(inst(f"VI_{k}"), BACKUP, MASTER, "r") for k in range(n)]
         for n in (3, 5):                                   # small: never held
-            d._effects_waiting += n
-            d._effects.put_nowait(mk(n))
-        await d._effects.join()
+            d.queue(mk(n))
+        await d.effects_done()
         for n in (40, 30, 2):                              # 72 waiting: held until all are done
-            d._effects_waiting += n
-            d._effects.put_nowait(mk(n))
-        await d._effects.join()
-        task.cancel()
+            d.queue(mk(n))
+        await d.effects_done()
+        d.stop_effects()
 
     aio(main())
     assert calls == [3, 5, "hold", 40, 30, 2, "release"]

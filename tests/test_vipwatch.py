@@ -20,13 +20,13 @@ class FakeDaemon:
                                     spec=SimpleNamespace(conf=conf))
         self.instances = {"VI_1": self.inst}
         self.plan = object()
-        self.stopping, self._electing = False, True
+        self.stopping, self.electing = False, True
         self.state = MASTER
         self.forced: list[tuple[int, int]] = []
         self.engine = SimpleNamespace(state=lambda idx: self.state,
                                       force_state=lambda idx, st, now: self.forced.append((idx, st)))
 
-    def _pump(self):
+    def pump(self):
         pass
 
 

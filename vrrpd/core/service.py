@@ -92,7 +92,7 @@ def config_test(path: str, config_id: str | None = None) -> int:
 
 def read_config(path: str, config_id: str | None):
     """The configuration read, resolved and fingerprinted (for reloads) by
-    the reload's reader, `python -m vrrpd.core.reload.child --plan`, and received
+    the reload's reader, `python -m vrrpd.core.reload --plan`, and received
     as one pickle (reloadchild.Startup): what the daemon keeps is unpickled
     in one piece, without the parsing's garbage in between."""
     import pickle
@@ -101,7 +101,7 @@ def read_config(path: str, config_id: str | None):
 
     request = pickle.dumps((path, config_id), protocol=pickle.HIGHEST_PROTOCOL)
     try:
-        proc = subprocess.run([sys.executable, "-m", "vrrpd.core.reload.child", "--plan"],
+        proc = subprocess.run([sys.executable, "-m", "vrrpd.core.reload", "--plan"],
                               input=request, stdout=subprocess.PIPE)
     except OSError as e:
         return Startup(errors=[f"cannot start the configuration reader: {e}"])

@@ -58,7 +58,7 @@ class VipWatch:
             if key in self._expected:
                 self._expected.discard(key)
                 return
-        if added or self.daemon.stopping or not self.daemon._electing:
+        if added or self.daemon.stopping or not self.daemon.electing:
             return
         name = self._index().get((link.index, str(ipaddress.ip_address(addr.address))))
         inst = self.daemon.instances.get(name) if name else None
@@ -67,4 +67,4 @@ class VipWatch:
         log.warning("(%s) VIP %s deleted from %s: priority 0, BACKUP (keepalived)",
                     inst.name, addr.address, link.name)
         self.daemon.engine.force_state(inst.idx, BACKUP, self.clock())
-        self.daemon._pump()
+        self.daemon.pump()

@@ -103,7 +103,7 @@ def stats(daemon, reloader=None) -> dict:
         "instances": {i.name: counters(e, i.idx) for i in daemon.instances.values()},
         "sockets": [{"interface": ifname, "family": 6 if fam == socket.AF_INET6 else 4,
                      "counters": e.socket_counters(sid)}
-                    for (ifname, fam), (sid, _) in daemon._sockets.items()],
+                    for (ifname, fam), (sid, _) in daemon.sockets.items()],
         "engine": e.stats(),
         "scripts": vars(daemon.runner.counters).copy(),
         "fifos": [{"path": f.path, "lines": f.lines, "drops": f.drops, "errors": f.errors}

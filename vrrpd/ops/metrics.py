@@ -111,7 +111,7 @@ async def take_snapshot(daemon, lag: LoopLag, slice_size: int = SLICE) -> Snapsh
                                    e.state(inst.idx), e.priority(inst.idx), inst.spec.priority,
                                    inst.transitions, e.counters(inst.idx)))
         await asyncio.sleep(0)
-    for (ifname, family), (sid, _) in list(d._sockets.items()):
+    for (ifname, family), (sid, _) in list(d.sockets.items()):
         fam = "6" if family == socket.AF_INET6 else "4"
         snap.sockets.append(([ifname, fam], e.socket_counters(sid)))
     snap.scripts = {k: getattr(d.runner.counters, k) for k in SCRIPT_COUNTERS}

@@ -43,23 +43,20 @@ import gc
 import logging
 import os
 import pickle
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 
-from vrrpd.engine import MASTER
 from vrrpd.core import leftovers
 from vrrpd.core.reload import child as reloadchild
 from vrrpd.ops import sdnotify
-from vrrpd.net import firewall as strict
-from vrrpd.core.plan import InstanceSpec, Plan, engine_tunables, where_text
+from vrrpd.core.plan import InstanceSpec, Plan, where_text
 from vrrpd.core.reload.child import ADDED, CHANGED, REPLACED, Outcome
 from vrrpd.scripts.reporting import Reporter
-from vrrpd.core.daemon import now_us
+from vrrpd.core.pump import now_us
+from vrrpd.core.transitions import NetChanges
 from vrrpd.core.syncgroups import SyncGroups
-from vrrpd.track.trackers import Trackers
 
 log = logging.getLogger("vrrpd")
 
@@ -208,7 +205,7 @@ class Reloader:
         return out
 
     async def _child(self, slices: Slices) -> Outcome:
-        """Start the reader (python -m vrrpd.core.reload.child), collect its outcome
+        """Start the reader (python -m vrrpd.core.reload), collect its outcome
         without blocking.  Its input goes through a memfd (written at once,
         whatever its size); Popen uses vfork, so starting it costs the
         daemon no copy of its page tables."""
@@ -221,7 +218,7 @@ class Reloader:
         try:
             os.write(infd, request)
             os.lseek(infd, 0, os.SEEK_SET)
-            proc = subprocess.Popen([sys.executable, "-m", "vrrpd.core.reload.child"], stdin=infd,
+            proc = subprocess.Popen([sys.executable, "-m", "vrrpd.core.reload"], stdin=infd,
                                     stdout=subprocess.PIPE)
         except OSError as e:
             return Outcome(errors=[f"reload: cannot start the configuration reader: {e}"])
@@ -337,74 +334,6 @@ def relocated(spec: InstanceSpec, where: tuple[str, int]) -> InstanceSpec:
                                conf=dataclasses.replace(spec.conf, where=where))
 
 
-@dataclass
-class NetChanges:
-    """What the reload changes on the network, in keepalived's order."""
-    vips_add: list = field(default_factory=list)
-    vips_remove: list = field(default_factory=list)
-    drop_add: list = field(default_factory=list)
-    drop_remove: list = field(default_factory=list)
-    routes_add: list = field(default_factory=list)
-    routes_remove: list = field(default_factory=list)
-    rules_add: list = field(default_factory=list)
-    rules_remove: list = field(default_factory=list)
-    announce: list = field(default_factory=list)     # kept masters with new VIPs: GARP
-
-    def leave(self, inst) -> None:
-        """A master instance goes away: everything it holds."""
-        self.vips_remove += inst.vips
-        if inst.spec.needs_drop:
-            self.drop_remove += inst.vips
-        self.routes_remove += inst.spec.conf.virtual_routes
-        self.rules_remove += inst.spec.conf.virtual_rules
-
-    def update(self, inst, spec, new_vips, staying: bool = True) -> None:
-        """A kept master: the difference between what it holds and the new
-        settings (staying=False: only what goes; it is leaving MASTER)."""
-        old_drop = inst.vips if inst.spec.needs_drop else []
-        new_drop = new_vips if spec.needs_drop else []
-        added = [v for v in new_vips if v not in inst.vips] if staying else []
-        self.vips_add += added
-        self.vips_remove += [v for v in inst.vips if v not in new_vips]
-        if staying:
-            self.drop_add += [v for v in new_drop if v not in old_drop]
-        self.drop_remove += [v for v in old_drop if v not in new_drop]
-        for mine, theirs, add, remove in (
-                (inst.spec.conf.virtual_routes, spec.conf.virtual_routes, self.routes_add, self.routes_remove),
-                (inst.spec.conf.virtual_rules, spec.conf.virtual_rules, self.rules_add, self.rules_remove)):
-            if staying:
-                add += [r for r in theirs if r not in mine]
-            remove += [r for r in mine if r not in theirs]
-        if added:
-            self.announce.append(inst)
-
-    async def run(self, daemon) -> None:
-        if self.routes_remove or self.rules_remove:
-            await daemon.routes.remove(self.routes_remove, self.rules_remove)
-        await _addresses(daemon.addresses.remove, self.vips_remove, "removing")
-        if self.drop_remove and daemon.firewall is not None:
-            await daemon.firewall.remove_vips(self.drop_remove)
-        if self.drop_add:
-            if daemon.firewall is None:
-                daemon.firewall = strict.firewall_for(daemon.plan.config)
-            await daemon.firewall.add_vips(self.drop_add)
-        await _addresses(daemon.addresses.add, self.vips_add, "adding")
-        if self.routes_add or self.rules_add:
-            await daemon.routes.add(self.routes_add, self.rules_add)
-        for inst in self.announce:
-            # keepalived sends GARPs after adding VIPs on reload (vrrp_send_link_update).
-            if daemon.engine.state(inst.idx) == MASTER:
-                for key, ann in daemon._announces(inst):
-                    daemon.garp.master(key, ann)
-
-
-async def _addresses(op, vips, what: str) -> None:
-    if vips:
-        r = await op(vips)
-        for vip, err in r.failed:
-            log.warning("%s VIP %s failed: errno %d", what, vip.address, err)
-
-
 async def apply(daemon, p: Prepared, slices: Slices) -> None:
     """Swap in the new configuration, in slices: the engine keeps running the
     old configuration for what is not yet swapped."""
@@ -427,7 +356,7 @@ async def apply(daemon, p: Prepared, slices: Slices) -> None:
         trackers.config = config
         await slices.drain(trackers.build(rebuilt))
     else:
-        trackers = Trackers(config, daemon.runner, daemon._on_verdict, build=False)
+        trackers = daemon.make_trackers(config)
         await slices.drain(trackers.build(list(config.instances), carry=old_trackers))
     reporter = next((h for h in daemon.hooks if isinstance(h, Reporter)), None)
     # The removed instances' notify scripts, before a new instance or a
@@ -441,7 +370,6 @@ async def apply(daemon, p: Prepared, slices: Slices) -> None:
             new_reporter = Reporter(config, daemon.runner, build=False)
             await slices.drain(new_reporter.build(list(config.instances)))
 
-    engine = daemon.engine
     gone = NetChanges()         # what leaving masters held
     net = NetChanges()          # kept masters' changes
     syncgroups = SyncGroups(config)
@@ -449,18 +377,8 @@ async def apply(daemon, p: Prepared, slices: Slices) -> None:
 
     def leave(inst, spec) -> None:
         log.info("(%s) %s by reload", inst.name, "removed" if spec is None else "replaced")
-        # keepalived reports the effective priority (which tracking may have
-        # changed since the last transition).
-        inst.priority = engine.priority(inst.idx)
-        if engine.state(inst.idx) == MASTER:
+        if daemon.remove_instance(inst):            # a master sends priority 0
             gone.leave(inst)
-            for key, _ in daemon._announces(inst):
-                daemon.garp.stop(key)
-        engine.remove_instance(inst.idx)             # a master sends priority 0
-        daemon.forget(inst)
-        del daemon.by_idx[inst.idx]
-        if daemon.instances.get(inst.name) is inst:
-            del daemon.instances[inst.name]
 
     # Sync-group members leave and join in one step with the groups
     # themselves (the runtime looks members up by name); the rest in slices.
@@ -474,17 +392,12 @@ async def apply(daemon, p: Prepared, slices: Slices) -> None:
     repeer = []                                 # kept instances with new destinations
     for inst, spec in p.kept:
         old_names[id(inst)] = inst.name
-        if spec.advert_addrs != inst.spec.advert_addrs:
-            engine.set_advert_addrs(inst.idx, [socket.inet_pton(spec.family, a)
-                                               for a in spec.advert_addrs])
-        tunables = engine_tunables(spec)
-        if tunables != engine_tunables(inst.spec):
-            engine.retune(inst.idx, now_us(), **tunables)
+        daemon.retune_instance(inst, spec)
         new_vips = daemon.vips_of(spec)
         peers = spec.unicast_peers != inst.spec.unicast_peers
         if peers:
             repeer.append(inst)
-        if engine.state(inst.idx) == MASTER:
+        if daemon.is_master(inst):
             # New peers: it leaves MASTER (set_peers); its FAULT removes the rest.
             net.update(inst, spec, new_vips, staying=not peers)
         inst.vips = new_vips
@@ -492,29 +405,15 @@ async def apply(daemon, p: Prepared, slices: Slices) -> None:
     check = [inst for inst, _ in p.kept] if in_place else list(daemon.instances.values())
     # One step: the swap.
     leaving_ids = {id(inst) for inst, _ in leaving}
-    regroup = [daemon.instances[m].idx for m in grouped_old
+    regroup = [daemon.instances[m] for m in grouped_old
                if m in daemon.instances and id(daemon.instances[m]) not in leaving_ids]
     for inst, spec in leaving:
         if inst.name in grouped_old:
             leave(inst, spec)
-    for inst, spec in p.kept:
-        if daemon.instances.get(inst.name) is inst:
-            del daemon.instances[inst.name]
-        if inst.name != spec.name:
-            log.info("(%s) renamed %s by reload", inst.name, spec.name)
-        inst.name, inst.spec = spec.name, spec
-    for inst, _ in p.kept:
-        daemon.instances[inst.name] = inst
-    for inst, spec in p.moved:      # only `where` differs: nothing else to tell anyone
-        inst.spec = spec
-    daemon.plan = p.plan
-    daemon.trackers, daemon.syncgroups = trackers, syncgroups
-    touched = [daemon._add_instance(s) for s in p.starting() if s.name in grouped_new]
-    t = now_us()
-    for inst in repeer:                         # after the swap: reported under the new name
-        engine.set_peers(inst.idx, daemon.advert_dsts(inst.spec), t)
-    for idx in regroup:                         # out of their old groups, into the new ones
-        engine.set_sync_group([idx])
+    daemon.swap_plan(p.plan, trackers, syncgroups, kept=p.kept, moved=p.moved)
+    touched = [daemon.add_instance(s) for s in p.starting() if s.name in grouped_new]
+    daemon.set_peers(repeer)                    # after the swap: reported under the new name
+    daemon.ungroup(regroup)                     # out of their old groups, into the new ones
     daemon.link_sync_groups()
     if in_place:
         # Forget instances that went away (or were renamed) only now: until
@@ -523,12 +422,12 @@ async def apply(daemon, p: Prepared, slices: Slices) -> None:
             trackers.drop(name)
     for spec in p.starting():
         if spec.name not in grouped_new:
-            touched.append(daemon._add_instance(spec))
+            touched.append(daemon.add_instance(spec))
             await slices()
     # What left is gone, then reported, before anything starts (keepalived's
     # clear_diff_vrrp runs before the new instances start; a notify sees the
     # state it reports).
-    await gone.run(daemon)
+    await daemon.apply_changes(gone)
     for inst, scripts in zip(p.removed, removed_scripts):
         reporter.on_removed(inst, scripts)
         await slices()
@@ -539,11 +438,7 @@ async def apply(daemon, p: Prepared, slices: Slices) -> None:
                 trackers.verdict(inst.name) != old_verdicts.get(old_names.get(id(inst), inst.name)):
             touched.append(inst)
         await slices()
-    t = now_us()
-    for inst in touched:
-        daemon._apply_verdict(inst, t)
-        await slices()
-    daemon._pump()
+    await slices.drain(daemon.apply_verdicts(touched))
     # The rest may await: the engine already runs the new configuration.
     if not in_place:
         await old_trackers.stop()
@@ -553,7 +448,7 @@ async def apply(daemon, p: Prepared, slices: Slices) -> None:
     elif reporter is not None:
         for name in set(reporter.scripts) - set(config.instances):
             del reporter.scripts[name]
-    await net.run(daemon)
+    await daemon.apply_changes(net)
 
 
 async def _swap_reporter(daemon, old: Reporter, new: Reporter) -> None:
@@ -566,4 +461,4 @@ async def _swap_reporter(daemon, old: Reporter, new: Reporter) -> None:
         for f in old.notifier.fifos:
             await f.close(old.runner)
         new.open()
-    daemon.hooks[daemon.hooks.index(old)] = new
+    daemon.replace_hook(old, new)

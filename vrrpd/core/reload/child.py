@@ -6,7 +6,7 @@ Parsing thousands of instances is long pure Python: in a thread of the
 daemon it would compete with the loop for the GIL and delay adverts.  In a
 forked child every page the daemon writes while the child lives is a
 copy-on-write fault, which slows the loop's work for that while.  So
-the reader is exec'd afresh (`python -m vrrpd.core.reload.child`, spawned with
+the reader is exec'd afresh (`python -m vrrpd.core.reload`, spawned with
 vfork: no page tables copied) and compares against fingerprints of the
 running configuration instead of the objects themselves: a digest of each
 instance's settings, of its engine settings, and of everything global.

@@ -1,0 +1,224 @@
+"""The hot loop's Python side: receive pacing, the timer pump and event
+dispatch.  The C engine owns every timer and packet; this part runs what is
+due, reads the sockets (by event, or polled above RX_POLL_RATE), and turns
+the rare events the engine queues into a batch of transitions for the side
+effects (vrrpd.core.transitions) and into log lines.
+
+Pump is one part of vrrpd.core.daemon.Daemon; it uses the daemon's engine,
+instances (by_idx), hooks, GARP scheduler and transitions queue.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+
+from vrrpd.engine import (
+    EV_REJECT,
+    EV_RX_LOWER_PRI,
+    EV_SOCK_REJECT,
+    EV_STATE,
+    REASON_NAMES,
+    REJECT_NAMES,
+    STATE_NAMES,
+)
+log = logging.getLogger("vrrpd")
+
+TX_RETRY_US = 1000        # sends a full device queue deferred are retried this often
+
+# Receive pacing.  Woken per readable socket, a backup of thousands of
+# instances wakes for every few adverts (each wake-up is also paid by the
+# sender's kernel, in sock_def_readable): above RX_POLL_RATE packets/s the
+# sockets leave the event loop and are read every RX_POLL_S instead, which
+# delays what an advert does by at most that much (a master-down timer is
+# hundreds of ms; Skew_Time tens).  Below a quarter of the rate: back to events.
+RX_POLL_S = 0.005
+RX_POLL_RATE = 2000
+RX_CHECK_S = 1.0
+RX_LATE_US = 5000         # timers this late: read the sockets before running them
+RX_CALL_MAX = 16 * 64     # packets Engine.on_readable reads at most per call
+
+LOG_EACH = 8      # transitions per batch logged one line each at INFO; more are summarised
+
+
+def log_transitions(batch) -> None:
+    """keepalived's "(VI_1) Entering MASTER STATE" per transition.  A failover
+    of thousands of instances would spend ~60 us per line (a tenth of a second
+    per 2,000) before its VIPs go up, so a large batch is logged as one INFO
+    line per (state, reason) naming every instance, and the per-instance
+    lines go to DEBUG."""
+    if len(batch) <= LOG_EACH:
+        for inst, _, new, reason in batch:
+            log.info("(%s) Entering %s STATE (%s)", inst.name, STATE_NAMES.get(new, new), reason)
+        return
+    groups: dict[tuple, list[str]] = {}
+    for inst, _, new, reason in batch:
+        groups.setdefault((new, reason), []).append(inst.name)
+    for (new, reason), names in groups.items():
+        log.info("%d instances Entering %s STATE (%s): %s", len(names),
+                 STATE_NAMES.get(new, new), reason, " ".join(names))
+    if log.isEnabledFor(logging.DEBUG):
+        for inst, _, new, reason in batch:
+            log.debug("(%s) Entering %s STATE (%s)", inst.name, STATE_NAMES.get(new, new), reason)
+
+
+def now_us() -> int:
+    return time.monotonic_ns() // 1000
+
+
+def _addr(packed: bytes | None) -> str:
+    if not packed:
+        return "?"
+    return socket.inet_ntop(socket.AF_INET6 if len(packed) == 16 else socket.AF_INET, packed)
+
+
+class Pump:
+    def __init__(self, engine, loop: asyncio.AbstractEventLoop | None = None):
+        """engine: a vrrpd.Engine (or a fake of its calls); loop: the
+        running loop, else set at start-up."""
+        self.engine = engine
+        self._loop = loop
+        self._sockets: dict[tuple[str, int], tuple[int, socket.socket]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = -1
+        self._rx_packets = 0            # since the last pacing check
+        self._rx_poll: asyncio.TimerHandle | None = None     # set while polling
+        self._rx_check: asyncio.TimerHandle | None = None
+
+    def add_socket(self, key: tuple[str, int], sock_id: int, sock: socket.socket) -> None:
+        """A VRRP socket (the engine's sock_id) to read when readable: key is
+        (interface, family)."""
+        if self._rx_poll is None:
+            self._loop.add_reader(sock.fileno(), self._on_readable, sock_id)
+        self._sockets[key] = (sock_id, sock)
+
+    def start_rx_pacing(self) -> None:
+        """From now on, the packet rate is checked every RX_CHECK_S."""
+        self._rx_check = self._loop.call_later(RX_CHECK_S, self._check_rx)
+
+    @property
+    def sockets(self) -> dict[tuple[str, int], tuple[int, socket.socket]]:
+        """(interface, family) -> (the engine's sock_id, the VRRP socket)."""
+        return self._sockets
+
+    def pump(self) -> None:
+        """Run what is due now (after changing the engine from outside)."""
+        self._pump()
+
+    @property
+    def polling(self) -> bool:
+        """The sockets are polled every RX_POLL_S rather than read on events."""
+        return self._rx_poll is not None
+
+    def _on_readable(self, sock_id: int) -> None:
+        self._rx_packets += self.engine.on_readable(sock_id, now_us())
+        self._pump()
+
+    def _poll_rx(self) -> None:
+        self._rx_poll = self._loop.call_later(RX_POLL_S, self._poll_rx)
+        self._drain_rx()
+        self._pump()
+
+    def _check_rx(self) -> None:
+        """Switch between per-socket wake-ups and polling by the packet rate."""
+        self._rx_check = self._loop.call_later(RX_CHECK_S, self._check_rx)
+        rate, self._rx_packets = self._rx_packets / RX_CHECK_S, 0
+        if self._rx_poll is None and rate > RX_POLL_RATE:
+            for _, sock in self._sockets.values():
+                self._loop.remove_reader(sock.fileno())
+            self._rx_poll = self._loop.call_later(RX_POLL_S, self._poll_rx)
+            log.debug("receiving %.0f adverts/s: polling sockets every %g s", rate, RX_POLL_S)
+        elif self._rx_poll is not None and rate < RX_POLL_RATE / 4:
+            self._rx_poll.cancel()
+            self._rx_poll = None
+            for sock_id, sock in self._sockets.values():
+                self._loop.add_reader(sock.fileno(), self._on_readable, sock_id)
+            log.debug("receiving %.0f adverts/s: back to socket events", rate)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = -1
+        self._pump()
+
+    def _drain_rx(self) -> None:
+        t = now_us()
+        for sock_id, _ in self._sockets.values():
+            while (n := self.engine.on_readable(sock_id, t)) >= RX_CALL_MAX:
+                self._rx_packets += n
+            self._rx_packets += n
+
+    def _pump(self) -> None:
+        """Run due timers, hand events to the effects queue, re-arm the one timer."""
+        t = now_us()
+        if 0 <= self.engine.next_deadline() < t - RX_LATE_US:
+            # The loop was held up (start-up of thousands of instances, a
+            # full GC): adverts may wait unread while master-down timers ran
+            # out.  Read them first, so that a stall does not look like a
+            # dead master.
+            self._drain_rx()
+        self.engine.tick(t)
+        # Sync-group moves queue more events; drain until quiet.
+        while events := self.engine.pop_events():
+            self._on_events(events)
+        self.engine.flush()         # what tracking and sync groups queued, in one batch
+        next_at = self.engine.next_deadline()
+        if self.engine.tx_pending():    # a device queue was full: try again soon
+            retry = now_us() + TX_RETRY_US
+            next_at = retry if next_at < 0 else min(next_at, retry)
+        if next_at < 0:
+            return
+        if self._timer is not None and self._timer_at <= next_at:
+            return          # the armed timer fires first; tick() handles whatever is due then
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = next_at
+        delay = max(0.0, (next_at - now_us()) / 1e6)
+        self._timer = self._loop.call_later(delay, self._on_timer)
+
+    def _on_events(self, events) -> None:
+        batch, lower = [], []
+        for ev in events:
+            idx, kind = ev[0], ev[1]
+            if kind == EV_SOCK_REJECT:
+                log.warning("advert from %s on socket %d rejected: %s", _addr(ev[3]), idx,
+                            REJECT_NAMES[ev[2]])
+                continue
+            inst = self.by_idx.get(idx)
+            if inst is None:
+                continue
+            if kind == EV_STATE:
+                old, new = inst.state, ev[2]
+                reason = REASON_NAMES[ev[3]]
+                inst.state = new
+                inst.priority = self.engine.priority(idx)
+                inst.transitions += 1
+                inst.last_transition = time.time()
+                inst.last_reason = reason
+                batch.append((inst, old, new, reason))
+                self._follow_group(inst, old, new, reason)
+            elif kind == EV_RX_LOWER_PRI:
+                # Every advert is answered by the engine and counted (rx_lower_pri);
+                # the log line goes out at most once per advert interval.
+                if self.lower_log.allow(inst.name, inst.spec.advert_int_cs / 100):
+                    lower.append((inst.name, ev[2], _addr(ev[3]),
+                                  self.lower_log.take_held(inst.name)))
+                for key, ann in self._announces(inst, keep=inst.garp_paced):
+                    self.garp.lower_prio(key, ann)
+                for h in self.hooks:
+                    h.on_rx_lower_pri(inst, ev[2])
+            elif kind == EV_REJECT:
+                # The engine rate-limits these events; its counters stay exact.
+                log.warning("(%s) advert from %s rejected: %s", inst.name, _addr(ev[3]),
+                            REJECT_NAMES[ev[2]])
+        if len(lower) > LOG_EACH:       # a storm of them: one line, as for transitions
+            log.info("%d masters received lower priority adverts: %s", len(lower),
+                     ", ".join(f"{n} ({p} from {a})" for n, p, a, _ in lower))
+        else:
+            for name, prio, addr, held in lower:
+                log.info("(%s) received lower priority (%d) advert from %s%s", name, prio, addr,
+                         f" ({held} more not logged)" if held else "")
+        if batch:
+            log_transitions(batch)
+            self.queue(batch)
+

@@ -1,0 +1,467 @@
+"""The side effects of transitions, in order: keepalived's
+vrrp_state_become_master / vrrp_state_leave_master.  Per transition: VIPs
+are added and GARPs sent before the MASTER notify, removed before the
+BACKUP/FAULT notify.  With them go the strict-mode VIP drop (added before the
+VIPs, removed after), virtual_routes and virtual_rules (added after the VIPs,
+removed before).  Those side effects run in one ordered queue so a burst of
+thousands of transitions costs one netlink batch, and per instance they
+happen in transition order: a batch moves as runs of one kind, each run in
+chunks, pipelined (a chunk's GARPs and notifications follow as soon as its
+VIPs are in).  What can be is prebuilt (vrrpd._effects) when an instance is
+added or becomes BACKUP, never in the takeover itself.
+
+Transitions is one part of vrrpd.core.daemon.Daemon; it uses the daemon's
+instances, hooks, sync groups and verdicts (apply_verdict, pump).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from vrrpd.engine import BACKUP, INIT, MASTER
+from vrrpd.core.instance import Instance
+from vrrpd.core.pump import LOG_EACH, now_us
+from vrrpd.net import firewall as strict, netlink as nl
+from vrrpd.net.addresses import Vip
+from vrrpd.net.garp import Announce, GarpConfig, arp_frame, ipv6_forwarding, na_frame
+from vrrpd.scripts.notify import coalesced
+
+log = logging.getLogger("vrrpd")
+
+NO_ANNOUNCES = ((), ())      # Instance.announces when none are cached
+
+CHUNK_MAX = 512           # instances per chunk of a takeover (besides the netlink budget)
+VIP_RETRY_S = 5.0         # an instance FAULTed by a VIP it could not add tries again after this
+UP, DOWN, CLEAR, OTHER = range(4)       # what a transition does to the instance's VIPs
+HOLD_MONITOR = 64         # transitions waiting for their effects: a mass failover (_run_effects)
+HOLD_MONITOR_S = 1.0
+
+
+def _kind(old: int, new: int) -> int:
+    if new == MASTER and old != MASTER:
+        return UP
+    if old == MASTER and new != MASTER:
+        return DOWN
+    if old == INIT:
+        return CLEAR
+    return OTHER
+
+
+def _runs(batch):
+    """(kind, consecutive transitions of that kind) in batch order."""
+    start = 0
+    for i in range(1, len(batch) + 1):
+        if i == len(batch) or _kind(*batch[i][1:3]) != _kind(*batch[start][1:3]):
+            yield _kind(*batch[start][1:3]), batch[start:i]
+            start = i
+
+
+
+@dataclass
+class NetChanges:
+    """What a reload changes on the network: what masters hold (VIPs, the
+    strict-mode drop, virtual routes and rules), collected here and applied
+    by Transitions.apply_changes in keepalived's order."""
+    vips_add: list = field(default_factory=list)
+    vips_remove: list = field(default_factory=list)
+    drop_add: list = field(default_factory=list)
+    drop_remove: list = field(default_factory=list)
+    routes_add: list = field(default_factory=list)
+    routes_remove: list = field(default_factory=list)
+    rules_add: list = field(default_factory=list)
+    rules_remove: list = field(default_factory=list)
+    announce: list = field(default_factory=list)     # kept masters with new VIPs: GARP
+
+    def leave(self, inst) -> None:
+        """A master instance goes away: everything it holds."""
+        self.vips_remove += inst.vips
+        if inst.spec.needs_drop:
+            self.drop_remove += inst.vips
+        self.routes_remove += inst.spec.conf.virtual_routes
+        self.rules_remove += inst.spec.conf.virtual_rules
+
+    def update(self, inst, spec, new_vips, staying: bool = True) -> None:
+        """A kept master: the difference between what it holds and the new
+        settings (staying=False: only what goes; it is leaving MASTER)."""
+        old_drop = inst.vips if inst.spec.needs_drop else []
+        new_drop = new_vips if spec.needs_drop else []
+        added = [v for v in new_vips if v not in inst.vips] if staying else []
+        self.vips_add += added
+        self.vips_remove += [v for v in inst.vips if v not in new_vips]
+        if staying:
+            self.drop_add += [v for v in new_drop if v not in old_drop]
+        self.drop_remove += [v for v in old_drop if v not in new_drop]
+        for mine, theirs, add, remove in (
+                (inst.spec.conf.virtual_routes, spec.conf.virtual_routes,
+                 self.routes_add, self.routes_remove),
+                (inst.spec.conf.virtual_rules, spec.conf.virtual_rules,
+                 self.rules_add, self.rules_remove)):
+            if staying:
+                add += [r for r in theirs if r not in mine]
+            remove += [r for r in mine if r not in theirs]
+        if added:
+            self.announce.append(inst)
+
+
+async def _addresses(op, vips, what: str) -> None:
+    if vips:
+        r = await op(vips)
+        for vip, err in r.failed:
+            log.warning("%s VIP %s failed: errno %d", what, vip.address, err)
+
+
+class Transitions:
+    def __init__(self, plan, links, effects, addresses, routes=None, garp=None, firewall=None):
+        """plan: vrrpd.core.plan.Plan; links: a vrrpd.net.links.LinkMonitor;
+        effects: a vrrpd._effects.Effects; addresses, routes, garp, firewall:
+        vrrpd.net's AddressManager, RouteManager, GarpScheduler and the
+        strict-mode firewall (None: no instance needs the drop).  Fakes of
+        their calls will do for tests."""
+        self.plan = plan
+        self.links = links
+        self.effects = effects
+        self.addresses = addresses
+        self.routes = routes
+        self.garp = garp
+        self.firewall = firewall
+        # Told of each VIP this module is about to delete (the daemon's VipWatch).
+        self.expect_deleted: Callable[[Iterable], None] = lambda vips: None
+        self._links_gen = 0             # bumped when a link's name, MAC or existence changes
+        self._slots: dict[int, int] = {}    # ifindex -> socket slot of Effects
+        self._effects: asyncio.Queue = asyncio.Queue()
+        self._effects_task: asyncio.Task | None = None
+        self._effects_waiting = 0       # transitions queued in _effects
+
+    def queue(self, batch) -> None:
+        """A batch of transitions (Instance, old, new, reason) to apply, after
+        those queued before."""
+        self._effects_waiting += len(batch)
+        self._effects.put_nowait(batch)
+
+    def start_effects(self) -> None:
+        self._effects_task = asyncio.create_task(self._run_effects())
+
+    def stop_effects(self) -> None:
+        if self._effects_task is not None:
+            self._effects_task.cancel()
+
+    async def effects_done(self) -> None:
+        """Until every queued batch is applied."""
+        await self._effects.join()
+
+    async def _run_effects(self) -> None:
+        held_since = None
+        while True:
+            batch = await self._effects.get()
+            self._effects_waiting -= len(batch)
+            # A mass failover: the kernel's notifications of the VIPs we add
+            # (~20 us of decoding each) wait in the link monitor's socket
+            # until the transitions are through, instead of competing with
+            # them; link events wait that long too (at most HOLD_MONITOR_S).
+            if held_since is None and len(batch) + self._effects_waiting >= HOLD_MONITOR:
+                held_since = time.monotonic()
+                self.links.hold()
+            try:
+                await self._apply(batch)
+            except Exception:       # never let one failure stop later transitions
+                log.exception("applying transitions failed")
+            finally:
+                batch = None        # not held while waiting for the next one
+                self._effects.task_done()
+                if held_since is not None and (self._effects.empty() or
+                                               time.monotonic() - held_since > HOLD_MONITOR_S):
+                    held_since = None
+                    self.links.release()
+
+    async def _apply(self, batch) -> None:
+        """A batch of transitions, in order, as runs of one kind (UP, DOWN,
+        CLEAR, OTHER).  A run moves in chunks, pipelined: a chunk's VIPs go
+        in (one netlink send) and, as soon as their ACKs are back, its GARPs
+        and notifications follow, so the first instance of a takeover of
+        thousands does not wait for the last one's VIPs."""
+        for kind, run in _runs(batch):
+            if kind == OTHER:
+                self._announce_and_report(run)
+                continue
+            for chunk in self._chunks(run):
+                insts = [item[0] for item in chunk]
+                if kind == UP:
+                    await self._become_master(insts)
+                else:
+                    await self._leave_master(insts, kind == CLEAR)
+                self._announce_and_report(chunk)
+
+    def _chunks(self, run):
+        """Consecutive pieces of `run` worth one netlink send each."""
+        budget = self.addresses.requester.chunk
+        start, msgs = 0, 0
+        for i, (inst, *_) in enumerate(run):
+            if not self._is_prebuilt(inst):
+                self._prebuild(inst)
+            msgs += self.effects.nmsgs(inst.idx)
+            if msgs >= budget or i + 1 - start >= CHUNK_MAX:
+                yield run[start:i + 1]
+                start, msgs = i + 1, 0
+        if start < len(run):
+            yield run[start:]
+
+    async def _become_master(self, insts: list[Instance]) -> None:
+        """keepalived's vrrp_state_become_master: the strict-mode drop, VIPs, routes, rules."""
+        drop = [v for i in insts if i.spec.needs_drop for v in i.vips]
+        if drop and self.firewall is not None:
+            await self.firewall.add_vips(drop)
+        failed = await self._vips(insts, True)
+        routes = [r for i in insts for r in i.spec.conf.virtual_routes]
+        rules = [r for i in insts for r in i.spec.conf.virtual_rules]
+        if routes or rules:
+            await self.routes.add(routes, rules)
+        for inst in failed:
+            # A master without its VIPs black-holes their traffic: FAULT (priority 0
+            # goes out, the backup takes over) and try again later.
+            inst.vip_fault = True
+            self._loop.call_later(VIP_RETRY_S, self._retry_vips, inst)
+        if failed:
+            t = now_us()
+            for inst in failed:
+                self._apply_verdict(inst, t)
+            self._pump()
+
+    async def _leave_master(self, insts: list[Instance], stale: bool) -> None:
+        """keepalived's vrrp_state_leave_master: rules, routes, VIPs, then the
+        drop.  stale: starting as BACKUP/FAULT, clear the VIPs a crashed
+        previous run may have left (only the master holds them)."""
+        if not stale:
+            routes = [r for i in insts for r in i.spec.conf.virtual_routes]
+            rules = [r for i in insts for r in i.spec.conf.virtual_rules]
+            if routes or rules:
+                await self.routes.remove(routes, rules)
+        await self._vips(insts, False)
+        drop = [v for i in insts if i.spec.needs_drop for v in i.vips]
+        if drop and not stale and self.firewall is not None:
+            await self.firewall.remove_vips(drop)
+
+    async def _vips(self, insts: list[Instance], add: bool) -> list[Instance]:
+        """Add (remove) the instances' VIPs with their prebuilt messages in one
+        netlink send.  -> the instances one of whose VIPs failed."""
+        idxs = [i.idx for i in insts]
+        effects = self.effects
+        first = [0]
+        count = [0]
+
+        def build(seq0: int):
+            first[0] = seq0
+            data, count[0] = effects.netlink(idxs, add, seq0)
+            return data, count[0]
+
+        if not any(effects.nmsgs(i) for i in idxs):
+            return []
+        if not add:
+            self.expect_deleted(v for i in insts for v in i.vips)
+        try:
+            await self.addresses.requester.request_built(
+                build, lambda view: effects.acks(view, first[0]))
+        except OSError as e:        # the kernel refused the whole send
+            log.error("%s %d VIPs: %s", "adding" if add else "removing", count[0], e)
+        failed = effects.results(idxs, add)
+        self.addresses.account(add, count[0] - len(failed), len(failed))
+        if failed:
+            log.error("%s VIPs failed for %d instance(s): %s", "adding" if add else "removing",
+                      len(failed), ", ".join(f"{insts[p].name} ({os.strerror(e)})"
+                                             for p, e in failed[:LOG_EACH]))
+        return [insts[p] for p, _ in failed]
+
+    def _retry_vips(self, inst: Instance) -> None:
+        if self.instances.get(inst.name) is not inst or self.stopping:
+            return
+        inst.vip_fault = False
+        self._apply_verdict(inst, now_us())
+        self._pump()
+
+    def _announce_and_report(self, chunk) -> None:
+        """GARP/NA after the VIPs, then the notifications (keepalived's order),
+        then a sync group's own line after its last member's."""
+        masters = [inst for inst, old, new, _ in chunk
+                   if new == MASTER and old != MASTER]
+        left = [inst for inst, old, new, _ in chunk
+                if old == MASTER and new != MASTER]
+        if masters:
+            self._announce(masters)
+        if left:
+            self.effects.bump([i.idx for i in left])       # no delayed bursts now
+            for inst in left:
+                if inst.garp_paced:
+                    for key, _ in self._announces(inst):
+                        self.garp.stop(key)
+        for inst, _, new, _ in chunk:
+            if new == BACKUP and not self._is_prebuilt(inst):
+                self._prebuild(inst)    # built now rather than in the rush of a takeover
+        for h in self.hooks:
+            try:
+                if hasattr(h, "on_transitions"):
+                    h.on_transitions(chunk, self.effects)
+                else:
+                    with coalesced():
+                        for item in chunk:
+                            h.on_transition(*item)
+            except Exception:
+                log.exception("transition hook failed")
+        # A group's notification follows its last member's (keepalived).
+        group_of = self.syncgroups.group_of
+        for inst, _, new, _ in chunk:
+            if inst.name in group_of:
+                moved = self.syncgroups.reported(inst.name, new)
+                if moved is not None:
+                    for h in self.hooks:
+                        h.on_group_transition(*moved)
+
+    def _announce(self, masters: list[Instance]) -> None:
+        """The first GARP/NA burst of new masters from their prebuilt frames
+        (one sendmmsg() per socket), and one timer per garp_master_delay for
+        the second burst.  Instances with a refresh or a pacing interval are
+        announced by the GarpScheduler instead."""
+        fast = [i for i in masters if not i.garp_paced]
+        idxs = [i.idx for i in fast]
+        self.effects.bump(idxs)
+        for slot, frame in self.effects.announce(idxs):     # a full device queue: retry
+            self.garp.resend(self._ifindex_of_slot(slot), frame)
+        later: dict[float, list[Instance]] = {}
+        for inst in fast:
+            delay = inst.spec.conf.garp_master_delay
+            if delay > 0:
+                later.setdefault(delay, []).append(inst)
+        for delay, insts in later.items():
+            ids = [i.idx for i in insts]
+            self._loop.call_later(delay, self._announce_again, ids,
+                                  [self.effects.gen(i) for i in ids])
+        for inst in masters:
+            if inst.garp_paced:
+                for key, ann in self._announces(inst):
+                    self.garp.master(key, ann)
+
+    def _announce_again(self, idxs: list[int], gens: list[int]) -> None:
+        """garp_master_delay's second burst, for those still MASTER since."""
+        for slot, frame in self.effects.announce(idxs, gens):
+            self.garp.resend(self._ifindex_of_slot(slot), frame)
+
+    # -- prebuilt side effects (vrrpd._effects) -----------------------------------------
+    def _is_prebuilt(self, inst: Instance) -> bool:
+        pb = inst.prebuilt
+        return bool(pb) and pb[0] is inst.spec and pb[1] is inst.vips and pb[2] == inst.name \
+            and pb[3] == self._links_gen
+
+    def _prebuild(self, inst: Instance) -> None:
+        """The instance's VIP messages, GARP/NA frames and fifo name, built
+        when it is added or becomes BACKUP (and again if its spec, VIPs, name
+        or links changed since), never in the takeover itself."""
+        conf = inst.spec.conf
+        g = self.plan.config.global_defs
+        inst.garp_paced = bool(conf.garp_master_refresh > 0 or g.vrrp_garp_interval
+                               or g.vrrp_gna_interval)
+        encode = self.addresses.encode
+        frames = []
+        # Only the GarpScheduler (paced instances) needs the Announce objects
+        # after this: the others' GARP/NA frames live in Effects.
+        for _, ann in self._announces(inst, keep=inst.garp_paced):
+            slot = self._slot(ann.ifindex)
+            frames += [(slot, arp_frame(ann.mac, v)) for v in ann.vips4]
+            if ann.vips6:
+                router = ipv6_forwarding(ann.ifname) if ann.router is None else ann.router
+                frames += [(slot, na_frame(ann.mac, v, router)) for v in ann.vips6]
+        self.effects.set_instance(
+            inst.idx,
+            nl_add=b"".join(encode(nl.RTM_NEWADDR, v) for v in inst.vips),
+            nl_del=b"".join(encode(nl.RTM_DELADDR, v) for v in inst.vips),
+            nmsgs=len(inst.vips), frames=frames, repeat=conf.garp_master_repeat,
+            name=b'"%s"' % inst.name.encode(errors="surrogateescape"))
+        inst.prebuilt = (inst.spec, inst.vips, inst.name, self._links_gen)
+
+    def _slot(self, ifindex: int) -> int:
+        """The Effects socket slot of the interface's packet socket."""
+        slot = self._slots.get(ifindex)
+        if slot is None:
+            slot = self._slots[ifindex] = len(self._slots)
+            try:
+                fd = self.garp.sender.socket_for(ifindex).fileno()
+            except OSError as e:
+                log.warning("ifindex %d: no packet socket for GARP/NA: %s", ifindex, e)
+                fd = -1
+            self.effects.set_socket(slot, fd)
+        return slot
+
+    def _ifindex_of_slot(self, slot: int) -> int:
+        return next(ix for ix, s in self._slots.items() if s == slot)
+
+    def _announces(self, inst: Instance, keep: bool = True) -> list:
+        """(key, Announce) per interface the instance's VIPs live on; rebuilt
+        only when one of those links changed (a failover of thousands of
+        instances must not rebuild them all).  keep=False: built for this
+        once and not cached (an instance whose announcements are prebuilt
+        frames does not hold them), an existing cache is dropped."""
+        if not keep:
+            inst.announces = NO_ANNOUNCES
+            return list(self._build_announces(inst))
+        links = self.links.links
+        built_for, anns = inst.announces
+        # What they depend on: the name, config and VIPs (a reload may change
+        # them in place) and the name and MAC of each link the VIPs are on.
+        now = (inst.name, inst.spec.conf, tuple(inst.vips)) + tuple(
+            (ix, link.name, link.mac) if (link := links.get(ix)) is not None else (ix,)
+            for ix in {v.ifindex: None for v in inst.vips})
+        if now != built_for:
+            anns = list(self._build_announces(inst))
+            inst.announces = (now, anns)
+        return anns
+
+    def _build_announces(self, inst: Instance):
+        conf = inst.spec.conf
+        g = self.plan.config.global_defs
+        cfg = GarpConfig(master_delay=conf.garp_master_delay, master_repeat=conf.garp_master_repeat,
+                         master_refresh=conf.garp_master_refresh,
+                         master_refresh_repeat=conf.garp_master_refresh_repeat,
+                         lower_prio_delay=conf.garp_lower_prio_delay,
+                         lower_prio_repeat=conf.garp_lower_prio_repeat,
+                         garp_interval=g.vrrp_garp_interval, gna_interval=g.vrrp_gna_interval)
+        by_if: dict[int, list[Vip]] = {}
+        for v in inst.vips:
+            by_if.setdefault(v.ifindex, []).append(v)
+        for ifindex, vips in by_if.items():
+            link = self.links.links.get(ifindex)
+            if link is None or link.mac is None:
+                continue
+            yield (inst.name, ifindex), Announce(
+                ifindex, link.name, link.mac,
+                [v.packed for v in vips if v.family == socket.AF_INET],
+                [v.packed for v in vips if v.family == socket.AF_INET6], cfg)
+
+    # -- a reload's changes (vrrpd.core.reload) ----------------------------------------
+    def stop_announcing(self, inst: Instance) -> None:
+        """A master leaves without a transition (reload): its paced GARPs stop."""
+        for key, _ in self._announces(inst):
+            self.garp.stop(key)
+
+    async def apply_changes(self, changes: NetChanges) -> None:
+        """A reload's changes to what masters hold, in keepalived's order:
+        routes and rules, VIPs, then the drop go; the drop, VIPs, then
+        routes and rules come; GARPs for kept masters' new VIPs."""
+        if changes.routes_remove or changes.rules_remove:
+            await self.routes.remove(changes.routes_remove, changes.rules_remove)
+        await _addresses(self.addresses.remove, changes.vips_remove, "removing")
+        if changes.drop_remove and self.firewall is not None:
+            await self.firewall.remove_vips(changes.drop_remove)
+        if changes.drop_add:
+            if self.firewall is None:
+                self.firewall = strict.firewall_for(self.plan.config)
+            await self.firewall.add_vips(changes.drop_add)
+        await _addresses(self.addresses.add, changes.vips_add, "adding")
+        if changes.routes_add or changes.rules_add:
+            await self.routes.add(changes.routes_add, changes.rules_add)
+        for inst in changes.announce:
+            # keepalived sends GARPs after adding VIPs on reload (vrrp_send_link_update).
+            if self.engine.state(inst.idx) == MASTER:
+                for key, ann in self._announces(inst):
+                    self.garp.master(key, ann)
