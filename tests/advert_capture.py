@@ -28,8 +28,8 @@ while time.monotonic() < end:
         continue
     ihl = (data[0] & 15) * 4
     sec, nsec = struct.unpack("qq", anc[0][2][:16])
-    out.append([sec + nsec / 1e9, addr[0], socket.inet_ntoa(data[12:16]), data[ihl + 1], data[ihl + 2],
-                data[ihl + 3]])
+    out.append([sec + nsec / 1e9, addr[0], socket.inet_ntoa(data[12:16]),
+                data[ihl + 1], data[ihl + 2], data[ihl + 3]])
 json.dump(out, sys.stdout)
 """
 
