@@ -12,7 +12,7 @@ from vrrpd.lab.conf import LabSpec, host_config
 from vrrpd.lab.run import KEEPALIVED, VENV_BIN, DaemonProc, FifoReader, vips_on
 
 __all__ = ["KEEPALIVED", "VENV_BIN", "VRRPCTL", "DaemonProc", "FifoReader", "OpsDaemon", "two_hosts",
-           "vips_on"]
+           "reconfigure", "vips_on"]
 
 VRRPCTL = os.path.join(VENV_BIN, "vrrpctl")
 
@@ -57,3 +57,10 @@ def two_hosts(lan, tmp_path, instances=2, extra=(), sockdir=None, **spec_kw):
     for d in procs:
         d.wait_socket()
     return net, spec, procs
+
+
+def reconfigure(d, text: str) -> None:
+    """Write a new configuration for the daemon d (@FIFO@: its notify fifo),
+    to be read by its next reload."""
+    with open(d.conf, "w") as f:
+        f.write(text.replace("@FIFO@", d.fifo_path))

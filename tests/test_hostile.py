@@ -243,7 +243,8 @@ def test_attacks_leave_the_adverts_alone(lan, tmp_path):
     import subprocess
     import sys
     import time
-    from test_reload import Capture, max_gaps, reconfigure
+    from advert_capture import Capture, max_gaps
+    from daemons import reconfigure
     from vrrpd.lab.conf import LabSpec, host_config, vip
     spec = LabSpec(instances=2, version=3, advert_int=0.1, notify_fifo="@FIFO@")
     net = lan(hosts=3, nics=spec.nics)

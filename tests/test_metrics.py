@@ -60,7 +60,7 @@ def test_parallel_scrapes_do_not_hold_the_loop(lan, tmp_path):
     small and no advert is late (rendering happens off the loop, one render
     at a time, shared).  Adverts every second, seen from a second host."""
     from daemons import DaemonProc
-    from test_reload import Capture, max_gaps
+    from advert_capture import Capture, max_gaps
     from vrrpd.lab.conf import LabSpec, host_config
     spec = LabSpec(instances=1000, version=3, advert_int=1, notify_fifo="@FIFO@")
     net = lan(hosts=2, nics=spec.nics)

@@ -9,76 +9,18 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 
+from advert_capture import Capture, max_gaps
 from daemons import vips_on
 from netns import wait_for
-from daemons import VRRPCTL, two_hosts
+from daemons import VRRPCTL, reconfigure, two_hosts
 from vrrpd.ops.vrrpctl import request
 from vrrpd.lab.conf import LabSpec, host_config, vip
 
 pytestmark = [pytest.mark.netns]
-
-# Runs inside a namespace: every received IPv4 VRRP packet as
-# [kernel time, interface, source, vrid, priority, address count], for `seconds`.
-CAPTURE = r"""
-import json, socket, struct, sys, time
-SO_TIMESTAMPNS = 35
-s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))
-s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 24)
-s.settimeout(0.2)
-print("ready", flush=True)
-end, out = time.monotonic() + float(sys.argv[1]), []
-while time.monotonic() < end:
-    try:
-        data, anc, _, addr = s.recvmsg(128, 64)
-    except socket.timeout:
-        continue
-    if addr[2] == socket.PACKET_OUTGOING or len(data) < 24 or data[9] != 112:
-        continue
-    ihl = (data[0] & 15) * 4
-    sec, nsec = struct.unpack("qq", anc[0][2][:16])
-    out.append([sec + nsec / 1e9, addr[0], socket.inet_ntoa(data[12:16]), data[ihl + 1], data[ihl + 2],
-                data[ihl + 3]])
-json.dump(out, sys.stdout)
-"""
-
-
-class Capture:
-    def __init__(self, ns, seconds: float):
-        self.proc = ns.popen(sys.executable, "-c", CAPTURE, str(seconds),
-                             stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout.readline().strip() == "ready"
-
-    def packets(self) -> list:
-        out, _ = self.proc.communicate(timeout=60)
-        return json.loads(out)
-
-
-def max_gaps(packets, srcs: set[str], ends: dict | None = None) -> dict:
-    """(interface, vrid) -> largest interval between consecutive adverts from
-    srcs; ends, if given, gets the time each of those intervals ended."""
-    last, gaps = {}, {}
-    for t, ifname, s, vrid, *_ in packets:
-        if s not in srcs:
-            continue
-        key = (ifname, vrid)
-        if key in last and t - last[key] > gaps.get(key, 0.0):
-            gaps[key] = t - last[key]
-            if ends is not None:
-                ends[key] = t
-        last[key] = t
-    return gaps
-
-
-def reconfigure(d, text: str) -> None:
-    with open(d.conf, "w") as f:
-        f.write(text.replace("@FIFO@", d.fifo_path))
-
 
 def test_reload_1000_instances_changes_only_one(lan, tmp_path):
     n = 1000

@@ -29,10 +29,10 @@ import time
 
 import pytest
 
-from daemons import DaemonProc, vips_on
+from advert_capture import Capture
+from daemons import DaemonProc, reconfigure, vips_on
 from netns import wait_for
 from scriptfiles import RECORDER, recorded, write_script
-from test_reload import Capture, reconfigure
 from vrrpd.lab.conf import LabSpec, vip
 
 pytestmark = [pytest.mark.netns, pytest.mark.keepalived]

@@ -95,6 +95,17 @@ def test_prebuilt_instances_keep_no_announcements_unless_paced():
     assert i.garp_paced and i.announces[1] and d._announces(i) is i.announces[1]
 
 
+def test_a_resent_frame_goes_to_the_interface_of_its_socket_slot():
+    """Effects hands back (slot, frame) for a full device queue: the slot maps
+    back to the ifindex it was assigned for, on each interface."""
+    mac = bytes.fromhex("020000000001")
+    d = side_effects({3: Link(3, "eth0", 0, mac), 7: Link(7, "eth1", 0, mac)})
+    for name, ifindex in (("VI_1", 7), ("VI_2", 3), ("VI_3", 7)):
+        d._prebuild(inst(name, [Vip.parse("192.0.2.1", ifindex)]))
+    assert d.effects.sockets == {0: 107, 1: 103}
+    assert [d._ifindex_of_slot(s) for s in (0, 1)] == [7, 3]
+
+
 def test_announces_are_built_once_and_rebuilt_when_a_link_or_the_vips_change():
     mac = bytes.fromhex("020000000001")
     d = side_effects({3: Link(3, "eth0", 0, mac)})

@@ -133,6 +133,7 @@ class Transitions:
         self.expect_deleted: Callable[[Iterable], None] = lambda vips: None
         self._links_gen = 0             # bumped when a link's name, MAC or existence changes
         self._slots: dict[int, int] = {}    # ifindex -> socket slot of Effects
+        self._slot_ifindex: list[int] = []  # socket slot -> ifindex (slots are 0..n-1)
         self._effects: asyncio.Queue = asyncio.Queue()
         self._effects_task: asyncio.Task | None = None
         self._effects_waiting = 0       # transitions queued in _effects
@@ -385,6 +386,7 @@ class Transitions:
         slot = self._slots.get(ifindex)
         if slot is None:
             slot = self._slots[ifindex] = len(self._slots)
+            self._slot_ifindex.append(ifindex)
             try:
                 fd = self.garp.sender.socket_for(ifindex).fileno()
             except OSError as e:
@@ -394,7 +396,7 @@ class Transitions:
         return slot
 
     def _ifindex_of_slot(self, slot: int) -> int:
-        return next(ix for ix, s in self._slots.items() if s == slot)
+        return self._slot_ifindex[slot]
 
     def _announces(self, inst: Instance, keep: bool = True) -> list:
         """(key, Announce) per interface the instance's VIPs live on; rebuilt
