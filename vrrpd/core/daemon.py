@@ -15,6 +15,8 @@ import asyncio
 import logging
 import socket
 import time
+from collections.abc import Iterable
+from typing import Any
 
 from vrrpd import _effects
 from vrrpd.engine import MASTER, Engine
@@ -25,7 +27,7 @@ from vrrpd.net import sockets, firewall as strict
 from vrrpd.net.addresses import AddressManager, Vip
 from vrrpd.net.garp import GarpScheduler
 from vrrpd.net.links import Link, LinkEvent, LinkMonitor
-from vrrpd.core.plan import engine_tunables
+from vrrpd.core.plan import InstanceSpec, engine_tunables
 from vrrpd.ops.ratelimit import PerKey
 from vrrpd.net.routes import RouteManager
 from vrrpd.scripts.runner import ScriptRunner
@@ -77,7 +79,7 @@ class Daemon(Pump, Transitions):
         self.stopping = False
         # Objects with open(), on_transition(inst, old, new, reason),
         # on_group_transition(group, state), on_rx_lower_pri(inst, prio), on_stop(daemon).
-        self.hooks = []
+        self.hooks: list[Any] = []
         self.lower_log = PerKey()       # lower-priority advert log lines, per instance
 
     # -- start-up --------------------------------------------------------------------
@@ -155,7 +157,8 @@ class Daemon(Pump, Transitions):
     def _socket_for(self, ifname: str, family: int, link: Link) -> int:
         key = (ifname, family)
         if key not in self._sockets:
-            groups = [self.plan.mcast_group4 if family == socket.AF_INET else self.plan.mcast_group6]
+            groups = (self.plan.mcast_group4 if family == socket.AF_INET
+                      else self.plan.mcast_group6,)
             sock = sockets.open_vrrp_socket(family, ifname, link.index, groups)
             sock_id = self.engine.add_socket(sock.fileno(), family, link.index)
             self.add_socket(key, sock_id, sock)
@@ -261,8 +264,9 @@ class Daemon(Pump, Transitions):
         if not inst.spec.priority == 255 and verdict.priority != self.engine.priority(inst.idx):
             log.info("(%s) effective priority %d", inst.name, verdict.priority)
             self.engine.set_priority(inst.idx, verdict.priority, t)
-        own = {m: self.trackers.verdict(m).fault
-               for m in self.syncgroups.members.get(self.syncgroups.group_of.get(inst.name), ())}
+        group = self.syncgroups.group_of.get(inst.name)
+        members = self.syncgroups.members.get(group, ()) if group is not None else ()
+        own = {m: self.trackers.verdict(m).fault for m in members}
         own[inst.name] = verdict.fault or inst.vip_fault
         self.engine.set_fault(inst.idx, self.syncgroups.group_faulted(inst.name, own), t)
 
@@ -330,7 +334,8 @@ class Daemon(Pump, Transitions):
         return Trackers(config, self.runner, self._on_verdict, build=False)
 
     def swap_plan(self, plan, trackers: Trackers, syncgroups: SyncGroups,
-                  kept=(), moved=()) -> None:
+                  kept: Iterable[tuple[Instance, InstanceSpec]] = (),
+                  moved: Iterable[tuple[Instance, InstanceSpec]] = ()) -> None:
         """One step of a reload: the new plan, tracking and sync groups.
         kept: (Instance, new spec) that stay with new settings (and maybe a
         new name); moved: (Instance, spec) whose only change is `where`."""
