@@ -71,11 +71,13 @@ class Daemon(Pump, Transitions):
         links = LinkMonitor(on_link=self._on_link)
         Transitions.__init__(self, plan, links, _effects.Effects(capacity), AddressManager(),
                              RouteManager(links.ifindex), GarpScheduler(),
-                             strict.firewall_for(plan.config))     # None: no instance needs the drop
+                             # None: no instance needs the drop.
+                             strict.firewall_for(plan.config))
         vipwatch = self.links.on_address = VipWatch(self, now_us)    # a VIP deleted from outside
         self.expect_deleted = vipwatch.expect_deleted
         self.vmacs = VmacManager()
-        self._link_socks: dict[int, tuple[int, socket.socket]] = {}   # sock_id -> (ifindex, packet socket)
+        # sock_id -> (ifindex, packet socket)
+        self._link_socks: dict[int, tuple[int, socket.socket]] = {}
         self.stopping = False
         # Objects with open(), on_transition(inst, old, new, reason),
         # on_group_transition(group, state), on_rx_lower_pri(inst, prio), on_stop(daemon).
@@ -116,7 +118,8 @@ class Daemon(Pump, Transitions):
         """The macvlans of use_vmac instances, then wait until the link monitor
         knows them (their index and MAC feed the sockets and GARPs).  A vmac
         that cannot be made is logged; its instance runs on the base interface."""
-        wanted = [s.vmac for s in specs if s.vmac is not None and s.vmac.name not in self.vmacs.vmacs]
+        wanted = [s.vmac for s in specs
+                  if s.vmac is not None and s.vmac.name not in self.vmacs.vmacs]
         if not wanted:
             return
         made = await create_all(self.vmacs, wanted, self.links.by_name)
@@ -185,7 +188,8 @@ class Daemon(Pump, Transitions):
         (apply_verdicts)."""
         base = self.links.by_name(spec.interface)
         if base is None:
-            raise RuntimeError(f"{spec.where}: instance {spec.name}: interface {spec.interface} does not exist")
+            raise RuntimeError(f"{spec.where}: instance {spec.name}: "
+                               f"interface {spec.interface} does not exist")
         vmac = self.vmacs.vmacs.get(spec.vmac.name) if spec.vmac else None
         link = self.links.by_name(spec.advert_interface) if vmac else None
         link = link or base
@@ -221,7 +225,8 @@ class Daemon(Pump, Transitions):
             src = base.primary_ipv4()
             what = "IPv4 address"
         else:
-            src = vmac.link_local if vmac is not None and vmac.link_local else base.ipv6_link_local()
+            src = (vmac.link_local if vmac is not None and vmac.link_local
+                   else base.ipv6_link_local())
             what = "IPv6 link-local address (an IPv6 instance sends its adverts from one)"
         if src is None:
             raise RuntimeError(f"{spec.where}: instance {spec.name}: no usable {what} on "
@@ -416,7 +421,7 @@ class Daemon(Pump, Transitions):
                 handle.cancel()
         self.garp.close()
         self.stop_effects()
-        for sock_id, sock in self._sockets.values():
+        for _, sock in self._sockets.values():
             self._loop.remove_reader(sock.fileno())
             sock.close()
         for _, psock in self._link_socks.values():

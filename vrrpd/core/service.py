@@ -37,8 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--pid", dest="pidfile", help="write the process id to this file")
     p.add_argument("-n", "--dont-fork", action="store_true",
                    help="accepted for keepalived compatibility; vrrpd never forks")
-    p.add_argument("-i", "--config-id", help="config id for @id conditional lines (default: hostname)")
-    p.add_argument("-P", "--vrrp", action="store_true", help="accepted for keepalived compatibility")
+    p.add_argument("-i", "--config-id",
+                   help="config id for @id conditional lines (default: hostname)")
+    p.add_argument("-P", "--vrrp", action="store_true",
+                   help="accepted for keepalived compatibility")
     from vrrpd.ops.control import DEFAULT_PATH
     from vrrpd.ops.dumps import DATA_PATH, JSON_PATH, STATS_PATH
     p.add_argument("--control-socket", metavar="PATH", default=DEFAULT_PATH,
