@@ -11,8 +11,8 @@ from netns import wait_for
 from vrrpd.lab.conf import LabSpec, host_config
 from vrrpd.lab.run import KEEPALIVED, VENV_BIN, DaemonProc, FifoReader, vips_on
 
-__all__ = ["KEEPALIVED", "VENV_BIN", "VRRPCTL", "DaemonProc", "FifoReader", "OpsDaemon", "two_hosts",
-           "reconfigure", "vips_on"]
+__all__ = ["KEEPALIVED", "VENV_BIN", "VRRPCTL", "DaemonProc", "FifoReader", "OpsDaemon",
+           "two_hosts", "reconfigure", "vips_on"]
 
 VRRPCTL = os.path.join(VENV_BIN, "vrrpctl")
 

@@ -203,7 +203,8 @@ def check(bench: Bench, scenario: str, keep_rx_lower=False) -> None:
     expected = EXPECTED[scenario]
     got_fifo = bench.fifo(keep_rx_lower)
     got_notify = bench.notify_calls(keep_rx_lower)
-    text = f"{bench.kind} fifo:\n" + "\n".join(got_fifo) + "\nnotify calls:\n" + "\n".join(got_notify)
+    text = (f"{bench.kind} fifo:\n" + "\n".join(got_fifo)
+            + "\nnotify calls:\n" + "\n".join(got_notify))
     try:
         assert members_sorted(got_fifo) == members_sorted(expected), text
         assert got_notify == expand(got_fifo), text

@@ -46,7 +46,8 @@ def test_frame_header_against_scapy(family, src, group):
     assert frame.src == "02:00:5e:00:00:aa" and frame.dst == mcast_mac(family, group)
     if family == socket.AF_INET:
         ip = frame[IP]
-        assert (ip.tos, ip.ttl, ip.proto, ip.id, str(ip.flags), ip.frag) == (0xc0, 255, 112, 0, "DF", 0)
+        assert ((ip.tos, ip.ttl, ip.proto, ip.id, str(ip.flags), ip.frag)
+                == (0xc0, 255, 112, 0, "DF", 0))
         assert ip.len == 20 + len(payload) and (ip.src, ip.dst) == (src, group)
         sent = ip.chksum
         del ip.chksum
@@ -126,7 +127,8 @@ def check_headers(rows, mac):
                (mac, "01:00:5e:00:00:12", "0xc0", "255", "1", "1"), r   # 1 = good
     for r in v6:
         assert (r["eth.src"], r["eth.dst"], r["ipv6.tclass"], r["ipv6.hlim"],
-                r["vrrp.checksum.status"]) == (mac, "33:33:00:00:00:12", "0x000000c0", "255", "1"), r
+                r["vrrp.checksum.status"]) == (mac, "33:33:00:00:00:12", "0x000000c0", "255",
+                                                "1"), r
 
 
 @pytest.mark.netns

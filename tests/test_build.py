@@ -59,8 +59,9 @@ def test_every_extension_builds_and_imports(cython, tmp_path):
     for pyx in PYX:
         build(CYTHONS[cython], pyx, str(tmp_path))
     names = [os.path.splitext(os.path.basename(p))[0] for p in PYX]
-    r = subprocess.run([sys.executable, child("import_extensions"), *names], cwd=tmp_path, capture_output=True,
-                       text=True, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    r = subprocess.run([sys.executable, child("import_extensions"), *names], cwd=tmp_path,
+                       capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(tmp_path)})
     assert r.returncode == 0, r.stderr
 
 
@@ -71,6 +72,7 @@ def test_codec_built_by_debian_cython_round_trips(tmp_path):
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
     build(CYTHONS["debian-0.29"], os.path.join(ROOT, "pyx", "_codec.pyx"), str(tmp_path))
-    r = subprocess.run([sys.executable, child("codec_round_trip")], cwd=tmp_path, capture_output=True,
-                       text=True, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    r = subprocess.run([sys.executable, child("codec_round_trip")], cwd=tmp_path,
+                       capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(tmp_path)})
     assert r.returncode == 0, r.stderr

@@ -352,7 +352,8 @@ def test_conditional_sample_with_config_id():
     r = load(path, config_id="high")
     assert r.errors == []
     assert r.config.instances["VI_0"].priority == 170
-    assert r.config.scripts["check_VI_0"].script.argv == ("/etc/keepalived/scripts/check_high_VI_0.sh",)
+    assert r.config.scripts["check_VI_0"].script.argv == (
+        "/etc/keepalived/scripts/check_high_VI_0.sh",)
 
 
 @pytest.mark.parametrize("text, message", [
@@ -394,7 +395,8 @@ def test_vip_addresses_are_standard_interfaces_without_a_stored_network(tmp_path
     """The daemon holds every VIP's address for its life: it keeps the
     address and prefix length only, and behaves as ipaddress.ip_interface()."""
     import pickle
-    cfg = load_ok(tmp_path, INST % "    virtual_ipaddress_excluded {\n 2001:db8::7/64 peer 2001:db8::8\n }")
+    cfg = load_ok(tmp_path,
+                  INST % "    virtual_ipaddress_excluded {\n 2001:db8::7/64 peer 2001:db8::8\n }")
     inst = cfg.instances["VI_1"]
     excluded = inst.virtual_ipaddress_excluded[0]
     for a in (inst.virtual_ipaddress[0].address, excluded.address, excluded.peer):

@@ -64,9 +64,11 @@ def test_vrrpd_and_keepalived_agree(host, name):
     assert o.returncode in (0, 1)
     expected = EXPECTED_DIFFERENCES.get(name)
     if expected:
-        assert (k_ok, o_ok) == expected[:2], f"{name}: {expected[2]}\n{k.stdout}{k.stderr}\n{o.stderr}"
+        assert (k_ok, o_ok) == expected[:2], \
+            f"{name}: {expected[2]}\n{k.stdout}{k.stderr}\n{o.stderr}"
     else:
-        assert k_ok == o_ok, f"keepalived ok={k_ok}, vrrpd ok={o_ok}\n{k.stdout}{k.stderr}\n{o.stderr}"
+        assert k_ok == o_ok, \
+            f"keepalived ok={k_ok}, vrrpd ok={o_ok}\n{k.stdout}{k.stderr}\n{o.stderr}"
     if name.startswith("bad/"):
         assert not o_ok
         # every problem is FILE:LINE: message

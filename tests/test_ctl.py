@@ -47,7 +47,8 @@ def test_status_show_stats(hosts):
     v0 = sm["instances"][0]
     assert v0["vrid"] == 1 and v0["base_priority"] == v0["effective_priority"] == 200
     assert v0["vips"] == [vip(spec, 0) + "/32"]
-    assert vip(spec, 0) + "/32" in vips_on(net.hosts[0]) and vip(spec, 0) + "/32" not in vips_on(net.hosts[1])
+    assert vip(spec, 0) + "/32" in vips_on(net.hosts[0])
+    assert vip(spec, 0) + "/32" not in vips_on(net.hosts[1])
 
     text = m.ctl("status").stdout.splitlines()
     assert text[0].split()[:5] == ["NAME", "IFACE", "VRID", "STATE", "PRIO"]
@@ -68,7 +69,8 @@ def test_status_show_stats(hosts):
         for state in ("MASTER", "BACKUP", "FAULT"):
             lines = [e for e in b.fifo.events() if e[2] == name and e[3] == state]
             assert c["became_" + state.lower()] == len(lines), (name, state)
-    assert st["sockets"][0]["interface"] == "eth0" and st["sockets"][0]["counters"]["rx_packets"] > 0
+    assert st["sockets"][0]["interface"] == "eth0"
+    assert st["sockets"][0]["counters"]["rx_packets"] > 0
     assert "RECEIVED" in b.ctl("stats").stdout
 
     r = m.ctl("show", "NOPE")
@@ -83,7 +85,8 @@ def test_errors_and_bad_requests(hosts, tmp_path):
     with socket.socket(socket.AF_UNIX) as s:
         s.connect(m.sock)
         f = s.makefile("rwb")
-        for line, error in ((b"not json\n", "bad request"), (b'{"cmd": "format-disk"}\n', "unknown command"),
+        for line, error in ((b"not json\n", "bad request"),
+                            (b'{"cmd": "format-disk"}\n', "unknown command"),
                             (b'{"cmd": "status", "args": [1]}\n', "bad request"),
                             (b'{"cmd": "show"}\n', "missing"), (b"[]\n", "bad request")):
             f.write(line)

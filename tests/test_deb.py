@@ -205,7 +205,7 @@ class TestInstalledPackage:
                 "/lib/systemd/system/vrrpd.service", "/etc/vrrpd/vrrpd.conf",
                 "/usr/share/man/man8/vrrpd.8.gz", "/usr/share/man/man8/vrrpctl.8.gz",
                 "/usr/share/man/man5/vrrpd.conf.5.gz", "/usr/share/doc/vrrpd/changelog.gz",
-                "/usr/share/doc/vrrpd/copyright", f"{site}/daemon.py",
+                "/usr/share/doc/vrrpd/copyright", f"{site}/core/daemon.py",
                 f"{site}/config/__init__.py"}
         assert want <= paths, want - paths
         for ext in ("_codec", "_engine"):

@@ -25,7 +25,8 @@ def test_default_paths_are_keepalived_s():
 
 def test_signal_dumps(lan, tmp_path):
     paths = {k: str(tmp_path / f"dump.{k}") for k in ("data", "stats", "json")}
-    extra = ("--data-dump", paths["data"], "--stats-dump", paths["stats"], "--json-dump", paths["json"])
+    extra = ("--data-dump", paths["data"], "--stats-dump", paths["stats"],
+             "--json-dump", paths["json"])
     net, spec, (m, b) = two_hosts(lan, tmp_path, instances=2, extra=extra)
     try:
         for sig, key in ((signal.SIGUSR1, "data"), (signal.SIGUSR2, "stats"),

@@ -12,7 +12,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, initiali
 
 from vrrpd import engine as E
 
-from engine_router import AF4, GROUP4, T0, VIP4, VIP6, Router, advert, mdi_us, pk, skew_us, to_master
+from engine_router import (AF4, GROUP4, T0, VIP4, VIP6, Router, advert, mdi_us, pk, skew_us,
+                           to_master)
 
 
 # --- timers -------------------------------------------------------------------
@@ -368,7 +369,8 @@ REJECTS = [
      "192.0.2.20", 255),
     ("auth_mismatch", {"version": 2, "auth_type": 1, "auth_pass": b"secret"},
      lambda: advert("192.0.2.20", 200, version=2), "192.0.2.20", 255),
-    ("advert_int_mismatch", {"version": 2}, lambda: advert("192.0.2.20", 200, version=2, adv_cs=200),
+    ("advert_int_mismatch", {"version": 2},
+     lambda: advert("192.0.2.20", 200, version=2, adv_cs=200),
      "192.0.2.20", 255),
     ("addr_mismatch", {}, lambda: advert("192.0.2.20", 200, vips=("192.0.2.101",)),
      "192.0.2.20", 255),

@@ -22,7 +22,7 @@ def test_master_advertises_the_new_list_and_keeps_state_and_priority(dsts):
     r.sent()
     deadline = r.e.deadline(r.i)
     r.e.set_advert_addrs(r.i, [pk(VIP4), pk(VIP4B)])
-    assert r.e.pop_events() == [] and r.state == E.MASTER              # still MASTER, nothing reported
+    assert r.e.pop_events() == [] and r.state == E.MASTER    # still MASTER, nothing reported
     assert r.e.deadline(r.i) == deadline and r.sent() == []     # timer kept, nothing sent early
     r.e.tick(deadline)
     sent = r.sent()

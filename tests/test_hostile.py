@@ -264,8 +264,8 @@ def test_attacks_leave_the_adverts_alone(lan, tmp_path):
         before = _rejected(m.ctl_json("stats"))
         t0 = time.monotonic()
         cap = Capture(net.hosts[1], 14)
-        attacker = net.hosts[2].popen(sys.executable, child("vrrp_attacker"), net.host_ip(2), vip(spec, 0),
-                                      "800", stdout=subprocess.PIPE, text=True)
+        attacker = net.hosts[2].popen(sys.executable, child("vrrp_attacker"), net.host_ip(2),
+                                      vip(spec, 0), "800", stdout=subprocess.PIPE, text=True)
         seen = fuzz_control(m.sock, 1000)
         cases = hostile_configs(tmp_path / "hostile")
         for name in ("include /dev/zero", "include fifo", "include link to /dev/urandom",

@@ -43,7 +43,8 @@ def tshark_checksums(ns, family, seconds=1.5):
     return [tuple(line.split("\t")) for line in out.splitlines() if line.strip()]
 
 
-@pytest.mark.parametrize("version,family", [(2, 4), (3, 4), (3, 6)], ids=["v2-ipv4", "v3-ipv4", "v3-ipv6"])
+@pytest.mark.parametrize("version,family", [(2, 4), (3, 4), (3, 6)],
+                         ids=["v2-ipv4", "v3-ipv4", "v3-ipv6"])
 @pytest.mark.parametrize("master_kind", ["keepalived", "vrrpd"])
 def test_interop(lan, tmp_path, master_kind, version, family):
     backup_kind = "vrrpd" if master_kind == "keepalived" else "keepalived"

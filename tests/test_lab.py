@@ -193,8 +193,9 @@ def test_lab_keepalived_logs_to_its_file_only(tmp_path):
 def test_plot_without_matplotlib_is_one_line_naming_the_extra(tmp_path):
     # A plain `pip install` has no matplotlib: --plot must say which extra brings it, at once
     # (before minutes of lab), not end a run in a traceback.
-    proc = subprocess.run([sys.executable, child("lab_without_matplotlib"), "failover", "--instances", "2",
-                           "--json", str(tmp_path / "x.json"), "--plot", str(tmp_path / "x.png")],
+    proc = subprocess.run([sys.executable, child("lab_without_matplotlib"), "failover",
+                           "--instances", "2", "--json", str(tmp_path / "x.json"),
+                           "--plot", str(tmp_path / "x.png")],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
@@ -227,7 +228,8 @@ def test_config_and_observe_time_a_takeover_outside_the_lab(tmp_path):
                 wait_for(fifo.exists, what="the observer's fifo")
             procs.append(net.hosts[host].popen(
                 default_vrrpd(), "-l", "-f", str(conf), "--control-socket",
-                str(tmp_path / f"h{host}.ctl"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                str(tmp_path / f"h{host}.ctl"),
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             time.sleep(1.5)         # the master first: it wins every instance
         procs[0].kill()             # crash of the master: the backup takes over all n
         stdout, stderr = obs.communicate(timeout=60)

@@ -12,8 +12,9 @@ import children
 
 def test_logging_does_not_wait_for_a_stalled_stderr():
     n = 5000            # ~600 KB: ten times what a pipe holds
-    child = subprocess.Popen([sys.executable, children.child("log_flood"), str(n)], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen([sys.executable, children.child("log_flood"), str(n)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
     try:
         ready, _, _ = select.select([child.stdout], [], [], 30)
         assert ready and child.stdout.readline() == "returned\n", \

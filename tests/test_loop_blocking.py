@@ -74,7 +74,8 @@ def _config(tmp: str, load: bool) -> str:
                       f"    timeout 0.5\n    weight -10\n}}\n" for k in range(SCRIPTS))
     for i in range(N):
         head = f"vrrp_instance VI_{i} {{\n"
-        text = text.replace(head, head + f"    track_script {{\n        chk_{i % SCRIPTS}\n    }}\n", 1)
+        text = text.replace(
+            head, head + f"    track_script {{\n        chk_{i % SCRIPTS}\n    }}\n", 1)
     return scripts + text
 
 
@@ -186,7 +187,8 @@ def measure_gaps(lan, tmp, scripts: bool, scrapes: bool = False):
     assert stats["drops"] == 0, stats
     times = result["times_ns"]
     assert len(times) == N, f"adverts of {len(times)} instances captured"
-    assert min(len(v) for v in times.values()) >= (WINDOW - 3) * 1000 / ADVERT_MS, "window too short"
+    assert min(len(v) for v in times.values()) >= (WINDOW - 3) * 1000 / ADVERT_MS, \
+        "window too short"
     gaps = [((b - a) / 1e6, k, a, b) for k, v in times.items() for a, b in zip(v, v[1:])]
     pooled = [g for g, *_ in gaps]
     stalls = result["stalls_ns"]        # a diagnostic: was it the machine or the loop?

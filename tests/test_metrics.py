@@ -27,7 +27,8 @@ def test_metrics_match_counters(lan, tmp_path):
                 samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
 
         def get(name, inst, **extra):
-            labels = {"instance": inst, "interface": "eth0", "vrid": str(int(inst[3:]) + 1), **extra}
+            labels = {"instance": inst, "interface": "eth0", "vrid": str(int(inst[3:]) + 1),
+                      **extra}
             return samples[(name, tuple(sorted(labels.items())))]
 
         for inst in ("VI_0", "VI_1"):
@@ -39,7 +40,8 @@ def test_metrics_match_counters(lan, tmp_path):
             rx = get("vrrpd_adverts_received_total", inst)
             assert 0 < rx <= c["adverts_received"] <= rx + 20
             assert get("vrrpd_adverts_sent_total", inst) == c["adverts_sent"]
-            assert get("vrrpd_adverts_rejected_total", inst, reason="bad_ttl") == c["reject_bad_ttl"]
+            assert (get("vrrpd_adverts_rejected_total", inst, reason="bad_ttl")
+                    == c["reject_bad_ttl"])
         assert samples[("vrrpd_script_runs_total", ())] == 0
         assert samples[("vrrpd_loop_lag_seconds", ())] >= 0
     finally:

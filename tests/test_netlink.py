@@ -87,7 +87,8 @@ class Child:
             try:
                 ev = self.lines.get(timeout=timeout)
             except queue.Empty:
-                raise AssertionError(f"no event {match} within {timeout}s; saw {self.seen[-20:]}") from None
+                raise AssertionError(
+                    f"no event {match} within {timeout}s; saw {self.seen[-20:]}") from None
             assert ev is not None, f"child exited; saw {self.seen[-20:]}"
             self.seen.append(ev)
             if all(ev.get(k) == v for k, v in match.items()):
@@ -186,8 +187,8 @@ def test_held_monitor_reads_its_events_on_release(netns):
 
 @pytest.mark.netns
 def test_overrun_is_repaired_by_redump(netns, tmp_path):
-    """A stopped loop and a receive buffer too small for a burst of 3,000 address events: the monitor
-    must notice (ENOBUFS), re-dump, and end up agreeing with the kernel - and every
+    """A stopped loop and a receive buffer too small for a burst of 3,000 address events: the
+    monitor must notice (ENOBUFS), re-dump, and end up agreeing with the kernel - and every
     address must have been reported to the callback exactly as a live event would."""
     ns = veth_ns(netns)
     child = Child(ns, VENV_PY, "link_monitor", str(1 << 14))

@@ -129,7 +129,8 @@ def test_fifo_without_reader_drops_are_counted_and_loop_never_blocks(aio, tmp_pa
     assert drops == total - in_pipe - queued and fifo.drops == drops
     assert len(lines) == total - drops
     names = [int(line.split('"')[1][3:]) for line in lines]
-    assert names == sorted(names) and names == list(range(len(names)))   # order kept, a gapless prefix
+    # Order kept, a gapless prefix.
+    assert names == sorted(names) and names == list(range(len(names)))
     assert "dropping events" in caplog.text and f"{drops} events were dropped" in caplog.text
 
 
@@ -215,7 +216,8 @@ def run_keepalived(netns, tmp_path, conf):
     pid = str(tmp_path / "k.pid")         # unique pid files: other keepalived may be running
     with open(tmp_path / "ka.log", "wb") as log:
         return ns.popen(KEEPALIVED, "-n", "-l", "-D", "--vrrp", "-f", str(cfg), "-p", pid,
-                        "-r", pid + ".vrrp", "-c", pid + ".chk", stdout=log, stderr=subprocess.STDOUT)
+                        "-r", pid + ".vrrp", "-c", pid + ".chk",
+                        stdout=log, stderr=subprocess.STDOUT)
 
 
 def lines_of(path):
@@ -231,13 +233,15 @@ def wait_lines(path, pred, timeout=15.0):
 
 @pytest.mark.netns
 @pytest.mark.keepalived
-@pytest.mark.skipif(not os.path.exists(KEEPALIVED) or os.geteuid() != 0, reason="needs keepalived, root")
+@pytest.mark.skipif(not os.path.exists(KEEPALIVED) or os.geteuid() != 0,
+                    reason="needs keepalived, root")
 def test_same_script_arguments_and_fifo_lines_as_keepalived(aio, netns, tmp_path):
     ka_dir, our_dir = tmp_path / "ka", tmp_path / "ours"
     for d in (ka_dir, our_dir):
         d.mkdir()
         write_script(d / "rec.sh", RECORDER.format(log=d / "log"))
-        write_script(d / "reader.sh", f'while read -r l; do echo "$l" >> {d / "fifo.out"}; done < "$1"')
+        write_script(d / "reader.sh",
+                     f'while read -r l; do echo "$l" >> {d / "fifo.out"}; done < "$1"')
 
     proc = run_keepalived(netns, tmp_path, KA_CONF.format(
         fifo=ka_dir / "fifo", reader=ka_dir / "reader.sh", rec=ka_dir / "rec.sh"))
@@ -262,7 +266,8 @@ def test_same_script_arguments_and_fifo_lines_as_keepalived(aio, netns, tmp_path
             s = NotifyScripts(notify_master=r.prepare(f"{rec} master 'quoted arg'"),
                               notify_backup=r.prepare(f"{rec} backup"),
                               notify_stop=r.prepare(f"{rec} stop"), notify=r.prepare(rec))
-            n = Notifier(r, [NotifyFifo(str(our_dir / "fifo"), r.prepare(str(our_dir / "reader.sh")))])
+            n = Notifier(r, [NotifyFifo(str(our_dir / "fifo"),
+                                        r.prepare(str(our_dir / "reader.sh")))])
             n.open()
             for kind, name, state, prio in transitions:
                 n.notify(kind, name, state, int(prio), s)

@@ -38,7 +38,8 @@ def test_realtime_with_reset_on_fork_and_rttime():
 def test_nice_and_cpu_affinity():
     out = apply_in_child(vrrp_priority=-5, vrrp_cpu_affinity=[0])
     assert out["nice"] == -5 and out["affinity"] == [0]
-    assert out["child"] == [os.SCHED_OTHER, -5]     # no realtime: nice is inherited, as keepalived's
+    # No realtime: nice is inherited, as keepalived's.
+    assert out["child"] == [os.SCHED_OTHER, -5]
 
 
 def test_default_rttime_is_keepalived_s():

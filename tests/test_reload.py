@@ -64,7 +64,8 @@ def test_reload_1000_instances_changes_only_one(lan, tmp_path):
         # Gaps in the 2 s before the reload (the machine's own jitter: on an idle
         # machine adverts are advert_int apart) and from the reload until 1 s
         # after it; the reload must add no more than 5 ms to that.
-        before = max_gaps([p for p in packets if wall_reload - 2.0 <= p[0] < wall_reload], master_ips)
+        before = max_gaps([p for p in packets if wall_reload - 2.0 <= p[0] < wall_reload],
+                          master_ips)
         ends = {}
         during = max_gaps([p for p in packets if wall_reload <= p[0] < wall_done + 1.0], master_ips,
                           ends)
@@ -118,10 +119,12 @@ def test_broken_config_kept_then_add_and_remove(lan, tmp_path):
         packets = cap.packets()
         vi2 = [p for p in packets if p[2] == net.host_ip(0) and p[3] == 3]
         assert vi2 and vi2[-1][4] == 0, vi2[-3:]        # its last advert: priority 0
-        wait_for(lambda: vip(spec4, 2) + "/32" not in vips_on(net.hosts[0]), 5, what="VI_2's VIP gone")
+        wait_for(lambda: vip(spec4, 2) + "/32" not in vips_on(net.hosts[0]), 5,
+                 what="VI_2's VIP gone")
         assert vip(spec4, 3) + "/32" in vips_on(net.hosts[0])
         # VI_0 and VI_1 saw nothing.
-        assert [e for e in m.fifo.events(t0) if e[2] in ("VI_0", "VI_1")] == [], (b.fifo.events(t0), m.log_tail(40), b.log_tail(30))
+        assert [e for e in m.fifo.events(t0) if e[2] in ("VI_0", "VI_1")] == [], \
+            (b.fifo.events(t0), m.log_tail(40), b.log_tail(30))
         assert [v["name"] for v in m.ctl_json("status")["instances"]] == ["VI_0", "VI_1", "VI_3"]
     finally:
         m.stop()
@@ -160,7 +163,8 @@ def test_vip_change_keeps_state_and_removed_instance_takes_its_routes(lan, tmp_p
         for d, prio in ((m, 200), (b, 100)):
             text = host_config(spec, 0 if d is m else 1, priority=prio)
             text = text.replace(f"        {vip(spec, 0)}/32 dev eth0\n",
-                                f"        {vip(spec, 0)}/32 dev eth0\n        {new_vip}/32 dev eth0\n")
+                                f"        {vip(spec, 0)}/32 dev eth0\n"
+                                f"        {new_vip}/32 dev eth0\n")
             blocks = text.split("vrrp_instance ")
             texts.append("vrrp_instance ".join(x for x in blocks if not x.startswith("VI_1 ")))
         cap = Capture(net.hosts[1], 2.5)
@@ -174,8 +178,10 @@ def test_vip_change_keeps_state_and_removed_instance_takes_its_routes(lan, tmp_p
             r = json.loads(p.communicate(timeout=60)[0])
             assert r["ok"] and r["changed"] == ["VI_0"] and r["removed"] == ["VI_1"], r
             assert r["replaced"] == r["added"] == [] and r["kept"] == 1
-        wait_for(lambda: new_vip + "/32" in vips_on(net.hosts[0]), 5, what="the new VIP on the master")
-        wait_for(lambda: "198.51.100.0/24" not in _routes(net.hosts[0]), 5, what="VI_1's route gone")
+        wait_for(lambda: new_vip + "/32" in vips_on(net.hosts[0]), 5,
+                 what="the new VIP on the master")
+        wait_for(lambda: "198.51.100.0/24" not in _routes(net.hosts[0]), 5,
+                 what="VI_1's route gone")
         assert "lookup 100" not in _rules(net.hosts[0])
         assert vip(spec, 1) + "/32" not in vips_on(net.hosts[0])
         assert vip(spec, 0) + "/32" in vips_on(net.hosts[0])

@@ -19,7 +19,8 @@ def instance(name: str, vrid: int, priority: int, vips, advert_int: str = "0.1")
 
 
 OLD = instance("A", 1, 200, ["192.0.2.101"]) + instance("B", 2, 100, ["192.0.2.102"])
-NEW = instance("B", 2, 150, ["192.0.2.102", "192.0.2.112"], "0.5") + instance("C", 3, 100, ["192.0.2.103"])
+NEW = (instance("B", 2, 150, ["192.0.2.102", "192.0.2.112"], "0.5")
+       + instance("C", 3, 100, ["192.0.2.103"]))
 
 
 def run_child(netns, tmp_path, old: str = OLD, new_text: str = NEW) -> dict:

@@ -108,7 +108,8 @@ def _instance(name, vrid, deleted, track, rec, vipcheck, tag=None) -> str:
 
 
 def _group(name, members, rec) -> str:
-    s = f"vrrp_sync_group {name} {{\n  group {{\n" + "".join(f"    {m}\n" for m in members) + "  }\n"
+    s = (f"vrrp_sync_group {name} {{\n  group {{\n"
+         + "".join(f"    {m}\n" for m in members) + "  }\n")
     for kind in ("master", "backup", "fault", "stop"):
         s += f'  notify_{kind} "{rec} {name} {kind}"\n'
     return s + f'  notify "{rec} {name} notify"\n}}\n'

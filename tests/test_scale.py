@@ -37,7 +37,8 @@ def test_thousand_instances_converge_and_fail_over(lan, tmp_path):
     procs = []
     try:
         for i, prio in enumerate((200, 100)):
-            d = DaemonProc(net.hosts[i], "vrrpd", host_config(spec, i, priority=prio), str(tmp_path))
+            d = DaemonProc(net.hosts[i], "vrrpd", host_config(spec, i, priority=prio),
+                           str(tmp_path))
             procs.append(d.start())
             wait_for(lambda: count(d, "MASTER" if i == 0 else "BACKUP") == N, 30,
                      what=f"host {i}: {N} instances settled")

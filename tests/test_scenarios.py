@@ -38,8 +38,8 @@ import pytest
 from children import child
 from daemons import DaemonProc
 from netns import wait_for
-from scenario_bench import (ADVERT_INT, EXPECTED, PEER_PRIO, Bench, G, I, check, expand, instance, sync_group,
-                            vrrp_script)
+from scenario_bench import (ADVERT_INT, EXPECTED, PEER_PRIO, Bench, G, I, check, expand,
+                            instance, sync_group, vrrp_script)
 
 pytestmark = [pytest.mark.netns, pytest.mark.keepalived,
               pytest.mark.skipif(shutil.which("keepalived") is None and
@@ -172,7 +172,8 @@ def test_nopreempt(bench):
 def test_preempt_delay(bench):
     delay = 1.0
     _peer_default(bench)
-    d = bench.start_dut(instance("VI_0", 1, 150, bench.notify_dir, extra=f"preempt_delay {delay:g}"))
+    d = bench.start_dut(instance("VI_0", 1, 150, bench.notify_dir,
+                                 extra=f"preempt_delay {delay:g}"))
     d.wait_state("VI_0", "BACKUP")
     t_master = d.wait_state("VI_0", "MASTER", timeout=5)
     # keepalived: preempt_delay counts from start-up; never earlier.

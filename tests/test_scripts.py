@@ -101,7 +101,8 @@ def test_script_without_shebang_runs_through_sh(aio, tmp_path):
 
 def test_timeout_kills_the_whole_process_group(aio, tmp_path):
     pids = tmp_path / "pids"
-    s = write_script(tmp_path / "fork.sh", f"sleep 60 & echo $! > {pids}; echo $$ >> {pids}; sleep 60")
+    s = write_script(tmp_path / "fork.sh",
+                     f"sleep 60 & echo $! > {pids}; echo $$ >> {pids}; sleep 60")
 
     async def main():
         async with ScriptRunner() as r:
@@ -123,7 +124,8 @@ def test_timeout_kills_the_whole_process_group(aio, tmp_path):
 def test_sigterm_ignoring_grandchild_gets_sigkill(aio, tmp_path):
     pidf = tmp_path / "pid"
     s = write_script(tmp_path / "stubborn.sh",
-                     f"sh -c 'trap \"\" TERM; echo $$ > {pidf}; while :; do sleep 0.05; done' & sleep 60")
+                     f"sh -c 'trap \"\" TERM; echo $$ > {pidf}; while :; do sleep 0.05; done'"
+                     " & sleep 60")
 
     async def main():
         async with ScriptRunner() as r:
@@ -139,7 +141,8 @@ def test_sigterm_ignoring_grandchild_gets_sigkill(aio, tmp_path):
 
 
 def test_flooding_stdout_neither_blocks_nor_grows_memory(aio, tmp_path):
-    s = write_script(tmp_path / "flood.sh", "head -c 200000000 /dev/zero; head -c 50000000 /dev/zero >&2")
+    s = write_script(tmp_path / "flood.sh",
+                     "head -c 200000000 /dev/zero; head -c 50000000 /dev/zero >&2")
 
     async def main():
         async with ScriptRunner() as r:

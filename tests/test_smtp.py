@@ -78,7 +78,8 @@ def test_no_email_faults(aio, smtpd):
         await smtp.alert("INSTANCE", "VI_1", "BACKUP")
 
     aio(main())
-    assert [m["Subject"] for *_, m in sink.messages] == ["[LB1] VRRP Instance VI_1 - Entering BACKUP state"]
+    assert [m["Subject"] for *_, m in sink.messages] == [
+        "[LB1] VRRP Instance VI_1 - Entering BACKUP state"]
 
 
 def test_dead_server_is_counted_not_raised(aio, caplog):

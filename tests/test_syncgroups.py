@@ -6,7 +6,8 @@ import socket
 
 import pytest
 
-from vrrpd.engine import BACKUP, EV_STATE, Engine, FAULT, INIT, MASTER, REASON_PREEMPT, REASON_SYNC_GROUP
+from vrrpd.engine import (BACKUP, EV_STATE, Engine, FAULT, INIT, MASTER, REASON_PREEMPT,
+                          REASON_SYNC_GROUP)
 from vrrpd.config.model import Config, SyncGroup, VrrpInstance
 from vrrpd.core.syncgroups import SyncGroups
 
@@ -193,7 +194,8 @@ def test_sync_group_members_weighted_scripts_dropped_unless_kept():
 
 def test_own_interface_down_is_fault_unless_dont_track_primary():
     for dont, fault in ((False, True), (True, False)):
-        inst = VrrpInstance(name="A", interface="eth0", virtual_router_id=1, dont_track_primary=dont)
+        inst = VrrpInstance(name="A", interface="eth0", virtual_router_id=1,
+                            dont_track_primary=dont)
         t, verdicts = trackers_for([inst])
         t.start({2: link("eth0")})
         assert not t.verdict("A").fault

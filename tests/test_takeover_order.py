@@ -124,7 +124,8 @@ def first_after(t0: int, events) -> dict:
     return first
 
 
-@pytest.mark.parametrize("kind", ["vrrpd", pytest.param("keepalived", marks=pytest.mark.keepalived)])
+@pytest.mark.parametrize("kind", ["vrrpd",
+                                  pytest.param("keepalived", marks=pytest.mark.keepalived)])
 def test_mass_takeover_keeps_vip_garp_notify_order(p2p, tmp_path, kind):
     """kind: the backup under test; keepalived 2.2.7, the reference, must pass as well
     (which checks that LAG_NS and the IPv6 rule do not reject keepalived's own order)."""
@@ -196,7 +197,8 @@ def takeover(p2p, tmp_path, kind: str):
         def backup_lines(state: str, since: int = 0) -> set[str]:
             backup.check_alive()
             return {line.split('"')[1] for t, line in fifo_records(fifo_obs.out)["lines"]
-                    if t >= since and line.startswith("INSTANCE") and line.endswith(f" {state} 100")}
+                    if t >= since and line.startswith("INSTANCE")
+                    and line.endswith(f" {state} 100")}
 
         wait_for(lambda: len(backup_lines("BACKUP")) == N, 40, interval=0.2,
                  what="all instances BACKUP on the backup")

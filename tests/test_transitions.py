@@ -283,7 +283,9 @@ def test_link_monitor_is_held_while_a_mass_failover_is_applied(aio):
         d = Recorder(None, SimpleNamespace(hold=lambda: calls.append("hold"),
                                            release=lambda: calls.append("release")), None, None)
         d.start_effects()
-        mk = lambda n: [(inst(f"VI_{k}"), BACKUP, MASTER, "r") for k in range(n)]
+        def mk(n):
+            return [(inst(f"VI_{k}"), BACKUP, MASTER, "r") for k in range(n)]
+
         for n in (3, 5):                                   # small: never held
             d.queue(mk(n))
         await d.effects_done()

@@ -23,8 +23,9 @@ class FakeDaemon:
         self.stopping, self.electing = False, True
         self.state = MASTER
         self.forced: list[tuple[int, int]] = []
-        self.engine = SimpleNamespace(state=lambda idx: self.state,
-                                      force_state=lambda idx, st, now: self.forced.append((idx, st)))
+        self.engine = SimpleNamespace(
+            state=lambda idx: self.state,
+            force_state=lambda idx, st, now: self.forced.append((idx, st)))
 
     def pump(self):
         pass

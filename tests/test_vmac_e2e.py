@@ -83,7 +83,8 @@ def test_vmac_with_keepalived(lan, tmp_path, master_kind):
     kinds = (master_kind, "keepalived" if master_kind == "vrrpd" else "vrrpd")
     ips = (net.host_ip(0), net.host_ip(1))
     vrrpd_host = net.hosts[kinds.index("vrrpd")]
-    base_sysctls = {k: sysctl(vrrpd_host, f"net.ipv4.conf.eth0.{k}") for k in ("arp_ignore", "arp_filter")}
+    base_sysctls = {k: sysctl(vrrpd_host, f"net.ipv4.conf.eth0.{k}")
+                    for k in ("arp_ignore", "arp_filter")}
     procs = []
 
     def start(i, tag=""):
@@ -125,7 +126,8 @@ def test_vmac_with_keepalived(lan, tmp_path, master_kind):
         d.signal(signal.SIGTERM)
         assert d.wait_exit() == 0
         assert not has_link(vrrpd_host, VMAC_NAME), "vrrpd left its vmac behind"
-        assert {k: sysctl(vrrpd_host, f"net.ipv4.conf.eth0.{k}") for k in base_sysctls} == base_sysctls
+        assert {k: sysctl(vrrpd_host, f"net.ipv4.conf.eth0.{k}")
+                for k in base_sysctls} == base_sysctls
     finally:
         for d in procs:
             d.stop()
@@ -166,14 +168,17 @@ def test_ipv4_and_ipv6_share_vrid(lan, tmp_path):
         b.wait_state("V6", "MASTER")
         a.wait_state("V6", "BACKUP")
         b.wait_state("V4", "BACKUP")
-        assert "198.19.9.1/32" in vips_on(net.hosts[0]) and "198.19.9.1/32" not in vips_on(net.hosts[1])
+        assert "198.19.9.1/32" in vips_on(net.hosts[0])
+        assert "198.19.9.1/32" not in vips_on(net.hosts[1])
         assert "2001:db8:9::1/128" in vips_on(net.hosts[1])
         assert "2001:db8:9::1/128" not in vips_on(net.hosts[0])
         # Both families' adverts carry VRID 9 on the wire, from the expected masters.
-        out = net.hosts[0].run("tshark", "-q", "-i", "eth0", "-a", "duration:1", "-f", "ip proto 112 or ip6 proto 112",
-                               "-T", "fields", "-e", "vrrp.virt_rtr_id", "-e", "ip.src", "-e", "ipv6.src",
+        out = net.hosts[0].run("tshark", "-q", "-i", "eth0", "-a", "duration:1",
+                               "-f", "ip proto 112 or ip6 proto 112", "-T", "fields",
+                               "-e", "vrrp.virt_rtr_id", "-e", "ip.src", "-e", "ipv6.src",
                                check=False, timeout=30).stdout
-        seen = {tuple(f for f in line.split("\t") if f) for line in out.splitlines() if line.strip()}
+        seen = {tuple(f for f in line.split("\t") if f)
+                for line in out.splitlines() if line.strip()}
         assert seen == {("9", net.host_ip(0)), ("9", net.hosts[1].link_local())}, seen
         # Killing host 1 moves only IPv6; host 0's IPv4 mastership is untouched.
         before = len(a.fifo.events())

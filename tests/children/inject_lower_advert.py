@@ -1,4 +1,5 @@
-"""One VRRPv3 advert for VRID 1 on eth0, from a router that is not running: argv SRC PRIORITY ADVERT_CS."""
+"""One VRRPv3 advert for VRID 1 on eth0, from a router that is not running:
+argv SRC PRIORITY ADVERT_CS."""
 import sys
 
 from scapy.all import IP, send

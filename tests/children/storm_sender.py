@@ -1,4 +1,5 @@
-"""A storm of valid adverts from a lower-priority router: argv SRC VIP COUNT; prints the seconds the sends took."""
+"""A storm of valid adverts from a lower-priority router: argv SRC VIP COUNT;
+prints the seconds the sends took."""
 import socket
 import sys
 import time

@@ -15,6 +15,8 @@ import asyncio
 import logging
 import socket
 import time
+from collections.abc import Iterable
+from typing import Any
 
 from vrrpd import _effects
 from vrrpd.engine import MASTER, Engine
@@ -25,7 +27,7 @@ from vrrpd.net import sockets, firewall as strict
 from vrrpd.net.addresses import AddressManager, Vip
 from vrrpd.net.garp import GarpScheduler
 from vrrpd.net.links import Link, LinkEvent, LinkMonitor
-from vrrpd.core.plan import engine_tunables
+from vrrpd.core.plan import InstanceSpec, engine_tunables
 from vrrpd.ops.ratelimit import PerKey
 from vrrpd.net.routes import RouteManager
 from vrrpd.scripts.runner import ScriptRunner
@@ -69,15 +71,17 @@ class Daemon(Pump, Transitions):
         links = LinkMonitor(on_link=self._on_link)
         Transitions.__init__(self, plan, links, _effects.Effects(capacity), AddressManager(),
                              RouteManager(links.ifindex), GarpScheduler(),
-                             strict.firewall_for(plan.config))     # None: no instance needs the drop
+                             # None: no instance needs the drop.
+                             strict.firewall_for(plan.config))
         vipwatch = self.links.on_address = VipWatch(self, now_us)    # a VIP deleted from outside
         self.expect_deleted = vipwatch.expect_deleted
         self.vmacs = VmacManager()
-        self._link_socks: dict[int, tuple[int, socket.socket]] = {}   # sock_id -> (ifindex, packet socket)
+        # sock_id -> (ifindex, packet socket)
+        self._link_socks: dict[int, tuple[int, socket.socket]] = {}
         self.stopping = False
         # Objects with open(), on_transition(inst, old, new, reason),
         # on_group_transition(group, state), on_rx_lower_pri(inst, prio), on_stop(daemon).
-        self.hooks = []
+        self.hooks: list[Any] = []
         self.lower_log = PerKey()       # lower-priority advert log lines, per instance
 
     # -- start-up --------------------------------------------------------------------
@@ -114,7 +118,8 @@ class Daemon(Pump, Transitions):
         """The macvlans of use_vmac instances, then wait until the link monitor
         knows them (their index and MAC feed the sockets and GARPs).  A vmac
         that cannot be made is logged; its instance runs on the base interface."""
-        wanted = [s.vmac for s in specs if s.vmac is not None and s.vmac.name not in self.vmacs.vmacs]
+        wanted = [s.vmac for s in specs
+                  if s.vmac is not None and s.vmac.name not in self.vmacs.vmacs]
         if not wanted:
             return
         made = await create_all(self.vmacs, wanted, self.links.by_name)
@@ -155,7 +160,8 @@ class Daemon(Pump, Transitions):
     def _socket_for(self, ifname: str, family: int, link: Link) -> int:
         key = (ifname, family)
         if key not in self._sockets:
-            groups = [self.plan.mcast_group4 if family == socket.AF_INET else self.plan.mcast_group6]
+            groups = (self.plan.mcast_group4 if family == socket.AF_INET
+                      else self.plan.mcast_group6,)
             sock = sockets.open_vrrp_socket(family, ifname, link.index, groups)
             sock_id = self.engine.add_socket(sock.fileno(), family, link.index)
             self.add_socket(key, sock_id, sock)
@@ -182,7 +188,8 @@ class Daemon(Pump, Transitions):
         (apply_verdicts)."""
         base = self.links.by_name(spec.interface)
         if base is None:
-            raise RuntimeError(f"{spec.where}: instance {spec.name}: interface {spec.interface} does not exist")
+            raise RuntimeError(f"{spec.where}: instance {spec.name}: "
+                               f"interface {spec.interface} does not exist")
         vmac = self.vmacs.vmacs.get(spec.vmac.name) if spec.vmac else None
         link = self.links.by_name(spec.advert_interface) if vmac else None
         link = link or base
@@ -218,7 +225,8 @@ class Daemon(Pump, Transitions):
             src = base.primary_ipv4()
             what = "IPv4 address"
         else:
-            src = vmac.link_local if vmac is not None and vmac.link_local else base.ipv6_link_local()
+            src = (vmac.link_local if vmac is not None and vmac.link_local
+                   else base.ipv6_link_local())
             what = "IPv6 link-local address (an IPv6 instance sends its adverts from one)"
         if src is None:
             raise RuntimeError(f"{spec.where}: instance {spec.name}: no usable {what} on "
@@ -261,8 +269,9 @@ class Daemon(Pump, Transitions):
         if not inst.spec.priority == 255 and verdict.priority != self.engine.priority(inst.idx):
             log.info("(%s) effective priority %d", inst.name, verdict.priority)
             self.engine.set_priority(inst.idx, verdict.priority, t)
-        own = {m: self.trackers.verdict(m).fault
-               for m in self.syncgroups.members.get(self.syncgroups.group_of.get(inst.name), ())}
+        group = self.syncgroups.group_of.get(inst.name)
+        members = self.syncgroups.members.get(group, ()) if group is not None else ()
+        own = {m: self.trackers.verdict(m).fault for m in members}
         own[inst.name] = verdict.fault or inst.vip_fault
         self.engine.set_fault(inst.idx, self.syncgroups.group_faulted(inst.name, own), t)
 
@@ -330,7 +339,8 @@ class Daemon(Pump, Transitions):
         return Trackers(config, self.runner, self._on_verdict, build=False)
 
     def swap_plan(self, plan, trackers: Trackers, syncgroups: SyncGroups,
-                  kept=(), moved=()) -> None:
+                  kept: Iterable[tuple[Instance, InstanceSpec]] = (),
+                  moved: Iterable[tuple[Instance, InstanceSpec]] = ()) -> None:
         """One step of a reload: the new plan, tracking and sync groups.
         kept: (Instance, new spec) that stay with new settings (and maybe a
         new name); moved: (Instance, spec) whose only change is `where`."""
@@ -411,7 +421,7 @@ class Daemon(Pump, Transitions):
                 handle.cancel()
         self.garp.close()
         self.stop_effects()
-        for sock_id, sock in self._sockets.values():
+        for _, sock in self._sockets.values():
             self._loop.remove_reader(sock.fileno())
             sock.close()
         for _, psock in self._link_socks.values():

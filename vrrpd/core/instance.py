@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from vrrpd.engine import INIT
 from vrrpd.net.addresses import Vip
+
+if TYPE_CHECKING:
+    from vrrpd.core.plan import InstanceSpec
 
 
 @dataclass(slots=True)
 class Instance:
     """Runtime view of one vrrp_instance."""
     name: str
-    spec: object          # plan.InstanceSpec
+    spec: InstanceSpec
     family: int
     ifname: str
     idx: int = -1

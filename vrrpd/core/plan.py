@@ -10,7 +10,8 @@ from vrrpd.net.firewall import needs_drop
 from vrrpd.net.vmac import VmacSpec, advert_interface, vip_interface
 
 # rtnetlink scope numbers for virtual_ipaddress `scope NAME` (iproute2's rt_scopes).
-SCOPES = {None: 0, "global": 0, "universe": 0, "site": 200, "link": 253, "host": 254, "nowhere": 255}
+SCOPES = {None: 0, "global": 0, "universe": 0, "site": 200, "link": 253, "host": 254,
+          "nowhere": 255}
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,8 +28,8 @@ class InstanceSpec:
     name: str
     conf: VrrpInstance
     where: str
-    interface: str                # as configured: the base interface with use_vmac
-    advert_interface: str         # where adverts leave and arrive (the vmac unless vmac_xmit_base)
+    interface: str | None         # as configured: the base interface with use_vmac
+    advert_interface: str | None  # where adverts leave and arrive (the vmac unless vmac_xmit_base)
     vmac: VmacSpec | None
     family: int
     vrid: int
@@ -70,7 +71,8 @@ def where_text(where: tuple[str, int]) -> str:
     return f"{where[0]}:{where[1]}"
 
 
-def instance_spec(inst: VrrpInstance, config: Config, vmacs: set[str] | None = None) -> InstanceSpec:
+def instance_spec(inst: VrrpInstance, config: Config,
+                  vmacs: set[str] | None = None) -> InstanceSpec:
     """vmacs: names of the vmacs of the instances before this one (updated)."""
     g = config.global_defs
     family = socket.AF_INET6 if inst.family == 6 else socket.AF_INET
@@ -91,14 +93,16 @@ def instance_spec(inst: VrrpInstance, config: Config, vmacs: set[str] | None = N
         preempt=not inst.nopreempt, preempt_delay_cs=int(round(inst.preempt_delay * 100)),
         src_ip=str(src) if src is not None else None,
         unicast_peers=tuple(str(p.address) for p in inst.unicast_peer),
-        vips=tuple([_vip(v, vip_interface(inst, v, False, vmac_name)) for v in inst.virtual_ipaddress] +
+        vips=tuple([_vip(v, vip_interface(inst, v, False, vmac_name))
+                    for v in inst.virtual_ipaddress] +
                    [_vip(v, vip_interface(inst, v, True, vmac_name))
                     for v in inst.virtual_ipaddress_excluded]),
         # virtual_ipaddress_excluded exists to keep addresses out of the advert
         # (and of the other family); an advert lists at most 255.
         advert_addrs=tuple([str(v.address.ip) for v in inst.virtual_ipaddress
                             if v.family == inst.family][:255]),
-        auth_type=auth_type, auth_pass=(auth.auth_pass.encode()[:8] if auth_type else b""),
+        auth_type=auth_type,
+        auth_pass=(auth.auth_pass.encode()[:8] if auth is not None and auth_type else b""),
         v3_checksum_as_v2=inst.v3_checksum_as_v2 or g.v3_checksum_as_v2,
         needs_drop=needs_drop(inst))
 

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import socket
 import time
+from typing import TYPE_CHECKING, Any
 
 from vrrpd.engine import (
     EV_REJECT,
@@ -23,6 +24,12 @@ from vrrpd.engine import (
     REJECT_NAMES,
     STATE_NAMES,
 )
+
+if TYPE_CHECKING:
+    from vrrpd.core.instance import Instance
+    from vrrpd.net.garp import GarpScheduler
+    from vrrpd.ops.ratelimit import PerKey
+
 log = logging.getLogger("vrrpd")
 
 TX_RETRY_US = 1000        # sends a full device queue deferred are retried this often
@@ -74,11 +81,26 @@ def _addr(packed: bytes | None) -> str:
 
 
 class Pump:
+    # Pump is one part of vrrpd.core.daemon.Daemon: what it uses of the other
+    # parts (Daemon's own attributes, Transitions' GARPs and effects queue).
+    by_idx: dict[int, Instance]
+    lower_log: PerKey
+    garp: GarpScheduler
+    hooks: list[Any]
+
+    if TYPE_CHECKING:
+        def _follow_group(self, inst: Instance, old: int, new: int, reason: str) -> None: ...
+
+        def _announces(self, inst: Instance, keep: bool = True) -> list: ...
+
+        def queue(self, batch) -> None: ...
+
     def __init__(self, engine, loop: asyncio.AbstractEventLoop | None = None):
         """engine: a vrrpd.Engine (or a fake of its calls); loop: the
         running loop, else set at start-up."""
         self.engine = engine
-        self._loop = loop
+        # None only until start-up sets it: nothing here runs before then.
+        self._loop: asyncio.AbstractEventLoop = loop  # type: ignore[assignment]
         self._sockets: dict[tuple[str, int], tuple[int, socket.socket]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = -1

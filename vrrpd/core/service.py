@@ -9,9 +9,16 @@ import logging
 import os
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from vrrpd import __version__
 from vrrpd.core import leftovers
+
+if TYPE_CHECKING:
+    from vrrpd.core.reload import Reloader
+    from vrrpd.ops.control import ControlServer
+    from vrrpd.ops.metrics import Metrics
+    from vrrpd.ops.sdnotify import Watchdog
 
 log = logging.getLogger("vrrpd")
 
@@ -30,8 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--pid", dest="pidfile", help="write the process id to this file")
     p.add_argument("-n", "--dont-fork", action="store_true",
                    help="accepted for keepalived compatibility; vrrpd never forks")
-    p.add_argument("-i", "--config-id", help="config id for @id conditional lines (default: hostname)")
-    p.add_argument("-P", "--vrrp", action="store_true", help="accepted for keepalived compatibility")
+    p.add_argument("-i", "--config-id",
+                   help="config id for @id conditional lines (default: hostname)")
+    p.add_argument("-P", "--vrrp", action="store_true",
+                   help="accepted for keepalived compatibility")
     from vrrpd.ops.control import DEFAULT_PATH
     from vrrpd.ops.dumps import DATA_PATH, JSON_PATH, STATS_PATH
     p.add_argument("--control-socket", metavar="PATH", default=DEFAULT_PATH,
@@ -227,6 +236,12 @@ class Operations:
     """What operators reach the running daemon through: the control socket,
     signals (HUP reload, USR1/USR2/RTMIN+2 dumps), metrics, the watchdog."""
 
+    reloader: Reloader
+    control: ControlServer | None
+    metrics: Metrics | None
+    watchdog: Watchdog | None
+    _tasks: set[asyncio.Task]
+
     @classmethod
     async def start(cls, daemon, args, running) -> "Operations":
         from vrrpd.ops import sdnotify
@@ -241,7 +256,7 @@ class Operations:
         self.reloader.vips_record = leftovers.state_path(args.control_socket)
         dumps = Dumps(daemon, self.reloader, args.data_dump, args.stats_dump, args.json_dump)
         self.control = self.metrics = self.watchdog = None
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks = set()
         loop.add_signal_handler(signal.SIGHUP, self._spawn, self.reloader)
         loop.add_signal_handler(signal.SIGUSR1, dumps.data)
         loop.add_signal_handler(signal.SIGUSR2, dumps.stats)

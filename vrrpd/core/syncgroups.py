@@ -42,7 +42,7 @@ class SyncGroups:
         member still waiting for a script stays INIT (keepalived: the
         member holds in INIT) and is announced after its members instead.
         """
-        out = []
+        out: list[tuple[str, int]] = []
         for group, members in self.members.items():
             if not members or any(pending.get(m, False) for m in members):
                 continue

@@ -22,6 +22,7 @@ import socket
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from vrrpd.engine import BACKUP, INIT, MASTER
 from vrrpd.core.instance import Instance
@@ -30,6 +31,9 @@ from vrrpd.net import firewall as strict, netlink as nl
 from vrrpd.net.addresses import Vip
 from vrrpd.net.garp import Announce, GarpConfig, arp_frame, ipv6_forwarding, na_frame
 from vrrpd.scripts.notify import coalesced
+
+if TYPE_CHECKING:
+    from vrrpd.core.syncgroups import SyncGroups
 
 log = logging.getLogger("vrrpd")
 
@@ -116,6 +120,19 @@ async def _addresses(op, vips, what: str) -> None:
 
 
 class Transitions:
+    # What this part uses of vrrpd.core.daemon.Daemon and of its Pump.
+    instances: dict[str, Instance]
+    hooks: list[Any]
+    syncgroups: SyncGroups
+    stopping: bool
+    engine: Any                     # a vrrpd.Engine (or a fake of its calls)
+    _loop: asyncio.AbstractEventLoop
+
+    if TYPE_CHECKING:
+        def _apply_verdict(self, inst: Instance, t: int) -> None: ...
+
+        def _pump(self) -> None: ...
+
     def __init__(self, plan, links, effects, addresses, routes=None, garp=None, firewall=None):
         """plan: vrrpd.core.plan.Plan; links: a vrrpd.net.links.LinkMonitor;
         effects: a vrrpd._effects.Effects; addresses, routes, garp, firewall:

@@ -16,7 +16,7 @@ from vrrpd.scripts.runner import ScriptRunner
 log = logging.getLogger("vrrpd.scripts.notify")
 
 # The states notify scripts and fifo lines report (keepalived has no INIT notify).
-STATE_WORDS = {s: STATE_NAMES[s] for s in (BACKUP, MASTER, FAULT)}
+STATE_WORDS: dict[int, str] = {s: STATE_NAMES[s] for s in (BACKUP, MASTER, FAULT)}
 NOTIFY_KEYWORDS = ("notify_master", "notify_backup", "notify_fault", "notify_stop",
                    "notify_deleted", "notify", "notify_master_rx_lower_pri")
 NO_SCRIPTS = NotifyScripts()
@@ -56,7 +56,8 @@ class Reporter:
         instance per step (a generator: a reload yields to the loop between)."""
         for name in names:
             inst = self.config.instances[name]
-            scripts = {k: self._prepare(getattr(inst, k), f"{k} of {name}") for k in NOTIFY_KEYWORDS}
+            scripts = {k: self._prepare(getattr(inst, k), f"{k} of {name}")
+                       for k in NOTIFY_KEYWORDS}
             # Instances without a notify script (most, at scale) share one empty set.
             self.scripts[name] = NotifyScripts(**scripts) if any(scripts.values()) else NO_SCRIPTS
             yield
@@ -87,9 +88,9 @@ class Reporter:
         scripts are started before its fifo line goes out (keepalived's
         order); the chunk's lines are formatted by `effects` (vrrpd._effects)
         and written together."""
-        items = [(inst, "STOP" if reason == "shutdown" else STATE_WORDS.get(new), new, reason)
+        words = [(inst, "STOP" if reason == "shutdown" else STATE_WORDS.get(new), new, reason)
                  for inst, _, new, reason in chunk]
-        items = [(inst, word, new, reason) for inst, word, new, reason in items if word is not None]
+        items = [(inst, word, new, reason) for inst, word, new, reason in words if word is not None]
         scripts = self.scripts
         for inst, word, new, reason in items:
             s = _scripts_for(scripts.get(inst.name), new, reason)

@@ -142,9 +142,10 @@ class Trackers:
         tracks = []
         for kind in TRACK_KINDS:
             tracks += _tracks(kind, getattr(inst, f"track_{kind}"), defaults[kind])
-        if not inst.dont_track_primary:
+        if not inst.dont_track_primary and inst.interface is not None:
             # The instance's own interface going down is FAULT (keepalived),
             # not subject to the sync-group weight rule: weight 0 already.
+            # (No interface: unicast peers only, nothing of its own to track.)
             tracks.append(track_entry("interface", inst.interface, 0))
         return tracks
 

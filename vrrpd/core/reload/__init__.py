@@ -47,6 +47,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from vrrpd.core import leftovers
 from vrrpd.core.reload import child as reloadchild
@@ -138,7 +139,8 @@ class Reloader:
         self.reloads = 0
         self.failures = 0
         self.spawn_seconds = 0.0     # the last reader start's cost in the daemon
-        self.running = running      # what the reader diffs against; then what it sends back
+        # What the reader diffs against; then what it sends back (set with no errors).
+        self.running: reloadchild.Fingerprints | bytes | None = running
 
     def abort(self) -> None:
         """The daemon is stopping: a running reader is killed (its reload is
@@ -172,7 +174,8 @@ class Reloader:
     async def _reload_gc_off(self) -> dict:
         slices = Slices(self.daemon.engine)
         outcome = await self._child(slices)
-        out = {"ok": not outcome.errors, "errors": outcome.errors, "warnings": outcome.warnings}
+        out: dict[str, Any] = {"ok": not outcome.errors, "errors": outcome.errors,
+                               "warnings": outcome.warnings}
         for w in outcome.warnings:
             log.warning("%s", w)
         if outcome.errors:
@@ -186,7 +189,8 @@ class Reloader:
             prepared = await prepare(self.daemon, outcome, slices)
             if self.vips_record:
                 # Old and new: a crash during the swap leaves nothing unknown behind.
-                leftovers.write(self.vips_record, leftovers.entries([self.daemon.plan, prepared.plan]))
+                leftovers.write(self.vips_record,
+                                leftovers.entries([self.daemon.plan, prepared.plan]))
             await apply(self.daemon, prepared, slices)
             if self.vips_record:
                 leftovers.write(self.vips_record, leftovers.entries([self.daemon.plan]))
@@ -228,12 +232,14 @@ class Reloader:
         log.debug("reload: reader started in %.2f ms", self.spawn_seconds * 1000)
         self._proc = proc
         try:
-            data = await asyncio.wait_for(_read_all(loop, proc.stdout.fileno()), self.timeout)
+            # stdout=PIPE: proc.stdout is set.
+            data = await asyncio.wait_for(_read_all(loop, proc.stdout.fileno()),  # type: ignore[union-attr]
+                                          self.timeout)
         except asyncio.TimeoutError:
             proc.kill()
             data = None
         finally:
-            proc.stdout.close()
+            proc.stdout.close()         # type: ignore[union-attr]  # stdout=PIPE: set
             await _reap(loop, proc)
             self._proc = None
         if data is None:
@@ -291,6 +297,8 @@ async def prepare(daemon, o: Outcome, slices: Slices) -> Prepared:
     running spec objects (a copy with the new `where` if they only moved in
     the file); changed ones are unpickled one at a time.  The walk over
     thousands of instances runs in slices too."""
+    # The reader sends a skeleton whenever it found no errors (the only case here).
+    assert o.skeleton is not None
     running = daemon.instances
     p = Prepared(plan=o.skeleton, globals_same=o.globals_same)
     names = o.names.split("\n") if o.names else []
@@ -429,7 +437,8 @@ async def apply(daemon, p: Prepared, slices: Slices) -> None:
     # state it reports).
     await daemon.apply_changes(gone)
     for inst, scripts in zip(p.removed, removed_scripts):
-        reporter.on_removed(inst, scripts)
+        # removed_scripts is empty without a reporter.
+        reporter.on_removed(inst, scripts)     # type: ignore[union-attr]
         await slices()
     # Priority and fault from the new tracking where it differs; new
     # instances start here (or once their weight-0 scripts have reported).

@@ -53,7 +53,8 @@ class Outcome:
     specs: list[bytes] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)    # running names
     globals_same: bool = False            # everything but the instances is unchanged
-    fingerprints: "Fingerprints | bytes | None" = None     # of the new configuration (main: pickled)
+    # Of the new configuration (main: pickled).
+    fingerprints: "Fingerprints | bytes | None" = None
 
 
 @dataclass
@@ -82,7 +83,8 @@ def engine_settings(spec: InstanceSpec) -> tuple:
     (Not the advert's address list: Engine.set_advert_addrs; nor the
     destinations: Engine.set_peers; nor version, timing and election
     settings: Engine.retune, see plan.engine_tunables.)"""
-    return (spec.advert_interface, spec.src_ip, spec.auth_type, spec.auth_pass, spec.v3_checksum_as_v2, spec.priority == 255)
+    return (spec.advert_interface, spec.src_ip, spec.auth_type, spec.auth_pass,
+            spec.v3_checksum_as_v2, spec.priority == 255)
 
 
 def norm(obj):
@@ -203,6 +205,7 @@ def main() -> int:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
         os.sched_setaffinity(0, range(os.cpu_count() or 1))
     memory = 0
+    out: Startup | Outcome | None
     kind = Startup if at_startup else Outcome
     what = "reading the configuration" if at_startup else "reload"
     try:
