@@ -8,7 +8,7 @@
 # fake clock.  See vrrpd/_engine.pxd for the data layout.
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, int64_t, uint64_t
 from libc.stdlib cimport malloc, calloc, realloc, free
-from libc.string cimport memcpy, memcmp, memset
+from libc.string cimport memcpy, memcmp, memmove, memset
 from libc.errno cimport errno, EINTR, EAGAIN, ENOBUFS
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.object cimport PyTypeObject
@@ -1240,12 +1240,17 @@ cdef class Engine:
 
     @cython.boundscheck(False)
     @cython.wraparound(False)
-    def pop_events(self):
-        """-> [Event] since the last call (see EV_*)."""
+    def pop_events(self, int max_events=0):
+        """-> the oldest max_events (0: all) [Event] not yet popped (see EV_*).
+        A takeover of thousands is handed out in slices, so its first
+        instances' side effects need not wait for the last one's dispatch."""
         cdef list out = []
         cdef ev_t* ev
         cdef int i
-        for i in range(self._ev_len):
+        cdef int n = self._ev_len
+        if 0 < max_events < n:
+            n = max_events
+        for i in range(n):
             ev = &self._ev[i]
             if ev.kind == E_STATE:
                 out.append(_event(ev.idx, ev.kind, ev.arg1, ev.arg2))
@@ -1253,7 +1258,9 @@ cdef class Engine:
                 out.append(_event(ev.idx, ev.kind, ev.arg1,
                                   PyBytes_FromStringAndSize(<char*>ev.addr, ev.alen)
                                   if ev.alen else None))
-        self._ev_len = 0
+        if n < self._ev_len:
+            memmove(self._ev, &self._ev[n], (self._ev_len - n) * sizeof(ev_t))
+        self._ev_len -= n
         return out
 
     # --- transmit --------------------------------------------------------

@@ -7,7 +7,7 @@ import select
 from types import SimpleNamespace
 
 from scriptfiles import read_kept_lines
-from vrrpd.engine import BACKUP, MASTER
+from vrrpd.engine import BACKUP, EV_STATE, MASTER, REASON_PRIORITY_ZERO_ADVERT, Event
 from vrrpd.scripts import notify
 from vrrpd.core import pump, transitions
 from vrrpd.net.addresses import Vip
@@ -167,6 +167,7 @@ class FakeEngine:
         self.calls = []
         self.deadline = deadline
         self.per_read = 0                   # packets each on_readable() reads
+        self.events = []                    # what pop_events() hands out
 
     def on_readable(self, sock_id, now):
         self.calls.append(("read", sock_id))
@@ -175,8 +176,13 @@ class FakeEngine:
     def tick(self, now):
         self.calls.append(("tick",))
 
-    def pop_events(self):
-        return []
+    def pop_events(self, max_events=0):
+        n = max_events or len(self.events)
+        out, self.events = self.events[:n], self.events[n:]
+        return out
+
+    def priority(self, idx):
+        return 200
 
     def flush(self):
         pass
@@ -198,6 +204,9 @@ class FakeLoop:
     def remove_reader(self, fd):
         self.readers.pop(fd, None)
 
+    def call_soon(self, cb, *args):
+        return self.call_later(0, cb, *args)
+
     def call_later(self, delay, cb, *args):
         self.timers.append((delay, cb, args))
         return SimpleNamespace(cancel=lambda: self.timers.remove((delay, cb, args)))
@@ -216,6 +225,28 @@ def pump_on(engine) -> Pump:
     p.add_socket(("eth0", 2), 0, SimpleNamespace(fileno=lambda: 10))
     p.add_socket(("eth1", 2), 1, SimpleNamespace(fileno=lambda: 11))
     return p
+
+
+def test_a_takeover_of_thousands_is_dispatched_a_slice_per_loop_turn():
+    """The effects queue gets the first slice before the rest is dispatched,
+    so the first instances' VIPs and notify lines do not wait for the last."""
+    engine = FakeEngine()
+    n = 2 * pump.DISPATCH_SLICE + 3
+    engine.events = [Event(i, EV_STATE, MASTER, REASON_PRIORITY_ZERO_ADVERT) for i in range(n)]
+    d = pump_on(engine)
+    d.by_idx = {i: SimpleNamespace(name=f"VI_{i}", state=BACKUP, priority=100, transitions=0)
+                for i in range(n)}
+    d._follow_group = lambda *transition: None
+    batches: list = []
+    d.queue = batches.append
+    d.pump()
+    assert [len(b) for b in batches] == [pump.DISPATCH_SLICE] and d.dispatching
+    d._loop.fire("_pump_more")
+    assert [len(b) for b in batches] == [pump.DISPATCH_SLICE] * 2 and d.dispatching
+    d._loop.fire("_pump_more")
+    assert [len(b) for b in batches] == [pump.DISPATCH_SLICE] * 2 + [3] and not d.dispatching
+    assert [inst.name for b in batches for inst, *_ in b] == [f"VI_{i}" for i in range(n)]
+    assert all(inst.state == MASTER for inst in d.by_idx.values())
 
 
 def test_receive_switches_to_polling_above_the_rate_and_back_below_a_quarter():
@@ -275,6 +306,8 @@ def test_link_monitor_is_held_while_a_mass_failover_is_applied(aio):
     calls = []
 
     class Recorder(Transitions):
+        dispatching = False             # the Pump part: nothing left to hand out
+
         async def _apply(self, batch):
             calls.append(len(batch))
             await asyncio.sleep(0.01)

@@ -46,6 +46,7 @@ RX_CHECK_S = 1.0
 RX_LATE_US = 5000         # timers this late: read the sockets before running them
 RX_CALL_MAX = 16 * 64     # packets Engine.on_readable reads at most per call
 
+DISPATCH_SLICE = 256      # events handed to the effects queue per turn of the loop
 LOG_EACH = 8      # transitions per batch logged one line each at INFO; more are summarised
 
 
@@ -107,6 +108,7 @@ class Pump:
         self._rx_packets = 0            # since the last pacing check
         self._rx_poll: asyncio.TimerHandle | None = None     # set while polling
         self._rx_check: asyncio.TimerHandle | None = None
+        self._more: asyncio.Handle | None = None     # set while a dispatch goes on in slices
 
     def add_socket(self, key: tuple[str, int], sock_id: int, sock: socket.socket) -> None:
         """A VRRP socket (the engine's sock_id) to read when readable: key is
@@ -158,6 +160,15 @@ class Pump:
                 self._loop.add_reader(sock.fileno(), self._on_readable, sock_id)
             log.debug("receiving %.0f adverts/s: back to socket events", rate)
 
+    @property
+    def dispatching(self) -> bool:
+        """Events are still being handed out in slices (see _pump)."""
+        return self._more is not None
+
+    def _pump_more(self) -> None:
+        self._more = None
+        self._pump()
+
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = -1
@@ -180,9 +191,17 @@ class Pump:
             # dead master.
             self._drain_rx()
         self.engine.tick(t)
-        # Sync-group moves queue more events; drain until quiet.
-        while events := self.engine.pop_events():
+        # Sync-group moves queue more events; drain until quiet.  A takeover
+        # of thousands goes out in slices: after each, the loop turns once so
+        # the effects queue starts on that slice (its VIPs, GARPs and notify
+        # lines) while the next one is dispatched.
+        while events := self.engine.pop_events(DISPATCH_SLICE):
             self._on_events(events)
+            if len(events) == DISPATCH_SLICE:
+                self.engine.flush()
+                if self._more is None:
+                    self._more = self._loop.call_soon(self._pump_more)
+                return
         self.engine.flush()         # what tracking and sync groups queued, in one batch
         next_at = self.engine.next_deadline()
         if self.engine.tx_pending():    # a device queue was full: try again soon

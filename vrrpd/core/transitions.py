@@ -129,6 +129,9 @@ class Transitions:
     _loop: asyncio.AbstractEventLoop
 
     if TYPE_CHECKING:
+        @property
+        def dispatching(self) -> bool: ...      # Pump's: events still handed out in slices
+
         def _apply_verdict(self, inst: Instance, t: int) -> None: ...
 
         def _pump(self) -> None: ...
@@ -169,7 +172,9 @@ class Transitions:
             self._effects_task.cancel()
 
     async def effects_done(self) -> None:
-        """Until every queued batch is applied."""
+        """Until every pending event is dispatched and every queued batch applied."""
+        while self.dispatching:
+            await asyncio.sleep(0)
         await self._effects.join()
 
     async def _run_effects(self) -> None:
