@@ -173,7 +173,7 @@ class FakeEngine:
         self.calls.append(("read", sock_id))
         return self.per_read
 
-    def tick(self, now):
+    def tick(self, now, max_transitions=0):
         self.calls.append(("tick",))
 
     def pop_events(self, max_events=0):
@@ -236,7 +236,7 @@ def test_a_takeover_of_thousands_is_dispatched_a_slice_per_loop_turn():
     d = pump_on(engine)
     d.by_idx = {i: SimpleNamespace(name=f"VI_{i}", state=BACKUP, priority=100, transitions=0)
                 for i in range(n)}
-    d._follow_group = lambda *transition: None
+    d.syncgroups = SimpleNamespace(group_of={})
     batches: list = []
     d.queue = batches.append
     d.pump()

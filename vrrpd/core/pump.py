@@ -27,6 +27,7 @@ from vrrpd.engine import (
 
 if TYPE_CHECKING:
     from vrrpd.core.instance import Instance
+    from vrrpd.core.syncgroups import SyncGroups
     from vrrpd.net.garp import GarpScheduler
     from vrrpd.ops.ratelimit import PerKey
 
@@ -88,6 +89,7 @@ class Pump:
     lower_log: PerKey
     garp: GarpScheduler
     hooks: list[Any]
+    syncgroups: SyncGroups
 
     if TYPE_CHECKING:
         def _follow_group(self, inst: Instance, old: int, new: int, reason: str) -> None: ...
@@ -190,10 +192,11 @@ class Pump:
             # out.  Read them first, so that a stall does not look like a
             # dead master.
             self._drain_rx()
-        self.engine.tick(t)
+        self.engine.tick(t, DISPATCH_SLICE)
         # Sync-group moves queue more events; drain until quiet.  A takeover
-        # of thousands goes out in slices: after each, the loop turns once so
-        # the effects queue starts on that slice (its VIPs, GARPs and notify
+        # of thousands goes out in slices (the engine's tick makes at most a
+        # slice of masters at a time): after each, the loop turns once so the
+        # effects queue starts on that slice (its VIPs, GARPs and notify
         # lines) while the next one is dispatched.
         while events := self.engine.pop_events(DISPATCH_SLICE):
             self._on_events(events)
@@ -219,25 +222,29 @@ class Pump:
 
     def _on_events(self, events) -> None:
         batch, lower = [], []
+        by_idx, priority = self.by_idx, self.engine.priority
+        grouped = self.syncgroups.group_of
+        now = time.time()
         for ev in events:
             idx, kind = ev[0], ev[1]
             if kind == EV_SOCK_REJECT:
                 log.warning("advert from %s on socket %d rejected: %s", _addr(ev[3]), idx,
                             REJECT_NAMES[ev[2]])
                 continue
-            inst = self.by_idx.get(idx)
+            inst = by_idx.get(idx)
             if inst is None:
                 continue
             if kind == EV_STATE:
                 old, new = inst.state, ev[2]
                 reason = REASON_NAMES[ev[3]]
                 inst.state = new
-                inst.priority = self.engine.priority(idx)
+                inst.priority = priority(idx)
                 inst.transitions += 1
-                inst.last_transition = time.time()
+                inst.last_transition = now
                 inst.last_reason = reason
                 batch.append((inst, old, new, reason))
-                self._follow_group(inst, old, new, reason)
+                if inst.name in grouped:
+                    self._follow_group(inst, old, new, reason)
             elif kind == EV_RX_LOWER_PRI:
                 # Every advert is answered by the engine and counted (rx_lower_pri);
                 # the log line goes out at most once per advert interval.

@@ -66,6 +66,24 @@ def _runs(batch):
 
 
 
+def _held(insts: list[Instance]) -> tuple[list, list, list]:
+    """What masters hold besides their VIPs: VIPs under the strict-mode drop,
+    virtual routes, virtual rules."""
+    drop: list = []
+    routes: list = []
+    rules: list = []
+    for i in insts:
+        spec = i.spec
+        if spec.needs_drop:
+            drop += i.vips
+        conf = spec.conf
+        if conf.virtual_routes:
+            routes += conf.virtual_routes
+        if conf.virtual_rules:
+            rules += conf.virtual_rules
+    return drop, routes, rules
+
+
 @dataclass
 class NetChanges:
     """What a reload changes on the network: what masters hold (VIPs, the
@@ -205,19 +223,31 @@ class Transitions:
         """A batch of transitions, in order, as runs of one kind (UP, DOWN,
         CLEAR, OTHER).  A run moves in chunks, pipelined: a chunk's VIPs go
         in (one netlink send) and, as soon as their ACKs are back, its GARPs
-        and notifications follow, so the first instance of a takeover of
-        thousands does not wait for the last one's VIPs."""
+        and notifications follow while the next chunk's VIPs go in, so the
+        first instance of a takeover of thousands does not wait for the
+        last one's VIPs."""
         for kind, run in _runs(batch):
             if kind == OTHER:
                 self._announce_and_report(run)
                 continue
-            for chunk in self._chunks(run):
-                insts = [item[0] for item in chunk]
-                if kind == UP:
-                    await self._become_master(insts)
-                else:
-                    await self._leave_master(insts, kind == CLEAR)
+            chunks = self._chunks(run)
+            chunk = next(chunks, None)
+            vips = self._move_vips(chunk, kind)
+            while chunk is not None:
+                await vips
+                # The next chunk's VIPs go in (the kernel's work, in the
+                # requester's thread) while this one's GARPs and notify lines go out.
+                following = next(chunks, None)
+                if following is not None:
+                    vips = self._move_vips(following, kind)
                 self._announce_and_report(chunk)
+                chunk = following
+
+    def _move_vips(self, chunk, kind: int) -> asyncio.Future:
+        insts = [item[0] for item in chunk]
+        if kind == UP:
+            return asyncio.ensure_future(self._become_master(insts))
+        return asyncio.ensure_future(self._leave_master(insts, kind == CLEAR))
 
     def _chunks(self, run):
         """Consecutive pieces of `run` worth one netlink send each."""
@@ -235,12 +265,10 @@ class Transitions:
 
     async def _become_master(self, insts: list[Instance]) -> None:
         """keepalived's vrrp_state_become_master: the strict-mode drop, VIPs, routes, rules."""
-        drop = [v for i in insts if i.spec.needs_drop for v in i.vips]
+        drop, routes, rules = _held(insts)
         if drop and self.firewall is not None:
             await self.firewall.add_vips(drop)
         failed = await self._vips(insts, True)
-        routes = [r for i in insts for r in i.spec.conf.virtual_routes]
-        rules = [r for i in insts for r in i.spec.conf.virtual_rules]
         if routes or rules:
             await self.routes.add(routes, rules)
         for inst in failed:
@@ -258,13 +286,10 @@ class Transitions:
         """keepalived's vrrp_state_leave_master: rules, routes, VIPs, then the
         drop.  stale: starting as BACKUP/FAULT, clear the VIPs a crashed
         previous run may have left (only the master holds them)."""
-        if not stale:
-            routes = [r for i in insts for r in i.spec.conf.virtual_routes]
-            rules = [r for i in insts for r in i.spec.conf.virtual_rules]
-            if routes or rules:
-                await self.routes.remove(routes, rules)
+        drop, routes, rules = _held(insts)
+        if not stale and (routes or rules):
+            await self.routes.remove(routes, rules)
         await self._vips(insts, False)
-        drop = [v for i in insts if i.spec.needs_drop for v in i.vips]
         if drop and not stale and self.firewall is not None:
             await self.firewall.remove_vips(drop)
 

@@ -17,6 +17,7 @@ log = logging.getLogger("vrrpd.scripts.notify")
 
 # The states notify scripts and fifo lines report (keepalived has no INIT notify).
 STATE_WORDS: dict[int, str] = {s: STATE_NAMES[s] for s in (BACKUP, MASTER, FAULT)}
+WORD_BYTES = {w: w.encode() for w in (*STATE_WORDS.values(), "STOP")}
 NOTIFY_KEYWORDS = ("notify_master", "notify_backup", "notify_fault", "notify_stop",
                    "notify_deleted", "notify", "notify_master_rx_lower_pri")
 NO_SCRIPTS = NotifyScripts()
@@ -88,20 +89,21 @@ class Reporter:
         scripts are started before its fifo line goes out (keepalived's
         order); the chunk's lines are formatted by `effects` (vrrpd._effects)
         and written together."""
-        words = [(inst, "STOP" if reason == "shutdown" else STATE_WORDS.get(new), new, reason)
-                 for inst, _, new, reason in chunk]
-        items = [(inst, word, new, reason) for inst, word, new, reason in words if word is not None]
-        scripts = self.scripts
-        for inst, word, new, reason in items:
+        scripts, notify = self.scripts, self.notifier.notify
+        idxs, words, priorities = [], [], []
+        for inst, _, new, reason in chunk:
+            word = "STOP" if reason == "shutdown" else STATE_WORDS.get(new)
+            if word is None:
+                continue
+            idxs.append(inst.idx)
+            words.append(WORD_BYTES[word])
+            priorities.append(inst.priority)
             s = _scripts_for(scripts.get(inst.name), new, reason)
             smtp = inst.spec.conf.smtp_alert
             if smtp or (s is not None and (s.notify is not None or s.for_state(word) is not None)):
-                self.notifier.notify("INSTANCE", inst.name, word, inst.priority, s,
-                                     smtp_alert=smtp, fifo=False)
-        if self.notifier.fifos and items:
-            blocks = effects.fifo_lines([inst.idx for inst, *_ in items],
-                                        [word.encode() for _, word, *_ in items],
-                                        [inst.priority for inst, *_ in items])
+                notify("INSTANCE", inst.name, word, inst.priority, s, smtp_alert=smtp, fifo=False)
+        if self.notifier.fifos and idxs:
+            blocks = effects.fifo_lines(idxs, words, priorities)
             for f in self.notifier.fifos:
                 f.write_blocks(blocks)
 
