@@ -818,22 +818,16 @@ cdef class Engine:
     # --- timers ----------------------------------------------------------
     @cython.boundscheck(False)
     @cython.wraparound(False)
-    def tick(self, int64_t now, int max_transitions=0):
+    def tick(self, int64_t now):
         """Run every due timer; -> next deadline (us) or -1 if none.
 
         Due adverts go out in one sendmmsg per socket; expired master-down
-        timers make their instance MASTER.  max_transitions (0: no limit)
-        stops after that many of those: the rest stay due (the deadline
-        returned is in the past), so a takeover of thousands reaches Python
-        in slices, each instance's advert soon followed by its side effects.
+        timers make their instance MASTER.
         """
         cdef int idx
         cdef inst_t* p
         cdef int64_t d
-        cdef int transitions = 0
         while self._heap_len and self._heap[0].deadline <= now:
-            if 0 < max_transitions <= transitions:
-                break
             idx = self._heap[0].idx
             p = &self._inst[idx]
             if p.state == S_MASTER:
@@ -853,7 +847,6 @@ cdef class Engine:
                     self._heap_set(idx, now + self._master_down(p))
                 else:
                     self._become_master(idx, p.deadline, now, p.down_reason)
-                    transitions += 1
             else:
                 self._heap_remove(idx)
         self._flush()

@@ -311,6 +311,30 @@ def test_requester_sizes_chunks_to_the_send_budget(monkeypatch):
     assert sock.sends == [20] + [nlbatch.MIN_CHUNK] * 5
 
 
+def test_requester_sends_a_large_built_chunk_in_budget_sized_pieces(monkeypatch):
+    """A takeover's later chunks are several sends' worth: the sender thread
+    makes them one after the other, each within the budget, and every
+    message's ACK is found."""
+    clock = [0.0]
+    sock = FakeRouteSocket(clock, cost=13e-6)
+    monkeypatch.setattr(nl, "open_route_socket", lambda *a, **kw: sock)
+    r = Requester(budget=0.002, clock=lambda: clock[0])
+    r.chunk = 150
+    acked: set[int] = set()
+
+    def build(seq0):
+        return b"".join(nl.NLMSGHDR.pack(16, nl.RTM_NEWADDR, 0, seq0 + k, 0)
+                        for k in range(1000)), 1000
+
+    def on_reply(view):
+        seqs = {h.seq for h in nl.headers(view) if h.type == nl.NLMSG_ERROR}
+        acked.update(seqs)
+        return len(seqs)
+
+    assert asyncio.run(r.request_built(build, on_reply)) == 1000
+    assert sock.sends == [150] * 6 + [100] and len(acked) == 1000
+
+
 def test_requester_send_does_not_hold_the_loop(monkeypatch):
     """rtnetlink takes the RTNL lock inside sendmsg(); while someone else holds it the
     send waits (here: 0.3 s), and the loop must go on running its timers meanwhile."""

@@ -173,7 +173,7 @@ class FakeEngine:
         self.calls.append(("read", sock_id))
         return self.per_read
 
-    def tick(self, now, max_transitions=0):
+    def tick(self, now):
         self.calls.append(("tick",))
 
     def pop_events(self, max_events=0):

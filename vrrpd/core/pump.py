@@ -47,7 +47,7 @@ RX_CHECK_S = 1.0
 RX_LATE_US = 5000         # timers this late: read the sockets before running them
 RX_CALL_MAX = 16 * 64     # packets Engine.on_readable reads at most per call
 
-DISPATCH_SLICE = 256      # events handed to the effects queue per turn of the loop
+DISPATCH_SLICE = 128      # events handed to the effects queue per turn of the loop
 LOG_EACH = 8      # transitions per batch logged one line each at INFO; more are summarised
 
 
@@ -192,12 +192,14 @@ class Pump:
             # out.  Read them first, so that a stall does not look like a
             # dead master.
             self._drain_rx()
-        self.engine.tick(t, DISPATCH_SLICE)
+        self.engine.tick(t)
         # Sync-group moves queue more events; drain until quiet.  A takeover
-        # of thousands goes out in slices (the engine's tick makes at most a
-        # slice of masters at a time): after each, the loop turns once so the
-        # effects queue starts on that slice (its VIPs, GARPs and notify
-        # lines) while the next one is dispatched.
+        # of thousands reaches Python in slices: after each, the loop turns
+        # once so the effects queue starts on that slice (its VIPs, GARPs and
+        # notify lines) while the next one is dispatched.  The engine's own
+        # work (states, timers, the new masters' adverts) is not sliced: a
+        # new master's advert must not wait for others' side effects, or a
+        # third router's timers run out too.
         while events := self.engine.pop_events(DISPATCH_SLICE):
             self._on_events(events)
             if len(events) == DISPATCH_SLICE:

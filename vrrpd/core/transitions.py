@@ -39,7 +39,8 @@ log = logging.getLogger("vrrpd")
 
 NO_ANNOUNCES = ((), ())      # Instance.announces when none are cached
 
-CHUNK_MAX = 512           # instances per chunk of a takeover (besides the netlink budget)
+CHUNK_MAX = 512           # instances per netlink send of a takeover (besides its budget)
+CHUNK_GROWTH = 8          # netlink sends in a takeover's largest chunk
 VIP_RETRY_S = 5.0         # an instance FAULTed by a VIP it could not add tries again after this
 UP, DOWN, CLEAR, OTHER = range(4)       # what a transition does to the instance's VIPs
 HOLD_MONITOR = 64         # transitions waiting for their effects: a mass failover (_run_effects)
@@ -250,16 +251,20 @@ class Transitions:
         return asyncio.ensure_future(self._leave_master(insts, kind == CLEAR))
 
     def _chunks(self, run):
-        """Consecutive pieces of `run` worth one netlink send each."""
-        budget = self.addresses.requester.chunk
+        """Consecutive pieces of `run`: the first worth one netlink send, each
+        next one twice the last up to CHUNK_GROWTH sends (the sender thread
+        makes them one after the other), so the first instances move at once
+        and the rest in few round trips between the loop and that thread."""
+        sends = 1
         start, msgs = 0, 0
         for i, (inst, *_) in enumerate(run):
             if not self._is_prebuilt(inst):
                 self._prebuild(inst)
             msgs += self.effects.nmsgs(inst.idx)
-            if msgs >= budget or i + 1 - start >= CHUNK_MAX:
+            if msgs >= sends * self.addresses.requester.chunk or i + 1 - start >= sends * CHUNK_MAX:
                 yield run[start:i + 1]
                 start, msgs = i + 1, 0
+                sends = min(2 * sends, CHUNK_GROWTH)
         if start < len(run):
             yield run[start:]
 

@@ -29,6 +29,7 @@ from vrrpd.net import netlink as nl
 log = logging.getLogger("vrrpd.net.nlbatch")
 
 IFINFOMSG = struct.Struct("=BxHiII")        # family, type, index, flags, change
+NLMSG_LEN = struct.Struct("=I")             # a message's length, first in its header
 
 # How long one sendmsg() may hold a CPU: long enough that a takeover's VIPs go out in
 # few sends, short enough that no one send holds a CPU the loop may need for long
@@ -141,7 +142,8 @@ class Requester:
         `count` arrived or ack_timeout passed.  -> ACKs seen.  OSError: the
         kernel refused the whole send."""
         loop = asyncio.get_running_loop()
-        seconds = await loop.run_in_executor(self._sender, self._send, data)
+        seconds = await loop.run_in_executor(self._sender, self._send, data,
+                                             self._piece_ends(data, count))
         self._size_next_chunk(count, seconds)
         deadline = loop.time() + self.ack_timeout
         got = 0
@@ -161,12 +163,28 @@ class Requester:
             got += on_reply(memoryview(self._buf)[:n])
         return got
 
-    def _send(self, data: bytearray) -> float:
-        """In the sender thread, which holds the GIL only to start and end: the
-        kernel's whole work on the chunk; its duration.  (Parsing the ACKs there
-        too is worse: a thread holding the GIL stalls the loop behind it.)"""
+    def _piece_ends(self, data, count: int) -> list[int]:
+        """Where each send() of `data` ends: pieces of at most self.chunk messages."""
+        if count <= self.chunk:
+            return [len(data)]
+        ends, off, n = [], 0, 0
+        while off < len(data):
+            off += (NLMSG_LEN.unpack_from(data, off)[0] + 3) & ~3
+            n += 1
+            if n % self.chunk == 0 or off >= len(data):
+                ends.append(off)
+        return ends
+
+    def _send(self, data, ends: list[int]) -> float:
+        """In the sender thread, which holds the GIL only between sends: the
+        kernel's whole work on the chunk, one send() per piece; its duration.
+        (Parsing the ACKs there too is worse: a thread holding the GIL stalls
+        the loop behind it.)"""
         t0 = self._clock()
-        self._opened.send(data)
+        view, start = memoryview(data), 0
+        for end in ends:
+            self._opened.send(view[start:end])
+            start = end
         return self._clock() - t0
 
     def _size_next_chunk(self, sent: int, seconds: float) -> None:
