@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 
+from vrrpd.core.leftovers import state_path
 from vrrpd.lab.net import Netns, wait_for
 
 VENV_BIN = os.path.dirname(sys.executable)
@@ -235,10 +236,13 @@ class DaemonProc:
     def stop(self) -> None:
         self.kill()
         self.fifo.close()
-        try:
-            os.unlink(self.ctl_path)    # left behind by a kill -9
-        except FileNotFoundError:
-            pass
+        # Left behind by a kill -9: the control socket and vrrpd's record of
+        # the VIPs it held (vrrpd.core.leftovers), whose namespace is gone.
+        for path in filter(None, (self.ctl_path, state_path(self.ctl_path))):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
 
 
 def vips_on(ns: Netns, dev: str = "eth0") -> set[str]:
