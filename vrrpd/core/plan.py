@@ -3,9 +3,11 @@ need per instance, in the engine's units (centiseconds, packed addresses)."""
 from __future__ import annotations
 
 import socket
+from array import array
 from dataclasses import dataclass, field
 
 from vrrpd.config.model import Config, VirtualAddress, VrrpInstance
+from vrrpd.config.problems import Where
 from vrrpd.net.firewall import needs_drop
 from vrrpd.net.vmac import VmacSpec, advert_interface, vip_interface
 
@@ -27,7 +29,6 @@ class VipSpec:
 class InstanceSpec:
     name: str
     conf: VrrpInstance
-    where: str
     interface: str | None         # as configured: the base interface with use_vmac
     advert_interface: str | None  # where adverts leave and arrive (the vmac unless vmac_xmit_base)
     vmac: VmacSpec | None
@@ -50,25 +51,54 @@ class InstanceSpec:
     needs_drop: bool              # not owner, no accept mode: drop VIP traffic while master
 
 
+@dataclass(frozen=True, slots=True)
+class Positions:
+    """(file, line) of each instance's block, in Plan.instances' order: two
+    arrays, not a tuple and an int per instance, as the daemon reads them
+    only for messages.  Indexed by position in Plan.instances."""
+    files: tuple[str, ...] = ()
+    file_index: array = field(default_factory=lambda: array("H"))
+    lines: array = field(default_factory=lambda: array("I"))
+
+    @classmethod
+    def of(cls, wheres) -> Positions:
+        files: dict[str, int] = {}
+        index, lines = array("H"), array("I")
+        for file, line in wheres:
+            index.append(files.setdefault(file, len(files)))
+            lines.append(line)
+        return cls(tuple(files), index, lines)
+
+    def __getitem__(self, i: int) -> Where:
+        return self.files[self.file_index[i]], self.lines[i]
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+
 @dataclass
 class Plan:
     config: Config
     instances: list[InstanceSpec] = field(default_factory=list)
+    positions: Positions = field(default_factory=Positions)
     mcast_group4: str = "224.0.0.18"
     mcast_group6: str = "ff02::12"
     startup_delay: float = 0.0
     static_vips: list[VipSpec] = field(default_factory=list)     # global static_ipaddress
+
+    def where(self, name: str) -> str:
+        """"file:line" of the named instance's block ("?" if not known here)."""
+        for i, spec in enumerate(self.instances):
+            if spec.name == name and i < len(self.positions):
+                file, line = self.positions[i]
+                return f"{file}:{line}"
+        return "?"
 
 
 def _vip(v: VirtualAddress, dev: str | None) -> VipSpec:
     brd = v.brd if v.brd is None or isinstance(v.brd, str) else str(v.brd)
     return VipSpec(str(v.address), dev, v.label, SCOPES.get(v.scope, 0),
                    None if brd in ("-", None) else brd)
-
-
-def where_text(where: tuple[str, int]) -> str:
-    """InstanceSpec.where: "file:line" of a config block's (file, line)."""
-    return f"{where[0]}:{where[1]}"
 
 
 def instance_spec(inst: VrrpInstance, config: Config,
@@ -86,7 +116,7 @@ def instance_spec(inst: VrrpInstance, config: Config,
     if vmac_name:
         vmacs.add(vmac_name)
     return InstanceSpec(
-        name=inst.name, conf=inst, where=where_text(inst.where),
+        name=inst.name, conf=inst,
         interface=inst.interface, advert_interface=advert_interface(inst, vmac_name), vmac=vmac,
         family=family, vrid=inst.virtual_router_id,
         version=inst.version, priority=inst.priority, advert_int_cs=inst.advert_int_cs,
@@ -112,6 +142,7 @@ def build_plan(config: Config) -> Plan:
     vmacs: set[str] = set()
     return Plan(config=config,
                 instances=[instance_spec(i, config, vmacs) for i in config.instances.values()],
+                positions=Positions.of(i.where for i in config.instances.values()),
                 mcast_group4=str(g.vrrp_mcast_group4), mcast_group6=str(g.vrrp_mcast_group6),
                 startup_delay=g.vrrp_startup_delay,
                 static_vips=[_vip(v, v.dev) for v in config.static_ipaddress])

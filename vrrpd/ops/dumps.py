@@ -81,7 +81,7 @@ def show(daemon, name: str) -> dict:
     if inst is None:
         raise KeyError(f"no instance {name!r}")
     view = instance_view(daemon, inst, now_us())
-    view["defined_at"] = inst.spec.where
+    view["defined_at"] = daemon.plan.where(name)
     view["tracking"] = tracking_view(daemon, name)
     view["counters"] = counters(daemon.engine, inst.idx)
     return view
