@@ -2,11 +2,12 @@
 need per instance, in the engine's units (centiseconds, packed addresses)."""
 from __future__ import annotations
 
+import dataclasses
 import socket
 from array import array
 from dataclasses import dataclass, field
 
-from vrrpd.config.model import Config, VirtualAddress, VrrpInstance
+from vrrpd.config.model import NOWHERE, Config, VirtualAddress, VrrpInstance
 from vrrpd.config.problems import Where
 from vrrpd.net.firewall import needs_drop
 from vrrpd.net.vmac import VmacSpec, advert_interface, vip_interface
@@ -23,11 +24,14 @@ class VipSpec:
     label: str | None
     scope: int
     broadcast: str | None
+    no_track: bool = False    # a deletion from outside does not make the instance BACKUP
 
 
 @dataclass(frozen=True, slots=True)
 class InstanceSpec:
     name: str
+    # Its vrrp_instance block; in the daemon without what the spec and
+    # Plan.positions hold (see lean_plan).
     conf: VrrpInstance
     interface: str | None         # as configured: the base interface with use_vmac
     advert_interface: str | None  # where adverts leave and arrive (the vmac unless vmac_xmit_base)
@@ -98,7 +102,7 @@ class Plan:
 def _vip(v: VirtualAddress, dev: str | None) -> VipSpec:
     brd = v.brd if v.brd is None or isinstance(v.brd, str) else str(v.brd)
     return VipSpec(str(v.address), dev, v.label, SCOPES.get(v.scope, 0),
-                   None if brd in ("-", None) else brd)
+                   None if brd in ("-", None) else brd, v.no_track)
 
 
 def instance_spec(inst: VrrpInstance, config: Config,
@@ -146,6 +150,31 @@ def build_plan(config: Config) -> Plan:
                 mcast_group4=str(g.vrrp_mcast_group4), mcast_group6=str(g.vrrp_mcast_group6),
                 startup_delay=g.vrrp_startup_delay,
                 static_vips=[_vip(v, v.dev) for v in config.static_ipaddress])
+
+
+def lean_conf(inst: VrrpInstance) -> VrrpInstance:
+    """What the daemon keeps of an instance's block: not its name, VRID,
+    addresses and position (its InstanceSpec and Plan.positions have them),
+    so that instances configured alike can share one object.  Not for
+    Config.instance_key or the reload's fingerprints: they are made from
+    the whole block."""
+    return dataclasses.replace(inst, name="", virtual_router_id=0, virtual_ipaddress=(),
+                               virtual_ipaddress_excluded=(), where=NOWHERE)
+
+
+def lean_spec(spec: InstanceSpec, shared: dict[VrrpInstance, VrrpInstance]) -> InstanceSpec:
+    """The spec with its lean_conf(), one object for equal ones (`shared`:
+    those known so far, updated)."""
+    conf = lean_conf(spec.conf)
+    return dataclasses.replace(spec, conf=shared.setdefault(conf, conf))
+
+
+def lean_plan(plan: Plan) -> Plan:
+    """The plan as the daemon keeps it: lean_spec()s, config.instances the same confs."""
+    shared: dict[VrrpInstance, VrrpInstance] = {}
+    specs = [lean_spec(s, shared) for s in plan.instances]
+    config = dataclasses.replace(plan.config, instances={s.name: s.conf for s in specs})
+    return dataclasses.replace(plan, config=config, instances=specs)
 
 
 def engine_tunables(spec: InstanceSpec) -> dict:

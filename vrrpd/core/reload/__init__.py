@@ -52,7 +52,7 @@ from typing import Any
 from vrrpd.core import leftovers
 from vrrpd.core.reload import child as reloadchild
 from vrrpd.ops import sdnotify
-from vrrpd.core.plan import InstanceSpec, Plan
+from vrrpd.core.plan import InstanceSpec, Plan, lean_spec
 from vrrpd.core.reload.child import ADDED, CHANGED, REPLACED, Outcome
 from vrrpd.scripts.reporting import Reporter
 from vrrpd.core.pump import now_us
@@ -302,8 +302,13 @@ async def prepare(daemon, o: Outcome, slices: Slices) -> Prepared:
     p = Prepared(plan=o.skeleton, globals_same=o.globals_same)
     names = o.names.split("\n") if o.names else []
     ordered: list = [None] * len(names)
+    # A changed instance configured like running ones shares their conf.
+    shared = {}
+    if o.changes:
+        distinct = {id(s.conf): s.conf for s in daemon.plan.instances}
+        shared = {c: c for c in distinct.values()}
     for (pos, kind, name), blob in zip(o.changes, o.specs):
-        spec = ordered[pos] = pickle.loads(blob)
+        spec = ordered[pos] = lean_spec(pickle.loads(blob), shared)
         if kind == CHANGED:
             p.kept.append((running[name], spec))
         elif kind == REPLACED:

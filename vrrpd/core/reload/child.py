@@ -31,7 +31,7 @@ import traceback
 from dataclasses import dataclass, field
 
 from vrrpd.config import Config, load
-from vrrpd.core.plan import InstanceSpec, Plan, Positions, build_plan
+from vrrpd.core.plan import InstanceSpec, Plan, Positions, build_plan, lean_plan, lean_spec
 
 CHANGED, REPLACED, ADDED = "changed", "replaced", "added"
 
@@ -131,7 +131,7 @@ def compute(path: str, config_id: str | None, running: Fingerprints) -> Outcome:
         else:
             kind = CHANGED
         out.changes.append((pos, kind, name))
-        out.specs.append(pickle.dumps(spec, protocol=pickle.HIGHEST_PROTOCOL))
+        out.specs.append(pickle.dumps(lean_spec(spec, {}), protocol=pickle.HIGHEST_PROTOCOL))
     out.names = "\n".join(s.name for s in plan.instances)
     out.positions = plan.positions
     out.removed = list(old.values())
@@ -140,8 +140,8 @@ def compute(path: str, config_id: str | None, running: Fingerprints) -> Outcome:
 
 @dataclass
 class Startup:
-    """The daemon's start-up configuration (`--plan`): the whole plan and its
-    fingerprints, one pickle, so that the daemon's heap never holds the
+    """The daemon's start-up configuration (`--plan`): the plan (lean_plan)
+    and its fingerprints, one pickle, so that the daemon's heap never holds the
     configuration's text, tokens and parse tree.  Freed among the long-lived
     objects they left holes that stayed resident for the daemon's life."""
     errors: list[str] = field(default_factory=list)
@@ -184,8 +184,9 @@ def startup(path: str, config_id: str | None) -> Startup:
     out = Startup(errors=[str(e) for e in result.errors],
                   warnings=[str(w) for w in result.warnings])
     if not result.errors:
-        out.plan = build_plan(result.config)
-        out.fingerprints = fingerprints(out.plan, out.plan.instances)
+        plan = build_plan(result.config)
+        out.fingerprints = fingerprints(plan, plan.instances)
+        out.plan = lean_plan(plan)
     return out
 
 
