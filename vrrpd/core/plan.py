@@ -36,23 +36,56 @@ class InstanceSpec:
     interface: str | None         # as configured: the base interface with use_vmac
     advert_interface: str | None  # where adverts leave and arrive (the vmac unless vmac_xmit_base)
     vmac: VmacSpec | None
-    family: int
     vrid: int
-    version: int
-    priority: int
-    advert_int_cs: int
-    preempt: bool
-    preempt_delay_cs: int
     src_ip: str | None
     # Tuples: one per instance of each, kept for the daemon's life (the empty
     # tuple is shared by every instance without unicast peers).
     unicast_peers: tuple[str, ...]
     vips: tuple[VipSpec, ...]     # every address to add as MASTER (incl. _excluded)
     advert_addrs: tuple[str, ...]     # the addresses listed in adverts
-    auth_type: int
-    auth_pass: bytes
     v3_checksum_as_v2: bool
-    needs_drop: bool              # not owner, no accept mode: drop VIP traffic while master
+
+    # What comes from the block as it is: read from the conf (shared among
+    # instances configured alike), not kept per instance.
+    @property
+    def family(self) -> int:
+        return socket.AF_INET6 if self.conf.family == 6 else socket.AF_INET
+
+    @property
+    def version(self) -> int:
+        return self.conf.version
+
+    @property
+    def priority(self) -> int:
+        return self.conf.priority
+
+    @property
+    def advert_int_cs(self) -> int:
+        return self.conf.advert_int_cs
+
+    @property
+    def preempt(self) -> bool:
+        return not self.conf.nopreempt
+
+    @property
+    def preempt_delay_cs(self) -> int:
+        return int(round(self.conf.preempt_delay * 100))
+
+    @property
+    def auth_type(self) -> int:
+        """1: simple password; 0: none (AH is rejected by validation)."""
+        auth = self.conf.authentication
+        return 1 if auth is not None and auth.auth_type == "PASS" else 0
+
+    @property
+    def auth_pass(self) -> bytes:
+        auth = self.conf.authentication
+        return auth.auth_pass.encode()[:8] if auth is not None and self.auth_type else b""
+
+    @property
+    def needs_drop(self) -> bool:
+        """Not owner, no accept mode: drop VIP traffic while master."""
+        return needs_drop(self.conf)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,10 +142,6 @@ def instance_spec(inst: VrrpInstance, config: Config,
                   vmacs: set[str] | None = None) -> InstanceSpec:
     """vmacs: names of the vmacs of the instances before this one (updated)."""
     g = config.global_defs
-    family = socket.AF_INET6 if inst.family == 6 else socket.AF_INET
-    auth = inst.authentication
-    # Only simple-password auth reaches the engine; AH is rejected by validation.
-    auth_type = 1 if auth is not None and auth.auth_type == "PASS" else 0
     src = inst.source_address
     vmacs = set() if vmacs is None else vmacs
     vmac = VmacSpec.for_instance(inst, g, vmacs)
@@ -122,10 +151,7 @@ def instance_spec(inst: VrrpInstance, config: Config,
     return InstanceSpec(
         name=inst.name, conf=inst,
         interface=inst.interface, advert_interface=advert_interface(inst, vmac_name), vmac=vmac,
-        family=family, vrid=inst.virtual_router_id,
-        version=inst.version, priority=inst.priority, advert_int_cs=inst.advert_int_cs,
-        preempt=not inst.nopreempt, preempt_delay_cs=int(round(inst.preempt_delay * 100)),
-        src_ip=str(src) if src is not None else None,
+        vrid=inst.virtual_router_id, src_ip=str(src) if src is not None else None,
         unicast_peers=tuple(str(p.address) for p in inst.unicast_peer),
         vips=tuple([_vip(v, vip_interface(inst, v, False, vmac_name))
                     for v in inst.virtual_ipaddress] +
@@ -135,10 +161,7 @@ def instance_spec(inst: VrrpInstance, config: Config,
         # (and of the other family); an advert lists at most 255.
         advert_addrs=tuple([str(v.address.ip) for v in inst.virtual_ipaddress
                             if v.family == inst.family][:255]),
-        auth_type=auth_type,
-        auth_pass=(auth.auth_pass.encode()[:8] if auth is not None and auth_type else b""),
-        v3_checksum_as_v2=inst.v3_checksum_as_v2 or g.v3_checksum_as_v2,
-        needs_drop=needs_drop(inst))
+        v3_checksum_as_v2=inst.v3_checksum_as_v2 or g.v3_checksum_as_v2)
 
 
 def build_plan(config: Config) -> Plan:
