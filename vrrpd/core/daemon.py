@@ -137,7 +137,8 @@ class Daemon(Pump, Transitions):
         for v in self.plan.static_vips:
             index = self.links.ifindex(v.dev) if v.dev else None
             if index is None:
-                log.error("static_ipaddress %s: interface %s does not exist", v.address, v.dev)
+                log.error("static_ipaddress %s: interface %s does not exist", v.with_prefixlen,
+                          v.dev)
                 continue
             vips.append(self._vip(v, index))
         if vips:
@@ -150,7 +151,9 @@ class Daemon(Pump, Transitions):
 
     @staticmethod
     def _vip(v, ifindex: int) -> Vip:
-        return Vip.parse(v.address, ifindex, label=v.label, scope=v.scope, broadcast=v.broadcast)
+        """A VipSpec on an interface (its address text is the spec's: one object)."""
+        return Vip(v.address, v.prefixlen, ifindex, label=v.label, scope=v.scope,
+                   broadcast=v.broadcast)
 
     def vips_of(self, spec) -> list[Vip]:
         """The instance's VIPs, each on its interface (a vmac's if it has one)."""

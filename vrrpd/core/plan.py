@@ -19,12 +19,18 @@ SCOPES = {None: 0, "global": 0, "universe": 0, "site": 200, "link": 253, "host":
 
 @dataclass(frozen=True, slots=True)
 class VipSpec:
-    address: str          # "192.0.2.1/32"
+    address: str          # "192.0.2.1", normalised (the same object as in advert_addrs)
+    prefixlen: int
     dev: str | None       # the interface it goes on (a vmac's, see vmac.vip_interface)
     label: str | None
     scope: int
     broadcast: str | None
     no_track: bool = False    # a deletion from outside does not make the instance BACKUP
+
+    @property
+    def with_prefixlen(self) -> str:
+        """"192.0.2.1/32" (as ipaddress names it)."""
+        return f"{self.address}/{self.prefixlen}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +140,8 @@ class Plan:
 
 def _vip(v: VirtualAddress, dev: str | None) -> VipSpec:
     brd = v.brd if v.brd is None or isinstance(v.brd, str) else str(v.brd)
-    return VipSpec(str(v.address), dev, v.label, SCOPES.get(v.scope, 0),
+    return VipSpec(str(v.address.ip), v.address.network.prefixlen, dev, v.label,
+                   SCOPES.get(v.scope, 0),
                    None if brd in ("-", None) else brd, v.no_track)
 
 
@@ -148,18 +155,20 @@ def instance_spec(inst: VrrpInstance, config: Config,
     vmac_name = vmac.name if vmac else None
     if vmac_name:
         vmacs.add(vmac_name)
+    vips = tuple([_vip(v, vip_interface(inst, v, False, vmac_name))
+                  for v in inst.virtual_ipaddress] +
+                 [_vip(v, vip_interface(inst, v, True, vmac_name))
+                  for v in inst.virtual_ipaddress_excluded])
     return InstanceSpec(
         name=inst.name, conf=inst,
         interface=inst.interface, advert_interface=advert_interface(inst, vmac_name), vmac=vmac,
         vrid=inst.virtual_router_id, src_ip=str(src) if src is not None else None,
         unicast_peers=tuple(str(p.address) for p in inst.unicast_peer),
-        vips=tuple([_vip(v, vip_interface(inst, v, False, vmac_name))
-                    for v in inst.virtual_ipaddress] +
-                   [_vip(v, vip_interface(inst, v, True, vmac_name))
-                    for v in inst.virtual_ipaddress_excluded]),
+        vips=vips,
         # virtual_ipaddress_excluded exists to keep addresses out of the advert
-        # (and of the other family); an advert lists at most 255.
-        advert_addrs=tuple([str(v.address.ip) for v in inst.virtual_ipaddress
+        # (and of the other family); an advert lists at most 255.  The
+        # VipSpecs' own strings: one object per address in the daemon.
+        advert_addrs=tuple([s.address for s, v in zip(vips, inst.virtual_ipaddress)
                             if v.family == inst.family][:255]),
         v3_checksum_as_v2=inst.v3_checksum_as_v2 or g.v3_checksum_as_v2)
 
