@@ -59,7 +59,7 @@ def test_daemon_receives_its_configuration_read_by_a_child(tmp_path, monkeypatch
     from vrrpd.core.reload import child as reloadchild
     from vrrpd.config import lexer, load
     from vrrpd.lab.conf import LabSpec, host_config
-    from vrrpd.core.plan import build_plan
+    from vrrpd.core.plan import build_plan, lean_plan
 
     conf = tmp_path / "k.conf"
     conf.write_text(host_config(LabSpec(instances=300, version=3, advert_int=0.1), 1))
@@ -70,7 +70,7 @@ def test_daemon_receives_its_configuration_read_by_a_child(tmp_path, monkeypatch
     monkeypatch.setattr(lexer, "read", no_parsing_here)
     got = daemon.read_config(str(conf), "x")
     assert not got.errors
-    assert got.plan == expected
+    assert got.plan == lean_plan(expected)
     # Kept pickled: the daemon only hands them back to the reload's reader.
     assert isinstance(got.fingerprints, bytes)
     assert pickle.loads(got.fingerprints) == reloadchild.fingerprints(expected, expected.instances)
@@ -120,6 +120,23 @@ def test_words_repeated_in_every_instance_reach_the_daemon_once(tmp_path):
     plan = daemon.read_config(str(conf), "x").plan
     assert len({id(s.interface) for s in plan.instances}) == spec.nics
     assert len({id(s.conf.state) for s in plan.instances}) == 1
+
+
+def test_instances_configured_alike_share_one_conf_in_the_daemon(tmp_path):
+    # The daemon keeps an instance's block without its name, VRID, addresses
+    # and position (the spec and the plan's positions have them): 10,000
+    # instances that differ only there are one VrrpInstance per interface.
+    from vrrpd.core import service as daemon
+    from vrrpd.lab.conf import LabSpec, host_config
+
+    spec = LabSpec(instances=600, version=3, advert_int=0.1)
+    conf = tmp_path / "k.conf"
+    conf.write_text(host_config(spec, 1))
+    plan = daemon.read_config(str(conf), "x").plan
+    assert len({id(s.conf) for s in plan.instances}) == spec.nics
+    assert all(plan.config.instances[s.name] is s.conf for s in plan.instances)
+    line = conf.read_text().splitlines().index("vrrp_instance VI_599 {") + 1
+    assert plan.where("VI_599") == f"{conf}:{line}"
 
 
 def test_numbers_repeated_in_every_instance_are_one_object_in_the_daemon(tmp_path):

@@ -121,6 +121,7 @@ def test_reader_reports_where_unchanged_instances_moved(tmp_path):
     assert out.errors == [] and out.changes == [] and out.globals_same
     new = tmp_path / "new.conf"
     assert out.names.split("\n") == ["A", "B"]
-    assert out.wheres == [(str(new), _line_of(new, "vrrp_instance A {")),
-                          (str(new), _line_of(new, "vrrp_instance B {"))]
-    assert out.wheres[1][1] == _line_of(tmp_path / "old.conf", "vrrp_instance B {") + 4
+    wheres = [out.positions[i] for i in range(len(out.positions))]
+    assert wheres == [(str(new), _line_of(new, "vrrp_instance A {")),
+                      (str(new), _line_of(new, "vrrp_instance B {"))]
+    assert wheres[1][1] == _line_of(tmp_path / "old.conf", "vrrp_instance B {") + 4

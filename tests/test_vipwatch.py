@@ -13,11 +13,8 @@ class FakeDaemon:
 
     def __init__(self):
         self.vip = SimpleNamespace(ifindex=2, address="192.0.2.10")
-        conf = SimpleNamespace(virtual_ipaddress=[SimpleNamespace(address="192.0.2.10/32",
-                                                                  no_track=False)],
-                               virtual_ipaddress_excluded=[])
-        self.inst = SimpleNamespace(name="VI_1", idx=0, vips=[self.vip],
-                                    spec=SimpleNamespace(conf=conf))
+        spec = SimpleNamespace(vips=[SimpleNamespace(address="192.0.2.10/32", no_track=False)])
+        self.inst = SimpleNamespace(name="VI_1", idx=0, vips=[self.vip], spec=spec)
         self.instances = {"VI_1": self.inst}
         self.plan = object()
         self.stopping, self.electing = False, True

@@ -137,7 +137,8 @@ class Daemon(Pump, Transitions):
         for v in self.plan.static_vips:
             index = self.links.ifindex(v.dev) if v.dev else None
             if index is None:
-                log.error("static_ipaddress %s: interface %s does not exist", v.address, v.dev)
+                log.error("static_ipaddress %s: interface %s does not exist", v.with_prefixlen,
+                          v.dev)
                 continue
             vips.append(self._vip(v, index))
         if vips:
@@ -150,7 +151,9 @@ class Daemon(Pump, Transitions):
 
     @staticmethod
     def _vip(v, ifindex: int) -> Vip:
-        return Vip.parse(v.address, ifindex, label=v.label, scope=v.scope, broadcast=v.broadcast)
+        """A VipSpec on an interface (its address text is the spec's: one object)."""
+        return Vip(v.address, v.prefixlen, ifindex, label=v.label, scope=v.scope,
+                   broadcast=v.broadcast)
 
     def vips_of(self, spec) -> list[Vip]:
         """The instance's VIPs, each on its interface (a vmac's if it has one)."""
@@ -188,7 +191,7 @@ class Daemon(Pump, Transitions):
         (apply_verdicts)."""
         base = self.links.by_name(spec.interface)
         if base is None:
-            raise RuntimeError(f"{spec.where}: instance {spec.name}: "
+            raise RuntimeError(f"{self.plan.where(spec.name)}: instance {spec.name}: "
                                f"interface {spec.interface} does not exist")
         vmac = self.vmacs.vmacs.get(spec.vmac.name) if spec.vmac else None
         link = self.links.by_name(spec.advert_interface) if vmac else None
@@ -216,8 +219,7 @@ class Daemon(Pump, Transitions):
         group = self.plan.mcast_group4 if spec.family == socket.AF_INET else self.plan.mcast_group6
         return [socket.inet_pton(spec.family, d) for d in spec.unicast_peers or [group]]
 
-    @staticmethod
-    def _source(spec, base: Link, vmac) -> str:
+    def _source(self, spec, base: Link, vmac) -> str:
         """IPv4: the base interface's primary address (a vmac has none of its own
         until it is master); IPv6: the link-local address (RFC 5798 5.1.2.1), the
         vmac's when sending from one."""
@@ -229,8 +231,8 @@ class Daemon(Pump, Transitions):
                    else base.ipv6_link_local())
             what = "IPv6 link-local address (an IPv6 instance sends its adverts from one)"
         if src is None:
-            raise RuntimeError(f"{spec.where}: instance {spec.name}: no usable {what} on "
-                               f"{spec.interface}")
+            raise RuntimeError(f"{self.plan.where(spec.name)}: instance {spec.name}: "
+                               f"no usable {what} on {spec.interface}")
         return src
 
     # -- tracking and sync groups ----------------------------------------------------
@@ -339,11 +341,10 @@ class Daemon(Pump, Transitions):
         return Trackers(config, self.runner, self._on_verdict, build=False)
 
     def swap_plan(self, plan, trackers: Trackers, syncgroups: SyncGroups,
-                  kept: Iterable[tuple[Instance, InstanceSpec]] = (),
-                  moved: Iterable[tuple[Instance, InstanceSpec]] = ()) -> None:
+                  kept: Iterable[tuple[Instance, InstanceSpec]] = ()) -> None:
         """One step of a reload: the new plan, tracking and sync groups.
         kept: (Instance, new spec) that stay with new settings (and maybe a
-        new name); moved: (Instance, spec) whose only change is `where`."""
+        new name)."""
         for inst, spec in kept:
             if self.instances.get(inst.name) is inst:
                 del self.instances[inst.name]
@@ -352,8 +353,6 @@ class Daemon(Pump, Transitions):
             inst.name, inst.spec = spec.name, spec
         for inst, _ in kept:
             self.instances[inst.name] = inst
-        for inst, spec in moved:      # only `where` differs: nothing else to tell anyone
-            inst.spec = spec
         self.plan = plan
         self.trackers, self.syncgroups = trackers, syncgroups
 

@@ -34,10 +34,10 @@ def entries(plans) -> set[Entry]:
     for plan in plans:
         for spec in plan.instances:
             for v in spec.vips:
-                out.add((v.dev or spec.interface, v.address))
+                out.add((v.dev or spec.interface, v.with_prefixlen))
         for v in plan.static_vips:
             if v.dev:
-                out.add((v.dev, v.address))
+                out.add((v.dev, v.with_prefixlen))
     return out
 
 

@@ -189,13 +189,17 @@ async def _serve(plan, args, running, stop: asyncio.Event) -> int:
     daemon = Daemon(plan, advert_tx=args.advert_tx)
     daemon.hooks.append(Reporter(plan.config, daemon.runner))
     record = leftovers.state_path(args.control_socket)
-    previous, wanted = leftovers.read(record), leftovers.entries([plan])
-    leftovers.write(record, previous | wanted)      # known before anything is added
+    previous = leftovers.read(record)
+    # Known before anything is added.  Made again afterwards rather than held
+    # through start-up: one entry per VIP, while start-up's own temporaries
+    # are at their peak.
+    leftovers.write(record, previous | leftovers.entries([plan]))
     try:
         await daemon.start()
     except (RuntimeError, OSError) as e:
         log.error("start-up failed: %s", e)
         return 1
+    wanted = leftovers.entries([plan])
     await _remove_leftovers(daemon, previous - wanted)
     leftovers.write(record, wanted)
     del previous, wanted        # one entry per VIP: not kept for the daemon's life

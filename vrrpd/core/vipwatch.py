@@ -43,10 +43,7 @@ class VipWatch:
             self._plan = d.plan
             self._owner = {}
             for inst in d.instances.values():
-                conf = inst.spec.conf
-                untracked = {str(ipaddress.ip_interface(v.address).ip)
-                             for v in (*conf.virtual_ipaddress, *conf.virtual_ipaddress_excluded)
-                             if v.no_track}
+                untracked = {v.address for v in inst.spec.vips if v.no_track}
                 for vip in inst.vips:
                     if vip.address not in untracked:
                         self._owner[(vip.ifindex, vip.address)] = inst.name

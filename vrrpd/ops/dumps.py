@@ -53,7 +53,7 @@ def instance_view(daemon, inst, now_us: int) -> dict:
         "advert_int": spec.advert_int_cs / 100,
         "master_adver_int": e.master_adver_int_us(idx) / 1e6,
         "preempt": spec.preempt, "preempt_delay": spec.preempt_delay_cs / 100,
-        "vips": [v.address for v in spec.vips], "transitions": inst.transitions,
+        "vips": [v.with_prefixlen for v in spec.vips], "transitions": inst.transitions,
         "last_transition": inst.last_transition or None, "last_reason": inst.last_reason or None,
         "next_timer": round((deadline - now_us) / 1e6, 6) if deadline >= 0 else None,
     }
@@ -81,7 +81,7 @@ def show(daemon, name: str) -> dict:
     if inst is None:
         raise KeyError(f"no instance {name!r}")
     view = instance_view(daemon, inst, now_us())
-    view["defined_at"] = inst.spec.where
+    view["defined_at"] = daemon.plan.where(name)
     view["tracking"] = tracking_view(daemon, name)
     view["counters"] = counters(daemon.engine, inst.idx)
     return view

@@ -52,7 +52,7 @@ from typing import Any
 from vrrpd.core import leftovers
 from vrrpd.core.reload import child as reloadchild
 from vrrpd.ops import sdnotify
-from vrrpd.core.plan import InstanceSpec, Plan, where_text
+from vrrpd.core.plan import InstanceSpec, Plan, lean_spec
 from vrrpd.core.reload.child import ADDED, CHANGED, REPLACED, Outcome
 from vrrpd.scripts.reporting import Reporter
 from vrrpd.core.pump import now_us
@@ -105,7 +105,6 @@ class Prepared:
     globals_same: bool
     unchanged: int = 0
     kept: list = field(default_factory=list)        # (Instance, new InstanceSpec): settings changed
-    moved: list = field(default_factory=list)       # (Instance, relocated InstanceSpec): unchanged
     replaced: list = field(default_factory=list)    # (Instance, new InstanceSpec)
     added: list = field(default_factory=list)       # InstanceSpec
     removed: list = field(default_factory=list)     # Instance
@@ -294,8 +293,8 @@ async def _reap(loop, proc: subprocess.Popen) -> None:
 
 async def prepare(daemon, o: Outcome, slices: Slices) -> Prepared:
     """The new plan from the child's outcome: unchanged instances keep their
-    running spec objects (a copy with the new `where` if they only moved in
-    the file); changed ones are unpickled one at a time.  The walk over
+    running spec objects (where each block now is comes with the outcome's
+    positions); changed ones are unpickled one at a time.  The walk over
     thousands of instances runs in slices too."""
     # The reader sends a skeleton whenever it found no errors (the only case here).
     assert o.skeleton is not None
@@ -303,8 +302,13 @@ async def prepare(daemon, o: Outcome, slices: Slices) -> Prepared:
     p = Prepared(plan=o.skeleton, globals_same=o.globals_same)
     names = o.names.split("\n") if o.names else []
     ordered: list = [None] * len(names)
+    # A changed instance configured like running ones shares their conf.
+    shared = {}
+    if o.changes:
+        distinct = {id(s.conf): s.conf for s in daemon.plan.instances}
+        shared = {c: c for c in distinct.values()}
     for (pos, kind, name), blob in zip(o.changes, o.specs):
-        spec = ordered[pos] = pickle.loads(blob)
+        spec = ordered[pos] = lean_spec(pickle.loads(blob), shared)
         if kind == CHANGED:
             p.kept.append((running[name], spec))
         elif kind == REPLACED:
@@ -313,14 +317,9 @@ async def prepare(daemon, o: Outcome, slices: Slices) -> Prepared:
             assert kind == ADDED
             p.added.append(spec)
         await slices()
-    for pos, (name, where) in enumerate(zip(names, o.wheres)):
+    for pos, name in enumerate(names):
         if ordered[pos] is None:                # SAME
-            inst = running[name]
-            spec = inst.spec
-            if spec.conf.where != where:
-                spec = relocated(spec, where)
-                p.moved.append((inst, spec))
-            ordered[pos] = spec
+            ordered[pos] = running[name].spec
         await slices()
     p.unchanged = len(ordered) - len(o.changes)
     p.removed = [running[name] for name in o.removed]
@@ -329,17 +328,9 @@ async def prepare(daemon, o: Outcome, slices: Slices) -> Prepared:
         instances[spec.name] = spec.conf
         await slices()
     config = dataclasses.replace(o.skeleton.config, instances=instances)
-    p.plan = dataclasses.replace(o.skeleton, config=config, instances=ordered)
+    p.plan = dataclasses.replace(o.skeleton, config=config, instances=ordered,
+                                 positions=o.positions)
     return p
-
-
-def relocated(spec: InstanceSpec, where: tuple[str, int]) -> InstanceSpec:
-    """An unchanged instance that moved in the file (lines inserted above it):
-    its messages must name the new line.  Both dataclasses are frozen: copies,
-    which the swap puts where the running ones were (the Instance, the plan,
-    config.instances)."""
-    return dataclasses.replace(spec, where=where_text(where),
-                               conf=dataclasses.replace(spec.conf, where=where))
 
 
 async def apply(daemon, p: Prepared, slices: Slices) -> None:
@@ -347,7 +338,7 @@ async def apply(daemon, p: Prepared, slices: Slices) -> None:
     old configuration for what is not yet swapped."""
     for spec in p.starting():                    # fail before changing anything
         if daemon.links.by_name(spec.interface) is None:
-            raise RuntimeError(f"{spec.where}: instance {spec.name}: "
+            raise RuntimeError(f"{p.plan.where(spec.name)}: instance {spec.name}: "
                                f"interface {spec.interface} does not exist")
     # New vmacs before anything changes (vmacs of removed instances stay until shutdown).
     await daemon.create_vmacs(p.starting())
@@ -418,7 +409,7 @@ async def apply(daemon, p: Prepared, slices: Slices) -> None:
     for inst, spec in leaving:
         if inst.name in grouped_old:
             leave(inst, spec)
-    daemon.swap_plan(p.plan, trackers, syncgroups, kept=p.kept, moved=p.moved)
+    daemon.swap_plan(p.plan, trackers, syncgroups, kept=p.kept)
     touched = [daemon.add_instance(s) for s in p.starting() if s.name in grouped_new]
     daemon.set_peers(repeer)                    # after the swap: reported under the new name
     daemon.ungroup(regroup)                     # out of their old groups, into the new ones

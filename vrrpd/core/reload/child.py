@@ -31,7 +31,7 @@ import traceback
 from dataclasses import dataclass, field
 
 from vrrpd.config import Config, load
-from vrrpd.core.plan import InstanceSpec, Plan, build_plan
+from vrrpd.core.plan import InstanceSpec, Plan, Positions, build_plan, lean_plan, lean_spec
 
 CHANGED, REPLACED, ADDED = "changed", "replaced", "added"
 
@@ -40,15 +40,14 @@ CHANGED, REPLACED, ADDED = "changed", "replaced", "added"
 class Outcome:
     """What the child found.  names: the new configuration's instance names
     in order, one string ("\\n"-joined: one object to unpickle, not 1,000);
-    wheres: each one's (file, line), in the same order (the file names are
-    shared objects: pickled once each); changes: (position in names, kind,
-    running name or None) of each instance that is not SAME, with its
-    pickled InstanceSpec in specs."""
+    positions: where each one's block is, in the same order; changes:
+    (position in names, kind, running name or None) of each instance that
+    is not SAME, with its pickled InstanceSpec in specs."""
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     skeleton: Plan | None = None          # the new plan without its instances
     names: str = ""
-    wheres: list[tuple[str, int]] = field(default_factory=list)
+    positions: Positions = field(default_factory=Positions)
     changes: list[tuple[int, str, str | None]] = field(default_factory=list)
     specs: list[bytes] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)    # running names
@@ -103,7 +102,7 @@ def norm(obj):
 
 
 def skeleton(plan: Plan) -> Plan:
-    return dataclasses.replace(plan, instances=[],
+    return dataclasses.replace(plan, instances=[], positions=Positions(),
                                config=dataclasses.replace(plan.config, instances={}, files=()))
 
 
@@ -132,17 +131,17 @@ def compute(path: str, config_id: str | None, running: Fingerprints) -> Outcome:
         else:
             kind = CHANGED
         out.changes.append((pos, kind, name))
-        out.specs.append(pickle.dumps(spec, protocol=pickle.HIGHEST_PROTOCOL))
+        out.specs.append(pickle.dumps(lean_spec(spec, {}), protocol=pickle.HIGHEST_PROTOCOL))
     out.names = "\n".join(s.name for s in plan.instances)
-    out.wheres = [s.conf.where for s in plan.instances]
+    out.positions = plan.positions
     out.removed = list(old.values())
     return out
 
 
 @dataclass
 class Startup:
-    """The daemon's start-up configuration (`--plan`): the whole plan and its
-    fingerprints, one pickle, so that the daemon's heap never holds the
+    """The daemon's start-up configuration (`--plan`): the plan (lean_plan)
+    and its fingerprints, one pickle, so that the daemon's heap never holds the
     configuration's text, tokens and parse tree.  Freed among the long-lived
     objects they left holes that stayed resident for the daemon's life."""
     errors: list[str] = field(default_factory=list)
@@ -185,8 +184,9 @@ def startup(path: str, config_id: str | None) -> Startup:
     out = Startup(errors=[str(e) for e in result.errors],
                   warnings=[str(w) for w in result.warnings])
     if not result.errors:
-        out.plan = build_plan(result.config)
-        out.fingerprints = fingerprints(out.plan, out.plan.instances)
+        plan = build_plan(result.config)
+        out.fingerprints = fingerprints(plan, plan.instances)
+        out.plan = lean_plan(plan)
     return out
 
 
