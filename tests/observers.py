@@ -142,6 +142,7 @@ def _capture(out: str) -> None:
     sock.setblocking(True)
     rt = _realtime_priority()
     offset0 = _realtime_offset_ns()
+    rt0 = time.clock_gettime_ns(time.CLOCK_REALTIME)
     raw: list[tuple[int, str, bytes]] = []
     cmsg_space = socket.CMSG_SPACE(16)
     print("ready", flush=True)
@@ -157,6 +158,10 @@ def _capture(out: str) -> None:
     except Stop:
         pass
     offset1 = _realtime_offset_ns()
+    rt1 = time.clock_gettime_ns(time.CLOCK_REALTIME)
+    # A clock being disciplined (NTP, a VM's host) slews CLOCK_REALTIME at a steady
+    # rate against CLOCK_MONOTONIC: the offset is interpolated between its two readings.
+    slew = (offset1 - offset0) / max(1, rt1 - rt0)
     frames = []
     for stamp, ifname, data in raw:
         if stamp is None:
@@ -167,9 +172,10 @@ def _capture(out: str) -> None:
             kind, addr = "na", socket.inet_ntop(socket.AF_INET6, data[62:78])
         else:
             continue
-        frames.append((stamp - offset0, kind, ifname, addr))
+        frames.append((stamp - offset0 - round(slew * (stamp - rt0)), kind, ifname, addr))
     with open(out, "w") as f:
-        json.dump({"realtime": rt, "clock_step_ns": offset1 - offset0, "frames": frames}, f)
+        json.dump({"realtime": rt, "clock_step_ns": offset1 - offset0,
+                   "clock_slew_ppm": slew * 1e6, "frames": frames}, f)
 
 
 def _fifo(out: str, path: str) -> None:
