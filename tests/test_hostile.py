@@ -41,7 +41,12 @@ def ask(path: str, line: bytes) -> dict:
     with socket.socket(socket.AF_UNIX) as s:
         s.settimeout(10)
         s.connect(path)
-        s.sendall(line + b"\n")
+        try:
+            s.sendall(line + b"\n")
+        except (BrokenPipeError, ConnectionResetError):
+            # Past MAX_REQUEST the daemon answers and closes before the rest is
+            # sent; its reply is still there to read.
+            pass
         f = s.makefile("rb")
         return json.loads(f.readline())
 
