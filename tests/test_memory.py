@@ -108,16 +108,22 @@ def test_instances_share_equal_tracking_and_notify_objects(tmp_path):
     assert len({id(s) for s in r.scripts.values()}) == 1
 
 
-def test_words_repeated_in_every_instance_reach_the_daemon_once(tmp_path):
-    # "eth0" and "BACKUP" of 10,000 instance blocks: one string each in the
-    # daemon (the lexer interns them, pickle then sends each once).
+def lab_plan(tmp_path):
+    """The lab's generated config for 600 instances, as the daemon reads it at
+    start-up: (LabSpec, config path, plan)."""
     from vrrpd.core import service as daemon
     from vrrpd.lab.conf import LabSpec, host_config
 
     spec = LabSpec(instances=600, version=3, advert_int=0.1)
     conf = tmp_path / "k.conf"
     conf.write_text(host_config(spec, 1))
-    plan = daemon.read_config(str(conf), "x").plan
+    return spec, conf, daemon.read_config(str(conf), "x").plan
+
+
+def test_words_repeated_in_every_instance_reach_the_daemon_once(tmp_path):
+    # "eth0" and "BACKUP" of 10,000 instance blocks: one string each in the
+    # daemon (the lexer interns them, pickle then sends each once).
+    spec, conf, plan = lab_plan(tmp_path)
     assert len({id(s.interface) for s in plan.instances}) == spec.nics
     assert len({id(s.conf.state) for s in plan.instances}) == 1
 
@@ -126,13 +132,7 @@ def test_instances_configured_alike_share_one_conf_in_the_daemon(tmp_path):
     # The daemon keeps an instance's block without its name, VRID, addresses
     # and position (the spec and the plan's positions have them): 10,000
     # instances that differ only there are one VrrpInstance per interface.
-    from vrrpd.core import service as daemon
-    from vrrpd.lab.conf import LabSpec, host_config
-
-    spec = LabSpec(instances=600, version=3, advert_int=0.1)
-    conf = tmp_path / "k.conf"
-    conf.write_text(host_config(spec, 1))
-    plan = daemon.read_config(str(conf), "x").plan
+    spec, conf, plan = lab_plan(tmp_path)
     assert len({id(s.conf) for s in plan.instances}) == spec.nics
     assert all(plan.config.instances[s.name] is s.conf for s in plan.instances)
     line = conf.read_text().splitlines().index("vrrp_instance VI_599 {") + 1

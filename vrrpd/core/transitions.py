@@ -66,7 +66,6 @@ def _runs(batch):
             start = i
 
 
-
 def _held(insts: list[Instance]) -> tuple[list, list, list]:
     """What masters hold besides their VIPs: VIPs under the strict-mode drop,
     virtual routes, virtual rules."""
@@ -102,11 +101,11 @@ class NetChanges:
 
     def leave(self, inst) -> None:
         """A master instance goes away: everything it holds."""
+        drop, routes, rules = _held([inst])
         self.vips_remove += inst.vips
-        if inst.spec.needs_drop:
-            self.drop_remove += inst.vips
-        self.routes_remove += inst.spec.conf.virtual_routes
-        self.rules_remove += inst.spec.conf.virtual_rules
+        self.drop_remove += drop
+        self.routes_remove += routes
+        self.rules_remove += rules
 
     def update(self, inst, spec, new_vips, staying: bool = True) -> None:
         """A kept master: the difference between what it holds and the new
