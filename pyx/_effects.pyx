@@ -358,7 +358,8 @@ cdef int _send(Effects self, mmsghdr* msgs, iovec* iov, frame_view* pending, int
         msgs[k].msg_hdr.msg_iovlen = 1
     k = 0
     while k < m:
-        r = sendmmsg(fd, msgs + k, m - k, MSG_DONTWAIT)
+        with nogil:         # the netlink sender thread runs on meanwhile
+            r = sendmmsg(fd, msgs + k, m - k, MSG_DONTWAIT)
         if r < 0:
             if errno == EINTR:
                 continue

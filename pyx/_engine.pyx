@@ -818,13 +818,15 @@ cdef class Engine:
     # --- timers ----------------------------------------------------------
     @cython.boundscheck(False)
     @cython.wraparound(False)
-    def tick(self, int64_t now):
+    def tick(self, int64_t now, int max_masters=-1):
         """Run every due timer; -> next deadline (us) or -1 if none.
 
         Due adverts go out in one sendmmsg per socket; expired master-down
-        timers make their instance MASTER.
+        timers make their instance MASTER.  max_masters >= 0: stop before
+        more than that many become MASTER, leaving the other due timers for
+        a later tick (the next deadline returned is then not in the future).
         """
-        cdef int idx
+        cdef int idx, made = 0
         cdef inst_t* p
         cdef int64_t d
         while self._heap_len and self._heap[0].deadline <= now:
@@ -840,6 +842,8 @@ cdef class Engine:
                     self._ictr[<size_t>idx * NICTR + C_ADVERTS_LATE] += 1
                 self._heap_set(idx, d)
             elif p.state == S_BACKUP:
+                if made == max_masters:
+                    break
                 p.wants_master = 1
                 if self._sync_held(idx):
                     # keepalived vrrp_sync_can_goto_master: stay BACKUP,
@@ -847,6 +851,7 @@ cdef class Engine:
                     self._heap_set(idx, now + self._master_down(p))
                 else:
                     self._become_master(idx, p.deadline, now, p.down_reason)
+                    made += 1
             else:
                 self._heap_remove(idx)
         self._flush()
@@ -1474,7 +1479,10 @@ cdef class Engine:
         cdef mmsghdr* msgs = <mmsghdr*>self._msgs
         cdef int k = 0, r
         while k < m:
-            r = sendmmsg(fd, msgs + k, m - k, MSG_DONTWAIT)
+            # Without the GIL: the netlink sender thread of a takeover runs on
+            # while the kernel takes a burst of adverts.
+            with nogil:
+                r = sendmmsg(fd, msgs + k, m - k, MSG_DONTWAIT)
             sc[S_TX_BATCHES] += 1
             if r < 0:
                 if errno == EINTR:

@@ -168,13 +168,23 @@ class FakeEngine:
         self.deadline = deadline
         self.per_read = 0                   # packets each on_readable() reads
         self.events = []                    # what pop_events() hands out
+        self.due_masters = 0                # expired down timers: tick() makes them MASTER
+        self.made = 0
+        self.caps = []                      # max_masters of each tick()
 
     def on_readable(self, sock_id, now):
         self.calls.append(("read", sock_id))
         return self.per_read
 
-    def tick(self, now):
+    def tick(self, now, max_masters=-1):
         self.calls.append(("tick",))
+        self.caps.append(max_masters)
+        made = self.due_masters if max_masters < 0 else min(max_masters, self.due_masters)
+        first = self.made
+        self.events += [Event(i, EV_STATE, MASTER, REASON_PRIORITY_ZERO_ADVERT)
+                        for i in range(first, first + made)]
+        self.made += made
+        self.due_masters -= made
 
     def pop_events(self, max_events=0):
         n = max_events or len(self.events)
@@ -191,7 +201,7 @@ class FakeEngine:
         return 0
 
     def next_deadline(self):
-        return self.deadline
+        return 0 if self.due_masters else self.deadline
 
 
 class FakeLoop:
@@ -208,8 +218,10 @@ class FakeLoop:
         return self.call_later(0, cb, *args)
 
     def call_later(self, delay, cb, *args):
-        self.timers.append((delay, cb, args))
-        return SimpleNamespace(cancel=lambda: self.timers.remove((delay, cb, args)))
+        t = (delay, cb, args)
+        self.timers.append(t)
+        # As asyncio's: cancelling one that has run does nothing.
+        return SimpleNamespace(cancel=lambda: t in self.timers and self.timers.remove(t))
 
     def fire(self, name: str) -> None:
         """Run the timers armed for the method `name` (as if they were due)."""
@@ -222,6 +234,7 @@ class FakeLoop:
 def pump_on(engine) -> Pump:
     """The pump alone, on a fake engine and loop, with two sockets."""
     p = Pump(engine, FakeLoop())
+    p.effects_idle = True       # type: ignore[misc]    # Transitions' part of the daemon
     p.add_socket(("eth0", 2), 0, SimpleNamespace(fileno=lambda: 10))
     p.add_socket(("eth1", 2), 1, SimpleNamespace(fileno=lambda: 11))
     return p
@@ -247,6 +260,54 @@ def test_a_takeover_of_thousands_is_dispatched_a_slice_per_loop_turn():
     assert [len(b) for b in batches] == [pump.DISPATCH_SLICE] * 2 + [3] and not d.dispatching
     assert [inst.name for b in batches for inst, *_ in b] == [f"VI_{i}" for i in range(n)]
     assert all(inst.state == MASTER for inst in d.by_idx.values())
+
+
+def test_a_takeover_gives_its_first_new_masters_a_head_start():
+    """From quiet, a tick makes at most HEAD_START new masters; the rest of the
+    takeover waits until their side effects are done (end_head_start), or
+    HEAD_START_S, and then goes on uncapped."""
+    def takeover(n):
+        engine = FakeEngine()
+        engine.due_masters = n
+        d = pump_on(engine)
+        d.by_idx = {i: SimpleNamespace(name=f"VI_{i}", state=BACKUP, priority=100, transitions=0)
+                    for i in range(n)}
+        d.syncgroups = SimpleNamespace(group_of={})
+        batches: list = []
+        d.queue = batches.append
+        return engine, d, batches
+
+    n = 3 * pump.HEAD_START
+    engine, d, batches = takeover(n)
+    d.pump()
+    assert engine.caps == [pump.HEAD_START] and [len(b) for b in batches] == [pump.HEAD_START]
+    assert engine.due_masters == n - pump.HEAD_START and not d.dispatching
+    assert [t[0] for t in d._loop.timers] == [pump.HEAD_START_S]   # nothing else armed
+    d.pump()                                    # meanwhile (a timer, the sockets): no more
+    assert engine.caps[-1] == 0 and engine.due_masters == n - pump.HEAD_START
+    d.effects_idle = False                      # the first slice is being applied
+    d.end_head_start()                          # ... and has reported
+    assert engine.caps[-1] == -1 and engine.due_masters == 0
+    while d.dispatching:
+        d._loop.fire("_pump_more")
+    assert [inst.name for b in batches for inst, *_ in b] == [f"VI_{i}" for i in range(n)]
+    assert not [t for t in d._loop.timers if t[1].__name__ == "end_head_start"]
+
+    engine, d, batches = takeover(n)            # no report in time: the timer ends it
+    d.pump()
+    d.effects_idle = False
+    d._loop.fire("end_head_start")
+    assert engine.caps == [pump.HEAD_START, -1] and engine.due_masters == 0
+
+    engine, d, batches = takeover(pump.HEAD_START)      # all fit: no head start
+    d.pump()
+    assert engine.due_masters == 0
+    assert not [t for t in d._loop.timers if t[1].__name__ == "end_head_start"]
+
+    engine, d, batches = takeover(n)            # effects busy: no cap
+    d.effects_idle = False
+    d.pump()
+    assert engine.caps == [-1] and engine.due_masters == 0
 
 
 def test_receive_switches_to_polling_above_the_rate_and_back_below_a_quarter():
@@ -321,11 +382,11 @@ def test_link_monitor_is_held_while_a_mass_failover_is_applied(aio):
 
         for n in (3, 5):                                   # small: never held
             d.queue(mk(n))
-        await d.effects_done()
-        for n in (40, 30, 2):                              # 72 waiting: held until all are done
+            await d.effects_done()
+        for n in (40, 30, 2):       # 72 waiting: held until done; applied as one batch
             d.queue(mk(n))
         await d.effects_done()
         d.stop_effects()
 
     aio(main())
-    assert calls == [3, 5, "hold", 40, 30, 2, "release"]
+    assert calls == [3, 5, "hold", 72, "release"]

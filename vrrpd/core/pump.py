@@ -48,6 +48,8 @@ RX_LATE_US = 5000         # timers this late: read the sockets before running th
 RX_CALL_MAX = 16 * 64     # packets Engine.on_readable reads at most per call
 
 DISPATCH_SLICE = 128      # events handed to the effects queue per turn of the loop
+HEAD_START = DISPATCH_SLICE     # new masters of a takeover whose side effects go first
+HEAD_START_S = 0.010      # at most this long before the rest of the takeover goes on
 LOG_EACH = 8      # transitions per batch logged one line each at INFO; more are summarised
 
 
@@ -98,6 +100,9 @@ class Pump:
 
         def queue(self, batch) -> None: ...
 
+        @property
+        def effects_idle(self) -> bool: ...      # Transitions': no batch queued or applying
+
     def __init__(self, engine, loop: asyncio.AbstractEventLoop | None = None):
         """engine: a vrrpd.Engine (or a fake of its calls); loop: the
         running loop, else set at start-up."""
@@ -111,6 +116,7 @@ class Pump:
         self._rx_poll: asyncio.TimerHandle | None = None     # set while polling
         self._rx_check: asyncio.TimerHandle | None = None
         self._more: asyncio.Handle | None = None     # set while a dispatch goes on in slices
+        self._head: asyncio.TimerHandle | None = None    # set during a takeover's head start
 
     def add_socket(self, key: tuple[str, int], sock_id: int, sock: socket.socket) -> None:
         """A VRRP socket (the engine's sock_id) to read when readable: key is
@@ -171,6 +177,14 @@ class Pump:
         self._more = None
         self._pump()
 
+    def end_head_start(self) -> None:
+        """A takeover's first new masters have their side effects (or
+        HEAD_START_S passed): the rest of it goes on."""
+        if self._head is not None:
+            self._head.cancel()
+            self._head = None
+            self._pump()
+
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = -1
@@ -192,22 +206,38 @@ class Pump:
             # out.  Read them first, so that a stall does not look like a
             # dead master.
             self._drain_rx()
-        self.engine.tick(t)
+        # A takeover's head start: when nothing is in flight, the tick makes
+        # at most HEAD_START new masters; if more are due, no more are made
+        # (and timers due after theirs wait too; at most HEAD_START_S) until
+        # those first ones have their VIPs, GARPs and notify lines, as
+        # keepalived does instance by instance.
+        # The later new masters' adverts go a few ms late rather than the
+        # first side effect after every advert of thousands.
+        if self._head is not None:
+            self.engine.tick(t, 0)
+        elif self._more is None and self.effects_idle:
+            self.engine.tick(t, HEAD_START)
+            if 0 <= self.engine.next_deadline() <= t:
+                self._head = self._loop.call_later(HEAD_START_S, self.end_head_start)
+        else:
+            self.engine.tick(t)
         # Sync-group moves queue more events; drain until quiet.  A takeover
         # of thousands reaches Python in slices: after each, the loop turns
         # once so the effects queue starts on that slice (its VIPs, GARPs and
-        # notify lines) while the next one is dispatched.  The engine's own
-        # work (states, timers, the new masters' adverts) is not sliced: a
-        # new master's advert must not wait for others' side effects, or a
-        # third router's timers run out too.
+        # notify lines) while the next one is dispatched.  Past its head
+        # start, the engine's own work (states, timers, the new masters'
+        # adverts) is not sliced: a new master's advert must not wait for
+        # many others' side effects, or a third router's timers run out too.
         while events := self.engine.pop_events(DISPATCH_SLICE):
             self._on_events(events)
             if len(events) == DISPATCH_SLICE:
                 self.engine.flush()
-                if self._more is None:
+                if self._more is None and self._head is None:
                     self._more = self._loop.call_soon(self._pump_more)
                 return
         self.engine.flush()         # what tracking and sync groups queued, in one batch
+        if self._head is not None:
+            return                  # end_head_start pumps again
         next_at = self.engine.next_deadline()
         if self.engine.tx_pending():    # a device queue was full: try again soon
             retry = now_us() + TX_RETRY_US

@@ -154,6 +154,8 @@ class Transitions:
 
         def _pump(self) -> None: ...
 
+        def end_head_start(self) -> None: ...   # Pump's: a takeover's first side effects are done
+
     def __init__(self, plan, links, effects, addresses, routes=None, garp=None, firewall=None):
         """plan: vrrpd.core.plan.Plan; links: a vrrpd.net.links.LinkMonitor;
         effects: a vrrpd._effects.Effects; addresses, routes, garp, firewall:
@@ -175,12 +177,19 @@ class Transitions:
         self._effects: asyncio.Queue = asyncio.Queue()
         self._effects_task: asyncio.Task | None = None
         self._effects_waiting = 0       # transitions queued in _effects
+        self._effects_unfinished = 0    # batches queued or being applied
 
     def queue(self, batch) -> None:
         """A batch of transitions (Instance, old, new, reason) to apply, after
         those queued before."""
         self._effects_waiting += len(batch)
+        self._effects_unfinished += 1
         self._effects.put_nowait(batch)
+
+    @property
+    def effects_idle(self) -> bool:
+        """No batch of transitions is queued or being applied."""
+        return self._effects_unfinished == 0
 
     def start_effects(self) -> None:
         self._effects_task = asyncio.create_task(self._run_effects())
@@ -199,6 +208,12 @@ class Transitions:
         held_since = None
         while True:
             batch = await self._effects.get()
+            taken = 1
+            # Batches queued meanwhile (a takeover dispatched in slices) are
+            # applied as one: longer runs, so larger chunks overlap (_apply).
+            while not self._effects.empty():
+                batch = batch + self._effects.get_nowait()
+                taken += 1
             self._effects_waiting -= len(batch)
             # A mass failover: the kernel's notifications of the VIPs we add
             # (~20 us of decoding each) wait in the link monitor's socket
@@ -213,7 +228,9 @@ class Transitions:
                 log.exception("applying transitions failed")
             finally:
                 batch = None        # not held while waiting for the next one
-                self._effects.task_done()
+                self._effects_unfinished -= taken
+                for _ in range(taken):
+                    self._effects.task_done()
                 if held_since is not None and (self._effects.empty() or
                                                time.monotonic() - held_since > HOLD_MONITOR_S):
                     held_since = None
@@ -241,6 +258,7 @@ class Transitions:
                 if following is not None:
                     vips = self._move_vips(following, kind)
                 self._announce_and_report(chunk)
+                self.end_head_start()
                 chunk = following
 
     def _move_vips(self, chunk, kind: int) -> asyncio.Future:
