@@ -634,14 +634,19 @@ TestTimerHeap.settings = settings(max_examples=60, stateful_step_count=60, deadl
 
 
 
+def five_instances():
+    """An engine with five instances (VRIDs 1-5) on one captured socket."""
+    e = E.Engine(16)
+    sid = e.add_socket(-1, AF4, 7)
+    return e, [e.add_instance(sock_id=sid, vrid=v, version=3, priority=100, advert_int_cs=100,
+                              src=pk("192.0.2.1"), dsts=[pk(GROUP4)], vips=[pk(VIP4)])
+               for v in range(1, 6)]
+
+
 def test_tick_makes_at_most_max_masters_and_leaves_the_rest_due():
     """A takeover's head start (core/pump.py): tick(now, n) makes at most n
     new masters, oldest deadline first; the others stay due for a later tick."""
-    e = E.Engine(16)
-    sid = e.add_socket(-1, AF4, 7)
-    idxs = [e.add_instance(sock_id=sid, vrid=v, version=3, priority=100, advert_int_cs=100,
-                           src=pk("192.0.2.1"), dsts=[pk(GROUP4)], vips=[pk(VIP4)])
-            for v in range(1, 6)]
+    e, idxs = five_instances()
     for i in idxs:
         e.start(i, T0 + i)          # their down timers run out in this order
     e.pop_events()
@@ -656,11 +661,7 @@ def test_tick_makes_at_most_max_masters_and_leaves_the_rest_due():
 
 def test_pop_events_hands_out_the_oldest_first_in_slices():
     """A takeover of thousands reaches Python in slices (core/pump.py)."""
-    e = E.Engine(16)
-    sid = e.add_socket(-1, AF4, 7)
-    idxs = [e.add_instance(sock_id=sid, vrid=v, version=3, priority=100, advert_int_cs=100,
-                           src=pk("192.0.2.1"), dsts=[pk(GROUP4)], vips=[pk(VIP4)])
-            for v in range(1, 6)]
+    e, idxs = five_instances()
     for i in idxs:
         e.start(i, T0)
     assert [ev.idx for ev in e.pop_events(3)] == idxs[:3]

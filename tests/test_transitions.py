@@ -240,18 +240,24 @@ def pump_on(engine) -> Pump:
     return p
 
 
-def test_a_takeover_of_thousands_is_dispatched_a_slice_per_loop_turn():
-    """The effects queue gets the first slice before the rest is dispatched,
-    so the first instances' VIPs and notify lines do not wait for the last."""
+def takeover(n):
+    """A pump whose instances 0..n-1 are BACKUP; -> (engine, pump, batches queued)."""
     engine = FakeEngine()
-    n = 2 * pump.DISPATCH_SLICE + 3
-    engine.events = [Event(i, EV_STATE, MASTER, REASON_PRIORITY_ZERO_ADVERT) for i in range(n)]
     d = pump_on(engine)
     d.by_idx = {i: SimpleNamespace(name=f"VI_{i}", state=BACKUP, priority=100, transitions=0)
                 for i in range(n)}
     d.syncgroups = SimpleNamespace(group_of={})
     batches: list = []
     d.queue = batches.append
+    return engine, d, batches
+
+
+def test_a_takeover_of_thousands_is_dispatched_a_slice_per_loop_turn():
+    """The effects queue gets the first slice before the rest is dispatched,
+    so the first instances' VIPs and notify lines do not wait for the last."""
+    n = 2 * pump.DISPATCH_SLICE + 3
+    engine, d, batches = takeover(n)
+    engine.events = [Event(i, EV_STATE, MASTER, REASON_PRIORITY_ZERO_ADVERT) for i in range(n)]
     d.pump()
     assert [len(b) for b in batches] == [pump.DISPATCH_SLICE] and d.dispatching
     d._loop.fire("_pump_more")
@@ -266,19 +272,9 @@ def test_a_takeover_gives_its_first_new_masters_a_head_start():
     """From quiet, a tick makes at most HEAD_START new masters; the rest of the
     takeover waits until their side effects are done (end_head_start), or
     HEAD_START_S, and then goes on uncapped."""
-    def takeover(n):
-        engine = FakeEngine()
-        engine.due_masters = n
-        d = pump_on(engine)
-        d.by_idx = {i: SimpleNamespace(name=f"VI_{i}", state=BACKUP, priority=100, transitions=0)
-                    for i in range(n)}
-        d.syncgroups = SimpleNamespace(group_of={})
-        batches: list = []
-        d.queue = batches.append
-        return engine, d, batches
-
     n = 3 * pump.HEAD_START
     engine, d, batches = takeover(n)
+    engine.due_masters = n
     d.pump()
     assert engine.caps == [pump.HEAD_START] and [len(b) for b in batches] == [pump.HEAD_START]
     assert engine.due_masters == n - pump.HEAD_START and not d.dispatching
@@ -294,17 +290,20 @@ def test_a_takeover_gives_its_first_new_masters_a_head_start():
     assert not [t for t in d._loop.timers if t[1].__name__ == "end_head_start"]
 
     engine, d, batches = takeover(n)            # no report in time: the timer ends it
+    engine.due_masters = n
     d.pump()
     d.effects_idle = False
     d._loop.fire("end_head_start")
     assert engine.caps == [pump.HEAD_START, -1] and engine.due_masters == 0
 
     engine, d, batches = takeover(pump.HEAD_START)      # all fit: no head start
+    engine.due_masters = pump.HEAD_START
     d.pump()
     assert engine.due_masters == 0
     assert not [t for t in d._loop.timers if t[1].__name__ == "end_head_start"]
 
     engine, d, batches = takeover(n)            # effects busy: no cap
+    engine.due_masters = n
     d.effects_idle = False
     d.pump()
     assert engine.caps == [-1] and engine.due_masters == 0
