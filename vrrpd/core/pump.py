@@ -210,9 +210,9 @@ class Pump:
         # at most HEAD_START new masters; if more are due, no more are made
         # (and timers due after theirs wait too; at most HEAD_START_S) until
         # those first ones have their VIPs, GARPs and notify lines, as
-        # keepalived does instance by instance.
-        # The later new masters' adverts go a few ms late rather than the
-        # first side effect after every advert of thousands.
+        # keepalived does instance by instance.  The later new masters'
+        # adverts go a few ms late rather than the first side effect after
+        # every advert of thousands.
         if self._head is not None:
             self.engine.tick(t, 0)
         elif self._more is None and self.effects_idle:

@@ -207,13 +207,14 @@ class Transitions:
     async def _run_effects(self) -> None:
         held_since = None
         while True:
-            batch = await self._effects.get()
-            taken = 1
+            batches = [await self._effects.get()]
             # Batches queued meanwhile (a takeover dispatched in slices) are
             # applied as one: longer runs, so larger chunks overlap (_apply).
             while not self._effects.empty():
-                batch = batch + self._effects.get_nowait()
-                taken += 1
+                batches.append(self._effects.get_nowait())
+            taken = len(batches)
+            batch = batches[0] if taken == 1 else [t for b in batches for t in b]
+            batches = []
             self._effects_waiting -= len(batch)
             # A mass failover: the kernel's notifications of the VIPs we add
             # (~20 us of decoding each) wait in the link monitor's socket
