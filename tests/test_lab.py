@@ -49,6 +49,49 @@ def lab_json(tmp_path_factory):
     return json.loads(out.read_text()), proc.stdout
 
 
+class _Lines:
+    """A FifoReader's events() over a list the test extends."""
+
+    def __init__(self):
+        self.all: list = []
+
+    def events(self, since: float = 0.0) -> list:
+        return [e for e in self.all if e[0] >= since]
+
+
+class _Added:
+    """An AddrMonitor's added_from() over a list the test extends."""
+
+    def __init__(self):
+        self.added: list = []
+        self.asked: list[int] = []
+
+    def added_from(self, index: int) -> list:
+        self.asked.append(index)
+        return self.added[index:]
+
+
+def test_takeover_reads_each_line_and_addition_once_and_counts_both():
+    from vrrpd.lab.watch import Takeover
+    lines, added = _Lines(), _Added()
+    lines.all.append((0.5, "INSTANCE", "a", "MASTER", 100))    # before the fault
+    added.added.append((0.5, "10.0.0.1"))
+    t = Takeover(lines, added, ["a", "b"], ["10.0.0.1", "10.0.0.2"], since=1.0)
+    assert t.poll() == 0
+    lines.all += [(1.1, "INSTANCE", "a", "BACKUP", 100), (1.2, "INSTANCE", "a", "MASTER", 100),
+                  (1.3, "INSTANCE", "x", "MASTER", 100), (1.3, "GROUP", "b", "MASTER", 0)]
+    added.added += [(1.25, "10.0.0.2"), (1.4, "10.9.9.9")]
+    assert t.poll() == 0                # a has its line, b its VIP: neither has both
+    lines.all.append((1.5, "INSTANCE", "a", "MASTER", 100))   # a second line: the first counts
+    added.added += [(1.6, "10.0.0.1"), (1.7, "10.0.0.1")]
+    assert t.poll() == 1
+    lines.all.append((1.8, "INSTANCE", "b", "MASTER", 100))
+    assert t.wait(1.0) == 2             # returns at once: all are in
+    assert t.fifo == {"a": 1.2, "b": 1.8} and t.vips == {"a": 1.6, "b": 1.25}
+    assert added.asked == [0, 1, 3, 5]  # each poll from where the last one stopped
+
+
+
 @pytest.mark.netns
 @pytest.mark.keepalived
 @pytest.mark.slow

@@ -21,7 +21,7 @@ import time
 from vrrpd.lab.conf import LabSpec, vip
 from vrrpd.lab.run import FifoReader
 from .report import summary
-from .watch import AddrMonitor, mono_from_wall
+from .watch import AddrMonitor, Takeover, mono_from_wall
 
 
 class HostNs:
@@ -38,33 +38,22 @@ def observe(fifo_path: str, spec: LabSpec, timeout: float, fault: float | None =
     reader = FifoReader(fifo_path)
     monitor = AddrMonitor(HostNs())
     start = time.monotonic()
+    takeover = Takeover(reader, monitor, names, vips, start)
     try:
-        deadline = start + timeout
-        while True:
-            fifo = {}
-            for t, kind, name, state, _ in reader.events(start):
-                if kind == "INSTANCE" and state == "MASTER" and name not in fifo:
-                    fifo[name] = t
-            added = monitor.first_added(start)
-            done = [max(fifo[n], added[a]) for n, a in zip(names, vips)
-                    if n in fifo and a in added]
-            if progress:
-                progress(len(done))
-            if len(done) == len(names) or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
+        takeover.wait(timeout, progress)
     finally:
         monitor.close()
         reader.close()
+    fifo, added = takeover.fifo, takeover.vips
     t0 = mono_from_wall(fault) if fault is not None else min(fifo.values(), default=start)
-    times = sorted(t - t0 for t in done)
+    times = sorted(max(fifo[n], added[n]) - t0 for n in names if n in fifo and n in added)
     return {"tool": "vrrpd-lab observe", "instances": spec.instances,
             "from": "fault" if fault is not None else "first MASTER line",
             "takeover": summary(times),
             "fifo_master": summary(t - t0 for t in fifo.values()),
-            "vip_added": summary(added[a] - t0 for a in vips if a in added),
+            "vip_added": summary(t - t0 for t in added.values()),
             "spread_s": times[-1] - times[0] if times else None,
-            "missing": len(names) - len(done),
+            "missing": len(names) - len(times),
             "times": [round(t, 6) for t in times]}
 
 

@@ -22,9 +22,9 @@ import tempfile
 import time
 
 from vrrpd.lab.conf import GARP_MASTER_REPEAT, LabSpec, host_config, vip
-from vrrpd.lab.net import P2P, Lan, namespaces, sh, wait_for
+from vrrpd.lab.net import P2P, Lan, namespaces, sh
 from vrrpd.lab.run import DaemonProc
-from .watch import AddrMonitor, WireCapture
+from .watch import AddrMonitor, Takeover, WireCapture
 
 PREFIX = "vlab"
 WORKDIR_PREFIX = "vrrpd-lab-"
@@ -240,29 +240,13 @@ class Testbed:
         self.backup.wait_all(self.names, "BACKUP", self.setup_timeout())
         return time.monotonic() - t0
 
-    def takeover_times(self, since: float) -> tuple[dict[str, float], dict[str, float]]:
-        """Per instance: MASTER fifo line on the backup, and its VIP added there (monotonic)."""
-        fifo = {}
-        for t, kind, name, state, _ in self.backup.fifo.events(since):
-            if kind == "INSTANCE" and state == "MASTER" and name not in fifo:
-                fifo[name] = t
-        assert self.monitor is not None         # made in __init__
-        added = self.monitor.first_added(since)
-        vips = {n: added[a] for n, a in zip(self.names, self.vips) if a in added}
-        return fifo, vips
-
     def wait_takeover(self, since: float, timeout: float, progress=None):
-        def done():
-            fifo, vips = self.takeover_times(since)
-            n = sum(1 for x in self.names if x in fifo and x in vips)
-            if progress:
-                progress(n)
-            return n == len(self.names)
-        try:
-            wait_for(done, timeout, interval=0.05)
-        except AssertionError:
-            pass                                # reported as missing instances
-        return self.takeover_times(since)
+        """Per instance: MASTER fifo line on the backup, and its VIP added there
+        (monotonic); those still without both after `timeout` are left out."""
+        assert self.monitor is not None         # made in __init__
+        takeover = Takeover(self.backup.fifo, self.monitor, self.names, self.vips, since)
+        takeover.wait(timeout, progress)
+        return takeover.fifo, takeover.vips
 
     def close(self) -> None:
         try:

@@ -55,14 +55,10 @@ class AddrMonitor(threading.Thread):
             with self.lock:
                 self.added.append((t, addr.split("/")[0]))
 
-    def first_added(self, since: float) -> dict[str, float]:
-        """Address -> first time it was added at or after `since`."""
-        out: dict[str, float] = {}
+    def added_from(self, index: int) -> list[tuple[float, str]]:
+        """The additions read since the first `index` ones."""
         with self.lock:
-            for t, addr in self.added:
-                if t >= since and addr not in out:
-                    out[addr] = t
-        return out
+            return self.added[index:]
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -71,6 +67,53 @@ class AddrMonitor(threading.Thread):
                 self.proc.wait(5)
             except subprocess.TimeoutExpired:
                 pass                    # deleting the namespace kills what is left
+
+
+class Takeover:
+    """Per instance, since `since`: its first MASTER line (a lab.run.FifoReader)
+    and its VIP's first addition (an AddrMonitor), as monotonic times by name.
+    Each poll reads only what arrived after the last one: polling a takeover
+    of thousands must not take the CPUs (and this process's GIL, which the
+    fifo reader needs to stamp its lines) from the daemons it measures."""
+
+    def __init__(self, reader, monitor: AddrMonitor, names: list[str], vips: list[str],
+                 since: float):
+        self._reader, self._monitor, self._since = reader, monitor, since
+        self._name_of = dict(zip(vips, names))
+        self._names = set(names)
+        self._lines = self._additions = 0       # how many of each were read
+        self.fifo: dict[str, float] = {}
+        self.vips: dict[str, float] = {}
+        self.done = 0                           # instances with both
+
+    def poll(self) -> int:
+        """-> how many instances have both."""
+        events = self._reader.events(self._since)
+        for t, kind, name, state, _ in events[self._lines:]:
+            if kind == "INSTANCE" and state == "MASTER" and name in self._names \
+                    and name not in self.fifo:
+                self.fifo[name] = t
+                self.done += name in self.vips
+        self._lines = len(events)
+        added = self._monitor.added_from(self._additions)
+        self._additions += len(added)
+        for t, addr in added:
+            name = self._name_of.get(addr)
+            if t >= self._since and name is not None and name not in self.vips:
+                self.vips[name] = t
+                self.done += name in self.fifo
+        return self.done
+
+    def wait(self, timeout: float, progress=None) -> int:
+        """Poll until every instance has both or `timeout` s passed -> how many have."""
+        deadline = time.monotonic() + timeout
+        while True:
+            done = self.poll()
+            if progress:
+                progress(done)
+            if done == len(self._names) or time.monotonic() > deadline:
+                return done
+            time.sleep(0.05)
 
 
 class WireCapture:
