@@ -91,7 +91,6 @@ def test_takeover_reads_each_line_and_addition_once_and_counts_both():
     assert added.asked == [0, 1, 3, 5]  # each poll from where the last one stopped
 
 
-
 @pytest.mark.netns
 @pytest.mark.keepalived
 @pytest.mark.slow
