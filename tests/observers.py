@@ -77,9 +77,9 @@ def _realtime_offset_ns() -> int:
 
 
 def _realtime_priority() -> bool:
-    """SCHED_FIFO at OBSERVER_PRIO, on OBSERVER_CPU if given (a CPU the daemon is kept off:
-    this kernel does not preempt a task in a system call, so an observer sharing the
-    daemon's CPU would wait out each of its netlink sends before reading)."""
+    """SCHED_FIFO at OBSERVER_PRIO, on OBSERVER_CPU if given (the test says which
+    CPU, and why: on the daemon's CPU the observer runs between the daemon's
+    system calls; on another, when that CPU has been woken)."""
     if os.environ.get("OBSERVER_CPU"):
         os.sched_setaffinity(0, {int(os.environ["OBSERVER_CPU"])})
     try:
