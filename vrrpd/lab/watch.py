@@ -16,7 +16,7 @@ import time
 from datetime import datetime
 from typing import Any, Protocol
 
-from vrrpd.lab.net import Netns
+from vrrpd.lab.net import Netns, wait_for
 
 
 class Namespace(Protocol):
@@ -106,14 +106,16 @@ class Takeover:
 
     def wait(self, timeout: float, progress=None) -> int:
         """Poll until every instance has both or `timeout` s passed -> how many have."""
-        deadline = time.monotonic() + timeout
-        while True:
+        def complete() -> bool:
             done = self.poll()
             if progress:
                 progress(done)
-            if done == len(self._names) or time.monotonic() > deadline:
-                return done
-            time.sleep(0.05)
+            return done == len(self._names)
+        try:
+            wait_for(complete, timeout, interval=0.05)
+        except AssertionError:
+            pass                                # reported as missing instances
+        return self.done
 
 
 class WireCapture:
