@@ -20,8 +20,8 @@ Three observers in the backup's namespace, each a process of its own
   system call returns and before the daemon's next step: a daemon's GARP sent
   after its add is stamped after the read, one sent before it, before.  A
   vCPU taken away stops both alike.  (On another CPU the read waits for that
-  CPU to be woken, which on a 2-vCPU VM took up to 1.5 ms: keepalived, whose
-  GARP follows its ACK at once, then looked out of order.)  LAG_NS only
+  CPU to be woken, which on a VM can take longer than keepalived's step from
+  its ACK to its GARP: keepalived then looked out of order.)  LAG_NS only
   covers the capture's clock conversion.  A daemon that sends a chunk's GARPs
   before adding its VIPs misses it by up to the chunk's netlink time (checked
   by moving vrrpd's announce before its VIPs: every VIP is flagged).  nlmon,
