@@ -15,12 +15,34 @@ cimport cython
 
 from vrrpd._sys cimport iovec, msghdr, mmsghdr, sendmmsg, MSG_DONTWAIT
 
+cdef extern from "<sys/socket.h>" nogil:
+    ssize_t send(int, const void*, size_t, int)
+    ssize_t recv(int, void*, size_t, int)
+
+cdef extern from "<poll.h>" nogil:
+    cdef struct pollfd:
+        int fd
+        short events
+        short revents
+    int poll(pollfd*, unsigned long, int)
+    enum:
+        POLLIN
+
+cdef extern from "<time.h>" nogil:
+    cdef struct timespec:
+        long tv_sec
+        long tv_nsec
+    int clock_gettime(int, timespec*)
+    enum:
+        CLOCK_MONOTONIC
+
 cdef enum:
     NLMSG_HDRLEN = 16
     NLMSG_ERROR = 2
     FRAME_HDR = 4           # u16 length, u16 socket slot before each frame
     TX_BATCH = 1024
     PIPE_BUF = 4096         # a pipe write up to this size lands whole (pipe(7))
+    RECV_BUF = 1 << 16      # rtnetlink replies read per recv()
 
 cdef struct frame_view:
     const uint8_t* data
@@ -56,10 +78,6 @@ cdef class Effects:
         self._pb = <prebuilt_t*>calloc(max_instances, sizeof(prebuilt_t))
         self._fds = NULL
         self._nfds = 0
-        self._owner = NULL
-        self._err = NULL
-        self._cap = 0
-        self._batch = 0
         if self._pb == NULL:
             raise MemoryError()
 
@@ -73,27 +91,11 @@ cdef class Effects:
                 free(self._pb[i].name)
             free(self._pb)
         free(self._fds)
-        free(self._owner)
-        free(self._err)
 
     cdef prebuilt_t* _get(self, int idx) except NULL:
         if idx < 0 or idx >= self._max:
             raise IndexError(f"instance index {idx} out of range")
         return &self._pb[idx]
-
-    cdef int _room(self, int n) except -1:
-        if n <= self._cap:
-            return 0
-        cdef int32_t* owner = <int32_t*>realloc(self._owner, n * sizeof(int32_t))
-        if owner == NULL:
-            raise MemoryError()
-        self._owner = owner
-        cdef int32_t* err = <int32_t*>realloc(self._err, n * sizeof(int32_t))
-        if err == NULL:
-            raise MemoryError()
-        self._err = err
-        self._cap = n
-        return 0
 
     # --- what is prebuilt -------------------------------------------------
     def set_socket(self, int slot, int fd):
@@ -174,11 +176,9 @@ cdef class Effects:
             self._get(idx).gen += 1
 
     # --- rtnetlink ----------------------------------------------------------
-    @cython.boundscheck(False)
-    @cython.wraparound(False)
-    def netlink(self, list idxs, bint add, uint32_t seq0):
-        """-> (one buffer of every instance's add (or remove) messages with
-        sequence numbers seq0, seq0+1, ..., the number of messages)."""
+    def vip_move(self, list idxs, bint add):
+        """-> a VipMove of every instance's add (or remove) messages, copied
+        now: the sender thread's exchange() then needs nothing of this object."""
         cdef int idx, pos = 0, k = 0
         cdef uint32_t i, total = 0, off = 0, mlen
         cdef prebuilt_t* p
@@ -186,71 +186,47 @@ cdef class Effects:
             p = self._get(idx)
             total += p.nl_add_len if add else p.nl_del_len
             k += p.nmsgs
-        self._room(k)
-        out = PyBytes_FromStringAndSize(NULL, total)
-        cdef uint8_t* buf = <uint8_t*>PyBytes_AS_STRING(out)
-        cdef uint8_t* src
+        cdef VipMove move = VipMove.__new__(VipMove)
+        move.idxs, move.add = list(idxs), add
+        move._alloc(total, k)
+        cdef const uint8_t* src
         k = 0
         for idx in idxs:
             p = &self._pb[idx]
             src = p.nl_add if add else p.nl_del
             mlen = p.nl_add_len if add else p.nl_del_len
-            memcpy(buf + off, src, mlen)
+            memcpy(move._buf + off, src, mlen)
             i = 0
             while i < mlen:
-                (<uint32_t*>(buf + off + i + 8))[0] = seq0 + k
-                self._owner[k] = pos
-                self._err[k] = -1
+                move._off[k] = off + i
+                move._owner[k] = pos
                 k += 1
                 i += _u32(src + i)
             off += mlen
             pos += 1
-        self._batch = k
-        return out, k
+        move._off[k] = off
+        return move
 
     @cython.boundscheck(False)
     @cython.wraparound(False)
-    def acks(self, const uint8_t[:] data, uint32_t seq0):
-        """Record the NLMSG_ERROR replies (errno 0 = ACK) in `data` for the
-        current batch; -> how many of its messages got one."""
-        cdef Py_ssize_t n = data.shape[0], off = 0
-        cdef uint32_t mlen, k
-        cdef int got = 0
-        if n == 0:
-            return 0
-        cdef const uint8_t* b = &data[0]
-        while off + NLMSG_HDRLEN <= n:
-            mlen = _u32(b + off)
-            if mlen < NLMSG_HDRLEN or off + mlen > n:
-                break
-            k = _u32(b + off + 8) - seq0
-            if _u16(b + off + 4) == NLMSG_ERROR and k < <uint32_t>self._batch \
-                    and mlen >= NLMSG_HDRLEN + 4 and self._err[k] < 0:
-                self._err[k] = -(<const int32_t*>(b + off + NLMSG_HDRLEN))[0]
-                got += 1
-            off += (mlen + 3) & ~3
-        return got
-
-    @cython.boundscheck(False)
-    @cython.wraparound(False)
-    def results(self, list idxs, bint add):
-        """After acks(): -> [(position in idxs, errno)] for the instances one
-        of whose messages failed (first errno; no ACK counts as ETIMEDOUT).
-        EEXIST on add and EADDRNOTAVAIL on remove are not failures."""
-        cdef int k, pos, code, harmless = EEXIST if add else EADDRNOTAVAIL
+    def finish(self, VipMove move):
+        """After move.exchange(): its instances' VIPs are on (off), and ->
+        [(position in move.idxs, errno)] for those one of whose messages
+        failed (first errno; no ACK counts as ETIMEDOUT).  EEXIST on add and
+        EADDRNOTAVAIL on remove are not failures."""
+        cdef int k, pos, idx, code, harmless = EEXIST if move.add else EADDRNOTAVAIL
         cdef list failed = []
         cdef int last = -1
-        for k in range(self._batch):
-            code = self._err[k]
+        for k in range(move.count):
+            code = move._err[k]
             if code < 0:
                 code = ETIMEDOUT
-            pos = self._owner[k]
+            pos = move._owner[k]
             if code != 0 and code != harmless and pos != last:
                 failed.append((pos, code))
                 last = pos
-        for pos in range(len(idxs)):
-            self._pb[<int>idxs[pos]].vips_on = add
-        self._batch = 0
+        for idx in move.idxs:
+            self._get(idx).vips_on = move.add
         return failed
 
     # --- announcements --------------------------------------------------------
@@ -378,3 +354,117 @@ cdef int _send(Effects self, mmsghdr* msgs, iovec* iov, frame_view* pending, int
             k += r
     return 0
 
+
+cdef inline double _now() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+@cython.final
+cdef class VipMove:
+    """One batch of VIP messages and its replies, for the netlink sender
+    thread: exchange() numbers, sends and collects the ACKs without the GIL,
+    so the loop runs on while the kernel adds (removes) the VIPs."""
+
+    def __dealloc__(self):
+        free(self._buf)
+        free(self._off)
+        free(self._owner)
+        free(self._err)
+
+    cdef int _alloc(self, uint32_t length, int count) except -1:
+        self._buf = <uint8_t*>malloc(length if length else 1)
+        self._off = <uint32_t*>malloc((count + 1) * sizeof(uint32_t))
+        self._owner = <int32_t*>malloc((count if count else 1) * sizeof(int32_t))
+        self._err = <int32_t*>malloc((count if count else 1) * sizeof(int32_t))
+        if self._buf == NULL or self._off == NULL or self._owner == NULL or self._err == NULL:
+            raise MemoryError()
+        cdef int k
+        self.count = count
+        self.acked = 0
+        for k in range(count):
+            self._err[k] = -1
+        return 0
+
+    def exchange(self, int fd, uint32_t seq0, int piece, double timeout):
+        """Number the messages seq0.., send them `piece` per send() on the
+        rtnetlink socket fd (non-blocking) and record each ACK's errno,
+        reading them after each send so its socket buffer never overruns;
+        then wait up to `timeout` for late ones.  -> (seconds spent in
+        send(), errno of a send the kernel refused or of lost ACKs, else 0).
+        Only what was not sent is marked with the refusal's errno."""
+        cdef int k = 0, k1, r, fail = 0, overrun = 0
+        cdef double spent = 0.0, t0, deadline
+        cdef uint8_t* rbuf = <uint8_t*>malloc(RECV_BUF)
+        cdef pollfd pfd
+        if rbuf == NULL:
+            raise MemoryError()
+        if piece < 1:
+            piece = 1
+        with nogil:
+            for k in range(self.count):
+                (<uint32_t*>(self._buf + self._off[k] + 8))[0] = seq0 + k
+            k = 0
+            while k < self.count and not fail:
+                k1 = k + piece if k + piece < self.count else self.count
+                t0 = _now()
+                r = send(fd, self._buf + self._off[k], self._off[k1] - self._off[k], 0)
+                spent += _now() - t0
+                if r < 0:
+                    if errno == EINTR:
+                        continue
+                    fail = errno
+                    while k < self.count:
+                        self._err[k] = fail
+                        k += 1
+                    break
+                k = k1
+                overrun = self._drain(fd, rbuf, seq0)
+            deadline = _now() + timeout
+            while self.acked < self.count and not overrun:
+                if self._missing_sent() == 0:
+                    break
+                pfd.fd, pfd.events, pfd.revents = fd, POLLIN, 0
+                r = poll(&pfd, 1, <int>((deadline - _now()) * 1000) + 1)
+                if r < 0 and errno == EINTR:
+                    continue
+                if r <= 0 or _now() > deadline:
+                    break
+                overrun = self._drain(fd, rbuf, seq0)
+        free(rbuf)
+        return spent, fail or overrun
+
+    cdef int _missing_sent(self) noexcept nogil:
+        """Messages sent that have no ACK yet (a refused send's are marked)."""
+        cdef int k, n = 0
+        for k in range(self.count):
+            if self._err[k] < 0:
+                n += 1
+        return n
+
+    cdef int _drain(self, int fd, uint8_t* rbuf, uint32_t seq0) noexcept nogil:
+        """Read every reply queued, recording ACKs; -> ENOBUFS if the socket
+        lost some (they never come), else 0."""
+        cdef ssize_t n
+        cdef size_t off
+        cdef uint32_t mlen, k
+        while True:
+            n = recv(fd, rbuf, RECV_BUF, MSG_DONTWAIT)
+            if n < 0:
+                if errno == EINTR:
+                    continue
+                return ENOBUFS if errno == ENOBUFS else 0
+            if n == 0:
+                return 0
+            off = 0
+            while off + NLMSG_HDRLEN <= <size_t>n:
+                mlen = _u32(rbuf + off)
+                if mlen < NLMSG_HDRLEN or off + mlen > <size_t>n:
+                    break
+                k = _u32(rbuf + off + 8) - seq0
+                if _u16(rbuf + off + 4) == NLMSG_ERROR and k < <uint32_t>self.count \
+                        and mlen >= NLMSG_HDRLEN + 4 and self._err[k] < 0:
+                    self._err[k] = -(<const int32_t*>(rbuf + off + NLMSG_HDRLEN))[0]
+                    self.acked += 1
+                off += (mlen + 3) & ~3

@@ -311,28 +311,131 @@ def test_requester_sizes_chunks_to_the_send_budget(monkeypatch):
     assert sock.sends == [20] + [nlbatch.MIN_CHUNK] * 5
 
 
-def test_requester_sends_a_large_built_chunk_in_budget_sized_pieces(monkeypatch):
-    """A takeover's later chunks are several sends' worth: the sender thread
-    makes them one after the other, each within the budget, and every
-    message's ACK is found."""
-    clock = [0.0]
-    sock = FakeRouteSocket(clock, cost=13e-6)
-    monkeypatch.setattr(nl, "open_route_socket", lambda *a, **kw: sock)
-    r = Requester(budget=0.002, clock=lambda: clock[0])
-    r.chunk = 150
-    acked: set[int] = set()
+@pytest.mark.netns
+def test_vip_moves_in_flight_at_once_reach_the_kernel_in_order(netns):
+    """A takeover's VIP batches (vrrpd._effects.VipMove) all go to the
+    Requester's thread at once and are exchanged there one after the other:
+    every message gets its own ACK and errno, `ip` sees exactly the VIPs, and
+    only real failures are reported."""
+    n = 3000
+    ns = veth_ns(netns)
+    child = Child(ns, VENV_PY, "vip_move", str(n))
+    added = child.expect(timeout=60)
+    assert added["errs"] == [0] * len(added["errs"]) and len(added["errs"]) > 1
+    assert added["acked"] == 2 * n + 2
+    assert added["failed"] == [[n + 1, errno.ENODEV]]            # EEXIST is no failure
+    assert added["vips_on"] == n + 2
+    assert nlbatch.MIN_CHUNK <= added["chunk"] <= nlbatch.MAX_CHUNK
+    have = set(ns.addrs("veth0")) | set(ns.addrs("veth0", "-6"))
+    want = {f"10.{i >> 8 & 255}.{i & 255}.1/32" for i in range(n)}
+    want |= {f"2001:db8:1::{i + 1:x}/128" for i in range(n)}
+    assert want <= have
+    child.send("go")
+    removed = child.expect(timeout=60)
+    assert removed["failed"] == [] and removed["acked"] == 2 * n and removed["vips_on"] == 0
+    have = set(ns.addrs("veth0")) | set(ns.addrs("veth0", "-6"))
+    assert not want & have and "192.0.2.1/24" in have
 
-    def build(seq0):
-        return b"".join(nl.NLMSGHDR.pack(16, nl.RTM_NEWADDR, 0, seq0 + k, 0)
-                        for k in range(1000)), 1000
 
-    def on_reply(view):
-        seqs = {h.seq for h in nl.headers(view) if h.type == nl.NLMSG_ERROR}
-        acked.update(seqs)
-        return len(seqs)
+class FakeKernel:
+    """The other end of a datagram socketpair standing in for rtnetlink: each
+    datagram is a send() of messages; it ACKs them from a thread (so some ACKs
+    come late), with the errno `codes` gives a message by its position, and
+    never ACKs those in `silent`."""
 
-    assert asyncio.run(r.request_built(build, on_reply)) == 1000
-    assert sock.sends == [150] * 6 + [100] and len(acked) == 1000
+    def __init__(self, codes=None, silent=()):
+        self.ours, self.theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.ours.setblocking(False)
+        self.ours.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        self.codes, self.silent = codes or {}, set(silent)
+        self.sends: list[int] = []          # messages per send()
+        self.seqs: list[int] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while data := self.theirs.recv(1 << 20):
+            hdrs = list(nl.headers(data))
+            self.sends.append(len(hdrs))
+            for h in hdrs:
+                pos = len(self.seqs)
+                self.seqs.append(h.seq)
+                if pos not in self.silent:
+                    self.theirs.send(nl.NLMSGHDR.pack(36, nl.NLMSG_ERROR, 0x100, h.seq, 0)
+                                     + nl.ERRCODE.pack(-self.codes.get(pos, 0))
+                                     + bytes(data[h.offset:h.offset + nl.NLMSGHDR.size]))
+
+    def fileno(self):
+        return self.ours.fileno()
+
+    def close(self):
+        self.theirs.shutdown(socket.SHUT_RDWR)      # ends _serve
+        self.ours.close()
+
+
+def vip_effects(nmsgs: list[int]):
+    """Effects whose instance i adds nmsgs[i] (empty) messages."""
+    from vrrpd._effects import Effects
+    e = Effects(len(nmsgs))
+    for i, k in enumerate(nmsgs):
+        msg = nl.NLMSGHDR.pack(16, nl.RTM_NEWADDR, 0, 0, 0)
+        e.set_instance(i, nl_add=msg * k, nl_del=msg * k, nmsgs=k, frames=[], repeat=0,
+                       name=b'"VI"')
+    return e
+
+
+def test_vip_move_sends_budget_sized_pieces_and_keeps_each_errno():
+    """exchange() numbers the messages from seq0, sends `piece` per send(),
+    and maps every ACK back to its instance: EEXIST on add is no failure,
+    another errno is the instance's first, a missing ACK is ETIMEDOUT after
+    the timeout; the instances' VIPs count as on."""
+    kernel = FakeKernel(codes={3: errno.EEXIST, 5: errno.ENODEV, 6: errno.EPERM}, silent={9})
+    effects = vip_effects([1, 2, 1, 3, 2, 1])        # messages 0, 1-2, 3, 4-6, 7-8, 9
+    move = effects.vip_move(list(range(6)), True)
+    assert (move.count, move.idxs, move.add) == (10, list(range(6)), True)
+    seconds, err = move.exchange(kernel.fileno(), 500, 4, 0.3)
+    assert err == 0 and 0 <= seconds < 0.3
+    assert kernel.sends == [4, 4, 2] and kernel.seqs == list(range(500, 510))
+    assert move.acked == 9
+    assert effects.finish(move) == [(3, errno.ENODEV), (5, errno.ETIMEDOUT)]
+    assert all(effects.vips_on(i) for i in range(6))
+    move = effects.vip_move([2, 4], False)
+    move.exchange(kernel.fileno(), 510, 100, 1.0)
+    assert effects.finish(move) == [] and not effects.vips_on(2) and effects.vips_on(3)
+    kernel.close()
+
+
+def test_vip_move_refused_send_is_the_errno_of_what_it_did_not_send():
+    """The kernel refusing a send (here: no one at the other end) is the
+    exchange's errno and the errno of every message not sent; no waiting."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    theirs.close()
+    effects = vip_effects([2, 2])
+    move = effects.vip_move([0, 1], True)
+    t0 = time.monotonic()
+    _, err = move.exchange(ours.fileno(), 1, 1, 5.0)
+    assert err == errno.ECONNREFUSED and time.monotonic() - t0 < 1
+    assert effects.finish(move) == [(0, errno.ECONNREFUSED), (1, errno.ECONNREFUSED)]
+    ours.close()
+
+
+def test_requester_exchanges_submitted_moves_in_order_with_fresh_numbers(monkeypatch):
+    """Moves submitted at once are exchanged in submission order, each with
+    sequence numbers after the last, between the generic requests."""
+    kernel = FakeKernel()
+    monkeypatch.setattr(nl, "open_route_socket", lambda *a, **kw: kernel.ours)
+    effects = vip_effects([3] * 10)
+
+    async def main():
+        r = Requester()
+        moves = [effects.vip_move([i], True) for i in range(10)]
+        futures = [r.submit(m) for m in moves]
+        codes = await r.errnos([bytearray(nl.NLMSGHDR.pack(16, nl.RTM_NEWADDR, 0, 0, 0))])
+        return [await f for f in futures], [m.acked for m in moves], codes
+
+    errs, acked, codes = asyncio.run(main())
+    assert errs == [0] * 10 and acked == [3] * 10 and codes == [0]
+    assert kernel.seqs == list(range(1, 32))
+    kernel.close()
 
 
 def test_requester_send_does_not_hold_the_loop(monkeypatch):

@@ -368,8 +368,8 @@ def test_link_monitor_is_held_while_a_mass_failover_is_applied(aio):
     class Recorder(Transitions):
         dispatching = False             # the Pump part: nothing left to hand out
 
-        async def _apply(self, batch):
-            calls.append(len(batch))
+        async def _move_run(self, kind, run):
+            calls.append(len(run))
             await asyncio.sleep(0.01)
 
     async def main():

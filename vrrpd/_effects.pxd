@@ -27,13 +27,24 @@ cdef class Effects:
     cdef int _max
     cdef int* _fds              # socket slot -> packet socket fd
     cdef int _nfds
-    cdef int32_t* _owner        # message k of the current batch -> position in its idx list
-    cdef int32_t* _err          # message k -> errno (-1: no ACK yet)
-    cdef int _cap               # room in _owner / _err
-    cdef int _batch             # messages in the current batch
     cdef unsigned long _sent
     cdef unsigned long _deferred
     cdef unsigned long _errors
 
     cdef prebuilt_t* _get(self, int idx) except NULL
-    cdef int _room(self, int n) except -1
+
+# A batch of instances' VIP messages on its way through rtnetlink (Effects.vip_move),
+# owned by the sender thread during exchange().
+cdef class VipMove:
+    cdef uint8_t* _buf          # the messages, concatenated
+    cdef uint32_t* _off         # message k starts at _off[k]; _off[count] is the end
+    cdef int32_t* _owner        # message k -> position in idxs
+    cdef int32_t* _err          # message k -> errno (-1: no ACK yet)
+    cdef readonly int count     # messages
+    cdef readonly int acked     # ACKs recorded
+    cdef readonly list idxs     # the instances, in order
+    cdef readonly bint add      # adding (else removing) their VIPs
+
+    cdef int _alloc(self, uint32_t length, int count) except -1
+    cdef int _missing_sent(self) noexcept nogil
+    cdef int _drain(self, int fd, uint8_t* rbuf, uint32_t seq0) noexcept nogil

@@ -174,10 +174,12 @@ class Transitions:
         self._links_gen = 0             # bumped when a link's name, MAC or existence changes
         self._slots: dict[int, int] = {}    # ifindex -> socket slot of Effects
         self._slot_ifindex: list[int] = []  # socket slot -> ifindex (slots are 0..n-1)
-        self._effects: asyncio.Queue = asyncio.Queue()
-        self._effects_task: asyncio.Task | None = None
+        self._effects: asyncio.Queue = asyncio.Queue()     # batches of transitions
+        self._moving: asyncio.Queue = asyncio.Queue()      # their chunks, VIPs on the way
+        self._tasks: list[asyncio.Task] = []
         self._effects_waiting = 0       # transitions queued in _effects
         self._effects_unfinished = 0    # batches queued or being applied
+        self._held_since: float | None = None     # the link monitor held (a mass failover)
 
     def queue(self, batch) -> None:
         """A batch of transitions (Instance, old, new, reason) to apply, after
@@ -192,11 +194,12 @@ class Transitions:
         return self._effects_unfinished == 0
 
     def start_effects(self) -> None:
-        self._effects_task = asyncio.create_task(self._run_effects())
+        self._tasks = [asyncio.create_task(self._run_effects()),
+                       asyncio.create_task(self._run_reports())]
 
     def stop_effects(self) -> None:
-        if self._effects_task is not None:
-            self._effects_task.cancel()
+        for task in self._tasks:
+            task.cancel()
 
     async def effects_done(self) -> None:
         """Until every pending event is dispatched and every queued batch applied."""
@@ -204,12 +207,16 @@ class Transitions:
             await asyncio.sleep(0)
         await self._effects.join()
 
+    # The effects queue works in two stages, so that the kernel's work on a
+    # takeover's VIPs never waits for the loop's on the GARPs and notify lines
+    # of those before: _run_effects takes each batch as it comes and sends its
+    # VIPs on their way (_move_run); _run_reports follows behind, chunk by
+    # chunk as their ACKs come back (_report).
     async def _run_effects(self) -> None:
-        held_since = None
         while True:
             batches = [await self._effects.get()]
             # Batches queued meanwhile (a takeover dispatched in slices) are
-            # applied as one: longer runs, so larger chunks overlap (_apply).
+            # moved as one: longer runs, so fewer and larger chunks.
             while not self._effects.empty():
                 batches.append(self._effects.get_nowait())
             taken = len(batches)
@@ -220,59 +227,77 @@ class Transitions:
             # (~20 us of decoding each) wait in the link monitor's socket
             # until the transitions are through, instead of competing with
             # them; link events wait that long too (at most HOLD_MONITOR_S).
-            if held_since is None and len(batch) + self._effects_waiting >= HOLD_MONITOR:
-                held_since = time.monotonic()
+            if self._held_since is None and len(batch) + self._effects_waiting >= HOLD_MONITOR:
+                self._held_since = time.monotonic()
                 self.links.hold()
             try:
-                await self._apply(batch)
+                for kind, run in _runs(batch):
+                    await self._move_run(kind, run)
             except Exception:       # never let one failure stop later transitions
                 log.exception("applying transitions failed")
             finally:
                 batch = None        # not held while waiting for the next one
-                self._effects_unfinished -= taken
-                for _ in range(taken):
-                    self._effects.task_done()
-                if held_since is not None and (self._effects.empty() or
-                                               time.monotonic() - held_since > HOLD_MONITOR_S):
-                    held_since = None
-                    self.links.release()
+                self._moving.put_nowait((None, taken, None, None))
 
-    async def _apply(self, batch) -> None:
-        """A batch of transitions, in order, as runs of one kind (UP, DOWN,
-        CLEAR, OTHER).  A run moves in chunks, pipelined: a chunk's VIPs go
-        in (one netlink send) and, as soon as their ACKs are back, its GARPs
-        and notifications follow while the next chunk's VIPs go in, so the
-        first instance of a takeover of thousands does not wait for the
-        last one's VIPs."""
-        for kind, run in _runs(batch):
-            if kind == OTHER:
-                self._announce_and_report(run)
-                continue
-            chunks = self._chunks(run)
-            chunk = next(chunks, None)
-            vips = self._move_vips(chunk, kind)
-            while chunk is not None:
-                await vips
-                # The next chunk's VIPs go in (the kernel's work, in the
-                # requester's thread) while this one's GARPs and notify lines go out.
-                following = next(chunks, None)
-                if following is not None:
-                    vips = self._move_vips(following, kind)
-                self._announce_and_report(chunk)
-                self.end_head_start()
-                chunk = following
+    async def _run_reports(self) -> None:
+        while True:
+            chunk, kind, insts, move = await self._moving.get()
+            try:
+                if chunk is None:
+                    self._applied(kind)
+                else:
+                    await self._report(chunk, kind, insts, move)
+            except Exception:
+                log.exception("applying transitions failed")
+            finally:
+                chunk = insts = move = None
+                self._moving.task_done()
 
-    def _move_vips(self, chunk, kind: int) -> asyncio.Future:
-        insts = [item[0] for item in chunk]
-        if kind == UP:
-            return asyncio.ensure_future(self._become_master(insts))
-        return asyncio.ensure_future(self._leave_master(insts, kind == CLEAR))
+    async def _move_run(self, kind: int, run) -> None:
+        """A run of one kind (UP, DOWN, CLEAR, OTHER) in chunks: the first
+        worth one netlink send, so the first instances of a takeover of
+        thousands do not wait for the last one's VIPs.  What masters hold
+        besides VIPs (the strict-mode drop, routes, rules) goes in and out
+        around them in keepalived's order, so a run that has some waits
+        until those before it are through."""
+        if kind == OTHER:
+            self._moving.put_nowait((run, kind, None, None))
+            return
+        insts = [item[0] for item in run]
+        if kind != CLEAR and any(_held(insts)):
+            await self._moving.join()
+            await self._before_vips(insts, kind)
+        for chunk in self._chunks(run):
+            insts = [item[0] for item in chunk]
+            self._moving.put_nowait((chunk, kind, insts, self._move_vips(insts, kind == UP)))
+
+    async def _report(self, chunk, kind: int, insts, move) -> None:
+        """A chunk whose VIPs are on their way: once their ACKs are back, its
+        routes and rules (UP) or the strict-mode drop (DOWN), then its GARPs
+        and notifications."""
+        if kind == OTHER:
+            self._announce_and_report(chunk)
+            return
+        failed = await self._vips_moved(insts, *move)
+        await self._after_vips(insts, kind, failed)
+        self._announce_and_report(chunk)
+        self.end_head_start()
+
+    def _applied(self, taken: int) -> None:
+        """`taken` batches are through."""
+        self._effects_unfinished -= taken
+        for _ in range(taken):
+            self._effects.task_done()
+        held_since = self._held_since
+        if held_since is not None and (self._effects_unfinished == 0 or
+                                       time.monotonic() - held_since > HOLD_MONITOR_S):
+            self._held_since = None
+            self.links.release()
 
     def _chunks(self, run):
         """Consecutive pieces of `run`: the first worth one netlink send, each
-        next one twice the last up to CHUNK_GROWTH sends (the sender thread
-        makes them one after the other), so the first instances move at once
-        and the rest in few round trips between the loop and that thread."""
+        next one twice the last up to CHUNK_GROWTH sends (fewer wake-ups of
+        the loop)."""
         sends = 1
         start, msgs = 0, 0
         for i, (inst, *_) in enumerate(run):
@@ -286,14 +311,24 @@ class Transitions:
         if start < len(run):
             yield run[start:]
 
-    async def _become_master(self, insts: list[Instance]) -> None:
-        """keepalived's vrrp_state_become_master: the strict-mode drop, VIPs, routes, rules."""
+    async def _before_vips(self, insts: list[Instance], kind: int) -> None:
+        """keepalived's vrrp_state_become_master: the strict-mode drop before
+        the VIPs; vrrp_state_leave_master: rules and routes before them
+        (CLEAR, at start-up: only VIPs a crashed previous run left)."""
         drop, routes, rules = _held(insts)
-        if drop and self.firewall is not None:
+        if kind == UP and drop and self.firewall is not None:
             await self.firewall.add_vips(drop)
-        failed = await self._vips(insts, True)
-        if routes or rules:
+        elif kind == DOWN and (routes or rules):
+            await self.routes.remove(routes, rules)
+
+    async def _after_vips(self, insts: list[Instance], kind: int, failed: list[Instance]) -> None:
+        """Routes and rules after the VIPs (UP), the drop after them (DOWN);
+        an instance whose VIPs failed to go up: FAULT."""
+        drop, routes, rules = _held(insts)
+        if kind == UP and (routes or rules):
             await self.routes.add(routes, rules)
+        elif kind == DOWN and drop and self.firewall is not None:
+            await self.firewall.remove_vips(drop)
         for inst in failed:
             # A master without its VIPs black-holes their traffic: FAULT (priority 0
             # goes out, the backup takes over) and try again later.
@@ -305,46 +340,37 @@ class Transitions:
                 self._apply_verdict(inst, t)
             self._pump()
 
-    async def _leave_master(self, insts: list[Instance], stale: bool) -> None:
-        """keepalived's vrrp_state_leave_master: rules, routes, VIPs, then the
-        drop.  stale: starting as BACKUP/FAULT, clear the VIPs a crashed
-        previous run may have left (only the master holds them)."""
-        drop, routes, rules = _held(insts)
-        if not stale and (routes or rules):
-            await self.routes.remove(routes, rules)
-        await self._vips(insts, False)
-        if drop and not stale and self.firewall is not None:
-            await self.firewall.remove_vips(drop)
-
-    async def _vips(self, insts: list[Instance], add: bool) -> list[Instance]:
-        """Add (remove) the instances' VIPs with their prebuilt messages in one
-        netlink send.  -> the instances one of whose VIPs failed."""
-        idxs = [i.idx for i in insts]
-        effects = self.effects
-        first = [0]
-        count = [0]
-
-        def build(seq0: int):
-            first[0] = seq0
-            data, count[0] = effects.netlink(idxs, add, seq0)
-            return data, count[0]
-
-        if not any(effects.nmsgs(i) for i in idxs):
-            return []
+    def _move_vips(self, insts: list[Instance], add: bool) -> tuple[Any, Any]:
+        """Hand the instances' prebuilt VIP messages to the requester's thread
+        -> (the VipMove, the future of its exchange), or Nones: nothing to send."""
+        move = self.effects.vip_move([i.idx for i in insts], add)
+        if not move.count:
+            return None, None
         if not add:
             self.expect_deleted(v for i in insts for v in i.vips)
-        try:
-            await self.addresses.requester.request_built(
-                build, lambda view: effects.acks(view, first[0]))
-        except OSError as e:        # the kernel refused the whole send
-            log.error("%s %d VIPs: %s", "adding" if add else "removing", count[0], e)
-        failed = effects.results(idxs, add)
-        self.addresses.account(add, count[0] - len(failed), len(failed))
+        return move, self.addresses.requester.submit(move)
+
+    async def _vips_moved(self, insts: list[Instance], move, exchange) -> list[Instance]:
+        """Wait for a VipMove; -> the instances one of whose VIPs failed."""
+        if move is None:
+            return []
+        add = move.add
+        err = await exchange
+        if err:                     # the kernel refused a send, or ACKs were lost
+            log.error("%s %d VIPs: %s", "adding" if add else "removing", move.count,
+                      os.strerror(err))
+        failed = self.effects.finish(move)
+        self.addresses.account(add, move.count - len(failed), len(failed))
         if failed:
             log.error("%s VIPs failed for %d instance(s): %s", "adding" if add else "removing",
                       len(failed), ", ".join(f"{insts[p].name} ({os.strerror(e)})"
                                              for p, e in failed[:LOG_EACH]))
         return [insts[p] for p, _ in failed]
+
+    async def _vips(self, insts: list[Instance], add: bool) -> list[Instance]:
+        """Add (remove) the instances' VIPs with their prebuilt messages.
+        -> the instances one of whose VIPs failed."""
+        return await self._vips_moved(insts, *self._move_vips(insts, add))
 
     def _retry_vips(self, inst: Instance) -> None:
         if self.instances.get(inst.name) is not inst or self.stopping:

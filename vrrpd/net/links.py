@@ -140,7 +140,7 @@ class LinkMonitor:
         await self._synced
 
     def hold(self) -> None:
-        """Leave events queued in the socket until release() (see Daemon._apply)."""
+        """Leave events queued in the socket until release() (see Transitions._run_effects)."""
         if (w := self._watches.get(False)) is not None:
             w.pause()
 
