@@ -254,18 +254,28 @@ def takeover(n):
 
 def test_a_takeover_of_thousands_is_dispatched_a_slice_per_loop_turn():
     """The effects queue gets the first slice before the rest is dispatched,
-    so the first instances' VIPs and notify lines do not wait for the last."""
-    n = 2 * pump.DISPATCH_SLICE + 3
+    so the first instances' VIPs and notify lines do not wait for the last;
+    each next slice is DISPATCH_GROWTH times larger, and the next takeover
+    starts small again."""
+    first, growth = pump.DISPATCH_SLICE, pump.DISPATCH_GROWTH
+    sizes = [first, first * growth, first * growth ** 2]
+    n = sum(sizes) + 3
     engine, d, batches = takeover(n)
     engine.events = [Event(i, EV_STATE, MASTER, REASON_PRIORITY_ZERO_ADVERT) for i in range(n)]
     d.pump()
-    assert [len(b) for b in batches] == [pump.DISPATCH_SLICE] and d.dispatching
+    assert [len(b) for b in batches] == sizes[:1] and d.dispatching
     d._loop.fire("_pump_more")
-    assert [len(b) for b in batches] == [pump.DISPATCH_SLICE] * 2 and d.dispatching
+    assert [len(b) for b in batches] == sizes[:2] and d.dispatching
     d._loop.fire("_pump_more")
-    assert [len(b) for b in batches] == [pump.DISPATCH_SLICE] * 2 + [3] and not d.dispatching
+    assert [len(b) for b in batches] == sizes and d.dispatching
+    d._loop.fire("_pump_more")
+    assert [len(b) for b in batches] == sizes + [3] and not d.dispatching
     assert [inst.name for b in batches for inst, *_ in b] == [f"VI_{i}" for i in range(n)]
     assert all(inst.state == MASTER for inst in d.by_idx.values())
+    engine.events = [Event(i, EV_STATE, BACKUP, REASON_PRIORITY_ZERO_ADVERT)
+                     for i in range(first + 1)]
+    d.pump()
+    assert [len(b) for b in batches[4:]] == [first] and d.dispatching
 
 
 def test_a_takeover_gives_its_first_new_masters_a_head_start():
@@ -286,6 +296,7 @@ def test_a_takeover_gives_its_first_new_masters_a_head_start():
     assert engine.caps[-1] == -1 and engine.due_masters == 0
     while d.dispatching:
         d._loop.fire("_pump_more")
+    assert [len(b) for b in batches] == [pump.HEAD_START, n - pump.HEAD_START]   # grown
     assert [inst.name for b in batches for inst, *_ in b] == [f"VI_{i}" for i in range(n)]
     assert not [t for t in d._loop.timers if t[1].__name__ == "end_head_start"]
 

@@ -47,7 +47,9 @@ RX_CHECK_S = 1.0
 RX_LATE_US = 5000         # timers this late: read the sockets before running them
 RX_CALL_MAX = 16 * 64     # packets Engine.on_readable reads at most per call
 
-DISPATCH_SLICE = 128      # events handed to the effects queue per turn of the loop
+DISPATCH_SLICE = 128      # events handed to the effects queue in a takeover's first turn
+DISPATCH_GROWTH = 8       # ... each next turn this many times more
+DISPATCH_MAX = 1 << 16
 HEAD_START = DISPATCH_SLICE     # new masters of a takeover whose side effects go first
 HEAD_START_S = 0.010      # at most this long before the rest of the takeover goes on
 LOG_EACH = 8      # transitions per batch logged one line each at INFO; more are summarised
@@ -116,6 +118,7 @@ class Pump:
         self._rx_poll: asyncio.TimerHandle | None = None     # set while polling
         self._rx_check: asyncio.TimerHandle | None = None
         self._more: asyncio.Handle | None = None     # set while a dispatch goes on in slices
+        self._slice = DISPATCH_SLICE    # events the next turn of that dispatch hands out
         self._head: asyncio.TimerHandle | None = None    # set during a takeover's head start
 
     def add_socket(self, key: tuple[str, int], sock_id: int, sock: socket.socket) -> None:
@@ -224,17 +227,23 @@ class Pump:
         # Sync-group moves queue more events; drain until quiet.  A takeover
         # of thousands reaches Python in slices: after each, the loop turns
         # once so the effects queue starts on that slice (its VIPs, GARPs and
-        # notify lines) while the next one is dispatched.  Past its head
-        # start, the engine's own work (states, timers, the new masters'
-        # adverts) is not sliced: a new master's advert must not wait for
-        # many others' side effects, or a third router's timers run out too.
-        while events := self.engine.pop_events(DISPATCH_SLICE):
+        # notify lines) while the next one is dispatched.  Each next slice is
+        # DISPATCH_GROWTH times larger: the first instances move at once, the
+        # rest in few turns of the loop (each of which also sends the adverts
+        # due, thousands at 10,000 masters).
+        # Past its head start, the engine's own work (states, timers, the new
+        # masters' adverts) is not sliced: a new master's advert must not wait
+        # for many others' side effects, or a third router's timers run out too.
+        while events := self.engine.pop_events(self._slice):
             self._on_events(events)
-            if len(events) == DISPATCH_SLICE:
+            if len(events) == self._slice:
                 self.engine.flush()
+                self._slice = min(self._slice * DISPATCH_GROWTH, DISPATCH_MAX)
                 if self._more is None and self._head is None:
                     self._more = self._loop.call_soon(self._pump_more)
                 return
+        if self._head is None:
+            self._slice = DISPATCH_SLICE    # the next takeover starts small
         self.engine.flush()         # what tracking and sync groups queued, in one batch
         if self._head is not None:
             return                  # end_head_start pumps again
