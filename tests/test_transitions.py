@@ -254,11 +254,12 @@ def takeover(n):
 
 def test_a_takeover_of_thousands_is_dispatched_a_slice_per_loop_turn():
     """The effects queue gets the first slice before the rest is dispatched,
-    so the first instances' VIPs and notify lines do not wait for the last;
-    each next slice is DISPATCH_GROWTH times larger, and the next takeover
-    starts small again."""
+    so the first instances' VIPs and notify lines do not wait for the last.
+    Until a chunk is reported the slices stay small (that report must not
+    wait behind a large one); then each is DISPATCH_GROWTH times larger per
+    slice handed out, and the next takeover starts small again."""
     first, growth = pump.DISPATCH_SLICE, pump.DISPATCH_GROWTH
-    sizes = [first, first * growth, first * growth ** 2]
+    sizes = [first, first, first * growth ** 2, first * growth ** 3]
     n = sum(sizes) + 3
     engine, d, batches = takeover(n)
     engine.events = [Event(i, EV_STATE, MASTER, REASON_PRIORITY_ZERO_ADVERT) for i in range(n)]
@@ -266,6 +267,9 @@ def test_a_takeover_of_thousands_is_dispatched_a_slice_per_loop_turn():
     assert [len(b) for b in batches] == sizes[:1] and d.dispatching
     d._loop.fire("_pump_more")
     assert [len(b) for b in batches] == sizes[:2] and d.dispatching
+    d.chunk_reported()
+    d._loop.fire("_pump_more")
+    assert [len(b) for b in batches] == sizes[:3] and d.dispatching
     d._loop.fire("_pump_more")
     assert [len(b) for b in batches] == sizes and d.dispatching
     d._loop.fire("_pump_more")
@@ -273,9 +277,10 @@ def test_a_takeover_of_thousands_is_dispatched_a_slice_per_loop_turn():
     assert [inst.name for b in batches for inst, *_ in b] == [f"VI_{i}" for i in range(n)]
     assert all(inst.state == MASTER for inst in d.by_idx.values())
     engine.events = [Event(i, EV_STATE, BACKUP, REASON_PRIORITY_ZERO_ADVERT)
-                     for i in range(first + 1)]
+                     for i in range(2 * first + 1)]
     d.pump()
-    assert [len(b) for b in batches[4:]] == [first] and d.dispatching
+    d._loop.fire("_pump_more")
+    assert [len(b) for b in batches[5:]] == [first, first] and d.dispatching
 
 
 def test_a_takeover_gives_its_first_new_masters_a_head_start():
@@ -292,7 +297,7 @@ def test_a_takeover_gives_its_first_new_masters_a_head_start():
     d.pump()                                    # meanwhile (a timer, the sockets): no more
     assert engine.caps[-1] == 0 and engine.due_masters == n - pump.HEAD_START
     d.effects_idle = False                      # the first slice is being applied
-    d.end_head_start()                          # ... and has reported
+    d.chunk_reported()                          # ... and has reported
     assert engine.caps[-1] == -1 and engine.due_masters == 0
     while d.dispatching:
         d._loop.fire("_pump_more")
@@ -306,6 +311,9 @@ def test_a_takeover_gives_its_first_new_masters_a_head_start():
     d.effects_idle = False
     d._loop.fire("end_head_start")
     assert engine.caps == [pump.HEAD_START, -1] and engine.due_masters == 0
+    while d.dispatching:                        # ... and its slices wait for a report to grow
+        d._loop.fire("_pump_more")
+    assert [len(b) for b in batches] == [pump.HEAD_START] * 3
 
     engine, d, batches = takeover(pump.HEAD_START)      # all fit: no head start
     engine.due_masters = pump.HEAD_START

@@ -47,8 +47,8 @@ RX_CHECK_S = 1.0
 RX_LATE_US = 5000         # timers this late: read the sockets before running them
 RX_CALL_MAX = 16 * 64     # packets Engine.on_readable reads at most per call
 
-DISPATCH_SLICE = 128      # events handed to the effects queue in a takeover's first turn
-DISPATCH_GROWTH = 8       # ... each next turn this many times more
+DISPATCH_SLICE = 128      # events handed to the effects queue per turn of the loop
+DISPATCH_GROWTH = 8       # ... once a chunk is reported, this many times more per turn
 DISPATCH_MAX = 1 << 16
 HEAD_START = DISPATCH_SLICE     # new masters of a takeover whose side effects go first
 HEAD_START_S = 0.010      # at most this long before the rest of the takeover goes on
@@ -118,7 +118,8 @@ class Pump:
         self._rx_poll: asyncio.TimerHandle | None = None     # set while polling
         self._rx_check: asyncio.TimerHandle | None = None
         self._more: asyncio.Handle | None = None     # set while a dispatch goes on in slices
-        self._slice = DISPATCH_SLICE    # events the next turn of that dispatch hands out
+        self._full_slices = 0       # ... and how many full slices it has handed out
+        self._reported = False      # a chunk of it has its side effects (see _next_slice)
         self._head: asyncio.TimerHandle | None = None    # set during a takeover's head start
 
     def add_socket(self, key: tuple[str, int], sock_id: int, sock: socket.socket) -> None:
@@ -180,6 +181,11 @@ class Pump:
         self._more = None
         self._pump()
 
+    def chunk_reported(self) -> None:
+        """A chunk of transitions has its side effects (Transitions._report)."""
+        self._reported = True
+        self.end_head_start()
+
     def end_head_start(self) -> None:
         """A takeover's first new masters have their side effects (or
         HEAD_START_S passed): the rest of it goes on."""
@@ -228,22 +234,22 @@ class Pump:
         # of thousands reaches Python in slices: after each, the loop turns
         # once so the effects queue starts on that slice (its VIPs, GARPs and
         # notify lines) while the next one is dispatched.  Each next slice is
-        # DISPATCH_GROWTH times larger: the first instances move at once, the
-        # rest in few turns of the loop (each of which also sends the adverts
-        # due, thousands at 10,000 masters).
+        # larger (_next_slice): the first instances move at once, the rest in
+        # few turns of the loop (each of which also sends the adverts due,
+        # thousands at 10,000 masters).
         # Past its head start, the engine's own work (states, timers, the new
         # masters' adverts) is not sliced: a new master's advert must not wait
         # for many others' side effects, or a third router's timers run out too.
-        while events := self.engine.pop_events(self._slice):
+        while events := self.engine.pop_events(size := self._next_slice()):
             self._on_events(events)
-            if len(events) == self._slice:
+            if len(events) == size:
                 self.engine.flush()
-                self._slice = min(self._slice * DISPATCH_GROWTH, DISPATCH_MAX)
+                self._full_slices += 1
                 if self._more is None and self._head is None:
                     self._more = self._loop.call_soon(self._pump_more)
                 return
         if self._head is None:
-            self._slice = DISPATCH_SLICE    # the next takeover starts small
+            self._full_slices, self._reported = 0, False    # the next takeover starts small
         self.engine.flush()         # what tracking and sync groups queued, in one batch
         if self._head is not None:
             return                  # end_head_start pumps again
@@ -260,6 +266,15 @@ class Pump:
         self._timer_at = next_at
         delay = max(0.0, (next_at - now_us()) / 1e6)
         self._timer = self._loop.call_later(delay, self._on_timer)
+
+    def _next_slice(self) -> int:
+        """Events the next turn of a dispatch hands out: DISPATCH_SLICE until
+        a chunk of it is reported, so that the first chunk's report (its ACKs
+        back in the netlink thread) waits behind no large slice of Python;
+        then DISPATCH_GROWTH times more for each full slice handed out."""
+        if not self._reported:
+            return DISPATCH_SLICE
+        return min(DISPATCH_SLICE * DISPATCH_GROWTH ** self._full_slices, DISPATCH_MAX)
 
     def _on_events(self, events) -> None:
         batch, lower = [], []

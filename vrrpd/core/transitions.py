@@ -154,7 +154,7 @@ class Transitions:
 
         def _pump(self) -> None: ...
 
-        def end_head_start(self) -> None: ...   # Pump's: a takeover's first side effects are done
+        def chunk_reported(self) -> None: ...   # Pump's: a chunk has its side effects
 
     def __init__(self, plan, links, effects, addresses, routes=None, garp=None, firewall=None):
         """plan: vrrpd.core.plan.Plan; links: a vrrpd.net.links.LinkMonitor;
@@ -281,7 +281,7 @@ class Transitions:
         failed = await self._vips_moved(insts, *move)
         await self._after_vips(insts, kind, failed)
         self._announce_and_report(chunk)
-        self.end_head_start()
+        self.chunk_reported()
 
     def _applied(self, taken: int) -> None:
         """`taken` batches are through."""
