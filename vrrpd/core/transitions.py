@@ -258,15 +258,12 @@ class Transitions:
         worth one netlink send, so the first instances of a takeover of
         thousands do not wait for the last one's VIPs.  What masters hold
         besides VIPs (the strict-mode drop, routes, rules) goes in and out
-        around them in keepalived's order, so a run that has some waits
-        until those before it are through."""
+        around them in keepalived's order (_before_vips, _after_vips)."""
         if kind == OTHER:
             self._moving.put_nowait((run, kind, None, None))
             return
-        insts = [item[0] for item in run]
-        if kind != CLEAR and any(_held(insts)):
-            await self._moving.join()
-            await self._before_vips(insts, kind)
+        if kind != CLEAR:
+            await self._before_vips([item[0] for item in run], kind)
         for chunk in self._chunks(run):
             insts = [item[0] for item in chunk]
             self._moving.put_nowait((chunk, kind, insts, self._move_vips(insts, kind == UP)))
@@ -313,12 +310,15 @@ class Transitions:
 
     async def _before_vips(self, insts: list[Instance], kind: int) -> None:
         """keepalived's vrrp_state_become_master: the strict-mode drop before
-        the VIPs; vrrp_state_leave_master: rules and routes before them
-        (CLEAR, at start-up: only VIPs a crashed previous run left)."""
+        the VIPs; vrrp_state_leave_master: rules and routes before them.
+        Either waits until the chunks queued before are reported, whose
+        _after_vips may touch the same drop, routes and rules."""
         drop, routes, rules = _held(insts)
         if kind == UP and drop and self.firewall is not None:
+            await self._moving.join()
             await self.firewall.add_vips(drop)
         elif kind == DOWN and (routes or rules):
+            await self._moving.join()
             await self.routes.remove(routes, rules)
 
     async def _after_vips(self, insts: list[Instance], kind: int, failed: list[Instance]) -> None:
