@@ -258,6 +258,12 @@ def test_address_manager_10000_vips_in_one_batch(netns):
     print(f"\n10,000 VIPs: add {added['seconds']:.2f}s, remove {removed['seconds']:.2f}s")
 
 
+def ack(data, hdr, code: int = 0) -> bytes:
+    """The kernel's NLMSG_ERROR reply (errno `code`, 0: ACK) to the message at `hdr` in `data`."""
+    return (nl.NLMSGHDR.pack(36, nl.NLMSG_ERROR, 0x100, hdr.seq, 0) + nl.ERRCODE.pack(-code)
+            + bytes(data[hdr.offset:hdr.offset + nl.NLMSGHDR.size]))
+
+
 class FakeRouteSocket:
     """rtnetlink as seen from sendmsg(): the whole buffer is handled inside send(),
     at `cost` seconds of the injected clock per message, and one ACK queued per message."""
@@ -272,8 +278,7 @@ class FakeRouteSocket:
         self.sends.append(len(hdrs))
         self.clock[0] += self.cost * len(hdrs)
         for h in hdrs:
-            self.acks += nl.NLMSGHDR.pack(36, nl.NLMSG_ERROR, 0x100, h.seq, 0)
-            self.acks += nl.ERRCODE.pack(0) + bytes(data[h.offset:h.offset + nl.NLMSGHDR.size])
+            self.acks += ack(data, h)
 
     def recv_into(self, buf):
         if not self.acks:
@@ -360,9 +365,7 @@ class FakeKernel:
                 pos = len(self.seqs)
                 self.seqs.append(h.seq)
                 if pos not in self.silent:
-                    self.theirs.send(nl.NLMSGHDR.pack(36, nl.NLMSG_ERROR, 0x100, h.seq, 0)
-                                     + nl.ERRCODE.pack(-self.codes.get(pos, 0))
-                                     + bytes(data[h.offset:h.offset + nl.NLMSGHDR.size]))
+                    self.theirs.send(ack(data, h, self.codes.get(pos, 0)))
 
     def fileno(self):
         return self.ours.fileno()
