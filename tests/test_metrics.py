@@ -88,6 +88,37 @@ def test_parallel_scrapes_do_not_hold_the_loop(lan, tmp_path):
         d.stop()
 
 
+def test_render_in_pieces_is_one_exposition():
+    """render() formats a family 100 instances at a time: prometheus-client's
+    own parser finds each family once, with every instance's samples."""
+    from vrrpd.engine import REJECT_NAMES
+    from vrrpd.ops import metrics
+    n, reasons = 250, REJECT_NAMES[1:]
+    keys = [k for k, _, _ in metrics.COUNTERS] + ["reject_" + r for r in reasons]
+    snap = metrics.Snapshot()
+    for i in range(n):
+        snap.instances.append(([f"VI_{i}", f"eth{i % 4}", str(i % 255 + 1)], 2, 200,
+                               100 + i % 50, i, {k: 7 * i + j for j, k in enumerate(keys)}))
+    snap.sockets.append((["eth0", "4"], {k: 3 for k in keys}))
+    snap.scripts = {k: 1 for k in metrics.SCRIPT_COUNTERS}
+    text = metrics.render(snap, slice_size=100).decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert text.count("# HELP ") == text.count("# TYPE ") == len(families)
+    assert len(families["vrrpd_instance_state"].samples) == n
+    base = {s.labels["instance"]: s.value for s in families["vrrpd_instance_base_priority"].samples}
+    assert base == {f"VI_{i}": 100 + i % 50 for i in range(n)}
+    rejected = {(s.labels["instance"], s.labels["reason"]): s.value
+                for s in families["vrrpd_adverts_rejected"].samples}
+    assert rejected == {(f"VI_{i}", r): 7 * i + keys.index("reject_" + r)
+                        for i in range(n) for r in reasons}
+    assert len(families["vrrpd_socket_rejected"].samples) == len(reasons)
+    # No instance: every family still there once, empty.
+    empty = metrics.Snapshot()
+    empty.scripts = snap.scripts
+    assert {f.name for f in text_string_to_metric_families(metrics.render(empty).decode())} \
+        == set(families)
+
+
 def test_scrape_connections_are_bounded(aio):
     """With every slot held by a client that sends nothing, a scrape is
     answered 503 at once; once a slot frees, scrapes are served again."""

@@ -31,6 +31,7 @@ import socket
 import sys
 import threading
 import time
+from typing import Callable
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -122,28 +123,38 @@ async def take_snapshot(daemon, lag: LoopLag, slice_size: int = SLICE) -> Snapsh
 STATE_HELP = ", ".join(f"{s.value} {s.name}" for s in State)     # "0 INIT, 1 BACKUP, ..."
 
 
-def render(snap: Snapshot) -> bytes:
-    """The text exposition of one snapshot (runs in the HTTP thread)."""
-    state = GaugeMetricFamily("vrrpd_instance_state", STATE_HELP,
-                              labels=INST_LABELS)
-    prio = GaugeMetricFamily("vrrpd_instance_priority", "effective priority", labels=INST_LABELS)
-    base = GaugeMetricFamily("vrrpd_instance_base_priority", "configured priority",
-                             labels=INST_LABELS)
-    trans = CounterMetricFamily("vrrpd_instance_transitions", "state transitions",
-                                labels=INST_LABELS)
-    counters = {k: CounterMetricFamily(name, text, labels=INST_LABELS)
-                for k, name, text in COUNTERS}
-    rejected = CounterMetricFamily("vrrpd_adverts_rejected", "adverts rejected, by reason",
-                                   labels=INST_LABELS + ["reason"])
-    for labels, st, pr, bp, tr, c in snap.instances:
-        state.add_metric(labels, st)
-        prio.add_metric(labels, pr)
-        base.add_metric(labels, bp)
-        trans.add_metric(labels, tr)
-        for k, fam in counters.items():
-            fam.add_metric(labels, c[k])
-        for reason in REJECT_NAMES[1:]:
-            rejected.add_metric(labels + [reason], c["reject_" + reason])
+# Per-instance families: (class, name, help, label names after INST_LABELS,
+# a snapshot row -> [(those labels' values, value)]).  Rows are as in Snapshot.
+INSTANCE_FAMILIES: list[tuple[type, str, str, list[str], Callable[[tuple], list]]] = [
+    (GaugeMetricFamily, "vrrpd_instance_state", STATE_HELP, [], lambda r: [([], r[1])]),
+    (GaugeMetricFamily, "vrrpd_instance_priority", "effective priority", [],
+     lambda r: [([], r[2])]),
+    (GaugeMetricFamily, "vrrpd_instance_base_priority", "configured priority", [],
+     lambda r: [([], r[3])]),
+    (CounterMetricFamily, "vrrpd_instance_transitions", "state transitions", [],
+     lambda r: [([], r[4])]),
+    *[(CounterMetricFamily, name, text, [], lambda r, k=k: [([], r[5][k])])
+      for k, name, text in COUNTERS],
+    (CounterMetricFamily, "vrrpd_adverts_rejected", "adverts rejected, by reason", ["reason"],
+     lambda r: [([reason], r[5]["reject_" + reason]) for reason in REJECT_NAMES[1:]]),
+]
+
+
+def render(snap: Snapshot, slice_size: int = SLICE) -> bytes:
+    """The text exposition of one snapshot (runs in the HTTP thread).
+
+    prometheus-client formats one family and `slice_size` instances at a time,
+    and each piece's samples are freed before the next.  Rendered whole, the final
+    join and encode and the freeing of every sample are C calls that hold the GIL,
+    and so the loop's adverts, for milliseconds per thousand instances."""
+    pieces = []
+    for cls, name, text, labels, values in INSTANCE_FAMILIES:
+        for start in range(0, max(len(snap.instances), 1), slice_size):
+            family = cls(name, text, labels=INST_LABELS + labels)
+            for row in snap.instances[start:start + slice_size]:
+                for more, value in values(row):
+                    family.add_metric(row[0] + more, value)
+            pieces.append(_exposition([family], header=start == 0))
     sock_rej = CounterMetricFamily("vrrpd_socket_rejected",
                                    "adverts rejected before reaching an instance",
                                    labels=["interface", "family", "reason"])
@@ -159,11 +170,17 @@ def render(snap: Snapshot) -> bytes:
                             value=snap.lag)
     lag_max = GaugeMetricFamily("vrrpd_loop_lag_max_seconds", "largest loop lateness seen",
                                 value=snap.lag_max)
-    families = [state, prio, base, trans, *counters.values(), rejected, sock_rej, *scripts,
-                lag, lag_max]
+    pieces.append(_exposition([sock_rej, *scripts, lag, lag_max]))
+    return b"".join(pieces)
+
+
+def _exposition(families: list, header: bool = True) -> bytes:
+    """prometheus-client's text for `families`; without its # HELP and # TYPE
+    lines when `header` is false (the later pieces of one family)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Families(families))
-    return generate_latest(registry)
+    text = generate_latest(registry)
+    return text if header else text.split(b"\n", 2)[2]
 
 
 class _Families:
