@@ -25,3 +25,34 @@ def test_logging_does_not_wait_for_a_stalled_stderr():
         child.wait()
     lines = err.splitlines()
     assert lines == [f"INFO vrrpd.test: line {i} {'x' * 100}" for i in range(n)]
+
+
+def test_rows_are_one_record_written_line_by_line(capfd):
+    """A Rows message costs its caller one queued record, however many rows;
+    the writer thread writes a line per row, each with the handler's prefix."""
+    import logging
+
+    from vrrpd.ops import logs
+    logs.setup()
+    root = logging.getLogger("vrrpd")
+    queue_handler = root.handlers[0]
+    queued = []
+    enqueue = queue_handler.enqueue
+    queue_handler.enqueue = lambda record: (queued.append(record), enqueue(record))
+    try:
+        rows = [(f"VI_{i}", i) for i in range(500)]
+        logging.getLogger("vrrpd.test").warning(logs.Rows("(%s) line %d", rows))
+        logs.stop()
+    finally:
+        root.handlers.clear()
+    assert len(queued) == 1
+    assert capfd.readouterr().err.splitlines() == [
+        f"WARNING vrrpd.test: (VI_{i}) line {i}" for i in range(500)]
+
+
+def test_rows_under_any_handler_are_lines():
+    import logging
+
+    from vrrpd.ops.logs import Rows
+    record = logging.makeLogRecord({"msg": Rows("%s=%d", [("a", 1), ("b", 2)])})
+    assert record.getMessage() == "a=1\nb=2"

@@ -24,6 +24,7 @@ from vrrpd.engine import (
     REJECT_NAMES,
     STATE_NAMES,
 )
+from vrrpd.ops.logs import Rows
 
 if TYPE_CHECKING:
     from vrrpd.core.instance import Instance
@@ -60,7 +61,7 @@ def log_transitions(batch) -> None:
     of thousands of instances would spend ~60 us per line (a tenth of a second
     per 2,000) before its VIPs go up, so a large batch is logged as one INFO
     line per (state, reason) naming every instance, and the per-instance
-    lines go to DEBUG."""
+    lines go to DEBUG, as one record the log writer's thread expands."""
     if len(batch) <= LOG_EACH:
         for inst, _, new, reason in batch:
             log.info("(%s) Entering %s STATE (%s)", inst.name, STATE_NAMES.get(new, new), reason)
@@ -72,8 +73,9 @@ def log_transitions(batch) -> None:
         log.info("%d instances Entering %s STATE (%s): %s", len(names),
                  STATE_NAMES.get(new, new), reason, " ".join(names))
     if log.isEnabledFor(logging.DEBUG):
-        for inst, _, new, reason in batch:
-            log.debug("(%s) Entering %s STATE (%s)", inst.name, STATE_NAMES.get(new, new), reason)
+        log.debug(Rows("(%s) Entering %s STATE (%s)",
+                       [(inst.name, STATE_NAMES.get(new, new), reason)
+                        for inst, _, new, reason in batch]))
 
 
 def now_us() -> int:

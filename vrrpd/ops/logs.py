@@ -3,7 +3,9 @@ syslog on request, keepalived's -D detail; a rate limiter for per-packet noise.
 
 The loop only queues records; a thread of the stdlib's QueueListener writes them.
 A write to stderr or /dev/log blocks when journald or syslog falls behind, or when
-the log file's filesystem is busy, and the loop must not wait for it.
+the log file's filesystem is busy, and the loop must not wait for it.  A burst
+of similar lines (a takeover of thousands at -D) is one record of Rows, which
+that thread formats and writes line by line.
 """
 from __future__ import annotations
 
@@ -38,9 +40,41 @@ def setup(*, console: bool = True, detail: bool = False,
         outputs.append(h)
     stop()
     records: queue.SimpleQueue = queue.SimpleQueue()
-    root.addHandler(logging.handlers.QueueHandler(records))
-    _listener = logging.handlers.QueueListener(records, *outputs)
+    root.addHandler(_Queue(records))
+    _listener = _Listener(records, *outputs)
     _listener.start()
+
+
+class Rows:
+    """A log message of one line per args tuple: `log.debug(Rows(fmt, rows))`
+    costs the caller one record however many rows.  Any handler writes it as
+    lines joined by newlines; the writer thread of setup() formats it there, as
+    one record per line."""
+
+    def __init__(self, fmt: str, rows: list[tuple]):
+        self.fmt, self.rows = fmt, rows
+
+    def __str__(self) -> str:
+        return "\n".join(self.fmt % args for args in self.rows)
+
+
+class _Queue(logging.handlers.QueueHandler):
+    def prepare(self, record: logging.LogRecord):
+        # The stdlib formats each record before queueing it; Rows are left
+        # for the writer thread (their args are immutable tuples).
+        return record if isinstance(record.msg, Rows) else super().prepare(record)
+
+
+class _Listener(logging.handlers.QueueListener):
+    def handle(self, record: logging.LogRecord) -> None:
+        rows = record.msg
+        if not isinstance(rows, Rows):
+            super().handle(record)
+            return
+        for args in rows.rows:
+            line = logging.makeLogRecord(record.__dict__)
+            line.msg, line.args = rows.fmt % args, None
+            super().handle(line)
 
 
 @atexit.register

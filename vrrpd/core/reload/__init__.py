@@ -52,6 +52,7 @@ from typing import Any
 from vrrpd.core import leftovers
 from vrrpd.core.reload import child as reloadchild
 from vrrpd.ops import sdnotify
+from vrrpd.ops.logs import Rows
 from vrrpd.core.plan import InstanceSpec, Plan, lean_spec
 from vrrpd.core.reload.child import ADDED, CHANGED, REPLACED, Outcome
 from vrrpd.scripts.reporting import Reporter
@@ -175,12 +176,13 @@ class Reloader:
         outcome = await self._child(slices)
         out: dict[str, Any] = {"ok": not outcome.errors, "errors": outcome.errors,
                                "warnings": outcome.warnings}
-        for w in outcome.warnings:
-            log.warning("%s", w)
+        # One record each for the writer thread: a hostile file has up to a
+        # thousand errors, whose records alone would hold the loop for ms.
+        if outcome.warnings:
+            log.warning(Rows("%s", [(w,) for w in outcome.warnings]))
         if outcome.errors:
             self.failures += 1
-            for e in outcome.errors:
-                log.error("%s", e)
+            log.error(Rows("%s", [(e,) for e in outcome.errors]))
             log.error("reload rejected: %d errors; the running configuration stays",
                       len(outcome.errors))
             return out
