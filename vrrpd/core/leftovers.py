@@ -11,6 +11,7 @@ is counted as done by AddressManager).
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -42,11 +43,21 @@ def entries(plans) -> set[Entry]:
 
 
 def read(path: str | None) -> set[Entry]:
+    """The record: a line "interface address/prefixlen" per entry (neither has
+    whitespace), or a JSON list of pairs, as earlier versions wrote it (a
+    record under /run outlives an upgrade)."""
     if path is None:
         return set()
     try:
         with open(path) as f:
-            return {(dev, addr) for dev, addr in json.load(f)}
+            text = f.read()
+        if text.startswith("["):
+            return {(dev, addr) for dev, addr in json.loads(text)}
+        out: set[Entry] = set()
+        for line in text.splitlines():
+            dev, addr = line.split()
+            out.add((dev, addr))
+        return out
     except FileNotFoundError:
         return set()
     except (OSError, ValueError, TypeError) as e:
@@ -62,7 +73,16 @@ def write(path: str | None, wanted: set[Entry]) -> None:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         tmp = f"{path}.{os.getpid()}.tmp"
         with open(tmp, "w") as f:
-            json.dump(sorted(wanted), f)
+            f.writelines(f"{dev} {addr}\n" for dev, addr in wanted)
         os.replace(tmp, path)
     except OSError as e:
         log.warning("cannot record added addresses in %s: %s", path, e)
+
+
+async def save(path: str | None, plans) -> None:
+    """write(path, entries(plans)) in a thread, while adverts run: at 10,000
+    VIPs that is tens of ms of Python, which a thread hands the GIL back from
+    every switch interval instead of holding the loop (JSON's C encoder and
+    sorted() would hold it throughout, hence lines in any order)."""
+    if path is not None:
+        await asyncio.to_thread(lambda: write(path, entries(plans)))

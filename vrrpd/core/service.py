@@ -199,9 +199,10 @@ async def _serve(plan, args, running, stop: asyncio.Event) -> int:
     except (RuntimeError, OSError) as e:
         log.error("start-up failed: %s", e)
         return 1
-    wanted = leftovers.entries([plan])
+    # Adverts run from here on: the record's work goes to threads (see leftovers.save).
+    wanted = await asyncio.to_thread(leftovers.entries, [plan])
     await _remove_leftovers(daemon, previous - wanted)
-    leftovers.write(record, wanted)
+    await asyncio.to_thread(leftovers.write, record, wanted)
     del previous, wanted        # one entry per VIP: not kept for the daemon's life
     try:
         ops = await Operations.start(daemon, args, running)

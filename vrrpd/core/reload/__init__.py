@@ -190,11 +190,10 @@ class Reloader:
             prepared = await prepare(self.daemon, outcome, slices)
             if self.vips_record:
                 # Old and new: a crash during the swap leaves nothing unknown behind.
-                leftovers.write(self.vips_record,
-                                leftovers.entries([self.daemon.plan, prepared.plan]))
+                await leftovers.save(self.vips_record, [self.daemon.plan, prepared.plan])
             await apply(self.daemon, prepared, slices)
             if self.vips_record:
-                leftovers.write(self.vips_record, leftovers.entries([self.daemon.plan]))
+                await leftovers.save(self.vips_record, [self.daemon.plan])
         except (RuntimeError, OSError, ValueError) as e:
             # e.g. a new instance on an interface that does not exist.
             self.failures += 1
