@@ -408,3 +408,50 @@ def test_link_monitor_is_held_while_a_mass_failover_is_applied(aio):
 
     aio(main())
     assert calls == [3, 5, "hold", 72, "release"]
+
+
+def test_a_chunk_is_reported_in_turns_of_the_loop(aio, monkeypatch):
+    """A chunk's GARPs and notifications go REPORT_SLICE instances at a time,
+    yielding to the loop once a turn has run REPORT_TURN_S, in order, and the
+    chunk counts as reported only after its last instance."""
+    import asyncio
+    clock = [0.0]
+    monkeypatch.setattr(transitions.time, "perf_counter", lambda: clock[0])
+    reported, ticks = [], []
+
+    class Recorder(Transitions):
+        def _announce_and_report(self, chunk):
+            reported.append([i.name for i, *_ in chunk])
+            clock[0] += 0.0015              # this slice's cost
+
+        def chunk_reported(self):
+            reported.append("reported")
+
+        async def _vips_moved(self, insts, move, exchange):
+            return []
+
+        async def _after_vips(self, insts, kind, failed):
+            pass
+
+    async def ticker():
+        while True:
+            ticks.append(len(reported))     # what the loop saw reported between turns
+            await asyncio.sleep(0)
+
+    async def main():
+        t = Recorder(None, None, None, None)
+        n = 5 * transitions.REPORT_SLICE
+        chunk = [(inst(f"VI_{k}"), BACKUP, MASTER, "r") for k in range(n)]
+        task = asyncio.create_task(ticker())
+        await asyncio.sleep(0)
+        await t._report(chunk, transitions.UP, [i for i, *_ in chunk], (None, None))
+        task.cancel()
+        return chunk
+
+    chunk = aio(main())
+    slices = reported[:-1]
+    assert reported[-1] == "reported" and "reported" not in slices
+    assert [n for s in slices for n in s] == [i.name for i, *_ in chunk]
+    assert {len(s) for s in slices} == {transitions.REPORT_SLICE}
+    # 1.5 ms a slice against a 2 ms turn: two slices per turn.
+    assert ticks[1:] == [2, 4], ticks

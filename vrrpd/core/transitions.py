@@ -41,6 +41,11 @@ NO_ANNOUNCES = ((), ())      # Instance.announces when none are cached
 
 CHUNK_MAX = 512           # instances per netlink send of a takeover (besides its budget)
 CHUNK_GROWTH = 8          # netlink sends in a takeover's largest chunk
+# A chunk is reported REPORT_SLICE instances at a time, for at most REPORT_TURN_S
+# per turn of the loop: its GARPs and notify scripts cost tens of us per
+# instance, and the adverts due meanwhile go out between turns.
+REPORT_SLICE = 16
+REPORT_TURN_S = 0.002
 VIP_RETRY_S = 5.0         # an instance FAULTed by a VIP it could not add tries again after this
 UP, DOWN, CLEAR, OTHER = range(4)       # what a transition does to the instance's VIPs
 HOLD_MONITOR = 64         # transitions waiting for their effects: a mass failover (_run_effects)
@@ -271,14 +276,18 @@ class Transitions:
     async def _report(self, chunk, kind: int, insts, move) -> None:
         """A chunk whose VIPs are on their way: once their ACKs are back, its
         routes and rules (UP) or the strict-mode drop (DOWN), then its GARPs
-        and notifications."""
-        if kind == OTHER:
-            self._announce_and_report(chunk)
-            return
-        failed = await self._vips_moved(insts, *move)
-        await self._after_vips(insts, kind, failed)
-        self._announce_and_report(chunk)
-        self.chunk_reported()
+        and notifications, in turns of the loop of at most REPORT_TURN_S."""
+        if kind != OTHER:
+            failed = await self._vips_moved(insts, *move)
+            await self._after_vips(insts, kind, failed)
+        turn_ends = time.perf_counter() + REPORT_TURN_S
+        for start in range(0, len(chunk), REPORT_SLICE):
+            if time.perf_counter() > turn_ends:
+                await asyncio.sleep(0)
+                turn_ends = time.perf_counter() + REPORT_TURN_S
+            self._announce_and_report(chunk[start:start + REPORT_SLICE])
+        if kind != OTHER:
+            self.chunk_reported()
 
     def _applied(self, taken: int) -> None:
         """`taken` batches are through."""
