@@ -3,9 +3,12 @@ validation rules, samples shipped with keepalived."""
 import glob
 import ipaddress
 import os
+import re
 import textwrap
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from keepalived_samples import SAMPLES, SAMPLES_BROKEN
 from vrrpd.config import load
@@ -44,6 +47,15 @@ def errors(tmp_path, text, **kw):
 
 
 # -- lexer -----------------------------------------------------------------------------
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(st.sampled_from(["a", "b", " ", "\t", "\v", "\x1c", "\x85", "\xa0", "\u2003",
+                                "\u200b", "{", "}", "$", "é"]), max_size=30))
+def test_tokenize_unquoted_words(text):
+    """Without quotes: words split by whitespace (as re's \\s has it), each brace
+    a token of its own."""
+    assert tokenize(text) == re.findall(r"[{}]|[^\s{}]+", text)
+
 
 def test_tokenize_quotes_and_braces():
     assert tokenize('a "b c"d {e}') == ["a", "b cd", "{", "e", "}"]

@@ -22,6 +22,7 @@ import random
 import re
 import stat
 import sys
+from typing import Iterable
 
 from .problems import Report, Where
 
@@ -38,7 +39,6 @@ MAX_TOKENS = 2_000_000          # tokens in all lines
 MAX_TEXT = 4 * MAX_CONFIG_BYTES # characters in all lines, after expansion
 
 _COMMENT = re.compile(r"[#!]")
-_UNQUOTED = re.compile(r"[{}]|[^\s{}]+")
 _DEF = re.compile(r"\s*\$([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
 _REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:\s+([^}]*))?\}"
                   r"|\$([A-Za-z_][A-Za-z0-9_]*)(?=\s|$)")
@@ -94,7 +94,10 @@ def tokenize(text: str) -> list[str]:
         # Interned: the words repeated in every instance block ("eth0",
         # "BACKUP") become one object each, which the daemon receives
         # pickled once (reloadchild --plan), not once per instance.
-        return list(map(sys.intern, _UNQUOTED.findall(text)))
+        # Braces are tokens of their own; str.split's whitespace is re's \s.
+        if "{" in text or "}" in text:
+            text = text.replace("{", " { ").replace("}", " } ")
+        return list(map(sys.intern, text.split()))
     tokens: list[str] = []
     buf: list[str] = []
     quoted = in_token = False
@@ -465,9 +468,11 @@ class Lexer:
         try:
             if kind == "LST":
                 names = [v.strip() for v in parts[0].strip("{}").split(",")]
-                rows = [[v.strip() for v in p.strip("{}").split(",")] for p in parts[1:]]
-                if not rows or any(len(r) != len(names) for r in rows):
+                table = [[v.strip() for v in p.strip("{}").split(",")] for p in parts[1:]]
+                if not table or any(len(r) != len(names) for r in table):
                     raise ValueError
+                rows: Iterable[list[str]] = table
+                count = len(table)
             else:
                 names = [parts[0]]
                 nums = [int(p, 0) for p in parts[1:]]
@@ -488,14 +493,16 @@ class Lexer:
                 values = range(start, stop, step)
                 if len(values) > MAX_GENERATED:
                     raise LimitExceeded(where, f"~{kind} generates more than {MAX_GENERATED} lines")
-                rows = [[fmt.format(v)] for v in values]
+                # Formatted as they go: a limit met half-way formats no more.
+                rows = ([fmt.format(v)] for v in values)
+                count = len(values)
         except (ValueError, IndexError):
             self.report.error(where, f"malformed ~{kind}(...) specification")
             return
-        if self._generated * len(rows) > MAX_GENERATED:
+        if self._generated * count > MAX_GENERATED:
             raise LimitExceeded(where, f"nested expansions make more than {MAX_GENERATED} lines")
         saved = {n: self.defs.get(n) for n in names}
-        outer, self._generated = self._generated, self._generated * len(rows)
+        outer, self._generated = self._generated, self._generated * count
         try:
             for row in rows:
                 for n, v in zip(names, row):
