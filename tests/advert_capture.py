@@ -1,12 +1,16 @@
 """Adverts as seen on the wire: a raw AF_PACKET capture in a namespace that
 stamps every received IPv4 VRRP packet with the kernel's receive time
 (SO_TIMESTAMPNS), and the largest interval between consecutive adverts (the
-oracle for "no advert gap")."""
+oracle for "no advert gap").  Packets the socket dropped (PACKET_STATISTICS)
+fail the capture: a lost advert must not pass for a late one."""
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import subprocess
 import sys
+import time
 
 # Runs inside a namespace: every received IPv4 VRRP packet as
 # [kernel time, interface, source, vrid, priority, address count], for `seconds`.
@@ -15,7 +19,7 @@ import json, socket, struct, sys, time
 SO_TIMESTAMPNS = 35
 s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))
 s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 24)
+s.setsockopt(socket.SOL_SOCKET, 33, 64 << 20)       # SO_RCVBUFFORCE: past rmem_max
 s.settimeout(0.2)
 print("ready", flush=True)
 end, out = time.monotonic() + float(sys.argv[1]), []
@@ -30,21 +34,29 @@ while time.monotonic() < end:
     sec, nsec = struct.unpack("qq", anc[0][2][:16])
     out.append([sec + nsec / 1e9, addr[0], socket.inet_ntoa(data[12:16]),
                 data[ihl + 1], data[ihl + 2], data[ihl + 3]])
-json.dump(out, sys.stdout)
+_, drops = struct.unpack("II", s.getsockopt(263, 6, 8))    # SOL_PACKET, PACKET_STATISTICS
+json.dump({"packets": out, "drops": drops}, sys.stdout)
 """
 
 
+WIRE_GAPS = os.path.join(os.path.dirname(__file__), "scenarios", "wire_gaps.py")
+
+
 class Capture:
-    """CAPTURE running in namespace ns for `seconds`; packets() waits for its end."""
+    """CAPTURE running in namespace ns for `seconds`, once the machine has
+    settled (settle()); packets() waits for its end."""
 
     def __init__(self, ns, seconds: float):
+        self.settled = settle()
         self.proc = ns.popen(sys.executable, "-c", CAPTURE, str(seconds),
                              stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout.readline().strip() == "ready"
 
     def packets(self) -> list:
         out, _ = self.proc.communicate(timeout=60)
-        return json.loads(out)
+        result = json.loads(out)
+        assert result["drops"] == 0, f"the capture dropped {result['drops']} packets"
+        return result["packets"]
 
 
 def max_gaps(packets, srcs: set[str], ends: dict | None = None) -> dict:
@@ -61,3 +73,29 @@ def max_gaps(packets, srcs: set[str], ends: dict | None = None) -> dict:
                 ends[key] = t
         last[key] = t
     return gaps
+
+
+def load_wire_gaps():
+    spec = importlib.util.spec_from_file_location("wire_gaps", WIRE_GAPS)
+    wire_gaps = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(wire_gaps)
+    return wire_gaps
+
+
+def settle(timeout: float = 30.0) -> str:
+    """Wait until no CPU stalls for half a second: work left by earlier tests
+    (the kernel tears their namespaces down after `ip netns del` has returned)
+    may still hold a CPU for ms at a time, and measuring then would time the
+    machine, not the daemon.  -> what was waited for (for the report)."""
+    wire_gaps, t0, seen = load_wire_gaps(), time.monotonic(), []
+    while time.monotonic() - t0 < timeout:
+        stalls = wire_gaps.collect_probes(wire_gaps.start_probes(0.5))
+        if not any(stalls):
+            break
+        seen += [ms for cpu in stall_lengths_ms(stalls) for ms in cpu]
+    return f"settled after {time.monotonic() - t0:.1f} s (CPU stalls before, ms: {seen})"
+
+
+def stall_lengths_ms(stalls: list[list[list[int]]]) -> list[list[float]]:
+    """Per CPU, how long each stall the probes saw lasted (ms, for reports)."""
+    return [[round((e - s) / 1e6, 1) for s, e in cpu] for cpu in stalls]
