@@ -422,7 +422,7 @@ def test_a_chunk_is_reported_in_turns_of_the_loop(aio, monkeypatch):
     class Recorder(Transitions):
         def _announce_and_report(self, chunk):
             reported.append([i.name for i, *_ in chunk])
-            clock[0] += 0.0015              # this slice's cost
+            clock[0] += 0.3 * transitions.REPORT_TURN_S      # this slice's cost
 
         def chunk_reported(self):
             reported.append("reported")
@@ -440,7 +440,7 @@ def test_a_chunk_is_reported_in_turns_of_the_loop(aio, monkeypatch):
 
     async def main():
         t = Recorder(None, None, None, None)
-        n = 5 * transitions.REPORT_SLICE
+        n = 10 * transitions.REPORT_SLICE
         chunk = [(inst(f"VI_{k}"), BACKUP, MASTER, "r") for k in range(n)]
         task = asyncio.create_task(ticker())
         await asyncio.sleep(0)
@@ -453,5 +453,5 @@ def test_a_chunk_is_reported_in_turns_of_the_loop(aio, monkeypatch):
     assert reported[-1] == "reported" and "reported" not in slices
     assert [n for s in slices for n in s] == [i.name for i, *_ in chunk]
     assert {len(s) for s in slices} == {transitions.REPORT_SLICE}
-    # 1.5 ms a slice against a 2 ms turn: two slices per turn.
-    assert ticks[1:] == [2, 4], ticks
+    # A slice costs 0.3 of a turn: the fourth one ends each turn.
+    assert ticks[1:] == [4, 8], ticks
