@@ -14,7 +14,6 @@ first advert to the end of the window.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import multiprocessing
 import os
@@ -24,6 +23,7 @@ import time
 
 import pytest
 
+from advert_capture import WIRE_GAPS, load_wire_gaps, settle, stall_lengths_ms
 from daemons import DaemonProc
 from netns import wait_for
 from vrrpd.lab.conf import LabSpec, host_config
@@ -49,7 +49,6 @@ MEASURED_S = 6.0      # seconds of adverts each instance must have in the captur
 # notify hooks, more on a loaded machine), its transitions, then MEASURED_S of
 # hanging scripts.
 WINDOW = MEASURED_S + 4.0
-CAPTURE = os.path.join(os.path.dirname(__file__), "scenarios", "wire_gaps.py")
 SCRAPE_STORM = os.path.join(os.path.dirname(__file__), "scenarios", "scrape_storm.py")
 METRICS = "127.0.0.1:9650"
 
@@ -81,27 +80,6 @@ def _config(tmp: str, load: bool) -> str:
         text = text.replace(
             head, head + f"    track_script {{\n        chk_{i % SCRIPTS}\n    }}\n", 1)
     return scripts + text
-
-
-def load_wire_gaps():
-    spec = importlib.util.spec_from_file_location("wire_gaps", CAPTURE)
-    wire_gaps = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(wire_gaps)
-    return wire_gaps
-
-
-def settle(timeout: float = 30.0) -> str:
-    """Wait until no CPU stalls for half a second: work left by earlier tests
-    (the kernel tears their namespaces down after `ip netns del` has returned)
-    may still hold a CPU for ms at a time, and measuring then would time the
-    machine, not the daemon.  -> what was waited for (for the report)."""
-    wire_gaps, t0, seen = load_wire_gaps(), time.monotonic(), []
-    while time.monotonic() - t0 < timeout:
-        stalls = wire_gaps.collect_probes(wire_gaps.start_probes(0.5))
-        if not any(stalls):
-            break
-        seen += [ms for cpu in stall_lengths_ms(stalls) for ms in cpu]
-    return f"settled after {time.monotonic() - t0:.1f} s (CPU stalls before, ms: {seen})"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -158,7 +136,7 @@ def measure_gaps(lan, tmp, scripts: bool, scrapes: bool = False):
     out = str(tmp / "gaps.json")
     d = DaemonProc(net.hosts[0], "vrrpd", config(str(tmp), scripts), str(tmp),
                    extra_args=("--metrics", METRICS) if scrapes else ())
-    cap = net.hosts[1].popen(sys.executable, CAPTURE, str(WINDOW), out,
+    cap = net.hosts[1].popen(sys.executable, WIRE_GAPS, str(WINDOW), out,
                              stdout=subprocess.PIPE, text=True)
     assert cap.stdout.readline().strip() == "ready"
     peer = storm = None
@@ -231,11 +209,6 @@ def test_stall_probe_sees_a_cpu_taken_away():
     seen = [(s, e) for s, e in ours if e > t0]
     assert seen and 20 <= max(e - s for s, e in seen) / 1e6 <= 200, ours
     assert machine_stall_ms(stalls, t0, time.time_ns()) >= 20
-
-
-def stall_lengths_ms(stalls: list[list[list[int]]]) -> list[list[float]]:
-    """Per CPU, how long each stall the probes saw lasted (ms, for reports)."""
-    return [[round((e - s) / 1e6, 1) for s, e in cpu] for cpu in stalls]
 
 
 def machine_stall_ms(stalls: list[list[list[int]]], start: int, end: int) -> float:
