@@ -10,6 +10,7 @@ that thread formats and writes line by line.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import logging.handlers
 import queue
@@ -71,10 +72,29 @@ class _Listener(logging.handlers.QueueListener):
         if not isinstance(rows, Rows):
             super().handle(record)
             return
-        for args in rows.rows:
-            line = logging.makeLogRecord(record.__dict__)
-            line.msg, line.args = rows.fmt % args, None
-            super().handle(line)
+        # This thread's Python takes the GIL from the loop at every switch
+        # interval: a stream gets the rows as one block, each line with the
+        # prefix its formatter gives the record (a record per line costs ~30 us).
+        for handler in self.handlers:
+            if self.respect_handler_level and record.levelno < handler.level:
+                continue
+            if isinstance(handler, logging.StreamHandler):
+                template = logging.makeLogRecord(record.__dict__)
+                template.msg, template.args = "\0", None
+                head, _, tail = handler.format(template).partition("\0")
+                block = "".join(f"{head}{rows.fmt % args}{tail}{handler.terminator}"
+                                for args in rows.rows)
+                with handler.lock or contextlib.nullcontext():
+                    try:
+                        handler.stream.write(block)
+                        handler.flush()
+                    except Exception:
+                        handler.handleError(record)
+                continue
+            for args in rows.rows:
+                line = logging.makeLogRecord(record.__dict__)
+                line.msg, line.args = rows.fmt % args, None
+                handler.handle(line)
 
 
 @atexit.register
