@@ -80,9 +80,9 @@ def write(path: str | None, wanted: set[Entry]) -> None:
 
 
 async def save(path: str | None, plans) -> None:
-    """write(path, entries(plans)) in a thread, while adverts run: at 10,000
-    VIPs that is tens of ms of Python, which a thread hands the GIL back from
-    every switch interval instead of holding the loop (JSON's C encoder and
-    sorted() would hold it throughout, hence lines in any order)."""
+    """write(path, entries(plans)) in a thread, while adverts run: Python that
+    grows with the VIPs, which a thread hands the GIL back from every switch
+    interval instead of holding the loop (JSON's C encoder and sorted() would
+    hold it throughout, hence lines in any order)."""
     if path is not None:
         await asyncio.to_thread(lambda: write(path, entries(plans)))

@@ -42,8 +42,8 @@ NO_ANNOUNCES = ((), ())      # Instance.announces when none are cached
 CHUNK_MAX = 512           # instances per netlink send of a takeover (besides its budget)
 CHUNK_GROWTH = 8          # netlink sends in a takeover's largest chunk
 # A chunk is reported REPORT_SLICE instances at a time, for at most REPORT_TURN_S
-# per turn of the loop: its GARPs and notify scripts cost tens of us per
-# instance, and the adverts due meanwhile go out between turns.  Shorter turns
+# per turn of the loop: its GARPs and notify scripts are work per instance,
+# and the adverts due meanwhile go out between turns.  Shorter turns
 # keep adverts closer to time but give a takeover of thousands fewer ms each.
 REPORT_SLICE = 16
 REPORT_TURN_S = 0.005

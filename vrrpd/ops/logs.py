@@ -74,7 +74,7 @@ class _Listener(logging.handlers.QueueListener):
             return
         # This thread's Python takes the GIL from the loop at every switch
         # interval: a stream gets the rows as one block, each line with the
-        # prefix its formatter gives the record (a record per line costs ~30 us).
+        # prefix its formatter gives the record, rather than a record per line.
         for handler in self.handlers:
             if self.respect_handler_level and record.levelno < handler.level:
                 continue

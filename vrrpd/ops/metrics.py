@@ -146,7 +146,7 @@ def render(snap: Snapshot, slice_size: int = SLICE) -> bytes:
     prometheus-client formats one family and `slice_size` instances at a time,
     and each piece's samples are freed before the next.  Rendered whole, the final
     join and encode and the freeing of every sample are C calls that hold the GIL,
-    and so the loop's adverts, for milliseconds per thousand instances."""
+    and so the loop's adverts, for as long as the whole exposition takes."""
     pieces = []
     for cls, name, text, labels, values in INSTANCE_FAMILIES:
         for start in range(0, max(len(snap.instances), 1), slice_size):
