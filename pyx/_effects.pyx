@@ -19,6 +19,19 @@ cdef extern from "<sys/socket.h>" nogil:
     ssize_t send(int, const void*, size_t, int)
     ssize_t recv(int, void*, size_t, int)
 
+cdef extern from "<unistd.h>" nogil:
+    ssize_t write(int, const void*, size_t)
+
+cdef extern from *:
+    """
+    static inline int vrrpd_load(int *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
+    static inline void vrrpd_store(int *p, int v) { __atomic_store_n(p, v, __ATOMIC_SEQ_CST); }
+    static inline int vrrpd_add(int *p, int v) { return __atomic_add_fetch(p, v, __ATOMIC_SEQ_CST); }
+    """
+    int vrrpd_load(int*) nogil
+    void vrrpd_store(int*, int) nogil
+    int vrrpd_add(int*, int) nogil
+
 cdef extern from "<poll.h>" nogil:
     cdef struct pollfd:
         int fd
@@ -43,12 +56,6 @@ cdef enum:
     TX_BATCH = 1024
     PIPE_BUF = 4096         # a pipe write up to this size lands whole (pipe(7))
     RECV_BUF = 1 << 16      # rtnetlink replies read per recv()
-
-cdef struct frame_view:
-    const uint8_t* data
-    int length
-    int slot
-
 
 cdef inline uint32_t _u32(const uint8_t* p) noexcept nogil:
     return (<const uint32_t*>p)[0]
@@ -176,9 +183,13 @@ cdef class Effects:
             self._get(idx).gen += 1
 
     # --- rtnetlink ----------------------------------------------------------
-    def vip_move(self, list idxs, bint add):
+    def vip_move(self, list idxs, bint add, bint announce=False, list words=None,
+                 list priorities=None, list gates=None):
         """-> a VipMove of every instance's add (or remove) messages, copied
-        now: the sender thread's exchange() then needs nothing of this object."""
+        now: the sender thread's exchange() then needs nothing of this object.
+        announce: it sends each instance's first GARP/NA burst after its VIPs;
+        words, priorities, gates (FifoGate): and then writes its fifo line
+        (`INSTANCE "name" word priority`) to each gate."""
         cdef int idx, pos = 0, k = 0
         cdef uint32_t i, total = 0, off = 0, mlen
         cdef prebuilt_t* p
@@ -205,6 +216,9 @@ cdef class Effects:
             off += mlen
             pos += 1
         move._off[k] = off
+        if announce or words is not None:
+            move.followup = Followup.__new__(Followup)
+            move.followup._build(self, idxs, move, announce, words, priorities, gates or [])
         return move
 
     @cython.boundscheck(False)
@@ -227,55 +241,29 @@ cdef class Effects:
                 last = pos
         for idx in move.idxs:
             self._get(idx).vips_on = move.add
+        cdef Followup fu = move.followup
+        if fu is not None:
+            self._sent += fu._sent
+            self._deferred += fu._deferred
+            self._errors += fu._errors
         return failed
 
     # --- announcements --------------------------------------------------------
-    @cython.boundscheck(False)
-    @cython.wraparound(False)
     def announce(self, list idxs, list gens=None):
         """One burst per instance (`repeat` rounds over its frames), one
         sendmmsg() per run of frames on one socket.  gens: only instances
         whose gen still equals it (a delayed burst).  -> [(slot, frame)] a
         full device queue or socket buffer refused, in order, to retry."""
-        cdef mmsghdr* msgs = <mmsghdr*>calloc(TX_BATCH, sizeof(mmsghdr))
-        cdef iovec* iov = <iovec*>calloc(TX_BATCH, sizeof(iovec))
-        if msgs == NULL or iov == NULL:
-            free(msgs)
-            free(iov)
-            raise MemoryError()
-        cdef list left = []
-        cdef int pos, idx, r, slot, cur = -1, m = 0, sent, k
-        cdef uint32_t off, rnd
-        cdef prebuilt_t* p
-        cdef const uint8_t* f
-        cdef frame_view* pending = <frame_view*>malloc(TX_BATCH * sizeof(frame_view))
-        cdef set refused = set()
-        try:
-            for pos in range(len(idxs)):
-                idx = idxs[pos]
-                p = self._get(idx)
-                if gens is not None and p.gen != <uint32_t>gens[pos]:
-                    continue
-                for rnd in range(p.repeat):
-                    off = 0
-                    while off < p.frames_len:
-                        f = p.frames + off
-                        slot = _u16(f + 2)
-                        if slot != cur or m == TX_BATCH:
-                            _send(self, msgs, iov, pending, m, cur, left, refused)
-                            m = 0
-                            cur = slot
-                        pending[m].data = f + FRAME_HDR
-                        pending[m].length = _u16(f)
-                        pending[m].slot = slot
-                        m += 1
-                        off += FRAME_HDR + _u16(f)
-            _send(self, msgs, iov, pending, m, cur, left, refused)
-        finally:
-            free(msgs)
-            free(iov)
-            free(pending)
-        return left
+        if gens is not None:
+            idxs = [idx for idx, gen in zip(idxs, gens) if self._get(idx).gen == <uint32_t>gen]
+        cdef Followup burst = Followup.__new__(Followup)
+        burst._build(self, idxs, None, True, None, None, None)
+        with nogil:         # the netlink sender thread runs on meanwhile
+            burst._announce(0, burst._n)
+        self._sent += burst._sent
+        self._deferred += burst._deferred
+        self._errors += burst._errors
+        return burst.deferred()
 
     def stats(self):
         return {"announce_sent": self._sent, "announce_deferred": self._deferred,
@@ -304,55 +292,6 @@ cdef class Effects:
         if len(buf):
             blocks.append(bytes(buf))
         return blocks
-
-
-@cython.boundscheck(False)
-@cython.wraparound(False)
-cdef int _send(Effects self, mmsghdr* msgs, iovec* iov, frame_view* pending, int m, int slot,
-               list left, set refused) except -1:
-    """sendmmsg() the m pending frames of one socket slot; what the device
-    queue or socket buffer refuses goes to `left`, and so does everything
-    after it on that slot."""
-    cdef int k = 0, r, fd
-    if m == 0:
-        return 0
-    fd = self._fds[slot] if 0 <= slot < self._nfds else -1
-    if fd < 0:
-        self._errors += m
-        return 0
-    if slot in refused:         # keep order behind what this socket refused
-        for k in range(m):
-            left.append((slot, PyBytes_FromStringAndSize(<char*>pending[k].data,
-                                                         pending[k].length)))
-        self._deferred += m
-        return 0
-    memset(msgs, 0, m * sizeof(mmsghdr))
-    for k in range(m):
-        iov[k].iov_base = <void*>pending[k].data
-        iov[k].iov_len = pending[k].length
-        msgs[k].msg_hdr.msg_iov = &iov[k]
-        msgs[k].msg_hdr.msg_iovlen = 1
-    k = 0
-    while k < m:
-        with nogil:         # the netlink sender thread runs on meanwhile
-            r = sendmmsg(fd, msgs + k, m - k, MSG_DONTWAIT)
-        if r < 0:
-            if errno == EINTR:
-                continue
-            if errno == EAGAIN or errno == ENOBUFS:
-                refused.add(slot)
-                self._deferred += m - k
-                while k < m:
-                    left.append((slot, PyBytes_FromStringAndSize(
-                        <char*>pending[k].data, pending[k].length)))
-                    k += 1
-                return 0
-            self._errors += 1           # e.g. the link went down: skip this frame
-            k += 1
-        else:
-            self._sent += r
-            k += r
-    return 0
 
 
 cdef inline double _now() noexcept nogil:
@@ -391,13 +330,15 @@ cdef class VipMove:
         """Number the messages seq0.., send them `piece` per send() on the
         rtnetlink socket fd (non-blocking) and record each ACK's errno,
         reading them after each send so its socket buffer never overruns;
-        then wait up to `timeout` for late ones.  -> (seconds spent in
+        then wait up to `timeout` for late ones.  The followup, if any, runs
+        as each instance's ACKs are in.  -> (seconds spent in
         send(), errno of a send the kernel refused or of lost ACKs, else 0).
         Only what was not sent is marked with the refusal's errno."""
         cdef int k = 0, k1, r, fail = 0, overrun = 0
         cdef double spent = 0.0, t0, deadline
         cdef uint8_t* rbuf = <uint8_t*>malloc(RECV_BUF)
         cdef pollfd pfd
+        cdef Followup fu = self.followup
         if rbuf == NULL:
             raise MemoryError()
         if piece < 1:
@@ -421,6 +362,8 @@ cdef class VipMove:
                     break
                 k = k1
                 overrun = self._drain(fd, rbuf, seq0)
+                if fu is not None:
+                    fu.run(self._err, k, False)
             deadline = _now() + timeout
             while self.acked < self.count and not overrun:
                 if self._missing_sent() == 0:
@@ -432,6 +375,10 @@ cdef class VipMove:
                 if r <= 0 or _now() > deadline:
                     break
                 overrun = self._drain(fd, rbuf, seq0)
+                if fu is not None:
+                    fu.run(self._err, k, False)
+            if fu is not None:
+                fu.run(self._err, self.count, True)
         free(rbuf)
         return spent, fail or overrun
 
@@ -468,3 +415,339 @@ cdef class VipMove:
                     self._err[k] = -(<const int32_t*>(rbuf + off + NLMSG_HDRLEN))[0]
                     self.acked += 1
                 off += (mlen + 3) & ~3
+
+
+@cython.final
+cdef class FifoGate:
+    """A notify fifo as the netlink sender thread sees it.  The thread writes
+    a takeover's lines there itself only while the loop's writer has nothing
+    queued (blocked) and no earlier move left lines for the loop to write
+    (owed): lines keep transition order, and a slow reader costs the thread
+    nothing (what it cannot write at once is the loop's to queue)."""
+
+    def __cinit__(self, int fd):
+        self._fd = fd
+
+    def set_blocked(self, bint blocked):
+        """The loop's writer has lines queued (True) or none (False)."""
+        vrrpd_store(&self._blocked, blocked)
+
+    def settle(self):
+        """The loop wrote (or queued) the lines a move left it."""
+        vrrpd_add(&self._owed, -1)
+
+    def close(self):
+        vrrpd_store(&self._fd, -1)
+
+    @property
+    def owed(self):
+        return vrrpd_load(&self._owed)
+
+
+cdef void _put_uint(uint8_t* out, uint32_t* at, long value) noexcept:
+    """`value` in decimal at out[at], advancing at."""
+    cdef char digits[24]
+    cdef int n = 0
+    if value < 0:
+        out[at[0]] = b'-'
+        at[0] += 1
+        value = -value
+    while True:
+        digits[n] = <char>(48 + value % 10)
+        n += 1
+        value //= 10
+        if value == 0:
+            break
+    while n:
+        n -= 1
+        out[at[0]] = <uint8_t>digits[n]
+        at[0] += 1
+
+
+@cython.final
+cdef class Followup:
+    """A VipMove's follow-up in the sender thread: as soon as an instance's
+    VIP messages are ACKed, its first GARP/NA burst (keepalived sends them
+    after the VIPs) and then its notify-fifo line (after the announcements).
+    Its instances have no notify script and no SMTP alert for the state, so
+    nothing of theirs must start before the line; the loop still does the
+    rest of their report (later bursts, sync-group lines, counters) and
+    writes what a fifo could not take at once."""
+
+    def __dealloc__(self):
+        free(self._msg_end)
+        free(self._frames)
+        free(self._fr_off)
+        free(self._repeat)
+        free(self._fds)
+        free(self._refused)
+        free(self._left)
+        free(self._lines)
+        free(self._ln_off)
+        free(self._gate_fd)
+        free(self._gate_blocked)
+        free(self._gate_owed)
+        free(self._gate_from)
+        free(self._gate_lines)
+        free(self._gate_errors)
+
+    cdef _build(self, Effects fx, list idxs, VipMove move, bint announce, list words,
+                list priorities, list gates):
+        """Copies of the instances' frames (announce) and lines (words...);
+        move None: no VIP messages to wait for."""
+        cdef int n = len(idxs), pos, k = 0, g
+        cdef uint32_t total = 0, at = 0, size
+        cdef prebuilt_t* p
+        cdef FifoGate gate
+        self._n = n
+        self._msg_end = <uint32_t*>malloc((n + 1) * sizeof(uint32_t))
+        self._fr_off = <uint32_t*>calloc(n + 1, sizeof(uint32_t))
+        self._repeat = <uint32_t*>calloc(n + 1, sizeof(uint32_t))
+        self._ln_off = <uint32_t*>calloc(n + 1, sizeof(uint32_t))
+        if self._msg_end == NULL or self._fr_off == NULL or self._repeat == NULL \
+                or self._ln_off == NULL:
+            raise MemoryError()
+        for pos in range(n):
+            while move is not None and k < move.count and move._owner[k] == pos:
+                k += 1
+            self._msg_end[pos] = k
+        if announce:
+            for pos in range(n):
+                total += fx._get(idxs[pos]).frames_len
+            self._frames = <uint8_t*>malloc(total if total else 1)
+            self._nfds = fx._nfds
+            self._fds = <int*>malloc((fx._nfds if fx._nfds else 1) * sizeof(int))
+            self._refused = <uint8_t*>calloc(fx._nfds if fx._nfds else 1, 1)
+            if self._frames == NULL or self._fds == NULL or self._refused == NULL:
+                raise MemoryError()
+            if fx._nfds:
+                memcpy(self._fds, fx._fds, fx._nfds * sizeof(int))
+            for pos in range(n):
+                p = fx._get(idxs[pos])
+                if p.frames_len:
+                    memcpy(self._frames + at, p.frames, p.frames_len)
+                self._fr_off[pos] = at
+                self._repeat[pos] = p.repeat
+                at += p.frames_len
+            self._fr_off[n] = at
+        if words is None:
+            return
+        if len(words) != n or len(priorities) != n:
+            raise ValueError("one word and one priority per instance")
+        total = 0
+        for pos in range(n):
+            total += 9 + fx._get(idxs[pos]).name_len + 1 + len(<bytes>words[pos]) + 13
+        self._lines = <uint8_t*>malloc(total if total else 1)
+        if self._lines == NULL:
+            raise MemoryError()
+        at = 0
+        for pos in range(n):
+            # keepalived's `INSTANCE "VI_1" MASTER 100\n`
+            p = fx._get(idxs[pos])
+            self._ln_off[pos] = at
+            memcpy(self._lines + at, b"INSTANCE ", 9)
+            at += 9
+            memcpy(self._lines + at, p.name, p.name_len)
+            at += p.name_len
+            self._lines[at] = b' '
+            at += 1
+            size = len(<bytes>words[pos])
+            memcpy(self._lines + at, PyBytes_AS_STRING(words[pos]), size)
+            at += size
+            self._lines[at] = b' '
+            at += 1
+            _put_uint(self._lines, &at, <long>priorities[pos])
+            self._lines[at] = b'\n'
+            at += 1
+        self._ln_off[n] = at
+        self._gates = list(gates)
+        self._ngates = g = len(gates)
+        self._gate_fd = <int**>malloc((g if g else 1) * sizeof(int*))
+        self._gate_blocked = <int**>malloc((g if g else 1) * sizeof(int*))
+        self._gate_owed = <int**>malloc((g if g else 1) * sizeof(int*))
+        self._gate_from = <int*>malloc((g if g else 1) * sizeof(int))
+        self._gate_lines = <int*>calloc(g if g else 1, sizeof(int))
+        self._gate_errors = <int*>calloc(g if g else 1, sizeof(int))
+        if self._gate_fd == NULL or self._gate_blocked == NULL or self._gate_owed == NULL \
+                or self._gate_from == NULL or self._gate_lines == NULL \
+                or self._gate_errors == NULL:
+            raise MemoryError()
+        for k in range(g):
+            gate = <FifoGate?>gates[k]
+            self._gate_fd[k] = &gate._fd
+            self._gate_blocked[k] = &gate._blocked
+            self._gate_owed[k] = &gate._owed
+            self._gate_from[k] = -1
+            for pos in range(n):        # a line longer than PIPE_BUF could tear: the loop's
+                if self._ln_off[pos + 1] - self._ln_off[pos] > PIPE_BUF:
+                    self._gate_from[k] = 0
+                    vrrpd_add(&gate._owed, 1)
+                    break
+
+    cdef int run(self, const int32_t* err, int upto, bint final) noexcept nogil:
+        """The instances whose messages (below `upto`) all have their ACK, in
+        order (final: all the rest, as the loop reports a failed one too)."""
+        cdef int a = self._ready, b = self._ready
+        cdef uint32_t k
+        while b < self._n:
+            if not final:
+                if self._msg_end[b] > <uint32_t>upto:
+                    break
+                k = self._msg_end[b - 1] if b else 0
+                while k < self._msg_end[b] and err[k] >= 0:
+                    k += 1
+                if k < self._msg_end[b]:
+                    break
+            b += 1
+        if b > a:
+            if self._frames != NULL:
+                self._announce(a, b)
+            if self._lines != NULL:
+                self._report(a, b)
+            self._ready = b
+        return 0
+
+    cdef int _announce(self, int a, int b) noexcept nogil:
+        """Effects.announce for positions a..b, refused frames kept for the loop."""
+        cdef mmsghdr msgs[TX_BATCH]
+        cdef iovec iov[TX_BATCH]
+        cdef int pos, slot, cur = -1, m = 0
+        cdef uint32_t off, rnd
+        cdef const uint8_t* f
+        for pos in range(a, b):
+            for rnd in range(self._repeat[pos]):
+                off = self._fr_off[pos]
+                while off < self._fr_off[pos + 1]:
+                    f = self._frames + off
+                    slot = _u16(f + 2)
+                    if slot != cur or m == TX_BATCH:
+                        self._send(msgs, iov, m, cur)
+                        m, cur = 0, slot
+                    iov[m].iov_base = <void*>(f + FRAME_HDR)
+                    iov[m].iov_len = _u16(f)
+                    m += 1
+                    off += FRAME_HDR + _u16(f)
+        self._send(msgs, iov, m, cur)
+        return 0
+
+    cdef int _send(self, mmsghdr* msgs, iovec* iov, int m, int slot) noexcept nogil:
+        cdef int k = 0, r, fd
+        if m == 0:
+            return 0
+        fd = self._fds[slot] if 0 <= slot < self._nfds else -1
+        if fd < 0:
+            self._errors += m
+            return 0
+        if self._refused[slot]:             # keep order behind what this socket refused
+            for k in range(m):
+                self._keep(<const uint8_t*>iov[k].iov_base, <int>iov[k].iov_len, slot)
+            return 0
+        memset(msgs, 0, m * sizeof(mmsghdr))
+        for k in range(m):
+            msgs[k].msg_hdr.msg_iov = &iov[k]
+            msgs[k].msg_hdr.msg_iovlen = 1
+        k = 0
+        while k < m:
+            r = sendmmsg(fd, msgs + k, m - k, MSG_DONTWAIT)
+            if r < 0:
+                if errno == EINTR:
+                    continue
+                if errno == EAGAIN or errno == ENOBUFS:
+                    self._refused[slot] = 1
+                    while k < m:
+                        self._keep(<const uint8_t*>iov[k].iov_base, <int>iov[k].iov_len, slot)
+                        k += 1
+                    return 0
+                self._errors += 1           # e.g. the link went down: skip this frame
+                k += 1
+            else:
+                self._sent += r
+                k += r
+        return 0
+
+    cdef int _keep(self, const uint8_t* frame, int length, int slot) noexcept nogil:
+        """A refused frame, for the loop's GARP scheduler to resend."""
+        cdef uint32_t need = self._left_len + FRAME_HDR + length
+        cdef uint8_t* grown
+        if need > self._left_cap:
+            grown = <uint8_t*>realloc(self._left, need * 2)
+            if grown == NULL:
+                self._errors += 1
+                return 0
+            self._left, self._left_cap = grown, need * 2
+        (<uint16_t*>(self._left + self._left_len))[0] = <uint16_t>length
+        (<uint16_t*>(self._left + self._left_len))[1] = <uint16_t>slot
+        memcpy(self._left + self._left_len + FRAME_HDR, frame, length)
+        self._left_len = need
+        self._deferred += 1
+        return 0
+
+    cdef int _report(self, int a, int b) noexcept nogil:
+        """Positions a..b's lines to each gate, in writes of whole lines of at
+        most PIPE_BUF bytes (such a pipe write lands whole or not at all)."""
+        cdef int g, s, e, fd
+        cdef ssize_t r
+        for g in range(self._ngates):
+            if self._gate_from[g] >= 0:
+                continue                    # the loop writes this gate's lines from there
+            fd = vrrpd_load(self._gate_fd[g])
+            if fd < 0:
+                continue
+            if vrrpd_load(self._gate_blocked[g]) or vrrpd_load(self._gate_owed[g]):
+                self._gate_from[g] = a
+                vrrpd_add(self._gate_owed[g], 1)
+                continue
+            s = a
+            while s < b:
+                e = s + 1
+                while e < b and self._ln_off[e + 1] - self._ln_off[s] <= PIPE_BUF:
+                    e += 1
+                r = write(fd, self._lines + self._ln_off[s], self._ln_off[e] - self._ln_off[s])
+                if r < 0 and errno == EINTR:
+                    continue
+                if r < 0 and errno == EAGAIN:   # the reader is behind
+                    self._gate_from[g] = s
+                    vrrpd_add(self._gate_owed[g], 1)
+                    break
+                if r < 0:
+                    self._gate_errors[g] += 1
+                else:
+                    self._gate_lines[g] += e - s
+                s = e
+        return 0
+
+    # --- for the loop, after the exchange --------------------------------------------
+    def deferred(self):
+        """-> [(socket slot, frame)] the device queues refused, in order."""
+        cdef list out = []
+        cdef uint32_t off = 0
+        while off < self._left_len:
+            out.append((_u16(self._left + off + 2), PyBytes_FromStringAndSize(
+                <char*>self._left + off + FRAME_HDR, _u16(self._left + off))))
+            off += FRAME_HDR + _u16(self._left + off)
+        return out
+
+    def fifo_take(self, FifoGate gate):
+        """-> (lines written, errors, blocks of whole lines left for the loop to
+        write, then FifoGate.settle(); None: nothing left).  Once per gate."""
+        cdef int g, s, e
+        cdef list blocks
+        for g in range(self._ngates):
+            if self._gates[g] is gate:
+                break
+        else:
+            return 0, 0, None
+        written, errors = self._gate_lines[g], self._gate_errors[g]
+        self._gate_lines[g] = self._gate_errors[g] = 0
+        if self._gate_from[g] < 0:
+            return written, errors, None
+        blocks, s = [], self._gate_from[g]
+        self._gate_from[g] = -1
+        while s < self._n:
+            e = s + 1
+            while e < self._n and self._ln_off[e + 1] - self._ln_off[s] <= PIPE_BUF:
+                e += 1
+            blocks.append(PyBytes_FromStringAndSize(<char*>self._lines + self._ln_off[s],
+                                                    self._ln_off[e] - self._ln_off[s]))
+            s = e
+        return written, errors, blocks

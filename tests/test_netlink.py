@@ -22,6 +22,7 @@ from hypothesis import given, settings, strategies as st
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 
 from children import child
+from fake_rtnl import FakeKernel, ack, vip_effects
 from vrrpd.net import netlink as nl, nlbatch
 from vrrpd.net.nlbatch import Requester
 
@@ -258,12 +259,6 @@ def test_address_manager_10000_vips_in_one_batch(netns):
     print(f"\n10,000 VIPs: add {added['seconds']:.2f}s, remove {removed['seconds']:.2f}s")
 
 
-def ack(data, hdr, code: int = 0) -> bytes:
-    """The kernel's NLMSG_ERROR reply (errno `code`, 0: ACK) to the message at `hdr` in `data`."""
-    return (nl.NLMSGHDR.pack(36, nl.NLMSG_ERROR, 0x100, hdr.seq, 0) + nl.ERRCODE.pack(-code)
-            + bytes(data[hdr.offset:hdr.offset + nl.NLMSGHDR.size]))
-
-
 class FakeRouteSocket:
     """rtnetlink as seen from sendmsg(): the whole buffer is handled inside send(),
     at `cost` seconds of the injected clock per message, and one ACK queued per message."""
@@ -340,50 +335,6 @@ def test_vip_moves_in_flight_at_once_reach_the_kernel_in_order(netns):
     assert removed["failed"] == [] and removed["acked"] == 2 * n and removed["vips_on"] == 0
     have = set(ns.addrs("veth0")) | set(ns.addrs("veth0", "-6"))
     assert not want & have and "192.0.2.1/24" in have
-
-
-class FakeKernel:
-    """The other end of a datagram socketpair standing in for rtnetlink: each
-    datagram is a send() of messages; it ACKs them from a thread (so some ACKs
-    come late), with the errno `codes` gives a message by its position, and
-    never ACKs those in `silent`."""
-
-    def __init__(self, codes=None, silent=()):
-        self.ours, self.theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.ours.setblocking(False)
-        self.ours.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        self.codes, self.silent = codes or {}, set(silent)
-        self.sends: list[int] = []          # messages per send()
-        self.seqs: list[int] = []
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self):
-        while data := self.theirs.recv(1 << 20):
-            hdrs = list(nl.headers(data))
-            self.sends.append(len(hdrs))
-            for h in hdrs:
-                pos = len(self.seqs)
-                self.seqs.append(h.seq)
-                if pos not in self.silent:
-                    self.theirs.send(ack(data, h, self.codes.get(pos, 0)))
-
-    def fileno(self):
-        return self.ours.fileno()
-
-    def close(self):
-        self.theirs.shutdown(socket.SHUT_RDWR)      # ends _serve
-        self.ours.close()
-
-
-def vip_effects(nmsgs: list[int]):
-    """Effects whose instance i adds nmsgs[i] (empty) messages."""
-    from vrrpd._effects import Effects
-    e = Effects(len(nmsgs))
-    for i, k in enumerate(nmsgs):
-        msg = nl.NLMSGHDR.pack(16, nl.RTM_NEWADDR, 0, 0, 0)
-        e.set_instance(i, nl_add=msg * k, nl_del=msg * k, nmsgs=k, frames=[], repeat=0,
-                       name=b'"VI"')
-    return e
 
 
 def test_vip_move_sends_budget_sized_pieces_and_keeps_each_errno():

@@ -420,7 +420,7 @@ def test_a_chunk_is_reported_in_turns_of_the_loop(aio, monkeypatch):
     reported, ticks = [], []
 
     class Recorder(Transitions):
-        def _announce_and_report(self, chunk):
+        def _announce_and_report(self, chunk, followup=None):
             reported.append([i.name for i, *_ in chunk])
             clock[0] += 0.3 * transitions.REPORT_TURN_S      # this slice's cost
 

@@ -72,6 +72,12 @@ def _runs(batch):
             start = i
 
 
+def _loop_reports(move) -> bool:
+    """An item of the effects queue's second stage (its (VipMove, future),
+    or None) whose GARPs and notify lines the loop sends and writes."""
+    return move is None or move[0] is None or move[0].followup is None
+
+
 def _held(insts: list[Instance]) -> tuple[list, list, list]:
     """What masters hold besides their VIPs: VIPs under the strict-mode drop,
     virtual routes, virtual rules."""
@@ -185,6 +191,7 @@ class Transitions:
         self._tasks: list[asyncio.Task] = []
         self._effects_waiting = 0       # transitions queued in _effects
         self._effects_unfinished = 0    # batches queued or being applied
+        self._loop_reports = 0          # items in _moving whose lines the loop writes
         self._held_since: float | None = None     # the link monitor held (a mass failover)
 
     def queue(self, batch) -> None:
@@ -256,6 +263,8 @@ class Transitions:
             except Exception:
                 log.exception("applying transitions failed")
             finally:
+                if chunk is not None and _loop_reports(move):
+                    self._loop_reports -= 1
                 chunk = insts = move = None
                 self._moving.task_done()
 
@@ -266,27 +275,60 @@ class Transitions:
         besides VIPs (the strict-mode drop, routes, rules) goes in and out
         around them in keepalived's order (_before_vips, _after_vips)."""
         if kind == OTHER:
+            self._loop_reports += 1
             self._moving.put_nowait((run, kind, None, None))
             return
         if kind != CLEAR:
             await self._before_vips([item[0] for item in run], kind)
         for chunk in self._chunks(run):
             insts = [item[0] for item in chunk]
-            self._moving.put_nowait((chunk, kind, insts, self._move_vips(insts, kind == UP)))
+            move = self._move_vips(insts, kind == UP, self._followup(chunk, kind))
+            if _loop_reports(move):
+                self._loop_reports += 1
+            self._moving.put_nowait((chunk, kind, insts, move))
+
+    def _followup(self, chunk, kind: int) -> dict | None:
+        """What the netlink thread does for a chunk as each instance's VIPs
+        are ACKed (vrrpd._effects.Followup: the first GARP/NA burst, then the
+        fifo line), as vip_move's keywords; None: the loop does it all.  Only
+        when nothing of the loop's must come in between: no earlier item
+        waiting for the loop's report (lines keep transition order), no
+        routes or rules to add after the VIPs, no strict-mode drop to remove
+        after them, no paced GARPs, no notify script or SMTP alert."""
+        if kind not in (UP, DOWN) or self._loop_reports:
+            return None
+        for inst, *_ in chunk:
+            spec = inst.spec
+            if inst.garp_paced or (spec.needs_drop if kind == DOWN else
+                                   spec.conf.virtual_routes or spec.conf.virtual_rules):
+                return None
+        args: dict[str, Any] = {"announce": kind == UP}
+        for h in self.hooks:
+            if hasattr(h, "thread_lines"):
+                lines = h.thread_lines(chunk)
+                if lines is None:
+                    return None
+                args["words"], args["priorities"], args["gates"] = lines
+        return args if kind == UP or "words" in args else None
 
     async def _report(self, chunk, kind: int, insts, move) -> None:
         """A chunk whose VIPs are on their way: once their ACKs are back, its
         routes and rules (UP) or the strict-mode drop (DOWN), then its GARPs
         and notifications, in turns of the loop of at most REPORT_TURN_S."""
+        followup = None
         if kind != OTHER:
             failed = await self._vips_moved(insts, *move)
             await self._after_vips(insts, kind, failed)
+            if not _loop_reports(move):
+                followup = move[0].followup
+                for slot, frame in followup.deferred():     # a full device queue: retry
+                    self.garp.resend(self._ifindex_of_slot(slot), frame)
         turn_ends = time.perf_counter() + REPORT_TURN_S
         for start in range(0, len(chunk), REPORT_SLICE):
             if time.perf_counter() > turn_ends:
                 await asyncio.sleep(0)
                 turn_ends = time.perf_counter() + REPORT_TURN_S
-            self._announce_and_report(chunk[start:start + REPORT_SLICE])
+            self._announce_and_report(chunk[start:start + REPORT_SLICE], followup)
         if kind != OTHER:
             self.chunk_reported()
 
@@ -350,10 +392,12 @@ class Transitions:
                 self._apply_verdict(inst, t)
             self._pump()
 
-    def _move_vips(self, insts: list[Instance], add: bool) -> tuple[Any, Any]:
-        """Hand the instances' prebuilt VIP messages to the requester's thread
-        -> (the VipMove, the future of its exchange), or Nones: nothing to send."""
-        move = self.effects.vip_move([i.idx for i in insts], add)
+    def _move_vips(self, insts: list[Instance], add: bool,
+                   followup: dict | None = None) -> tuple[Any, Any]:
+        """Hand the instances' prebuilt VIP messages (and what follows them
+        there: _followup) to the requester's thread -> (the VipMove, the
+        future of its exchange), or Nones: nothing to send."""
+        move = self.effects.vip_move([i.idx for i in insts], add, **(followup or {}))
         if not move.count:
             return None, None
         if not add:
@@ -389,15 +433,16 @@ class Transitions:
         self._apply_verdict(inst, now_us())
         self._pump()
 
-    def _announce_and_report(self, chunk) -> None:
+    def _announce_and_report(self, chunk, followup=None) -> None:
         """GARP/NA after the VIPs, then the notifications (keepalived's order),
-        then a sync group's own line after its last member's."""
+        then a sync group's own line after its last member's.  followup: the
+        netlink thread sent the first bursts and wrote the fifo lines."""
         masters = [inst for inst, old, new, _ in chunk
                    if new == MASTER and old != MASTER]
         left = [inst for inst, old, new, _ in chunk
                 if old == MASTER and new != MASTER]
         if masters:
-            self._announce(masters)
+            self._announce(masters, first_sent=followup is not None)
         if left:
             self.effects.bump([i.idx for i in left])       # no delayed bursts now
             for inst in left:
@@ -410,7 +455,7 @@ class Transitions:
         for h in self.hooks:
             try:
                 if hasattr(h, "on_transitions"):
-                    h.on_transitions(chunk, self.effects)
+                    h.on_transitions(chunk, self.effects, followup)
                 else:
                     with coalesced():
                         for item in chunk:
@@ -426,16 +471,18 @@ class Transitions:
                     for h in self.hooks:
                         h.on_group_transition(*moved)
 
-    def _announce(self, masters: list[Instance]) -> None:
+    def _announce(self, masters: list[Instance], first_sent: bool = False) -> None:
         """The first GARP/NA burst of new masters from their prebuilt frames
-        (one sendmmsg() per socket), and one timer per garp_master_delay for
-        the second burst.  Instances with a refresh or a pacing interval are
-        announced by the GarpScheduler instead."""
+        (one sendmmsg() per socket; first_sent: the netlink thread sent it),
+        and one timer per garp_master_delay for the second burst.  Instances
+        with a refresh or a pacing interval are announced by the
+        GarpScheduler instead."""
         fast = [i for i in masters if not i.garp_paced]
         idxs = [i.idx for i in fast]
         self.effects.bump(idxs)
-        for slot, frame in self.effects.announce(idxs):     # a full device queue: retry
-            self.garp.resend(self._ifindex_of_slot(slot), frame)
+        if not first_sent:
+            for slot, frame in self.effects.announce(idxs):     # a full device queue: retry
+                self.garp.resend(self._ifindex_of_slot(slot), frame)
         later: dict[float, list[Instance]] = {}
         for inst in fast:
             delay = inst.spec.conf.garp_master_delay

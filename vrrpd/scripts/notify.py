@@ -29,6 +29,8 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from vrrpd._effects import FifoGate
+
 from vrrpd.scripts.runner import Script, ScriptRunner
 
 log = logging.getLogger(__name__)
@@ -98,6 +100,8 @@ class NotifyFifo:
         self._script_run: asyncio.Future | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._held: list[str] = []      # lines written inside coalesced()
+        # The netlink thread's view, for the lines it writes after a takeover's VIPs.
+        self.gate: FifoGate | None = None
 
     @property
     def queued(self) -> int:
@@ -131,6 +135,7 @@ class NotifyFifo:
             self._unlink()
             return False
         self._fd = fd
+        self.gate = FifoGate(fd)
         return True
 
     def _script_exited(self, fut: asyncio.Future) -> None:
@@ -174,6 +179,20 @@ class NotifyFifo:
                     self._write(data)
             start = end
 
+    def take(self, followup) -> None:
+        """A vrrpd._effects.Followup is through: count the lines the netlink
+        thread wrote here and write (or queue) those it left to the loop."""
+        if self.gate is None:
+            return
+        written, errors, left = followup.fifo_take(self.gate)
+        self.lines += written
+        if errors:
+            self.errors += errors
+            log.error("notify fifo %s: %d writes failed", self.path, errors)
+        if left is not None:
+            self.write_blocks(left)
+            self.gate.settle()
+
     def _write_whole(self, lines: list[bytes]) -> bool:
         try:
             os.write(self._fd, b"".join(lines))
@@ -212,8 +231,9 @@ class NotifyFifo:
             self._dropping += 1
             return
         if not self._queue:
-            assert self._loop is not None       # by open()
+            assert self._loop is not None and self.gate is not None    # by open()
             self._loop.add_writer(self._fd, self._flush)
+            self.gate.set_blocked(True)
         self._queue.append(data)
 
     def _flush(self) -> None:
@@ -232,8 +252,9 @@ class NotifyFifo:
                 return
             self._queue.popleft()
             self.lines += 1
-        assert self._loop is not None           # by open()
+        assert self._loop is not None and self.gate is not None    # by open()
         self._loop.remove_writer(self._fd)
+        self.gate.set_blocked(False)
         if self._dropping:
             log.warning("notify fifo %s: reader caught up; %d events were dropped",
                         self.path, self._dropping)
@@ -247,6 +268,8 @@ class NotifyFifo:
                 assert self._loop is not None   # by open()
                 self._loop.remove_writer(self._fd)
                 self._queue.clear()
+            if self.gate is not None:
+                self.gate.close()
             os.close(self._fd)
             self._fd = -1
         if self._script_run is not None and not self._script_run.done() and runner is not None:

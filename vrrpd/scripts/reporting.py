@@ -84,12 +84,37 @@ class Reporter:
                              _scripts_for(self.scripts.get(inst.name), new, reason),
                              smtp_alert=inst.spec.conf.smtp_alert)
 
-    def on_transitions(self, chunk, effects) -> None:
+    def _needs_loop(self, inst, word: str, new: int, reason: str) -> bool:
+        """A script or an SMTP alert goes with this notification (started
+        before the fifo line, keepalived's order)."""
+        s = _scripts_for(self.scripts.get(inst.name), new, reason)
+        return inst.spec.conf.smtp_alert or (
+            s is not None and (s.notify is not None or s.for_state(word) is not None))
+
+    def thread_lines(self, chunk):
+        """The chunk's fifo lines for the netlink thread to write right after
+        each instance's VIPs (vrrpd._effects.Followup): -> (words, priorities,
+        fifo gates), or None when an instance's notification needs the loop."""
+        words, priorities = [], []
+        for inst, _, new, reason in chunk:
+            word = "STOP" if reason == "shutdown" else STATE_WORDS.get(new)
+            if word is None or self._needs_loop(inst, word, new, reason):
+                return None
+            words.append(WORD_BYTES[word])
+            priorities.append(inst.priority)
+        return words, priorities, [f.gate for f in self.notifier.fifos if f.gate is not None]
+
+    def on_transitions(self, chunk, effects, followup=None) -> None:
         """A chunk of (inst, old, new, reason), in order: per instance its
         scripts are started before its fifo line goes out (keepalived's
         order); the chunk's lines are formatted by `effects` (vrrpd._effects)
-        and written together."""
-        scripts, notify = self.scripts, self.notifier.notify
+        and written together.  followup: the netlink thread wrote the lines
+        (thread_lines); only what it left is written here."""
+        if followup is not None:
+            for f in self.notifier.fifos:
+                f.take(followup)
+            return
+        notify = self.notifier.notify
         idxs, words, priorities = [], [], []
         for inst, _, new, reason in chunk:
             word = "STOP" if reason == "shutdown" else STATE_WORDS.get(new)
@@ -98,10 +123,10 @@ class Reporter:
             idxs.append(inst.idx)
             words.append(WORD_BYTES[word])
             priorities.append(inst.priority)
-            s = _scripts_for(scripts.get(inst.name), new, reason)
-            smtp = inst.spec.conf.smtp_alert
-            if smtp or (s is not None and (s.notify is not None or s.for_state(word) is not None)):
-                notify("INSTANCE", inst.name, word, inst.priority, s, smtp_alert=smtp, fifo=False)
+            if self._needs_loop(inst, word, new, reason):
+                s = _scripts_for(self.scripts.get(inst.name), new, reason)
+                notify("INSTANCE", inst.name, word, inst.priority, s,
+                       smtp_alert=inst.spec.conf.smtp_alert, fifo=False)
         if self.notifier.fifos and idxs:
             blocks = effects.fifo_lines(idxs, words, priorities)
             for f in self.notifier.fifos:

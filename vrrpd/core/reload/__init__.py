@@ -459,6 +459,7 @@ async def _swap_reporter(daemon, old: Reporter, new: Reporter) -> None:
             [(f.path, f.script) for f in new.notifier.fifos]:
         new.notifier = old.notifier
     else:
+        await daemon.effects_done()     # the netlink thread may be writing to them
         for f in old.notifier.fifos:
             await f.close(old.runner)
         new.open()
