@@ -1,6 +1,7 @@
 """Notifier: start order and arguments of notify scripts, exact fifo lines,
 bounded fifo queue with counted drops, the fifo script's life cycle."""
 import asyncio
+import fcntl
 import logging
 import os
 import shutil
@@ -11,6 +12,7 @@ import time
 import pytest
 
 from scriptfiles import RECORDER, alive, read_kept_lines, recorded, write_script
+from vrrpd.scripts import notify
 from vrrpd.scripts.notify import NotifyFifo, Notifier, NotifyScripts, fifo_line
 from vrrpd.scripts.runner import ScriptRunner
 
@@ -109,11 +111,13 @@ def test_fifo_lines_are_exact(aio, tmp_path):
 
 def test_fifo_without_reader_drops_are_counted_and_loop_never_blocks(aio, tmp_path, caplog):
     path = str(tmp_path / "fifo")
-    total = 20_000
+    total = 60_000          # ~1.9 MB: more than the pipe holds (FIFO_PIPE_SIZE)
 
     async def main():
         fifo = NotifyFifo(path, max_queue=500)
         assert fifo.open()
+        # The daemon's fifo holds a takeover of thousands of lines, not 64 kB.
+        assert fcntl.fcntl(fifo._fd, fcntl.F_GETPIPE_SZ) == notify.FIFO_PIPE_SIZE
         t0 = time.monotonic()
         for i in range(total):
             fifo.write_line(fifo_line("INSTANCE", f"VI_{i}", "MASTER", 100))

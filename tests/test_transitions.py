@@ -1,6 +1,7 @@
 """The daemon's per-batch transition work (vrrpd/core/daemon.py, vrrpd/scripts/notify.py):
 summarised logging, cached announcements, coalesced fifo writes, receive
 pacing.  Unit tests with fakes: no sockets, no namespaces."""
+import fcntl
 import logging
 import os
 import select
@@ -366,6 +367,7 @@ def test_coalesced_lines_behind_a_full_pipe_queue_in_order_and_drops_are_counted
     async def main():
         fifo = NotifyFifo(path, max_queue=100)
         assert fifo.open()
+        fcntl.fcntl(fifo._fd, fcntl.F_SETPIPE_SZ, 1 << 16)     # a pipe the lines overfill
         with coalesced():
             for k in range(total):
                 fifo.write_line(fifo_line("INSTANCE", f"VI_{k}", "MASTER", 100))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import select
@@ -38,6 +39,10 @@ log = logging.getLogger(__name__)
 STATES = ("MASTER", "BACKUP", "FAULT", "STOP", "DELETED")
 KINDS = ("INSTANCE", "GROUP")
 STOP_WAIT = 1.0                  # keepalived waits up to 1 s for notify_stop at shutdown
+# A notify fifo's pipe holds a takeover of thousands of lines (~30 bytes each) while its
+# reader catches up, rather than the default 64 kB: lines beyond what the pipe takes wait
+# in the daemon's queue (bounded, the rest dropped) and in the loop's turns.
+FIFO_PIPE_SIZE = 1 << 20
 
 
 @dataclass(slots=True)
@@ -130,6 +135,8 @@ class NotifyFifo:
             if not stat.S_ISFIFO(os.fstat(fd).st_mode):
                 os.close(fd)
                 raise OSError(f"{self.path} is not a fifo")
+            with contextlib.suppress(OSError):  # above pipe-max-size without CAP_SYS_RESOURCE
+                fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, FIFO_PIPE_SIZE)
         except OSError as e:
             log.error("cannot open notify fifo %s: %s", self.path, e)
             self._unlink()
