@@ -380,11 +380,15 @@ def test_coalesced_lines_behind_a_full_pipe_queue_in_order_and_drops_are_counted
 
 
 
-def test_link_monitor_is_held_while_a_mass_failover_is_applied(aio):
+def test_link_monitor_is_held_while_a_mass_failover_is_applied(aio, monkeypatch):
     """transitions.HOLD_MONITOR transitions waiting: the link monitor's reading
-    waits until the effects queue is empty (its events stay in the socket)."""
+    waits until the effects queue is empty (its events stay in the socket);
+    then the failover's freed memory goes back to the kernel, off the loop."""
     import asyncio
+    import threading
     calls = []
+    monkeypatch.setattr(transitions.memtrim, "trim", lambda: calls.append(
+        ("trim", threading.current_thread() is threading.main_thread())))
 
     class Recorder(Transitions):
         dispatching = False             # the Pump part: nothing left to hand out
@@ -406,10 +410,14 @@ def test_link_monitor_is_held_while_a_mass_failover_is_applied(aio):
         for n in (40, 30, 2):       # 72 waiting: held until done; applied as one batch
             d.queue(mk(n))
         await d.effects_done()
+        for _ in range(100):
+            if len(calls) > 5:
+                break
+            await asyncio.sleep(0.01)
         d.stop_effects()
 
     aio(main())
-    assert calls == [3, 5, "hold", 72, "release"]
+    assert calls == [3, 5, "hold", 72, "release", ("trim", False)]
 
 
 def test_a_chunk_is_reported_in_turns_of_the_loop(aio, monkeypatch):

@@ -30,6 +30,7 @@ from vrrpd.core.pump import LOG_EACH, now_us
 from vrrpd.net import firewall as strict, netlink as nl
 from vrrpd.net.addresses import Vip
 from vrrpd.net.garp import Announce, GarpConfig, arp_frame, ipv6_forwarding, na_frame
+from vrrpd.ops import memtrim
 from vrrpd.scripts.notify import coalesced
 
 if TYPE_CHECKING:
@@ -342,6 +343,11 @@ class Transitions:
                                        time.monotonic() - held_since > HOLD_MONITOR_S):
             self._held_since = None
             self.links.release()
+            if self._effects_unfinished == 0:
+                # A mass failover's buffers (moves, follow-ups, batches) are
+                # freed: their pages go back to the kernel, off the loop
+                # (ctypes lets go of the GIL).
+                asyncio.get_running_loop().run_in_executor(None, memtrim.trim)
 
     def _chunks(self, run):
         """Consecutive pieces of `run`: the first worth one netlink send, each
