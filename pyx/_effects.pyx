@@ -578,11 +578,10 @@ cdef class Followup:
             self._gate_blocked[k] = &gate._blocked
             self._gate_owed[k] = &gate._owed
             self._gate_from[k] = -1
-            for pos in range(n):        # a line longer than PIPE_BUF could tear: the loop's
-                if self._ln_off[pos + 1] - self._ln_off[pos] > PIPE_BUF:
-                    self._gate_from[k] = 0
-                    vrrpd_add(&gate._owed, 1)
-                    break
+        for pos in range(n):            # a line longer than PIPE_BUF could tear: the loop's
+            if self._ln_off[pos + 1] - self._ln_off[pos] > PIPE_BUF:
+                self._long_lines = True
+                break
 
     cdef int run(self, const int32_t* err, int upto, bint final) noexcept nogil:
         """The instances whose messages (below `upto`) all have their ACK, in
@@ -693,7 +692,8 @@ cdef class Followup:
             fd = vrrpd_load(self._gate_fd[g])
             if fd < 0:
                 continue
-            if vrrpd_load(self._gate_blocked[g]) or vrrpd_load(self._gate_owed[g]):
+            if self._long_lines or vrrpd_load(self._gate_blocked[g]) \
+                    or vrrpd_load(self._gate_owed[g]):
                 self._gate_from[g] = a
                 vrrpd_add(self._gate_owed[g], 1)
                 continue

@@ -191,8 +191,9 @@ def test_a_blocked_gate_leaves_every_line_and_a_line_too_long_tears_nothing():
     gate.settle()
     gate.set_blocked(False)
     move = move_lines(effects, 1, 1, gate)              # over PIPE_BUF: the loop's
-    assert gate.owed == 1
+    assert gate.owed == 0                               # not before it is exchanged
     move.exchange(kernel.fileno(), 2, 100, 5.0)
+    assert gate.owed == 1
     written, _, left = move.followup.fifo_take(gate)
     assert written == 0 and left == [b'INSTANCE "%s" MASTER 100\n' % (b"X" * 5000)]
     assert read_all(rfd) == b""

@@ -62,6 +62,7 @@ cdef class Followup:
     cdef uint32_t _left_cap
     cdef uint8_t* _lines        # the fifo lines, one per position
     cdef uint32_t* _ln_off      # position -> its line; [_n] is the end
+    cdef bint _long_lines       # one is over PIPE_BUF: the loop writes them all
     cdef list _gates            # FifoGate, kept alive while the thread writes
     cdef int _ngates
     cdef int** _gate_fd         # per gate: its FifoGate's fields
