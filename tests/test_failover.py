@@ -45,8 +45,9 @@ class Pair:
         self.spec.extra_instance = self.extra[i]
         return host_config(self.spec, i, peers=peers, src=src, priority=self.prios[i])
 
-    def start(self, i: int, tag: str = "") -> DaemonProc:
-        d = DaemonProc(self.lan.hosts[i], "vrrpd", self.config(i), self.tmp, tag=tag)
+    def start(self, i: int, tag: str = "", args: tuple = ()) -> DaemonProc:
+        d = DaemonProc(self.lan.hosts[i], "vrrpd", self.config(i), self.tmp, tag=tag,
+                       extra_args=args)
         self.procs[i] = d.start()
         return d
 
@@ -120,6 +121,22 @@ def test_election_crash_preempt_graceful(pair, version, family, unicast):
     assert m.wait_exit() == 0
     assert p.has_vip(1) and not p.has_vip(0), "a stopped master removes its VIPs"
     assert m.state("VI_0") == "STOP"
+
+
+def test_graceful_stop_does_not_wait_for_the_metrics_server(pair):
+    """Shutting the metrics server down waits out its poll interval (up to
+    0.5 s, wherever it was in it): the priority-0 advert must not wait for
+    that, nor the backup's takeover after it."""
+    p = pair(3, 4, False)
+    m = p.start(0, args=("--metrics", "127.0.0.1:9650"))
+    m.wait_state("VI_0", "MASTER", timeout=10)
+    b = p.start(1)
+    b.wait_state("VI_0", "BACKUP")
+    time.sleep(0.3)
+    t_term = m.signal(signal.SIGTERM)
+    t_master = b.wait_state("VI_0", "MASTER", timeout=5)
+    assert t_master - t_term <= p.skew(1) + SLACK, (t_master - t_term, p.skew(1))
+    assert m.wait_exit() == 0
 
 
 def test_nopreempt_keeps_lower_priority_master(pair):

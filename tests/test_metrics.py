@@ -159,3 +159,32 @@ def test_scrape_connections_are_bounded(aio):
         finally:
             m.stop()
     aio(main())
+
+
+def test_stop_leaves_the_server_shutdown_to_a_thread(aio):
+    """shutdown() waits out serve_forever's poll interval: stop() hands it to a
+    thread of its own and returns; the port is closed once that thread ends."""
+    import socket
+    import threading
+    from types import SimpleNamespace
+    from vrrpd.ops.metrics import Metrics
+    calls = []
+
+    async def main():
+        m = Metrics(SimpleNamespace(), "127.0.0.1", 0)
+        m.start()
+        server = m._server
+        shutdown = server.shutdown
+
+        def recorded():
+            calls.append(threading.current_thread() is threading.main_thread())
+            shutdown()
+
+        server.shutdown = recorded
+        return m.stop(), server.server_address[1]
+
+    closing, port = aio(main())
+    closing.join(5)
+    assert calls == [False] and not closing.is_alive()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=1)

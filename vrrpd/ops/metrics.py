@@ -294,11 +294,22 @@ class Metrics:
         self.lag.start()
         log.info("metrics on http://%s:%d/metrics", self.addr, self.port)
 
-    def stop(self) -> None:
+    def stop(self) -> threading.Thread | None:
+        """The lag probe stops now; the server is shut down from a thread of
+        its own -> that thread (None: no server).  shutdown() waits out
+        serve_forever's poll interval, and a daemon stopping must not hold
+        its loop (or its priority-0 adverts) for it."""
         self.lag.stop()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+        server, self._server = self._server, None
+        if server is None:
+            return None
+        def close() -> None:
+            server.shutdown()
+            server.server_close()
+
+        closing = threading.Thread(target=close, name="metrics-close", daemon=True)
+        closing.start()
+        return closing
 
 
 def parse_addr(text: str) -> tuple[str, int]:
