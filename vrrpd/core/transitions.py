@@ -7,7 +7,9 @@ removed before).  Those side effects run in one ordered queue so a burst of
 thousands of transitions costs one netlink batch, and per instance they
 happen in transition order: a batch moves as runs of one kind, each run in
 chunks, pipelined (a chunk's GARPs and notifications follow as soon as its
-VIPs are in).  What can be is prebuilt (vrrpd._effects) when an instance is
+VIPs are in; when no script must start first, each instance's first GARP
+burst and fifo line go out from the netlink thread right after its own ACKs:
+_followup).  What can be is prebuilt (vrrpd._effects) when an instance is
 added or becomes BACKUP, never in the takeover itself.
 
 Transitions is one part of vrrpd.core.daemon.Daemon; it uses the daemon's
