@@ -681,6 +681,14 @@ cdef class Followup:
         self._deferred += 1
         return 0
 
+    cdef int _block_end(self, int s, int b) noexcept nogil:
+        """-> e: lines s..e-1 (e <= b, at least one) are one write of at most
+        PIPE_BUF bytes, unless line s alone is longer."""
+        cdef int e = s + 1
+        while e < b and self._ln_off[e + 1] - self._ln_off[s] <= PIPE_BUF:
+            e += 1
+        return e
+
     cdef int _report(self, int a, int b) noexcept nogil:
         """Positions a..b's lines to each gate, in writes of whole lines of at
         most PIPE_BUF bytes (such a pipe write lands whole or not at all)."""
@@ -699,9 +707,7 @@ cdef class Followup:
                 continue
             s = a
             while s < b:
-                e = s + 1
-                while e < b and self._ln_off[e + 1] - self._ln_off[s] <= PIPE_BUF:
-                    e += 1
+                e = self._block_end(s, b)
                 r = write(fd, self._lines + self._ln_off[s], self._ln_off[e] - self._ln_off[s])
                 if r < 0 and errno == EINTR:
                     continue
@@ -744,9 +750,7 @@ cdef class Followup:
         blocks, s = [], self._gate_from[g]
         self._gate_from[g] = -1
         while s < self._n:
-            e = s + 1
-            while e < self._n and self._ln_off[e + 1] - self._ln_off[s] <= PIPE_BUF:
-                e += 1
+            e = self._block_end(s, self._n)
             blocks.append(PyBytes_FromStringAndSize(<char*>self._lines + self._ln_off[s],
                                                     self._ln_off[e] - self._ln_off[s]))
             s = e

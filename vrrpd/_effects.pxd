@@ -81,6 +81,7 @@ cdef class Followup:
     cdef int _announce(self, int a, int b) noexcept nogil
     cdef int _send(self, mmsghdr* msgs, iovec* iov, int m, int slot) noexcept nogil
     cdef int _keep(self, const uint8_t* frame, int length, int slot) noexcept nogil
+    cdef int _block_end(self, int s, int b) noexcept nogil
     cdef int _report(self, int a, int b) noexcept nogil
 
 # A batch of instances' VIP messages on its way through rtnetlink (Effects.vip_move),

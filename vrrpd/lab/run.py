@@ -7,8 +7,6 @@ line with time.monotonic() on arrival.  Shared by vrrpd-lab and the tests.
 from __future__ import annotations
 
 import bisect
-import contextlib
-import fcntl
 import os
 import re
 import shutil
@@ -21,6 +19,7 @@ import time
 
 from vrrpd.core.leftovers import state_path
 from vrrpd.lab.net import Netns, wait_for
+from vrrpd.scripts.notify import enlarge_pipe
 
 VENV_BIN = os.path.dirname(sys.executable)
 KEEPALIVED = shutil.which("keepalived") or "/usr/sbin/keepalived"
@@ -36,9 +35,6 @@ def default_vrrpd() -> str:
     return here if os.access(here, os.X_OK) else (shutil.which("vrrpd") or "vrrpd")
 
 
-PIPE_SIZE = 1 << 20
-
-
 class FifoReader(threading.Thread):
     """Reads a notify fifo; lines are parsed on arrival so that polling stays cheap at scale."""
 
@@ -51,8 +47,7 @@ class FifoReader(threading.Thread):
         self.fd = os.open(path, os.O_RDWR)
         # Either daemon's takeover of thousands of lines fits in the pipe: a
         # moment of this reader's lateness is not what the lab measures.
-        with contextlib.suppress(OSError):
-            fcntl.fcntl(self.fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        enlarge_pipe(self.fd)
         self.lines: list[tuple[float, str]] = []
         self._events: list[tuple[float, str, str, str, int]] = []
         self.lock = threading.Lock()

@@ -303,6 +303,7 @@ class Metrics:
         server, self._server = self._server, None
         if server is None:
             return None
+
         def close() -> None:
             server.shutdown()
             server.server_close()

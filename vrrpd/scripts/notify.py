@@ -45,6 +45,13 @@ STOP_WAIT = 1.0                  # keepalived waits up to 1 s for notify_stop at
 FIFO_PIPE_SIZE = 1 << 20
 
 
+def enlarge_pipe(fd: int) -> None:
+    """Make the pipe behind `fd` FIFO_PIPE_SIZE bytes, where the system allows
+    (above pipe-max-size it takes CAP_SYS_RESOURCE)."""
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, FIFO_PIPE_SIZE)
+
+
 @dataclass(slots=True)
 class NotifyScripts:
     """The notify scripts of one vrrp_instance or vrrp_sync_group (keepalived keywords)."""
@@ -135,8 +142,7 @@ class NotifyFifo:
             if not stat.S_ISFIFO(os.fstat(fd).st_mode):
                 os.close(fd)
                 raise OSError(f"{self.path} is not a fifo")
-            with contextlib.suppress(OSError):  # above pipe-max-size without CAP_SYS_RESOURCE
-                fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, FIFO_PIPE_SIZE)
+            enlarge_pipe(fd)
         except OSError as e:
             log.error("cannot open notify fifo %s: %s", self.path, e)
             self._unlink()

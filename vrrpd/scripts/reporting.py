@@ -23,6 +23,11 @@ NOTIFY_KEYWORDS = ("notify_master", "notify_backup", "notify_fault", "notify_sto
 NO_SCRIPTS = NotifyScripts()
 
 
+def _word(new: int, reason: str) -> str | None:
+    """The state a notification names (None: INIT, which keepalived does not notify)."""
+    return "STOP" if reason == "shutdown" else STATE_WORDS.get(new)
+
+
 def _scripts_for(scripts: NotifyScripts | None, new: int, reason: str) -> NotifyScripts | None:
     """keepalived 2.2.7 (measured, tests/test_semantics.py): the FAULT an
     instance passes through when a reload gives it new unicast peers starts
@@ -77,7 +82,7 @@ class Reporter:
 
     # -- runtime hooks ---------------------------------------------------------------
     def on_transition(self, inst, old: int, new: int, reason: str) -> None:
-        word = "STOP" if reason == "shutdown" else STATE_WORDS.get(new)
+        word = _word(new, reason)
         if word is None:
             return
         self.notifier.notify("INSTANCE", inst.name, word, inst.priority,
@@ -97,7 +102,7 @@ class Reporter:
         fifo gates), or None when an instance's notification needs the loop."""
         words, priorities = [], []
         for inst, _, new, reason in chunk:
-            word = "STOP" if reason == "shutdown" else STATE_WORDS.get(new)
+            word = _word(new, reason)
             if word is None or self._needs_loop(inst, word, new, reason):
                 return None
             words.append(WORD_BYTES[word])
@@ -117,7 +122,7 @@ class Reporter:
         notify = self.notifier.notify
         idxs, words, priorities = [], [], []
         for inst, _, new, reason in chunk:
-            word = "STOP" if reason == "shutdown" else STATE_WORDS.get(new)
+            word = _word(new, reason)
             if word is None:
                 continue
             idxs.append(inst.idx)
