@@ -257,10 +257,11 @@ def test_a_takeover_of_thousands_is_dispatched_a_slice_per_loop_turn():
     """The effects queue gets the first slice before the rest is dispatched,
     so the first instances' VIPs and notify lines do not wait for the last.
     Until a chunk is reported the slices stay small (that report must not
-    wait behind a large one); then each is DISPATCH_GROWTH times larger per
-    slice handed out, and the next takeover starts small again."""
-    first, growth = pump.DISPATCH_SLICE, pump.DISPATCH_GROWTH
-    sizes = [first, first, first * growth ** 2, first * growth ** 3]
+    wait behind a large one); then they are DISPATCH_MAX (bounded: a slice's
+    Python holds the loop and every advert), and the next takeover starts
+    small again."""
+    first, most = pump.DISPATCH_SLICE, pump.DISPATCH_MAX
+    sizes = [first, first, most, most]
     n = sum(sizes) + 3
     engine, d, batches = takeover(n)
     engine.events = [Event(i, EV_STATE, MASTER, REASON_PRIORITY_ZERO_ADVERT) for i in range(n)]

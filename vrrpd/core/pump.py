@@ -49,8 +49,11 @@ RX_LATE_US = 5000         # timers this late: read the sockets before running th
 RX_CALL_MAX = 16 * 64     # packets Engine.on_readable reads at most per call
 
 DISPATCH_SLICE = 128      # events handed to the effects queue per turn of the loop
-DISPATCH_GROWTH = 8       # ... once a chunk is reported, this many times more per turn
-DISPATCH_MAX = 1 << 16
+# ... once a chunk is reported.  Bounded: a master's answer to a lower-priority
+# advert costs Python tens of us (GARPs, fifo line), and a rebooted router's
+# preempt of thousands brings one such event per instance; a larger slice held
+# the loop (and every advert) long enough for the peer's down timers to run out.
+DISPATCH_MAX = 1024
 HEAD_START = DISPATCH_SLICE     # new masters of a takeover whose side effects go first
 HEAD_START_S = 0.010      # at most this long before the rest of the takeover goes on
 LOG_EACH = 8      # transitions per batch logged one line each at INFO; more are summarised
@@ -120,7 +123,6 @@ class Pump:
         self._rx_poll: asyncio.TimerHandle | None = None     # set while polling
         self._rx_check: asyncio.TimerHandle | None = None
         self._more: asyncio.Handle | None = None     # set while a dispatch goes on in slices
-        self._full_slices = 0       # ... and how many full slices it has handed out
         self._reported = False      # a chunk of it has its side effects (see _next_slice)
         self._head: asyncio.TimerHandle | None = None    # set during a takeover's head start
 
@@ -235,10 +237,9 @@ class Pump:
         # Sync-group moves queue more events; drain until quiet.  A takeover
         # of thousands reaches Python in slices: after each, the loop turns
         # once so the effects queue starts on that slice (its VIPs, GARPs and
-        # notify lines) while the next one is dispatched.  Each next slice is
-        # larger (_next_slice): the first instances move at once, the rest in
-        # few turns of the loop (each of which also sends the adverts due,
-        # thousands at 10,000 masters).
+        # notify lines) while the next one is dispatched (_next_slice): the
+        # first instances move at once, the rest a bounded slice per turn (each
+        # turn also sends the adverts due, thousands at 10,000 masters).
         # Past its head start, the engine's own work (states, timers, the new
         # masters' adverts) is not sliced: a new master's advert must not wait
         # for many others' side effects, or a third router's timers run out too.
@@ -246,12 +247,11 @@ class Pump:
             self._on_events(events)
             if len(events) == size:
                 self.engine.flush()
-                self._full_slices += 1
                 if self._more is None and self._head is None:
                     self._more = self._loop.call_soon(self._pump_more)
                 return
         if self._head is None:
-            self._full_slices, self._reported = 0, False    # the next takeover starts small
+            self._reported = False      # the next takeover starts small
         self.engine.flush()         # what tracking and sync groups queued, in one batch
         if self._head is not None:
             return                  # end_head_start pumps again
@@ -273,10 +273,8 @@ class Pump:
         """Events the next turn of a dispatch hands out: DISPATCH_SLICE until
         a chunk of it is reported, so that the first chunk's report (its ACKs
         back in the netlink thread) waits behind no large slice of Python;
-        then DISPATCH_GROWTH times more for each full slice handed out."""
-        if not self._reported:
-            return DISPATCH_SLICE
-        return min(DISPATCH_SLICE * DISPATCH_GROWTH ** self._full_slices, DISPATCH_MAX)
+        then DISPATCH_MAX."""
+        return DISPATCH_MAX if self._reported else DISPATCH_SLICE
 
     def _on_events(self, events) -> None:
         batch, lower = [], []
