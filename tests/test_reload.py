@@ -331,3 +331,21 @@ def test_sigterm_while_a_reload_reads(lan, tmp_path):
         assert "Traceback" not in d.log_tail(200)
     finally:
         d.stop()
+
+
+@pytest.mark.parametrize("busy", [False, True])
+def test_stop_signal_resigns_at_once_unless_a_reload_is_under_way(busy):
+    """The stop signal's callback (service._on_stop_signal): the masters'
+    priority-0 adverts leave in it, before any other turn of the loop, unless
+    a reload is under way (whose instances must not start after the resign:
+    Daemon.stop resigns after it); either way no reload starts any more and
+    the rest of the stop goes on."""
+    import asyncio
+    from types import SimpleNamespace
+    from vrrpd.core.service import _on_stop_signal
+    calls: list[str] = []
+    daemon = SimpleNamespace(resign=lambda: calls.append("resign"))
+    reloader = SimpleNamespace(busy=busy, abort=lambda: calls.append("abort"))
+    stop = asyncio.Event()
+    _on_stop_signal(daemon, reloader, stop)
+    assert calls == (["abort"] if busy else ["abort", "resign"]) and stop.is_set()

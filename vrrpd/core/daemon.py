@@ -383,13 +383,22 @@ class Daemon(Pump, Transitions):
         self.hooks[self.hooks.index(old)] = new
 
     # -- shutdown --------------------------------------------------------------------
-    async def stop(self) -> None:
-        """Priority-0 adverts from every master, VIPs removed, STOP reported."""
+    def resign(self) -> None:
+        """Every master sends priority 0 (RFC 5798 6.4.3) and every instance
+        leaves for INIT, at once: called from the stop signal's callback so
+        that no turn of the loop (a pump of thousands of adverts) comes
+        between the signal and the backups' Skew_Time.  Instances already
+        in INIT are left as they are, so calling it again stops only those
+        started since."""
         self.stopping = True
         t = now_us()
         for inst in self.instances.values():
             self.engine.stop(inst.idx, t)
         self._pump()
+
+    async def stop(self) -> None:
+        """Priority-0 adverts from every master, VIPs removed, STOP reported."""
+        self.resign()
         # The priority-0 burst may not fit the device queue at once; the peer
         # takes over after Skew_Time only with them (else Master_Down_Interval).
         # _pump's retry timer sends what is deferred; wait for it to finish.

@@ -210,6 +210,9 @@ async def _serve(plan, args, running, stop: asyncio.Event) -> int:
         log.error("start-up failed: %s", e)
         await daemon.stop()
         return 1
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, _on_stop_signal, daemon, ops.reloader, stop)
     log.info("vrrpd %s running %d instances", __version__, len(daemon.instances))
     memtrim.trim()          # and start-up's own temporaries
     gc.freeze()
@@ -221,6 +224,17 @@ async def _serve(plan, args, running, stop: asyncio.Event) -> int:
     await ops.close()
     await daemon.stop()
     return 0
+
+
+def _on_stop_signal(daemon, reloader, stop: asyncio.Event) -> None:
+    """SIGTERM/SIGINT once running: no reload starts from now on, and the
+    masters' priority-0 adverts leave in this callback, before the loop runs
+    anything else (the rest of the stop waits for the tasks in between).
+    A reload under way keeps its instances running until it is through."""
+    reloader.abort()
+    if not reloader.busy:
+        daemon.resign()
+    stop.set()
 
 
 async def _remove_leftovers(daemon, stale) -> None:

@@ -149,6 +149,11 @@ class Reloader:
         if self._proc is not None and self._proc.poll() is None:
             self._proc.kill()
 
+    @property
+    def busy(self) -> bool:
+        """A reload is reading or applying a configuration."""
+        return self._lock.locked()
+
     async def __call__(self) -> dict:
         async with self._lock:
             if self.stopping:
