@@ -56,6 +56,9 @@ cdef enum:
     TX_BATCH = 1024
     PIPE_BUF = 4096         # a pipe write up to this size lands whole (pipe(7))
     RECV_BUF = 1 << 16      # rtnetlink replies read per recv()
+    # A move's first send: its first instances' ACKs (so their GARPs and
+    # notify lines) come back after a few messages' work, not a whole piece's.
+    FIRST_PIECE = 8
 
 cdef inline uint32_t _u32(const uint8_t* p) noexcept nogil:
     return (<const uint32_t*>p)[0]
@@ -327,14 +330,15 @@ cdef class VipMove:
         return 0
 
     def exchange(self, int fd, uint32_t seq0, int piece, double timeout):
-        """Number the messages seq0.., send them `piece` per send() on the
-        rtnetlink socket fd (non-blocking) and record each ACK's errno,
+        """Number the messages seq0.., send them `piece` per send() (the
+        first send at most FIRST_PIECE) on the rtnetlink socket fd
+        (non-blocking) and record each ACK's errno,
         reading them after each send so its socket buffer never overruns;
         then wait up to `timeout` for late ones.  The followup, if any, runs
         as each instance's ACKs are in.  -> (seconds spent in
         send(), errno of a send the kernel refused or of lost ACKs, else 0).
         Only what was not sent is marked with the refusal's errno."""
-        cdef int k = 0, k1, r, fail = 0, overrun = 0
+        cdef int k = 0, k1, n, r, fail = 0, overrun = 0
         cdef double spent = 0.0, t0, deadline
         cdef uint8_t* rbuf = <uint8_t*>malloc(RECV_BUF)
         cdef pollfd pfd
@@ -348,7 +352,8 @@ cdef class VipMove:
                 (<uint32_t*>(self._buf + self._off[k] + 8))[0] = seq0 + k
             k = 0
             while k < self.count and not fail:
-                k1 = k + piece if k + piece < self.count else self.count
+                n = FIRST_PIECE if k == 0 and piece > FIRST_PIECE else piece
+                k1 = k + n if k + n < self.count else self.count
                 t0 = _now()
                 r = send(fd, self._buf + self._off[k], self._off[k1] - self._off[k], 0)
                 spent += _now() - t0

@@ -358,6 +358,19 @@ def test_vip_move_sends_budget_sized_pieces_and_keeps_each_errno():
     kernel.close()
 
 
+def test_vip_move_first_send_is_small():
+    """A move's first send carries at most FIRST_PIECE (8) messages, so that
+    its first instances' ACKs (then their GARPs and lines) do not wait for a
+    whole piece's work; the others go `piece` per send."""
+    kernel = FakeKernel()
+    effects = vip_effects([1] * 100)
+    move = effects.vip_move(list(range(100)), True)
+    move.exchange(kernel.fileno(), 1, 50, 1.0)
+    assert kernel.sends == [8, 50, 42] and move.acked == 100
+    assert effects.finish(move) == []
+    kernel.close()
+
+
 def test_vip_move_refused_send_is_the_errno_of_what_it_did_not_send():
     """The kernel refusing a send (here: no one at the other end) is the
     exchange's errno and the errno of every message not sent; no waiting."""
