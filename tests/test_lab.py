@@ -185,6 +185,7 @@ def test_p2p_link_down_cuts_the_cable_not_the_backups_carrier(tmp_path):
     down, crash = d["failovers"]
     assert down["scenario"] == "link-down" and down["missing"] == 0
     assert "restore_error" not in down and down["restore_s"] > 0
+    assert down["restore_flaps"] == 0
     assert crash["missing"] == 0
 
 

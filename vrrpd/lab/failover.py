@@ -107,7 +107,9 @@ def one_failover(tb: Testbed, scenario: str, repeat: int, progress: bool = True,
     }
     if restore:
         try:
+            t_restore = time.monotonic()
             result["restore_s"] = round(tb.restore(scenario), 3)
+            result["restore_flaps"] = tb.settle(t_restore)
         except (AssertionError, RuntimeError) as e:
             result["restore_error"] = str(e).splitlines()[0]
     return result

@@ -22,7 +22,7 @@ import tempfile
 import time
 
 from vrrpd.lab.conf import GARP_MASTER_REPEAT, LabSpec, host_config, vip
-from vrrpd.lab.net import P2P, Lan, namespaces, sh
+from vrrpd.lab.net import P2P, Lan, namespaces, sh, wait_for
 from vrrpd.lab.run import DaemonProc
 from .watch import AddrMonitor, Takeover, WireCapture
 
@@ -32,6 +32,7 @@ MASTER_PRIORITY, BACKUP_PRIORITY = 150, 100
 SCENARIOS = ("crash", "graceful", "link-down")
 TOPOLOGIES = ("p2p", "switch")
 CUT_TABLE = "vlabcut"
+QUIET_MDIS = 3      # after a restore, the backup's fifo quiet this many Master_Down_Intervals
 
 
 def skew_time(spec: LabSpec, priority: int) -> float:
@@ -239,6 +240,24 @@ class Testbed:
         self.master.wait_all(self.names, "MASTER", self.setup_timeout())
         self.backup.wait_all(self.names, "BACKUP", self.setup_timeout())
         return time.monotonic() - t0
+
+    def settle(self, since: float) -> int:
+        """After a restore: wait until the backup's notify fifo has been quiet
+        for QUIET_MDIS of its Master_Down_Intervals (a backup still flapping
+        must not be faulted: its figures would be the flap's), and every
+        instance is BACKUP there; -> how many instances it took back to MASTER
+        since `since` (0: no flap)."""
+        quiet = QUIET_MDIS * master_down_interval(self.spec, BACKUP_PRIORITY)
+        fifo = self.backup.fifo
+
+        def quiet_now() -> bool:
+            events = fifo.events(since)
+            return time.monotonic() - (events[-1][0] if events else since) >= quiet
+
+        wait_for(quiet_now, self.setup_timeout(), interval=0.05, what="the backup's fifo quiet")
+        self.backup.wait_all(self.names, "BACKUP", self.setup_timeout())
+        return len({name for _, kind, name, state, _ in fifo.events(since)
+                    if kind == "INSTANCE" and state == "MASTER"})
 
     def wait_takeover(self, since: float, timeout: float, progress=None):
         """Per instance: MASTER fifo line on the backup, and its VIP added there
