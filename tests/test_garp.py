@@ -242,3 +242,53 @@ def test_garp_and_na_on_the_wire(lan, tmp_path):
     neigh = h1.run("ip", "neigh", "show", "dev", "eth0").stdout
     for a in v4 + v6:
         assert any(line.startswith(a + " ") and mac0 in line for line in neigh.splitlines()), neigh
+
+
+def _tshark_arp(host, pcap: str) -> subprocess.Popen:
+    cap = host.popen("tshark", "-q", "-i", "eth0", "-w", pcap, "-f", "arp",
+                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 20
+    while "Capturing on" not in cap.stderr.readline():
+        assert time.monotonic() < deadline and cap.poll() is None, "tshark did not start"
+    return cap
+
+
+@pytest.mark.netns
+def test_no_lower_priority_garp_after_leaving_master(lan, tmp_path):
+    """keepalived sends garp_lower_prio_delay's burst only while the VIPs are
+    set (vrrp_send_link_update): a master that answered a lower-priority
+    advert with GARPs, then heard a higher priority and went BACKUP before
+    the delay ran out, must not announce the VIP it gave up when it does
+    (that would take its traffic from the new master)."""
+    from daemons import OpsDaemon
+    from vrrpd.lab.conf import LabSpec, host_config, vip
+    spec = LabSpec(instances=1, version=3, advert_int=1.0, notify_fifo="@FIFO@",
+                   extra_instance="garp_lower_prio_delay 2")
+    net = lan(hosts=2, nics=spec.nics)
+    h0, h1 = net.hosts
+    m = OpsDaemon(h0, host_config(spec, 0, priority=150, state="MASTER"), tmp_path)
+    m.start()
+    try:
+        m.wait_all(["VI_0"], "MASTER", timeout=30)
+        mac0 = h0.run("cat", "/sys/class/net/eth0/address").stdout.strip()
+        pcap = str(tmp_path / "arp.pcap")
+        cap = _tshark_arp(h1, pcap)
+        for prio in ("50", "200"):          # VRID 1, advert_int 1 s, as configured
+            h1.run(PY, child("inject_lower_advert"), net.host_ip(1), prio, "100")
+        m.wait_all(["VI_0"], "BACKUP", timeout=5)
+        t_backup = time.time()
+        # Past the delay, before Master_Down_Interval (3.4 s) makes it MASTER again.
+        time.sleep(2.5)
+        cap.terminate()
+        cap.wait(timeout=10)
+    finally:
+        m.stop()
+    out = subprocess.run(["tshark", "-r", pcap, "-T", "fields", "-E", "separator=|",
+                          "-e", "frame.time_epoch", "-e", "arp.src.hw_mac",
+                          "-e", "arp.src.proto_ipv4"],
+                         capture_output=True, text=True, check=True).stdout
+    ours = [float(t) for t, mac, ip in (line.split("|") for line in out.splitlines())
+            if mac == mac0 and ip == vip(spec, 0)]
+    assert ours and min(ours) < t_backup, out          # the answer to the lower priority
+    late = [round(t - t_backup, 2) for t in ours if t > t_backup + 0.2]
+    assert late == [], f"GARPs for a VIP given up, s after BACKUP: {late}"

@@ -466,3 +466,51 @@ def test_a_chunk_is_reported_in_turns_of_the_loop(aio, monkeypatch):
     assert {len(s) for s in slices} == {transitions.REPORT_SLICE}
     # A slice costs 0.3 of a turn: the fourth one ends each turn.
     assert ticks[1:] == [4, 8], ticks
+
+
+class BurstEffects(FakeEffects):
+    """... and the bursts Effects.announce sends (a delayed one only for the
+    instances whose gen is unchanged, as the real one)."""
+
+    def __init__(self):
+        super().__init__()
+        self.gens: dict[int, int] = {}
+        self.bursts: list[list[int]] = []
+
+    def gen(self, idx):
+        return self.gens.get(idx, 0)
+
+    def bump(self, idxs):
+        for i in idxs:
+            self.gens[i] = self.gen(i) + 1
+
+    def announce(self, idxs, gens=None):
+        if gens is not None:
+            idxs = [i for i, g in zip(idxs, gens) if self.gen(i) == g]
+        self.bursts.append(list(idxs))
+        return []
+
+
+def test_lower_priority_answers_go_in_one_burst_and_the_delayed_one_only_while_master():
+    """Masters that heard lower-priority adverts: one burst of their prebuilt
+    frames at once, and garp_lower_prio_delay's burst later (unset: 5 s of
+    garp_master_delay), restarted by a later such advert and void for an
+    instance that left MASTER meanwhile (keepalived: only while the VIPs are
+    set)."""
+    mac = bytes.fromhex("020000000001")
+    d = side_effects({3: Link(3, "eth0", 0, mac)}, BurstEffects())
+    d._loop = FakeLoop()
+    a, b, c = (inst(f"VI_{k}", [Vip.parse(f"192.0.2.{k}", 3)]) for k in (1, 2, 3))
+    for k, i in enumerate((a, b, c)):
+        i.idx = k
+    d.announce_lower_prio([a, b, c])
+    assert d.effects.bursts == [[0, 1, 2]]
+    assert [t[0] for t in d._loop.timers] == [5.0]
+    d.announce_lower_prio([a])                  # another lower-priority advert: a restarts
+    assert d.effects.bursts[-1] == [0] and [t[0] for t in d._loop.timers] == [5.0, 5.0]
+    d.effects.bump([b.idx])                     # b left MASTER
+    first = d._loop.timers.pop(0)
+    first[1](*first[2])
+    assert d.effects.bursts[-1] == [2]          # not a (restarted), not b (left)
+    d._loop.fire("_announce_lower_again")
+    assert d.effects.bursts[-1] == [0] and d._lower_armed == {}

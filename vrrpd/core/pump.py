@@ -5,7 +5,7 @@ the rare events the engine queues into a batch of transitions for the side
 effects (vrrpd.core.transitions) and into log lines.
 
 Pump is one part of vrrpd.core.daemon.Daemon; it uses the daemon's engine,
-instances (by_idx), hooks, GARP scheduler and transitions queue.
+instances (by_idx), hooks, and Transitions' GARP bursts and queue.
 """
 from __future__ import annotations
 
@@ -25,11 +25,11 @@ from vrrpd.engine import (
     STATE_NAMES,
 )
 from vrrpd.ops.logs import Rows
+from vrrpd.scripts.notify import coalesced
 
 if TYPE_CHECKING:
     from vrrpd.core.instance import Instance
     from vrrpd.core.syncgroups import SyncGroups
-    from vrrpd.net.garp import GarpScheduler
     from vrrpd.ops.ratelimit import PerKey
 
 log = logging.getLogger("vrrpd")
@@ -96,14 +96,13 @@ class Pump:
     # parts (Daemon's own attributes, Transitions' GARPs and effects queue).
     by_idx: dict[int, Instance]
     lower_log: PerKey
-    garp: GarpScheduler
     hooks: list[Any]
     syncgroups: SyncGroups
 
     if TYPE_CHECKING:
         def _follow_group(self, inst: Instance, old: int, new: int, reason: str) -> None: ...
 
-        def _announces(self, inst: Instance, keep: bool = True) -> list: ...
+        def announce_lower_prio(self, masters: list[Instance]) -> None: ...
 
         def queue(self, batch) -> None: ...
 
@@ -277,7 +276,7 @@ class Pump:
         return DISPATCH_MAX if self._reported else DISPATCH_SLICE
 
     def _on_events(self, events) -> None:
-        batch, lower = [], []
+        batch, lower, answered = [], [], []
         by_idx, priority = self.by_idx, self.engine.priority
         grouped = self.syncgroups.group_of
         now = time.time()
@@ -307,14 +306,18 @@ class Pump:
                 if self.lower_log.allow(inst.name, inst.spec.advert_int_cs / 100):
                     lower.append((inst.name, ev[2], _addr(ev[3]),
                                   self.lower_log.take_held(inst.name)))
-                for key, ann in self._announces(inst, keep=inst.garp_paced):
-                    self.garp.lower_prio(key, ann)
-                for h in self.hooks:
-                    h.on_rx_lower_pri(inst, ev[2])
+                answered.append((inst, ev[2]))
             elif kind == EV_REJECT:
                 # The engine rate-limits these events; its counters stay exact.
                 log.warning("(%s) advert from %s rejected: %s", inst.name, _addr(ev[3]),
                             REJECT_NAMES[ev[2]])
+        if answered:
+            # keepalived's order: the GARP/NA burst, then MASTER_RX_LOWER_PRI.
+            self.announce_lower_prio([inst for inst, _ in answered])
+            with coalesced():           # a storm's lines in few writes
+                for inst, prio in answered:
+                    for h in self.hooks:
+                        h.on_rx_lower_pri(inst, prio)
         if len(lower) > LOG_EACH:       # a storm of them: one line, as for transitions
             log.info("%d masters received lower priority adverts: %s", len(lower),
                      ", ".join(f"{n} ({p} from {a})" for n, p, a, _ in lower))

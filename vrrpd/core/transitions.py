@@ -152,6 +152,14 @@ async def _addresses(op, vips, what: str) -> None:
             log.warning("%s VIP %s failed: errno %d", what, vip.address, err)
 
 
+def _lower_prio_scheduled(inst: Instance) -> bool:
+    """The instance's GARP/NA bursts go through the GarpScheduler: paced ones
+    (garp_master_refresh, vrrp_garp_interval...) and those whose answer to a
+    lower-priority advert is not the prebuilt burst of garp_master_repeat."""
+    conf = inst.spec.conf
+    return inst.garp_paced or conf.garp_lower_prio_repeat not in (None, conf.garp_master_repeat)
+
+
 class Transitions:
     # What this part uses of vrrpd.core.daemon.Daemon and of its Pump.
     instances: dict[str, Instance]
@@ -196,6 +204,10 @@ class Transitions:
         self._effects_unfinished = 0    # batches queued or being applied
         self._loop_reports = 0          # items in _moving whose lines the loop writes
         self._held_since: float | None = None     # the link monitor held (a mass failover)
+        # garp_lower_prio_delay's bursts armed: idx -> the arming whose burst goes
+        # (a later lower-priority advert restarts the delay, as GarpScheduler's do).
+        self._lower_armed: dict[int, int] = {}
+        self._lower_arming = 0
 
     def queue(self, batch) -> None:
         """A batch of transitions (Instance, old, new, reason) to apply, after
@@ -454,9 +466,9 @@ class Transitions:
         if left:
             self.effects.bump([i.idx for i in left])       # no delayed bursts now
             for inst in left:
-                if inst.garp_paced:
-                    for key, _ in self._announces(inst):
-                        self.garp.stop(key)
+                if _lower_prio_scheduled(inst):
+                    for ifindex in {v.ifindex: None for v in inst.vips}:
+                        self.garp.stop((inst.name, ifindex))
         for inst, _, new, _ in chunk:
             if new == BACKUP and not self._is_prebuilt(inst):
                 self._prebuild(inst)    # built now rather than in the rush of a takeover
@@ -489,8 +501,7 @@ class Transitions:
         idxs = [i.idx for i in fast]
         self.effects.bump(idxs)
         if not first_sent:
-            for slot, frame in self.effects.announce(idxs):     # a full device queue: retry
-                self.garp.resend(self._ifindex_of_slot(slot), frame)
+            self._burst(idxs)
         later: dict[float, list[Instance]] = {}
         for inst in fast:
             delay = inst.spec.conf.garp_master_delay
@@ -498,17 +509,62 @@ class Transitions:
                 later.setdefault(delay, []).append(inst)
         for delay, insts in later.items():
             ids = [i.idx for i in insts]
-            self._loop.call_later(delay, self._announce_again, ids,
+            self._loop.call_later(delay, self._burst, ids,
                                   [self.effects.gen(i) for i in ids])
         for inst in masters:
             if inst.garp_paced:
                 for key, ann in self._announces(inst):
                     self.garp.master(key, ann)
 
-    def _announce_again(self, idxs: list[int], gens: list[int]) -> None:
-        """garp_master_delay's second burst, for those still MASTER since."""
+    def _burst(self, idxs: list[int], gens: list[int] | None = None) -> None:
+        """A burst of the instances' prebuilt GARP/NA frames; gens (a delayed
+        burst): only those whose MASTER period is still the one it was for.
+        Frames a full device queue refused go to the GarpScheduler's retry."""
         for slot, frame in self.effects.announce(idxs, gens):
             self.garp.resend(self._ifindex_of_slot(slot), frame)
+
+    def announce_lower_prio(self, masters: list[Instance]) -> None:
+        """Masters that received a lower-priority advert: keepalived sends a
+        burst of garp_lower_prio_repeat rounds at once and another after
+        garp_lower_prio_delay (unset: the garp_master_* values), the latter
+        only while the VIPs are still set (vrrp_send_link_update).  Where
+        that burst is the prebuilt one, all go in one sendmmsg() per socket
+        and the delayed one is void once the instance left MASTER (its gen);
+        paced instances and other repeats go through the GarpScheduler."""
+        fast = []
+        for inst in masters:
+            if not self._is_prebuilt(inst):
+                self._prebuild(inst)            # also decides garp_paced
+            if _lower_prio_scheduled(inst):
+                for key, ann in self._announces(inst, keep=inst.garp_paced):
+                    self.garp.lower_prio(key, ann)
+            elif inst.spec.conf.garp_master_repeat > 0:
+                fast.append(inst)
+        if not fast:
+            return
+        self._burst([i.idx for i in fast])
+        later: dict[float, list[int]] = {}
+        for inst in fast:
+            conf = inst.spec.conf
+            delay = conf.garp_master_delay if conf.garp_lower_prio_delay is None \
+                else conf.garp_lower_prio_delay
+            if delay > 0:
+                later.setdefault(delay, []).append(inst.idx)
+        for delay, ids in later.items():
+            self._lower_arming += 1
+            for idx in ids:
+                self._lower_armed[idx] = self._lower_arming
+            self._loop.call_later(delay, self._announce_lower_again, ids,
+                                  [self.effects.gen(i) for i in ids], self._lower_arming)
+
+    def _announce_lower_again(self, idxs: list[int], gens: list[int], arming: int) -> None:
+        """garp_lower_prio_delay's burst, for those this arming is still the
+        latest of and still MASTER since."""
+        due = [(idx, gen) for idx, gen in zip(idxs, gens) if self._lower_armed.get(idx) == arming]
+        for idx, _ in due:
+            del self._lower_armed[idx]
+        if due:
+            self._burst([idx for idx, _ in due], [gen for _, gen in due])
 
     # -- prebuilt side effects (vrrpd._effects) -----------------------------------------
     def _is_prebuilt(self, inst: Instance) -> bool:
