@@ -49,11 +49,13 @@ RX_LATE_US = 5000         # timers this late: read the sockets before running th
 RX_CALL_MAX = 16 * 64     # packets Engine.on_readable reads at most per call
 
 DISPATCH_SLICE = 128      # events handed to the effects queue per turn of the loop
-# ... once a chunk is reported.  Bounded: a master's answer to a lower-priority
-# advert costs Python tens of us (GARPs, fifo line), and a rebooted router's
-# preempt of thousands brings one such event per instance; a larger slice held
-# the loop (and every advert) long enough for the peer's down timers to run out.
+# ... once a chunk is reported, and as many of those per turn as fit in
+# DISPATCH_TURN_S.  Bounded: a master's answer to a lower-priority advert costs
+# Python much more than a transition, and a rebooted router's preempt of
+# thousands brings one per instance; unbounded slices held the loop (and every
+# advert) long enough for the peer's down timers to run out.
 DISPATCH_MAX = 1024
+DISPATCH_TURN_S = 0.020
 HEAD_START = DISPATCH_SLICE     # new masters of a takeover whose side effects go first
 HEAD_START_S = 0.010      # at most this long before the rest of the takeover goes on
 LOG_EACH = 8      # transitions per batch logged one line each at INFO; more are summarised
@@ -234,17 +236,19 @@ class Pump:
         else:
             self.engine.tick(t)
         # Sync-group moves queue more events; drain until quiet.  A takeover
-        # of thousands reaches Python in slices: after each, the loop turns
-        # once so the effects queue starts on that slice (its VIPs, GARPs and
-        # notify lines) while the next one is dispatched (_next_slice): the
-        # first instances move at once, the rest a bounded slice per turn (each
-        # turn also sends the adverts due, thousands at 10,000 masters).
+        # of thousands reaches Python in slices (_next_slice): until its first
+        # chunk is reported, the loop turns after each, so the effects queue
+        # starts on that slice (its VIPs, GARPs and notify lines) while the
+        # next one is dispatched; then slices go on in one turn for at most
+        # DISPATCH_TURN_S (each turn also sends the adverts due, thousands at
+        # 10,000 masters).
         # Past its head start, the engine's own work (states, timers, the new
         # masters' adverts) is not sliced: a new master's advert must not wait
         # for many others' side effects, or a third router's timers run out too.
+        turn_end = time.perf_counter() + DISPATCH_TURN_S
         while events := self.engine.pop_events(size := self._next_slice()):
             self._on_events(events)
-            if len(events) == size:
+            if len(events) == size and not (self._reported and time.perf_counter() < turn_end):
                 self.engine.flush()
                 if self._more is None and self._head is None:
                     self._more = self._loop.call_soon(self._pump_more)
