@@ -179,6 +179,25 @@ def test_large_burst_is_sliced_and_errors_are_counted():
 
 
 # --- the real thing, between two namespace hosts ------------------------------------
+def _tshark(host, pcap: str, capture_filter: str) -> subprocess.Popen:
+    """tshark writing eth0's frames that match the filter to pcap, once it captures."""
+    cap = host.popen("tshark", "-q", "-i", "eth0", "-w", pcap, "-f", capture_filter,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 20
+    while "Capturing on" not in cap.stderr.readline():
+        assert time.monotonic() < deadline and cap.poll() is None, "tshark did not start"
+    return cap
+
+
+def _pcap_rows(pcap: str, fields: list[str]) -> list[dict[str, str]]:
+    """tshark's dissection of the capture: per frame, {field: value}."""
+    args = ["tshark", "-r", pcap, "-T", "fields", "-E", "separator=|"]
+    for f in fields:
+        args += ["-e", f]
+    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    return [dict(zip(fields, line.split("|"))) for line in out.splitlines()]
+
+
 @pytest.mark.netns
 def test_garp_and_na_on_the_wire(lan, tmp_path):
     net = lan(hosts=2)
@@ -199,12 +218,7 @@ def test_garp_and_na_on_the_wire(lan, tmp_path):
     h1.run("sysctl", "-qw", "net.ipv6.conf.eth0.accept_untracked_na=1")
     mac0 = h0.run("cat", "/sys/class/net/eth0/address").stdout.strip()
     pcap = str(tmp_path / "g.pcap")
-    cap = h1.popen("tshark", "-q", "-i", "eth0", "-w", pcap, "-f",
-                   "arp or (icmp6 and ip6[40] == 136)",
-                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 20
-    while "Capturing on" not in cap.stderr.readline():
-        assert time.monotonic() < deadline and cap.poll() is None, "tshark did not start"
+    cap = _tshark(h1, pcap, "arp or (icmp6 and ip6[40] == 136)")
     out = h0.run(PY, child("garp_sender"), json.dumps(v4), json.dumps(v6)).stdout
     assert json.loads(out) == dict(arp_sent=4, na_sent=4, send_errors=0)
     time.sleep(0.5)
@@ -215,12 +229,7 @@ def test_garp_and_na_on_the_wire(lan, tmp_path):
               "icmpv6.checksum.status", "icmpv6.nd.na.flag.r", "icmpv6.nd.na.flag.o",
               "icmpv6.nd.na.flag.s", "icmpv6.nd.na.target_address", "icmpv6.opt.linkaddr",
               "ipv6.hlim", "ipv6.dst", "ipv6.src"]
-    args = ["tshark", "-r", pcap, "-T", "fields", "-E", "separator=|"]
-    for f in fields:
-        args += ["-e", f]
-    rows = [dict(zip(fields, line.split("|")))
-            for line in subprocess.run(args, capture_output=True, text=True, check=True)
-            .stdout.splitlines()]
+    rows = _pcap_rows(pcap, fields)
     arps = [r for r in rows if r["arp.opcode"]]
     nas = [r for r in rows if r["icmpv6.type"] == "136" and r["ipv6.src"] in v6]
     assert len(arps) == 4 and len(nas) == 4, rows
@@ -244,15 +253,6 @@ def test_garp_and_na_on_the_wire(lan, tmp_path):
         assert any(line.startswith(a + " ") and mac0 in line for line in neigh.splitlines()), neigh
 
 
-def _tshark_arp(host, pcap: str) -> subprocess.Popen:
-    cap = host.popen("tshark", "-q", "-i", "eth0", "-w", pcap, "-f", "arp",
-                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 20
-    while "Capturing on" not in cap.stderr.readline():
-        assert time.monotonic() < deadline and cap.poll() is None, "tshark did not start"
-    return cap
-
-
 @pytest.mark.netns
 def test_no_lower_priority_garp_after_leaving_master(lan, tmp_path):
     """keepalived sends garp_lower_prio_delay's burst only while the VIPs are
@@ -272,7 +272,7 @@ def test_no_lower_priority_garp_after_leaving_master(lan, tmp_path):
         m.wait_all(["VI_0"], "MASTER", timeout=30)
         mac0 = h0.run("cat", "/sys/class/net/eth0/address").stdout.strip()
         pcap = str(tmp_path / "arp.pcap")
-        cap = _tshark_arp(h1, pcap)
+        cap = _tshark(h1, pcap, "arp")
         for prio in ("50", "200"):          # VRID 1, advert_int 1 s, as configured
             h1.run(PY, child("inject_lower_advert"), net.host_ip(1), prio, "100")
         m.wait_all(["VI_0"], "BACKUP", timeout=5)
@@ -283,12 +283,9 @@ def test_no_lower_priority_garp_after_leaving_master(lan, tmp_path):
         cap.wait(timeout=10)
     finally:
         m.stop()
-    out = subprocess.run(["tshark", "-r", pcap, "-T", "fields", "-E", "separator=|",
-                          "-e", "frame.time_epoch", "-e", "arp.src.hw_mac",
-                          "-e", "arp.src.proto_ipv4"],
-                         capture_output=True, text=True, check=True).stdout
-    ours = [float(t) for t, mac, ip in (line.split("|") for line in out.splitlines())
-            if mac == mac0 and ip == vip(spec, 0)]
-    assert ours and min(ours) < t_backup, out          # the answer to the lower priority
+    rows = _pcap_rows(pcap, ["frame.time_epoch", "arp.src.hw_mac", "arp.src.proto_ipv4"])
+    ours = [float(r["frame.time_epoch"]) for r in rows
+            if r["arp.src.hw_mac"] == mac0 and r["arp.src.proto_ipv4"] == vip(spec, 0)]
+    assert ours and min(ours) < t_backup, rows         # the answer to the lower priority
     late = [round(t - t_backup, 2) for t in ours if t > t_backup + 0.2]
     assert late == [], f"GARPs for a VIP given up, s after BACKUP: {late}"
