@@ -89,12 +89,16 @@ class Reporter:
                              _scripts_for(self.scripts.get(inst.name), new, reason),
                              smtp_alert=inst.spec.conf.smtp_alert)
 
-    def _needs_loop(self, inst, word: str, new: int, reason: str) -> bool:
-        """A script or an SMTP alert goes with this notification (started
-        before the fifo line, keepalived's order)."""
+    def _loop_scripts(self, inst, word: str, new: int, reason: str) -> NotifyScripts | None:
+        """The scripts of a notification that needs the loop: a script or an
+        SMTP alert goes with it (started before the fifo line, keepalived's
+        order); None: it is its fifo line alone."""
         s = _scripts_for(self.scripts.get(inst.name), new, reason)
-        return inst.spec.conf.smtp_alert or (
-            s is not None and (s.notify is not None or s.for_state(word) is not None))
+        if s is None:
+            s = NO_SCRIPTS
+        if inst.spec.conf.smtp_alert or s.notify is not None or s.for_state(word) is not None:
+            return s
+        return None
 
     def thread_lines(self, chunk):
         """The chunk's fifo lines for the netlink thread to write right after
@@ -103,7 +107,7 @@ class Reporter:
         words, priorities = [], []
         for inst, _, new, reason in chunk:
             word = _word(new, reason)
-            if word is None or self._needs_loop(inst, word, new, reason):
+            if word is None or self._loop_scripts(inst, word, new, reason) is not None:
                 return None
             words.append(WORD_BYTES[word])
             priorities.append(inst.priority)
@@ -128,8 +132,7 @@ class Reporter:
             idxs.append(inst.idx)
             words.append(WORD_BYTES[word])
             priorities.append(inst.priority)
-            if self._needs_loop(inst, word, new, reason):
-                s = _scripts_for(self.scripts.get(inst.name), new, reason)
+            if (s := self._loop_scripts(inst, word, new, reason)) is not None:
                 notify("INSTANCE", inst.name, word, inst.priority, s,
                        smtp_alert=inst.spec.conf.smtp_alert, fifo=False)
         if self.notifier.fifos and idxs:
