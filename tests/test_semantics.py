@@ -12,11 +12,14 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
 
+from children import child
 from daemons import DaemonProc
+from observers import Observer
 from scenario_bench import (ADVERT_INT, EXPECTED, PEER_PRIO, G, I, check,
                             expand, global_defs, instance, sync_group, vrrp_script)
 
@@ -379,3 +382,32 @@ def test_reload_fixed_settings_keep_state(bench, change):
     bench.stop_dut(len(calls))
     assert bench.fifo() == EXPECTED[scenario]
     assert bench.notify_calls() == calls
+
+
+def test_lower_priority_garps_for_the_whole_sync_group(bench, tmp_path):
+    """A master that hears a lower priority answers with its GARP burst
+    (garp_lower_prio_repeat, unset: garp_master_repeat = 5); keepalived 2.2.7
+    sends the burst of every other member of its sync group too
+    (vrrp_state_master_rx), not that of an instance outside the group.  The
+    lower-priority advert reaches only VI_0's link (eth0); VI_1 (in the
+    group) and VI_2 (not) are on eth1."""
+    d = bench.start_dut(sync_group(None) + instance("VI_0", 1, 150, None) +
+                        instance("VI_1", 2, 150, None, iface="eth1") +
+                        instance("VI_2", 3, 150, None, iface="eth1"))
+    for name in ("VI_0", "VI_1", "VI_2"):
+        d.wait_state(name, "MASTER")
+    time.sleep(0.5)             # the takeover's own bursts are out
+    cap = Observer(bench.lan.hosts[0], "capture", str(tmp_path / "capture.json"))
+    try:
+        bench.lan.hosts[1].run(sys.executable, child("inject_lower_advert"),
+                               bench.lan.host_ip(1), "50", str(round(ADVERT_INT * 100)))
+        time.sleep(0.5)
+    finally:
+        frames = cap.stop()["frames"]
+    sent = {}
+    for _, kind, ifname, addr in frames:
+        if kind == "arp":
+            sent[(ifname, addr)] = sent.get((ifname, addr), 0) + 1
+    assert sent == {("eth0", "198.19.0.1"): 5, ("eth1", "198.19.0.2"): 5}, sent
+    for name in ("VI_0", "VI_1", "VI_2"):
+        assert d.state(name) == "MASTER"

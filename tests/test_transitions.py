@@ -19,6 +19,7 @@ from vrrpd.net.links import Link
 from vrrpd.scripts.notify import NotifyFifo, coalesced, fifo_line
 from vrrpd.core.instance import Instance
 from vrrpd.core.pump import Pump, log_transitions
+from vrrpd.core.syncgroups import SyncGroups
 from vrrpd.core.transitions import Transitions
 
 
@@ -77,8 +78,10 @@ def side_effects(links: dict, effects=None) -> Transitions:
         global_defs=SimpleNamespace(vrrp_garp_interval=0.0, vrrp_gna_interval=0.0)))
     garp = SimpleNamespace(sender=SimpleNamespace(
         socket_for=lambda ifindex: SimpleNamespace(fileno=lambda: 100 + ifindex)))
-    return Transitions(plan, SimpleNamespace(links=links), effects or FakeEffects(),
-                       SimpleNamespace(encode=lambda kind, vip: b""), garp=garp)
+    t = Transitions(plan, SimpleNamespace(links=links), effects or FakeEffects(),
+                    SimpleNamespace(encode=lambda kind, vip: b""), garp=garp)
+    t.syncgroups = SimpleNamespace(group_of={})
+    return t
 
 
 def test_prebuilt_instances_keep_no_announcements_unless_paced():
@@ -521,3 +524,26 @@ def test_lower_priority_answers_go_in_one_burst_and_the_delayed_one_only_while_m
     assert d.effects.bursts[-1] == [2]          # not a (restarted), not b (left)
     d._loop.fire("_announce_lower_again")
     assert d.effects.bursts[-1] == [0] and d._lower_armed == {}
+
+
+def test_lower_priority_answers_cover_the_sync_group_members_with_vips_set():
+    """keepalived's vrrp_state_master_rx: the member that heard a lower
+    priority, then each other member of its group whose VIPs are set, once
+    per advert heard; an instance outside any group only for itself."""
+    mac = bytes.fromhex("020000000001")
+    effects = BurstEffects()
+    d = side_effects({3: Link(3, "eth0", 0, mac)}, effects)
+    d._loop = FakeLoop()
+    a, b, c, e = (inst(f"VI_{k}", [Vip.parse(f"192.0.2.{k}", 3)]) for k in (1, 2, 3, 4))
+    for k, i in enumerate((a, b, c, e)):
+        i.idx = k
+    d.instances = {i.name: i for i in (a, b, c, e)}
+    d.syncgroups = SyncGroups(SimpleNamespace(
+        instances=d.instances, sync_groups={"G": SimpleNamespace(group=["VI_1", "VI_2", "VI_3"])}))
+    on = {0, 1}                                 # VI_3 (idx 2) has no VIPs set
+    effects.vips_on = lambda idx: idx in on
+    d.announce_lower_prio([b, e])
+    assert effects.bursts == [[1, 0, 3]]
+    on.add(2)
+    d.announce_lower_prio([a, b])
+    assert effects.bursts[-1] == [0, 1, 2, 1, 0, 2]

@@ -532,7 +532,7 @@ class Transitions:
         and the delayed one is void once the instance left MASTER (its gen);
         paced instances and other repeats go through the GarpScheduler."""
         fast = []
-        for inst in masters:
+        for inst in self._with_group_masters(masters):
             if not self._is_prebuilt(inst):
                 self._prebuild(inst)            # also decides garp_paced
             if _lower_prio_scheduled(inst):
@@ -556,6 +556,26 @@ class Transitions:
                 self._lower_armed[idx] = self._lower_arming
             self._loop.call_later(delay, self._announce_lower_again, ids,
                                   [self.effects.gen(i) for i in ids], self._lower_arming)
+
+    def _with_group_masters(self, masters: list[Instance]) -> list[Instance]:
+        """Each master, then the other members of its sync group whose VIPs
+        are set: keepalived's vrrp_state_master_rx refreshes the ARP caches
+        of the whole group when one member hears a lower priority (after a
+        partition heals on one of the group's links, say), once per advert."""
+        group_of = self.syncgroups.group_of
+        if not group_of:
+            return masters
+        out = []
+        for inst in masters:
+            out.append(inst)
+            group = group_of.get(inst.name)
+            if group is None:
+                continue
+            for name in self.syncgroups.others(group, inst.name):
+                other = self.instances.get(name)
+                if other is not None and self.effects.vips_on(other.idx):
+                    out.append(other)
+        return out
 
     def _announce_lower_again(self, idxs: list[int], gens: list[int], arming: int) -> None:
         """garp_lower_prio_delay's burst, for those this arming is still the
