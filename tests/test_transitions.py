@@ -10,12 +10,14 @@ from types import SimpleNamespace
 import pytest
 
 from scriptfiles import read_kept_lines
-from vrrpd.engine import BACKUP, EV_STATE, MASTER, REASON_PRIORITY_ZERO_ADVERT, Event
+from vrrpd.engine import (BACKUP, EV_RX_LOWER_PRI, EV_STATE, MASTER,
+                          REASON_PRIORITY_ZERO_ADVERT, Event)
 from vrrpd.scripts import notify
 from vrrpd.core import pump, transitions
 from vrrpd.net.addresses import Vip
 from vrrpd.net.garp import arp_frame
 from vrrpd.net.links import Link
+from vrrpd.ops.ratelimit import PerKey
 from vrrpd.scripts.notify import NotifyFifo, coalesced, fifo_line
 from vrrpd.core.instance import Instance
 from vrrpd.core.pump import Pump, log_transitions
@@ -293,6 +295,70 @@ def test_a_takeover_of_thousands_is_dispatched_a_slice_per_loop_turn(monkeypatch
     d.pump()
     d._loop.fire("_pump_more")
     assert [len(b) for b in batches[5:]] == [first, first] and d.dispatching
+
+
+def test_lower_priority_answers_keep_their_place_among_transitions():
+    """An answer to a lower-priority advert goes to the effects queue after
+    the transitions dispatched before it and before those after it (an
+    instance's MASTER, then its MASTER_RX_LOWER_PRI; an answer, then its
+    instance leaving MASTER), the answers between two transitions in one
+    burst."""
+    engine, d, _ = takeover(3)
+    for inst in d.by_idx.values():
+        inst.spec = SimpleNamespace(advert_int_cs=10)
+    d.by_idx[2].state = MASTER
+    d.lower_log, d.hooks = PerKey(), []
+    order: list = []
+    d.queue = lambda batch: order.append(("transitions", [i.name for i, *_ in batch]))
+    d.after_effects = lambda call: call()
+    d.announce_lower_prio = lambda insts: order.append(("answers", [i.name for i in insts]))
+    peer = bytes([192, 0, 2, 9])
+    engine.events = [Event(2, EV_RX_LOWER_PRI, 50, peer),
+                     Event(0, EV_STATE, MASTER, REASON_PRIORITY_ZERO_ADVERT),
+                     Event(1, EV_STATE, MASTER, REASON_PRIORITY_ZERO_ADVERT),
+                     Event(0, EV_RX_LOWER_PRI, 50, peer), Event(1, EV_RX_LOWER_PRI, 50, peer),
+                     Event(2, EV_STATE, BACKUP, REASON_PRIORITY_ZERO_ADVERT)]
+    d.pump()
+    assert order == [("answers", ["VI_2"]), ("transitions", ["VI_0", "VI_1"]),
+                     ("answers", ["VI_0", "VI_1"]), ("transitions", ["VI_2"])]
+
+
+def test_a_call_after_effects_waits_for_the_batches_queued_before(aio):
+    """after_effects runs at once when nothing is queued; else in the
+    reports' order: after every chunk of the batches before it is reported,
+    before any of those after it, and no chunk after it has its lines
+    written by the netlink thread (the call's would come later)."""
+    import asyncio
+    seen: list = []
+
+    class Recorder(Transitions):
+        dispatching = False
+
+        async def _move_run(self, kind, run):
+            names = [i.name for i, *_ in run]
+            seen.append(("moved", names, self._loop_reports))
+            self._moving.put_nowait((run, kind, None, None))
+            self._loop_reports += 1
+
+        async def _report(self, chunk, kind, insts, move):
+            await asyncio.sleep(0.01)           # the chunk's VIPs on their way
+            seen.append(("reported", [i.name for i, *_ in chunk]))
+
+    async def main():
+        d = Recorder(None, SimpleNamespace(hold=lambda: None, release=lambda: None), None, None)
+        d.after_effects(lambda: seen.append("call"))
+        d.start_effects()
+        d.queue([(inst("VI_0"), BACKUP, MASTER, "r")])
+        d.after_effects(lambda: seen.append("call"))
+        d.queue([(inst("VI_1"), BACKUP, MASTER, "r")])
+        await d.effects_done()
+        d.stop_effects()
+        return d
+
+    d = aio(main())
+    assert seen == ["call", ("moved", ["VI_0"], 0), ("moved", ["VI_1"], 2),
+                    ("reported", ["VI_0"]), "call", ("reported", ["VI_1"])]
+    assert d.effects_idle and d._loop_reports == 0
 
 
 def test_a_takeover_gives_its_first_new_masters_a_head_start():

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import socket
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from vrrpd.engine import (
@@ -107,6 +108,8 @@ class Pump:
         def announce_lower_prio(self, masters: list[Instance]) -> None: ...
 
         def queue(self, batch) -> None: ...
+
+        def after_effects(self, call: Callable[[], None]) -> None: ...
 
         @property
         def effects_idle(self) -> bool: ...      # Transitions': no batch queued or applying
@@ -280,7 +283,9 @@ class Pump:
         return DISPATCH_MAX if self._reported else DISPATCH_SLICE
 
     def _on_events(self, events) -> None:
-        batch, lower, answered = [], [], []
+        batch: list = []
+        lower: list = []
+        answered: list[tuple[Instance, int]] = []
         by_idx, priority = self.by_idx, self.engine.priority
         grouped = self.syncgroups.group_of
         now = time.time()
@@ -294,6 +299,9 @@ class Pump:
             if inst is None:
                 continue
             if kind == EV_STATE:
+                if answered:        # answers heard before this transition go first
+                    self._answer_lower(answered)
+                    answered = []
                 old, new = inst.state, ev[2]
                 reason = REASON_NAMES[ev[3]]
                 inst.state = new
@@ -305,6 +313,10 @@ class Pump:
                 if inst.name in grouped:
                     self._follow_group(inst, old, new, reason)
             elif kind == EV_RX_LOWER_PRI:
+                if batch:           # transitions before this answer go first
+                    log_transitions(batch)
+                    self.queue(batch)
+                    batch = []
                 # Every advert is answered by the engine and counted (rx_lower_pri);
                 # the log line goes out at most once per advert interval.
                 if self.lower_log.allow(inst.name, inst.spec.advert_int_cs / 100):
@@ -316,12 +328,7 @@ class Pump:
                 log.warning("(%s) advert from %s rejected: %s", inst.name, _addr(ev[3]),
                             REJECT_NAMES[ev[2]])
         if answered:
-            # keepalived's order: the GARP/NA burst, then MASTER_RX_LOWER_PRI.
-            self.announce_lower_prio([inst for inst, _ in answered])
-            with coalesced():           # a storm's lines in few writes
-                for inst, prio in answered:
-                    for h in self.hooks:
-                        h.on_rx_lower_pri(inst, prio)
+            self._answer_lower(answered)
         if len(lower) > LOG_EACH:       # a storm of them: one line, as for transitions
             log.info("%d masters received lower priority adverts: %s", len(lower),
                      ", ".join(f"{n} ({p} from {a})" for n, p, a, _ in lower))
@@ -332,4 +339,19 @@ class Pump:
         if batch:
             log_transitions(batch)
             self.queue(batch)
+
+    def _answer_lower(self, answered: list[tuple[Instance, int]]) -> None:
+        """Masters' answers to lower-priority adverts, once the transitions
+        queued before have their side effects: keepalived applies a
+        transition whole before it reads the next advert, so an instance's
+        MASTER line (and its VIPs) come before its MASTER_RX_LOWER_PRI (and
+        the GARPs that answer it)."""
+        def answer() -> None:
+            # keepalived's order: the GARP/NA burst, then MASTER_RX_LOWER_PRI.
+            self.announce_lower_prio([inst for inst, _ in answered])
+            with coalesced():           # a storm's lines in few writes
+                for inst, prio in answered:
+                    for h in self.hooks:
+                        h.on_rx_lower_pri(inst, prio)
+        self.after_effects(answer)
 

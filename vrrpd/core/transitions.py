@@ -18,6 +18,7 @@ instances, hooks, sync groups and verdicts (apply_verdict, pump).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import socket
@@ -52,6 +53,7 @@ REPORT_SLICE = 16
 REPORT_TURN_S = 0.005
 VIP_RETRY_S = 5.0         # an instance FAULTed by a VIP it could not add tries again after this
 UP, DOWN, CLEAR, OTHER = range(4)       # what a transition does to the instance's VIPs
+CALL = 4                  # an item of the effects queue that is a call (after_effects)
 HOLD_MONITOR = 64         # transitions waiting for their effects: a mass failover (_run_effects)
 HOLD_MONITOR_S = 1.0
 
@@ -216,6 +218,15 @@ class Transitions:
         self._effects_unfinished += 1
         self._effects.put_nowait(batch)
 
+    def after_effects(self, call: Callable[[], None]) -> None:
+        """Make `call` (from the loop) once the batches queued before have
+        their side effects, now if none is queued or being applied."""
+        if self._effects_unfinished == 0:
+            call()
+            return
+        self._effects_unfinished += 1
+        self._effects.put_nowait(call)
+
     @property
     def effects_idle(self) -> bool:
         """No batch of transitions is queued or being applied."""
@@ -239,33 +250,42 @@ class Transitions:
     # takeover's VIPs never waits for the loop's on the GARPs and notify lines
     # of those before: _run_effects takes each batch as it comes and sends its
     # VIPs on their way (_move_run); _run_reports follows behind, chunk by
-    # chunk as their ACKs come back (_report).
+    # chunk as their ACKs come back (_report), and makes the calls queued
+    # between them (after_effects) in their turn.
     async def _run_effects(self) -> None:
         while True:
-            batches = [await self._effects.get()]
-            # Batches queued meanwhile (a takeover dispatched in slices) are
-            # moved as one: longer runs, so fewer and larger chunks.
+            items = [await self._effects.get()]
             while not self._effects.empty():
-                batches.append(self._effects.get_nowait())
-            taken = len(batches)
-            batch = batches[0] if taken == 1 else [t for b in batches for t in b]
-            batches = []
-            self._effects_waiting -= len(batch)
-            # A mass failover: the kernel's notifications of the VIPs we add
-            # (~20 us of decoding each) wait in the link monitor's socket
-            # until the transitions are through, instead of competing with
-            # them; link events wait that long too (at most HOLD_MONITOR_S).
-            if self._held_since is None and len(batch) + self._effects_waiting >= HOLD_MONITOR:
-                self._held_since = time.monotonic()
-                self.links.hold()
-            try:
-                for kind, run in _runs(batch):
-                    await self._move_run(kind, run)
-            except Exception:       # never let one failure stop later transitions
-                log.exception("applying transitions failed")
-            finally:
-                batch = None        # not held while waiting for the next one
-                self._moving.put_nowait((None, taken, None, None))
+                items.append(self._effects.get_nowait())
+            for is_call, group in itertools.groupby(items, callable):
+                if is_call:
+                    for call in group:      # reported in order, by the loop
+                        self._loop_reports += 1
+                        self._moving.put_nowait((call, CALL, None, None))
+                else:
+                    await self._move_batches(list(group))
+            del items, group            # not held while waiting for the next ones
+
+    async def _move_batches(self, batches: list) -> None:
+        """Batches queued meanwhile (a takeover dispatched in slices) are
+        moved as one: longer runs, so fewer and larger chunks."""
+        taken = len(batches)
+        batch = batches[0] if taken == 1 else [t for b in batches for t in b]
+        self._effects_waiting -= len(batch)
+        # A mass failover: the kernel's notifications of the VIPs we add
+        # (~20 us of decoding each) wait in the link monitor's socket
+        # until the transitions are through, instead of competing with
+        # them; link events wait that long too (at most HOLD_MONITOR_S).
+        if self._held_since is None and len(batch) + self._effects_waiting >= HOLD_MONITOR:
+            self._held_since = time.monotonic()
+            self.links.hold()
+        try:
+            for kind, run in _runs(batch):
+                await self._move_run(kind, run)
+        except Exception:       # never let one failure stop later transitions
+            log.exception("applying transitions failed")
+        finally:
+            self._moving.put_nowait((None, taken, None, None))
 
     async def _run_reports(self) -> None:
         while True:
@@ -273,6 +293,9 @@ class Transitions:
             try:
                 if chunk is None:
                     self._applied(kind)
+                elif kind == CALL:
+                    chunk()
+                    self._applied(1)
                 else:
                     await self._report(chunk, kind, insts, move)
             except Exception:
