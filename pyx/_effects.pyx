@@ -275,26 +275,66 @@ cdef class Effects:
     # --- notify fifo ------------------------------------------------------------
     @cython.boundscheck(False)
     @cython.wraparound(False)
-    def fifo_lines(self, list idxs, list words, list priorities, bytes kind=b"INSTANCE"):
-        """keepalived's `%s "%s" %s %d\\n` per instance, in blocks of whole
-        lines of at most PIPE_BUF bytes (such a write never tears a line)."""
+    def fifo_lines(self, list idxs, list words, list priorities):
+        """keepalived's fifo line per instance (_format_lines), in blocks of
+        whole lines of at most PIPE_BUF bytes (such a write never tears a line)."""
+        cdef int n = len(idxs), pos, start = 0
         cdef list blocks = []
-        cdef bytearray buf = bytearray()
-        cdef int pos, idx
-        cdef prebuilt_t* p
-        cdef bytes line
-        for pos in range(len(idxs)):
-            idx = idxs[pos]
-            p = self._get(idx)
-            line = <bytes>(b"%s %s %s %d\n" % (kind, PyBytes_FromStringAndSize(<char*>p.name, p.name_len),
-                                       <bytes>words[pos], <int>priorities[pos]))
-            if len(buf) + len(line) > PIPE_BUF and len(buf):
-                blocks.append(bytes(buf))
-                buf = bytearray()
-            buf += line
-        if len(buf):
-            blocks.append(bytes(buf))
+        cdef uint8_t* lines = NULL
+        cdef uint32_t* off = <uint32_t*>malloc((n + 1) * sizeof(uint32_t))
+        if off == NULL:
+            raise MemoryError()
+        try:
+            lines = _format_lines(self, idxs, words, priorities, off)
+            for pos in range(n):
+                if pos > start and off[pos + 1] - off[start] > PIPE_BUF:
+                    blocks.append(PyBytes_FromStringAndSize(<char*>lines + off[start],
+                                                            off[pos] - off[start]))
+                    start = pos
+            if n > start:
+                blocks.append(PyBytes_FromStringAndSize(<char*>lines + off[start],
+                                                        off[n] - off[start]))
+        finally:
+            free(lines)
+            free(off)
         return blocks
+
+
+cdef uint8_t* _format_lines(Effects fx, list idxs, list words, list priorities,
+                            uint32_t* off) except NULL:
+    """keepalived's `INSTANCE "VI_1" MASTER 100\n` per instance, one after
+    another in a buffer the caller frees; off (n + 1 entries) gets where each
+    starts and, last, the end."""
+    cdef int n = len(idxs), pos
+    cdef uint32_t total = 0, at = 0, size
+    cdef prebuilt_t* p
+    cdef uint8_t* out
+    if len(words) != n or len(priorities) != n:
+        raise ValueError("one word and one priority per instance")
+    for pos in range(n):        # the priority: a sign and up to 10 digits
+        total += 9 + fx._get(idxs[pos]).name_len + 1 + len(<bytes>words[pos]) + 13
+    out = <uint8_t*>malloc(total if total else 1)
+    if out == NULL:
+        raise MemoryError()
+    for pos in range(n):
+        p = fx._get(idxs[pos])
+        off[pos] = at
+        memcpy(out + at, b"INSTANCE ", 9)
+        at += 9
+        memcpy(out + at, p.name, p.name_len)
+        at += p.name_len
+        out[at] = b' '
+        at += 1
+        size = len(<bytes>words[pos])
+        memcpy(out + at, PyBytes_AS_STRING(words[pos]), size)
+        at += size
+        out[at] = b' '
+        at += 1
+        _put_uint(out, &at, <long>priorities[pos])
+        out[at] = b'\n'
+        at += 1
+    off[n] = at
+    return out
 
 
 cdef inline double _now() noexcept nogil:
@@ -501,7 +541,7 @@ cdef class Followup:
         """Copies of the instances' frames (announce) and lines (words...);
         move None: no VIP messages to wait for."""
         cdef int n = len(idxs), pos, k = 0, g
-        cdef uint32_t total = 0, at = 0, size
+        cdef uint32_t total = 0, at = 0
         cdef prebuilt_t* p
         cdef FifoGate gate
         self._n = n
@@ -537,34 +577,7 @@ cdef class Followup:
             self._fr_off[n] = at
         if words is None:
             return
-        if len(words) != n or len(priorities) != n:
-            raise ValueError("one word and one priority per instance")
-        total = 0
-        for pos in range(n):
-            total += 9 + fx._get(idxs[pos]).name_len + 1 + len(<bytes>words[pos]) + 13
-        self._lines = <uint8_t*>malloc(total if total else 1)
-        if self._lines == NULL:
-            raise MemoryError()
-        at = 0
-        for pos in range(n):
-            # keepalived's `INSTANCE "VI_1" MASTER 100\n`
-            p = fx._get(idxs[pos])
-            self._ln_off[pos] = at
-            memcpy(self._lines + at, b"INSTANCE ", 9)
-            at += 9
-            memcpy(self._lines + at, p.name, p.name_len)
-            at += p.name_len
-            self._lines[at] = b' '
-            at += 1
-            size = len(<bytes>words[pos])
-            memcpy(self._lines + at, PyBytes_AS_STRING(words[pos]), size)
-            at += size
-            self._lines[at] = b' '
-            at += 1
-            _put_uint(self._lines, &at, <long>priorities[pos])
-            self._lines[at] = b'\n'
-            at += 1
-        self._ln_off[n] = at
+        self._lines = _format_lines(fx, idxs, words, priorities, self._ln_off)
         self._gates = list(gates)
         self._ngates = g = len(gates)
         self._gate_fd = <int**>malloc((g if g else 1) * sizeof(int*))

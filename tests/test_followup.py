@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
+import select
 import socket
 import threading
 import time
@@ -201,6 +202,25 @@ def test_a_blocked_gate_leaves_every_line_and_a_line_too_long_tears_nothing():
     for fd in (rfd, wfd):
         os.close(fd)
     kernel.close()
+
+
+def test_the_loops_fifo_lines_are_the_threads_in_whole_blocks():
+    """Effects.fifo_lines (the loop's lines) formats as the thread does, in
+    blocks of whole lines of at most PIPE_BUF bytes; one line longer than
+    that is a block of its own."""
+    names = [b"VI_%d" % k for k in range(300)] + [b"X" * 5000, b"VI_last"]
+    effects = vip_effects([1] * len(names), names=names)
+    idxs = list(range(len(names)))
+    words = [b"MASTER", b"BACKUP", b"FAULT"] * 100 + [b"STOP", b"MASTER"]
+    prios = [k - 1 for k in range(len(names))]
+    blocks = effects.fifo_lines(idxs, words, prios)
+    expected = [b'INSTANCE "%s" %s %d\n' % (n, w, p) for n, w, p in zip(names, words, prios)]
+    assert b"".join(blocks) == b"".join(expected)
+    assert all(b.endswith(b"\n") for b in blocks)
+    assert [b for b in blocks if len(b) > select.PIPE_BUF] == [expected[300]]
+    assert len(blocks) == 1 + -(-len(b"".join(expected[:300])) // select.PIPE_BUF) + 1
+    with pytest.raises(ValueError):
+        effects.fifo_lines(idxs, words[:-1], prios)
 
 
 # -- which chunks the thread follows up (Transitions._followup) ---------------------------
