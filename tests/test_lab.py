@@ -164,6 +164,7 @@ def test_p2p_testbed_is_veth_pairs_without_bridge_or_qdisc():
         # The kernel floor adds the N VIPs on the backup's links and removes them again.
         floor = tb.kernel_floor(repeat=1)
         assert floor["vip_add_s"] > 0 and floor["vip_del_s"] > 0 and floor["instances"] == 300
+        assert floor["vip_add_batched_s"] > 0 and floor["vip_del_batched_s"] > 0
         left = tb.backup.ns.run("ip", "-o", "-4", "addr", "show").stdout
         assert "198.19." not in left
     finally:
@@ -187,6 +188,25 @@ def test_p2p_link_down_cuts_the_cable_not_the_backups_carrier(tmp_path):
     assert "restore_error" not in down and down["restore_s"] > 0
     assert down["restore_flaps"] == 0
     assert crash["missing"] == 0
+
+
+@pytest.mark.netns
+@pytest.mark.slow
+def test_observe_fifo_times_by_the_master_line_alone(tmp_path):
+    out = tmp_path / "lab.json"
+    proc = subprocess.run(LAB + ["failover", "--daemon", "vrrpd", "--instances", "20",
+                                 "--observe", "fifo", "--window", "1", "--json", str(out),
+                                 "--quiet"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "notify fifo alone" in proc.stdout
+    result = json.loads(out.read_text())
+    assert result["observe"] == "fifo"
+    (f,) = result["daemons"]["vrrpd"]["failovers"]
+    assert f["missing"] == 0 and f["takeover"] == f["fifo_master"]
+    assert f["takeover"]["count"] == 20 and f["takeover"]["first"] > 0
+    assert f["vip_added"]["count"] == 0 and f["first_advert"]["count"] == 0
+    assert f["wire_packets"] is None
 
 
 @pytest.mark.netns

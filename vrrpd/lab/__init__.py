@@ -18,7 +18,7 @@ import signal
 import sys
 
 from vrrpd.lab.conf import LabSpec
-from .testbed import SCENARIOS, TOPOLOGIES, cleanup
+from .testbed import OBSERVE, SCENARIOS, TOPOLOGIES, cleanup
 
 
 def _list(choices):
@@ -53,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--topology", choices=TOPOLOGIES, default="p2p",
                    help="p2p: the routers joined directly by veth pairs (default); "
                         "switch: a bridge between them")
+    f.add_argument("--observe", choices=OBSERVE, default="all",
+                   help="all: the backup's notify fifo, its addresses (ip monitor) and the "
+                        "wire (default); fifo: the fifo alone, the observers' own CPU "
+                        "left to the daemons")
     f.add_argument("--repeat", type=int, default=1, metavar="K")
     f.add_argument("--window", type=float, default=5.0, metavar="S",
                    help="steady-state measuring window")
@@ -155,7 +159,8 @@ def failover_command(args) -> int:
         print("vrrpd-lab: VRRPv2 is IPv4-only with whole-second adverts", file=sys.stderr)
         return 2
     result = failover.run(args.daemon, spec, args.scenario, args.repeat, args.window,
-                          args.vrrpd_binary, progress=not args.quiet, topology=args.topology)
+                          args.vrrpd_binary, progress=not args.quiet, topology=args.topology,
+                          observe=args.observe)
     with open(args.json, "w") as f:
         json.dump(result, f, indent=1)
     failover.print_summary(result)

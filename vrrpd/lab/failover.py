@@ -10,6 +10,13 @@ direct link) is reported beside it.
 Every lab also measures the kernel floor: the time `ip -batch` needs to add
 the run's N VIPs on the backup's NICs.  Each "last" is reported as a multiple
 of the protocol time (Master_Down_Interval; Skew_Time for graceful) plus it.
+Beside it the lab reports the same adds in batched sends (many messages per
+sendmsg(), as vrrpd sends them), the kernel's own work with less syscall cost.
+
+`--observe fifo` times each instance by its MASTER line alone: on a machine
+of few cores the address monitor and the wire capture take CPU the daemons
+would otherwise have.  Both daemons write the line after adding the VIP
+(tests/test_takeover_order.py), so the line alone is no earlier than the VIP.
 """
 from __future__ import annotations
 
@@ -77,15 +84,21 @@ def one_failover(tb: Testbed, scenario: str, repeat: int, progress: bool = True,
     """Fault the master, time the takeover, then (restore=True) bring the master back."""
     spec = tb.spec
     timeout = 20 + 10 * master_down_interval(spec, BACKUP_PRIORITY) + spec.instances * 0.005
-    capture = tb.capture(timeout + 10)
+    capture = tb.capture(timeout + 10) if tb.observe == "all" else None
     bar = Progress(f"{tb.kind} {scenario} #{repeat + 1}", spec.instances) if progress else None
-    capture.arm()
+    if capture:
+        capture.arm()
     t0 = tb.fault(scenario)
     fifo, vips = tb.wait_takeover(t0, timeout, bar)
     if bar:
         bar.done()
-    adverts = {tb.instance_of(p, v): t - t0 for (p, v), t in capture.result().items()}
-    times = [max(fifo[n], vips[n]) - t0 if n in fifo and n in vips else None for n in tb.names]
+    adverts = {tb.instance_of(p, v): t - t0 for (p, v), t in capture.result().items()} \
+        if capture else {}
+    if tb.monitor is None:
+        times = [fifo[n] - t0 if n in fifo else None for n in tb.names]
+    else:
+        times = [max(fifo[n], vips[n]) - t0 if n in fifo and n in vips else None
+                 for n in tb.names]
     done = [t for t in times if t is not None]
     takeover = summary(done)
     protocol_s = protocol_time(spec, scenario)
@@ -102,7 +115,7 @@ def one_failover(tb: Testbed, scenario: str, repeat: int, progress: bool = True,
         # How fast the new master put its first adverts out, beside the wire's own rate.
         "advert_send_per_s": send_rate(adverts.values()),
         "missing": len(times) - len(done),
-        "wire_packets": capture.packets,
+        "wire_packets": capture.packets if capture else None,
         "times": [None if t is None else round(t, 6) for t in times],
     }
     if restore:
@@ -117,9 +130,9 @@ def one_failover(tb: Testbed, scenario: str, repeat: int, progress: bool = True,
 
 def measure(kind: str, spec: LabSpec, scenarios: list[str], repeat: int = 1,
             window: float = 5.0, binary: str | None = None, progress: bool = True,
-            topology: str = "p2p") -> dict:
+            topology: str = "p2p", observe: str = "all") -> dict:
     """Everything `failover` reports for one daemon kind."""
-    tb = Testbed(spec, kind, binary, topology=topology)
+    tb = Testbed(spec, kind, binary, topology=topology, observe=observe)
     try:
         floor = tb.kernel_floor()           # before the daemons: nothing else on the NICs
         wire = tb.forwarding_rate()
@@ -150,9 +163,10 @@ def measure(kind: str, spec: LabSpec, scenarios: list[str], repeat: int = 1,
 
 def run(kinds: list[str], spec: LabSpec, scenarios: list[str], repeat: int = 1,
         window: float = 5.0, binary: str | None = None, progress: bool = True,
-        topology: str = "p2p") -> dict:
+        topology: str = "p2p", observe: str = "all") -> dict:
     daemons = {k: measure_or_error(k, spec, scenarios, repeat, window,
-                                   binary if k == "vrrpd" else None, progress, topology)
+                                   binary if k == "vrrpd" else None, progress, topology,
+                                   observe)
                for k in kinds}
     return {
         "tool": "vrrpd-lab failover",
@@ -161,6 +175,7 @@ def run(kinds: list[str], spec: LabSpec, scenarios: list[str], repeat: int = 1,
         "machine": {"cpus": os.cpu_count(), "kernel": os.uname().release,
                     "loadavg": os.getloadavg()},
         "topology": topology,
+        "observe": observe,
         "spec": {"instances": spec.instances, "advert_int": spec.advert_int,
                  "version": spec.version, "family": spec.family},
         "scenarios": scenarios,
@@ -213,6 +228,13 @@ def print_summary(result: dict, out=sys.stdout) -> None:
     if floor:
         print(f"kernel floor: ip -batch adds the {floor['instances']} VIPs in "
               f"{ms(floor['vip_add_s'])} ms, deletes them in {ms(floor['vip_del_s'])} ms", file=out)
+        if "vip_add_batched_s" in floor:
+            print(f"  in batched sends (as vrrpd sends them): adds in "
+                  f"{ms(floor['vip_add_batched_s'])} ms, deletes in "
+                  f"{ms(floor['vip_del_batched_s'])} ms", file=out)
+    if result.get("observe") == "fifo":
+        print("observed: the backup's notify fifo alone (no `ip monitor`, no wire capture)",
+              file=out)
     wire = result.get("wire")
     if wire:
         print(f"wire: a takeover-sized burst ({wire['frames']} frames) drains at "
