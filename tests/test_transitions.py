@@ -351,13 +351,20 @@ def test_a_call_after_effects_waits_for_the_batches_queued_before(aio):
         d.queue([(inst("VI_0"), BACKUP, MASTER, "r")])
         d.after_effects(lambda: seen.append("call"))
         d.queue([(inst("VI_1"), BACKUP, MASTER, "r")])
+        d.after_effects(boom)               # logged; the queue goes on
+        d.queue([(inst("VI_2"), BACKUP, MASTER, "r")])
         await d.effects_done()
         d.stop_effects()
         return d
 
+    def boom():
+        seen.append("boom")
+        raise RuntimeError("boom")
+
     d = aio(main())
     assert seen == ["call", ("moved", ["VI_0"], 0), ("moved", ["VI_1"], 2),
-                    ("reported", ["VI_0"]), "call", ("reported", ["VI_1"])]
+                    ("moved", ["VI_2"], 4), ("reported", ["VI_0"]), "call",
+                    ("reported", ["VI_1"]), "boom", ("reported", ["VI_2"])]
     assert d.effects_idle and d._loop_reports == 0
 
 

@@ -273,7 +273,7 @@ class Transitions:
         batch = batches[0] if taken == 1 else [t for b in batches for t in b]
         self._effects_waiting -= len(batch)
         # A mass failover: the kernel's notifications of the VIPs we add
-        # (~20 us of decoding each) wait in the link monitor's socket
+        # (each decoded in Python) wait in the link monitor's socket
         # until the transitions are through, instead of competing with
         # them; link events wait that long too (at most HOLD_MONITOR_S).
         if self._held_since is None and len(batch) + self._effects_waiting >= HOLD_MONITOR:
@@ -294,8 +294,10 @@ class Transitions:
                 if chunk is None:
                     self._applied(kind)
                 elif kind == CALL:
-                    chunk()
-                    self._applied(1)
+                    try:
+                        chunk()
+                    finally:
+                        self._applied(1)
                 else:
                     await self._report(chunk, kind, insts, move)
             except Exception:
