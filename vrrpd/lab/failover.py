@@ -86,15 +86,15 @@ def one_failover(tb: Testbed, scenario: str, repeat: int, progress: bool = True,
     timeout = 20 + 10 * master_down_interval(spec, BACKUP_PRIORITY) + spec.instances * 0.005
     capture = tb.capture(timeout + 10) if tb.observe == "all" else None
     bar = Progress(f"{tb.kind} {scenario} #{repeat + 1}", spec.instances) if progress else None
-    if capture:
+    if capture is not None:
         capture.arm()
     t0 = tb.fault(scenario)
     fifo, vips = tb.wait_takeover(t0, timeout, bar)
     if bar:
         bar.done()
-    adverts = {tb.instance_of(p, v): t - t0 for (p, v), t in capture.result().items()} \
-        if capture else {}
-    if tb.monitor is None:
+    adverts = {} if capture is None else \
+        {tb.instance_of(p, v): t - t0 for (p, v), t in capture.result().items()}
+    if tb.observe == "fifo":
         times = [fifo[n] - t0 if n in fifo else None for n in tb.names]
     else:
         times = [max(fifo[n], vips[n]) - t0 if n in fifo and n in vips else None
@@ -115,7 +115,7 @@ def one_failover(tb: Testbed, scenario: str, repeat: int, progress: bool = True,
         # How fast the new master put its first adverts out, beside the wire's own rate.
         "advert_send_per_s": send_rate(adverts.values()),
         "missing": len(times) - len(done),
-        "wire_packets": capture.packets if capture else None,
+        "wire_packets": None if capture is None else capture.packets,
         "times": [None if t is None else round(t, 6) for t in times],
     }
     if restore:
