@@ -199,13 +199,11 @@ takeover times from then are not comparable with the tables above.
 """
 
 
-TIMED_BY = {
-    "all": """Failover times are from the fault (crash: kill -9 of the master's process group;
-  graceful: SIGTERM) until the instance is MASTER on the backup (notify-fifo line) *and*
+TIMED_BY = {      # how a run was observed -> until when its failover times run
+    "all": """the instance is MASTER on the backup (notify-fifo line) *and*
   its VIP is there (netlink, `ip monitor`), whichever comes later. "first advert" is
   the new master's first advert on the wire (kernel timestamp at the bridge).""",
-    "fifo": """Failover times are from the fault (crash: kill -9 of the master's process group;
-  graceful: SIGTERM) until the instance's MASTER line on the backup's notify fifo (`--observe
+    "fifo": """the instance's MASTER line on the backup's notify fifo (`--observe
   fifo`: no address monitor and no wire capture share the CPUs with the daemons; both write
   the line after adding the VIP, tests/test_takeover_order.py). No first adverts recorded.""",
 }
@@ -242,7 +240,8 @@ pfifo as a NIC has. keepalived runs with -G (its log to the lab's file only, as 
   (VmRSS) count the daemon's whole process tree: keepalived's parent and VRRP child,
   vrrpd's one process. The JSON also has the VRRP process alone (`cpu_pct_vrrp`).
   µs CPU / advert: the master's CPU time divided by the adverts it should have sent.
-- {TIMED_BY[first.get('observe', 'all')]}
+- Failover times are from the fault (crash: kill -9 of the master's process group;
+  graceful: SIGTERM) until {TIMED_BY[first.get('observe', 'all')]}
 - Protocol time: Master_Down_Interval for crash and link-down, Skew_Time for graceful.
   Kernel floor: `ip -batch` adding the run's N /32 VIPs on the backup's links, measured in
   every lab before the daemons start (best of 3); "batched floor": the same adds in sends

@@ -314,8 +314,7 @@ class Pump:
                     self._follow_group(inst, old, new, reason)
             elif kind == EV_RX_LOWER_PRI:
                 if batch:           # transitions before this answer go first
-                    log_transitions(batch)
-                    self.queue(batch)
+                    self._queue_logged(batch)
                     batch = []
                 # Every advert is answered by the engine and counted (rx_lower_pri);
                 # the log line goes out at most once per advert interval.
@@ -337,8 +336,11 @@ class Pump:
                 log.info("(%s) received lower priority (%d) advert from %s%s", name, prio, addr,
                          f" ({held} more not logged)" if held else "")
         if batch:
-            log_transitions(batch)
-            self.queue(batch)
+            self._queue_logged(batch)
+
+    def _queue_logged(self, batch) -> None:
+        log_transitions(batch)
+        self.queue(batch)
 
     def _answer_lower(self, answered: list[tuple[Instance, int]]) -> None:
         """Masters' answers to lower-priority adverts, once the transitions
