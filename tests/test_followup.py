@@ -239,8 +239,8 @@ class Hook:
         return ([b"MASTER"] * len(chunk), [100] * len(chunk), ["gate"]) if self.lines else None
 
 
-def decide(chunk_confs, kind=UP, hook=None, loop_reports=0):
-    t = Transitions(None, None, None, None)
+def decide(chunk_confs, kind=UP, hook=None, loop_reports=0, firewall=True):
+    t = Transitions(None, None, None, None, firewall=object() if firewall else None)
     t.hooks = [hook] if hook is not None else []
     t._loop_reports = loop_reports
     chunk = [(member(f"VI_{k}", **c), BACKUP, MASTER, "r") for k, c in enumerate(chunk_confs)]
@@ -266,6 +266,14 @@ def decide(chunk_confs, kind=UP, hook=None, loop_reports=0):
 def test_the_thread_follows_up_only_what_nothing_of_the_loop_must_precede(
         confs, kind, hook, loop_reports, expect):
     assert decide(confs, kind, hook, loop_reports) == expect
+
+
+def test_without_strict_mode_no_drop_comes_out_after_a_removal():
+    """Instances that would need the drop (neither owner nor accept: most)
+    have none without vrrp_strict: their removals are followed up."""
+    assert decide([{"drop": True}] * 2, DOWN, Hook(), firewall=False) == {
+        "announce": False, "words": [b"MASTER"] * 2, "priorities": [100, 100],
+        "gates": ["gate"]}
 
 
 def test_the_loop_reports_what_it_must_and_the_thread_the_rest(aio):

@@ -83,22 +83,22 @@ def _loop_reports(move) -> bool:
     return move is None or move[0] is None or move[0].followup is None
 
 
-def _held(insts: list[Instance]) -> tuple[list, list, list]:
-    """What masters hold besides their VIPs: VIPs under the strict-mode drop,
-    virtual routes, virtual rules."""
-    drop: list = []
+def _dropped(insts: list[Instance]) -> list:
+    """The instances' VIPs under the strict-mode drop while they are master."""
+    return [v for i in insts if i.spec.needs_drop for v in i.vips]
+
+
+def _routed(insts: list[Instance]) -> tuple[list, list]:
+    """What masters hold besides their VIPs and the drop: virtual routes and rules."""
     routes: list = []
     rules: list = []
     for i in insts:
-        spec = i.spec
-        if spec.needs_drop:
-            drop += i.vips
-        conf = spec.conf
+        conf = i.spec.conf
         if conf.virtual_routes:
             routes += conf.virtual_routes
         if conf.virtual_rules:
             rules += conf.virtual_rules
-    return drop, routes, rules
+    return routes, rules
 
 
 @dataclass
@@ -118,7 +118,8 @@ class NetChanges:
 
     def leave(self, inst) -> None:
         """A master instance goes away: everything it holds."""
-        drop, routes, rules = _held([inst])
+        drop = _dropped([inst])
+        routes, rules = _routed([inst])
         self.vips_remove += inst.vips
         self.drop_remove += drop
         self.routes_remove += routes
@@ -337,10 +338,14 @@ class Transitions:
         after them, no paced GARPs, no notify script or SMTP alert."""
         if kind not in (UP, DOWN) or self._loop_reports:
             return None
-        for inst, *_ in chunk:
+        strict_down = kind == DOWN and self.firewall is not None
+        for item in chunk:
+            inst = item[0]
+            if inst.garp_paced:
+                return None
             spec = inst.spec
-            if inst.garp_paced or (spec.needs_drop if kind == DOWN else
-                                   spec.conf.virtual_routes or spec.conf.virtual_rules):
+            if (strict_down and spec.needs_drop if kind == DOWN else
+                    spec.conf.virtual_routes or spec.conf.virtual_rules):
                 return None
         args: dict[str, Any] = {"announce": kind == UP}
         for h in self.hooks:
@@ -394,11 +399,14 @@ class Transitions:
         the loop)."""
         sends = 1
         start, msgs = 0, 0
-        for i, (inst, *_) in enumerate(run):
+        per_send = self.addresses.requester.chunk
+        nmsgs = self.effects.nmsgs
+        for i, item in enumerate(run):
+            inst = item[0]
             if not self._is_prebuilt(inst):
                 self._prebuild(inst)
-            msgs += self.effects.nmsgs(inst.idx)
-            if msgs >= sends * self.addresses.requester.chunk or i + 1 - start >= sends * CHUNK_MAX:
+            msgs += nmsgs(inst.idx)
+            if msgs >= sends * per_send or i + 1 - start >= sends * CHUNK_MAX:
                 yield run[start:i + 1]
                 start, msgs = i + 1, 0
                 sends = min(2 * sends, CHUNK_GROWTH)
@@ -410,21 +418,24 @@ class Transitions:
         the VIPs; vrrp_state_leave_master: rules and routes before them.
         Either waits until the chunks queued before are reported, whose
         _after_vips may touch the same drop, routes and rules."""
-        drop, routes, rules = _held(insts)
-        if kind == UP and drop and self.firewall is not None:
-            await self._moving.join()
-            await self.firewall.add_vips(drop)
-        elif kind == DOWN and (routes or rules):
-            await self._moving.join()
-            await self.routes.remove(routes, rules)
+        if kind == UP:
+            if self.firewall is not None and (drop := _dropped(insts)):
+                await self._moving.join()
+                await self.firewall.add_vips(drop)
+        elif kind == DOWN:
+            routes, rules = _routed(insts)
+            if routes or rules:
+                await self._moving.join()
+                await self.routes.remove(routes, rules)
 
     async def _after_vips(self, insts: list[Instance], kind: int, failed: list[Instance]) -> None:
         """Routes and rules after the VIPs (UP), the drop after them (DOWN);
         an instance whose VIPs failed to go up: FAULT."""
-        drop, routes, rules = _held(insts)
-        if kind == UP and (routes or rules):
-            await self.routes.add(routes, rules)
-        elif kind == DOWN and drop and self.firewall is not None:
+        if kind == UP:
+            routes, rules = _routed(insts)
+            if routes or rules:
+                await self.routes.add(routes, rules)
+        elif kind == DOWN and self.firewall is not None and (drop := _dropped(insts)):
             await self.firewall.remove_vips(drop)
         for inst in failed:
             # A master without its VIPs black-holes their traffic: FAULT (priority 0
