@@ -2,7 +2,10 @@
 from vrrpd's own, whatever the order the link monitor delivers them in."""
 from __future__ import annotations
 
+import socket
 from types import SimpleNamespace
+
+import pytest
 
 from vrrpd.engine import BACKUP, MASTER
 from vrrpd.core.vipwatch import VipWatch
@@ -11,9 +14,9 @@ from vrrpd.core.vipwatch import VipWatch
 class FakeDaemon:
     """What VipWatch reads of a Daemon: one instance with one VIP on ifindex 2."""
 
-    def __init__(self):
-        self.vip = SimpleNamespace(ifindex=2, address="192.0.2.10")
-        spec = SimpleNamespace(vips=[SimpleNamespace(address="192.0.2.10/32", no_track=False)])
+    def __init__(self, address="192.0.2.10"):
+        self.vip = SimpleNamespace(ifindex=2, address=address)
+        spec = SimpleNamespace(vips=[SimpleNamespace(address=address, no_track=False)])
         self.inst = SimpleNamespace(name="VI_1", idx=0, vips=[self.vip], spec=spec)
         self.instances = {"VI_1": self.inst}
         self.plan = object()
@@ -29,13 +32,24 @@ class FakeDaemon:
 
 
 LINK = SimpleNamespace(index=2, name="eth0")
-ADDR = SimpleNamespace(address="192.0.2.10")
+ADDR = SimpleNamespace(family=socket.AF_INET, address="192.0.2.10")
 
 
 def test_outside_deletion_of_a_master_vip_gives_up_master():
     d = FakeDaemon()
     watch = VipWatch(d, lambda: 0)
     watch(LINK, ADDR, False)
+    assert d.forced == [(0, BACKUP)]
+
+
+@pytest.mark.parametrize("vip, kernel", [
+    ("2001:db8::10", "2001:db8::10"),
+    ("::ffff:c000:20a", "::ffff:192.0.2.10"),       # inet_ntop's form of a mapped address
+])
+def test_an_ipv6_vip_is_known_however_the_kernel_spells_it(vip, kernel):
+    d = FakeDaemon(vip)
+    watch = VipWatch(d, lambda: 0)
+    watch(LINK, SimpleNamespace(family=socket.AF_INET6, address=kernel), False)
     assert d.forced == [(0, BACKUP)]
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 
 from vrrpd.engine import BACKUP, MASTER
 
@@ -51,13 +52,13 @@ class VipWatch:
 
     def __call__(self, link, addr, added: bool) -> None:
         if self._expected:
-            key = (link.index, str(ipaddress.ip_address(addr.address)))
+            key = (link.index, _normal(addr))
             if key in self._expected:
                 self._expected.discard(key)
                 return
         if added or self.daemon.stopping or not self.daemon.electing:
             return
-        name = self._index().get((link.index, str(ipaddress.ip_address(addr.address))))
+        name = self._index().get((link.index, _normal(addr)))
         inst = self.daemon.instances.get(name) if name else None
         if inst is None or self.daemon.engine.state(inst.idx) != MASTER:
             return          # our own removal (the instance left MASTER first), or not a VIP
@@ -65,3 +66,12 @@ class VipWatch:
                     inst.name, addr.address, link.name)
         self.daemon.engine.force_state(inst.idx, BACKUP, self.clock())
         self.daemon.pump()
+
+
+def _normal(addr) -> str:
+    """The address as VipSpec spells it (ipaddress's form).  The kernel's
+    dotted quad (inet_ntop) is that already; IPv6 text may differ (e.g. an
+    IPv4-mapped address)."""
+    if addr.family == socket.AF_INET:
+        return addr.address
+    return str(ipaddress.ip_address(addr.address))

@@ -10,10 +10,10 @@ pyroute2's decoding of one costs far more and a 10,000-VIP failover echoes 10,00
 from __future__ import annotations
 
 import errno
+import functools
 import select
 import socket
 import struct
-import sys
 from typing import Iterator, NamedTuple
 
 # linux/netlink.h, linux/rtnetlink.h, linux/if_addr.h
@@ -38,6 +38,7 @@ RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_HOST = 0, 253, 254
 NLMSGHDR = struct.Struct("=IHHII")          # len, type, flags, seq, pid
 IFADDRMSG = struct.Struct("=BBBBi")         # family, prefixlen, flags, scope, index
 RTATTR = struct.Struct("=HH")               # len, type
+U32 = struct.Struct("=I")
 ERRCODE = struct.Struct("=i")
 
 
@@ -147,7 +148,9 @@ class AddrMsg(NamedTuple):
 
 
 def decode_addr(buf, hdr: Header) -> AddrMsg | None:
-    """Decode an ifaddrmsg; None if malformed (the caller counts it)."""
+    """Decode an ifaddrmsg; None if malformed (the caller counts it).  Only
+    the attributes kept are copied out of buf: the link monitor decodes one
+    per VIP of a takeover."""
     off = hdr.offset + NLMSGHDR.size
     end = hdr.offset + hdr.length
     if off + IFADDRMSG.size > end:
@@ -159,23 +162,28 @@ def decode_addr(buf, hdr: Header) -> AddrMsg | None:
         alen, atype = RTATTR.unpack_from(buf, off)
         if alen < RTATTR.size or off + alen > end:
             return None
-        data = bytes(buf[off + RTATTR.size:off + alen])
         if atype == IFA_LOCAL:
-            local = data
+            local = off
         elif atype == IFA_ADDRESS:
-            address = data
+            address = off
         elif atype == IFA_LABEL:
-            # One string per label ("eth0"), not one per address: the link
-            # monitor keeps every address, the VIPs of thousands of instances too.
-            label = sys.intern(data.rstrip(b"\0").decode("utf-8", "replace"))
-        elif atype == IFA_FLAGS and len(data) >= 4:
-            flags = struct.unpack_from("=I", data)[0]      # full 32-bit flags
+            label = _label(bytes(buf[off + RTATTR.size:off + alen]))
+        elif atype == IFA_FLAGS and alen >= RTATTR.size + 4:
+            flags = U32.unpack_from(buf, off + RTATTR.size)[0]      # full 32-bit flags
         off += align4(alen)
-    raw = local if local is not None else address
+    at = local if local is not None else address
     want = 4 if family == socket.AF_INET else 16 if family == socket.AF_INET6 else -1
-    if raw is None or len(raw) != want:
+    if at is None or RTATTR.unpack_from(buf, at)[0] - RTATTR.size != want:
         return None
+    raw = bytes(buf[at + RTATTR.size:at + RTATTR.size + want])
     return AddrMsg(family, plen, flags, scope, index, socket.inet_ntop(family, raw), label)
+
+
+@functools.lru_cache(maxsize=1024)
+def _label(data: bytes) -> str:
+    """One string per label ("eth0"), not one per address: the link monitor
+    keeps every address, the VIPs of thousands of instances too."""
+    return data.rstrip(b"\0").decode("utf-8", "replace")
 
 
 def dump_request(kind: str, seq: int) -> bytes:
