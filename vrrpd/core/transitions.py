@@ -70,11 +70,15 @@ def _kind(old: int, new: int) -> int:
 
 def _runs(batch):
     """(kind, consecutive transitions of that kind) in batch order."""
-    start = 0
-    for i in range(1, len(batch) + 1):
-        if i == len(batch) or _kind(*batch[i][1:3]) != _kind(*batch[start][1:3]):
-            yield _kind(*batch[start][1:3]), batch[start:i]
-            start = i
+    start, run_kind = 0, None
+    for i, (_, old, new, _) in enumerate(batch):
+        kind = _kind(old, new)
+        if kind != run_kind:
+            if i:
+                yield run_kind, batch[start:i]
+            start, run_kind = i, kind
+    if batch:
+        yield run_kind, batch[start:]
 
 
 def _loop_reports(move) -> bool:
