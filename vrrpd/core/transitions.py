@@ -345,11 +345,10 @@ class Transitions:
         strict_down = kind == DOWN and self.firewall is not None
         for item in chunk:
             inst = item[0]
-            if inst.garp_paced:
+            conf = inst.spec.conf
+            if inst.garp_paced or strict_down and inst.spec.needs_drop:
                 return None
-            spec = inst.spec
-            if (strict_down and spec.needs_drop if kind == DOWN else
-                    spec.conf.virtual_routes or spec.conf.virtual_rules):
+            if kind == UP and (conf.virtual_routes or conf.virtual_rules):
                 return None
         args: dict[str, Any] = {"announce": kind == UP}
         for h in self.hooks:

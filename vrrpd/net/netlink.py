@@ -14,6 +14,7 @@ import functools
 import select
 import socket
 import struct
+import sys
 from typing import Iterator, NamedTuple
 
 # linux/netlink.h, linux/rtnetlink.h, linux/if_addr.h
@@ -182,8 +183,9 @@ def decode_addr(buf, hdr: Header) -> AddrMsg | None:
 @functools.lru_cache(maxsize=1024)
 def _label(data: bytes) -> str:
     """One string per label ("eth0"), not one per address: the link monitor
-    keeps every address, the VIPs of thousands of instances too."""
-    return data.rstrip(b"\0").decode("utf-8", "replace")
+    keeps every address, the VIPs of thousands of instances too (interned:
+    the cache only saves the decoding)."""
+    return sys.intern(data.rstrip(b"\0").decode("utf-8", "replace"))
 
 
 def dump_request(kind: str, seq: int) -> bytes:
