@@ -122,10 +122,9 @@ class NetChanges:
 
     def leave(self, inst) -> None:
         """A master instance goes away: everything it holds."""
-        drop = _dropped([inst])
         routes, rules = _routed([inst])
         self.vips_remove += inst.vips
-        self.drop_remove += drop
+        self.drop_remove += _dropped([inst])
         self.routes_remove += routes
         self.rules_remove += rules
 

@@ -94,10 +94,11 @@ class Reporter:
         SMTP alert goes with it (started before the fifo line, keepalived's
         order); None: it is its fifo line alone."""
         s = self.scripts.get(inst.name)
-        if (s is None or s is NO_SCRIPTS) and not inst.spec.conf.smtp_alert:
+        smtp = inst.spec.conf.smtp_alert
+        if (s is None or s is NO_SCRIPTS) and not smtp:
             return None             # most instances at scale: a fifo line alone
         s = _scripts_for(s, new, reason) or NO_SCRIPTS
-        if inst.spec.conf.smtp_alert or s.notify is not None or s.for_state(word) is not None:
+        if smtp or s.notify is not None or s.for_state(word) is not None:
             return s
         return None
 
