@@ -2,6 +2,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -33,11 +34,21 @@ def pytest_collection_modifyitems(config, items):
 
 def _host_netns_view() -> tuple[str, str]:
     """The host namespace's links and addresses (tests must never change them)."""
-    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
-    addrs = subprocess.run(["ip", "-o", "addr", "show"], capture_output=True, text=True).stdout
+    links, addrs = _ip_dump("link"), _ip_dump("addr")
     # Only names and addresses: counters and flags like LOWER_UP may change.
     return (" ".join(sorted(line.split(":")[1].strip() for line in links.splitlines())),
             " ".join(sorted(line.split()[3] for line in addrs.splitlines())))
+
+
+def _ip_dump(what: str) -> str:
+    """`ip -o <what> show`, retried while it fails: a dump that namespaces
+    being torn down interrupt ends early ("Dump was interrupted")."""
+    for _ in range(10):
+        r = subprocess.run(["ip", "-o", what, "show"], capture_output=True, text=True)
+        if r.returncode == 0 and "interrupted" not in r.stderr:
+            return r.stdout
+        time.sleep(0.5)
+    raise RuntimeError(f"ip -o {what} show: {r.returncode} {r.stderr.strip()}")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -55,7 +66,8 @@ def nothing_left_behind():
     stray = subprocess.run(["pgrep", "-af", f"{PREFIX}{os.getpid() % 10000}"],
                            capture_output=True, text=True).stdout.strip()
     assert not stray, f"tests left processes behind:\n{stray}"
-    assert _host_netns_view() == before, "tests changed the host namespace's links or addresses"
+    after = _host_netns_view()
+    assert after == before, f"tests changed the host's links or addresses: {before} -> {after}"
 
 
 @pytest.fixture

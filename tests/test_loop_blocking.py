@@ -89,9 +89,13 @@ def percentile(values: list[float], q: float) -> float:
 
 # "none": the same 1,000 instances without scripts, the baseline that tells a
 # stall caused by scripts from one the engine has anyway.  Each gets up to
-# GAP_RUNS runs (advert_capture.gaps_within).  The probes' stalls are no
-# excuse: they cannot tell the hypervisor from our own syscalls (a netlink send
-# of many VIP adds holds its CPU, preemption off).
+# GAP_RUNS runs (advert_capture.gaps_within).  A gap is charged to the daemon
+# less the time a CPU stalled while its advert was due (charged_ms): this
+# 2-CPU VM, idle, stalls a CPU for 2-7 ms about once a second, past the bound's
+# 5 ms of slack.  A loop busy or blocked in user space never stalls the probes
+# (test_stall_probe_ignores_a_busy_daemon), so scripts that held it up are
+# still charged in full.  The daemon's own kernel work (VIP adds) is done with
+# the transitions, before the gaps that follow them come due.
 @pytest.mark.parametrize("load", ["none", "scripts"])
 def test_adverts_keep_time_while_scripts_hang(lan, tmp_path, load):
     gaps_within(lambda run: measure_gaps(lan, tmp_path / f"run{run}", load == "scripts")[:2],
@@ -159,23 +163,33 @@ def measure_gaps(lan, tmp, scripts: bool, scrapes: bool = False):
     assert len(times) == N, f"adverts of {len(times)} instances captured"
     assert min(len(v) for v in times.values()) >= MEASURED_S * 1000 / ADVERT_MS, \
         "window too short"
+    stalls = result["stalls_ns"]
     gaps = [((b - a) / 1e6, k, a, b) for k, v in times.items() for a, b in zip(v, v[1:])]
     pooled = [g for g, *_ in gaps]
-    stalls = result["stalls_ns"]        # a diagnostic: was it the machine or the loop?
-    worst, key, start, end = max(gaps)
+    charged, _, key, start, end = max((charged_ms(g, a, b, stalls), g, k, a, b)
+                                      for g, k, a, b in gaps)
     peer_masters = [] if peer is None else [
         n for _, _, n, st, _ in peer.fifo.events(peer.started) if st == "MASTER"]
-    return worst, (
-        f"{len(pooled)} gaps over {len(times)} instances: max {worst:.2f} ms ({key}), "
+    return charged, (
+        f"{len(pooled)} gaps over {len(times)} instances: max {max(pooled):.2f} ms, "
         f"p99 {percentile(pooled, 0.99):.2f} ms, p99.9 {percentile(pooled, 0.999):.2f} ms, "
-        f"median {percentile(pooled, 0.5):.2f} ms; a CPU stalled "
-        f"{machine_stall_ms(stalls, start, end):.1f} ms within the worst gap; CPU stalls (ms): "
+        f"median {percentile(pooled, 0.5):.2f} ms; charged to the daemon at most "
+        f"{charged:.2f} ms ({key}: {(end - start) / 1e6:.2f} ms, a CPU stalled "
+        f"{machine_stall_ms(stalls, start, end):.1f} ms within); CPU stalls (ms): "
         f"{stall_lengths_ms(stalls)}; {settled}"), peer_masters, storm
 
 
-def _spin(cpu: int, seconds: float) -> None:
+def charged_ms(gap_ms: float, start: int, end: int, stalls: list[list[list[int]]]) -> float:
+    """A gap between adverts less the longest time one CPU stalled after the
+    next advert came within the bound's slack of being due (start + advert_int
+    - slack, up to its arrival at `end`, ns)."""
+    due = start + int((ADVERT_MS - (BOUND_MS - ADVERT_MS)) * 1e6)
+    return gap_ms - machine_stall_ms(stalls, due, end)
+
+
+def _spin(cpu: int, seconds: float, policy: int = os.SCHED_FIFO, priority: int = 99) -> None:
     os.sched_setaffinity(0, {cpu})
-    os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(99))
+    os.sched_setscheduler(0, policy, os.sched_param(priority))
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         pass
@@ -197,6 +211,24 @@ def test_stall_probe_sees_a_cpu_taken_away():
     seen = [(s, e) for s, e in ours if e > t0]
     assert seen and 20 <= max(e - s for s, e in seen) / 1e6 <= 200, ours
     assert machine_stall_ms(stalls, t0, time.time_ns()) >= 20
+
+
+def test_stall_probe_ignores_a_busy_daemon():
+    """What charged_ms relies on: a task busy in user space at the daemon's
+    realtime priority (vrrp_rt_priority 10, SCHED_RR) for 100 ms stalls no probe
+    beyond what the machine stalls anyway."""
+    wire_gaps = load_wire_gaps()
+    cpu = min(os.sched_getaffinity(0))
+    busy = multiprocessing.get_context("fork").Process(target=_spin,
+                                                       args=(cpu, 0.1, os.SCHED_RR, 10))
+    probes = wire_gaps.start_probes(0.5)
+    time.sleep(0.2)
+    t0 = time.time_ns()
+    busy.start()
+    busy.join()
+    stalls = wire_gaps.collect_probes(probes)
+    assert busy.exitcode == 0
+    assert machine_stall_ms(stalls, t0, time.time_ns()) < 20, stall_lengths_ms(stalls)
 
 
 def machine_stall_ms(stalls: list[list[list[int]]], start: int, end: int) -> float:

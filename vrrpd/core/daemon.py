@@ -424,9 +424,7 @@ class Daemon(Pump, Transitions):
             await self.firewall.close()
         for h in self.hooks:
             await h.on_stop(self)
-        for handle in (self._timer, self._rx_poll, self._rx_check):
-            if handle is not None:
-                handle.cancel()
+        self.stop_timers()
         self.garp.close()
         self.stop_effects()
         for _, sock in self._sockets.values():

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from vrrpd._timer import DeadlineTimer
 from vrrpd.engine import (
     EV_REJECT,
     EV_RX_LOWER_PRI,
@@ -121,8 +122,9 @@ class Pump:
         # None only until start-up sets it: nothing here runs before then.
         self._loop: asyncio.AbstractEventLoop = loop  # type: ignore[assignment]
         self._sockets: dict[tuple[str, int], tuple[int, socket.socket]] = {}
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = -1
+        self._timer = DeadlineTimer()       # the engine's next deadline (see _arm)
+        self._timer_at = -1                 # what it is armed for; -1: not armed
+        self._timer_polled = False
         self._rx_packets = 0            # since the last pacing check
         self._rx_poll: asyncio.TimerHandle | None = None     # set while polling
         self._rx_check: asyncio.TimerHandle | None = None
@@ -203,9 +205,9 @@ class Pump:
             self._pump()
 
     def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = -1
-        self._pump()
+        if self._timer.expired():
+            self._timer_at = -1
+            self._pump()
 
     def _drain_rx(self) -> None:
         t = now_us()
@@ -267,13 +269,31 @@ class Pump:
             next_at = retry if next_at < 0 else min(next_at, retry)
         if next_at < 0:
             return
-        if self._timer is not None and self._timer_at <= next_at:
+        if 0 <= self._timer_at <= next_at:
             return          # the armed timer fires first; tick() handles whatever is due then
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer_at = next_at
-        delay = max(0.0, (next_at - now_us()) / 1e6)
-        self._timer = self._loop.call_later(delay, self._on_timer)
+        self._arm(next_at)
+
+    def _arm(self, deadline_us: int) -> None:
+        """The loop's wake-up for the engine: a timerfd at the deadline, not
+        call_later, which libuv times from the clock it read before this pass
+        of callbacks: a long pass would make the adverts due in it late by its
+        length (pyx/_timer.pyx)."""
+        if not self._timer_polled:
+            self._loop.add_reader(self._timer.fileno(), self._on_timer)
+            self._timer_polled = True
+        self._timer_at = deadline_us
+        self._timer.arm(deadline_us)
+
+    def stop_timers(self) -> None:
+        """Shutdown: no more ticks or socket pacing."""
+        if self._timer_polled:
+            self._loop.remove_reader(self._timer.fileno())
+            self._timer_polled = False
+        self._timer.disarm()
+        self._timer_at = -1
+        for handle in (self._rx_poll, self._rx_check):
+            if handle is not None:
+                handle.cancel()
 
     def _next_slice(self) -> int:
         """Events the next turn of a dispatch hands out: DISPATCH_SLICE until
