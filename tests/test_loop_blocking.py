@@ -187,21 +187,28 @@ def _spin(cpu: int, seconds: float, policy: int = os.SCHED_FIFO, priority: int =
         pass
 
 
-def test_stall_probe_sees_a_cpu_taken_away():
-    """The stall probe reports a stall when one happens: a SCHED_FIFO 99 spinner
-    pinned to its CPU for 30 ms is one."""
+def probed_spin(*spin_args) -> tuple[int, list[list[list[int]]]]:
+    """_spin(cpu, *spin_args) on this process's first CPU, in a child, while the
+    stall probes run: -> (when it began (ns), the stalls per CPU, that CPU first)."""
     wire_gaps = load_wire_gaps()
-    cpu = min(os.sched_getaffinity(0))
-    spinner = multiprocessing.get_context("fork").Process(target=_spin, args=(cpu, 0.03))
+    cpus = sorted(os.sched_getaffinity(0))
+    spinner = multiprocessing.get_context("fork").Process(target=_spin,
+                                                          args=(cpus[0], *spin_args))
     probes = wire_gaps.start_probes(0.5)
     time.sleep(0.2)
     t0 = time.time_ns()
     spinner.start()
     spinner.join()
-    stalls = wire_gaps.collect_probes(probes)
-    ours = stalls[sorted(os.sched_getaffinity(0)).index(cpu)]
-    seen = [(s, e) for s, e in ours if e > t0]
-    assert seen and 20 <= max(e - s for s, e in seen) / 1e6 <= 200, ours
+    assert spinner.exitcode == 0
+    return t0, wire_gaps.collect_probes(probes)
+
+
+def test_stall_probe_sees_a_cpu_taken_away():
+    """The stall probe reports a stall when one happens: a SCHED_FIFO 99 spinner
+    pinned to its CPU for 30 ms is one."""
+    t0, stalls = probed_spin(0.03)
+    seen = [(s, e) for s, e in stalls[0] if e > t0]
+    assert seen and 20 <= max(e - s for s, e in seen) / 1e6 <= 200, stalls[0]
     assert machine_stall_ms(stalls, t0, time.time_ns()) >= 20
 
 
@@ -209,15 +216,5 @@ def test_stall_probe_ignores_a_busy_daemon():
     """What charged_ms relies on: a task busy in user space at the daemon's
     realtime priority (vrrp_rt_priority 10, SCHED_RR) for 100 ms stalls no probe
     beyond what the machine stalls anyway."""
-    wire_gaps = load_wire_gaps()
-    cpu = min(os.sched_getaffinity(0))
-    busy = multiprocessing.get_context("fork").Process(target=_spin,
-                                                       args=(cpu, 0.1, os.SCHED_RR, 10))
-    probes = wire_gaps.start_probes(0.5)
-    time.sleep(0.2)
-    t0 = time.time_ns()
-    busy.start()
-    busy.join()
-    stalls = wire_gaps.collect_probes(probes)
-    assert busy.exitcode == 0
+    t0, stalls = probed_spin(0.1, os.SCHED_RR, 10)
     assert machine_stall_ms(stalls, t0, time.time_ns()) < 20, stall_lengths_ms(stalls)

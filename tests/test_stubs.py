@@ -1,4 +1,4 @@
-"""The typed stubs vrrpd/_codec.pyi, _engine.pyi, _effects.pyi say what the
+"""The typed stubs vrrpd/<name>.pyi of every pyx/<name>.pyx say what the
 compiled modules hold: the same public names, the same classes' public
 members, and each function's parameters (names, kinds, defaults present) as
 the built extension reports them.  A .pyx change the stub does not follow
@@ -15,7 +15,8 @@ import pytest
 from vrrpd import engine
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODULES = ["_codec", "_engine", "_effects"]
+MODULES = sorted(f[:-len(".pyx")] for f in os.listdir(os.path.join(ROOT, "pyx"))
+                 if f.endswith(".pyx"))
 
 
 def stub(name):
