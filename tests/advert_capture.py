@@ -99,10 +99,11 @@ def charged_ms(gap_ms: float, start: int, end: int, stalls: list[list[list[int]]
                due_ms: float) -> float:
     """What a gap between adverts (start, end: ns) is charged to the daemon:
     less the longest time one CPU stalled from due_ms after its start (the
-    next advert's deadline less a bound's slack) to its arrival.  This VM,
-    idle, stalls a CPU for 2-7 ms about once a second; a loop busy or blocked
-    in user space never stalls the probes (test_loop_blocking), so time the
-    daemon held itself up is charged in full."""
+    next advert's deadline less a bound's slack) to its arrival.  The VM's
+    own stalls, idle, reach past such slack (bench/results/NOTES.md, "Late
+    ticks after long passes of callbacks"); a loop busy or blocked in user
+    space never stalls the probes (test_loop_blocking), so time the daemon
+    held itself up is charged in full."""
     return gap_ms - machine_stall_ms(stalls, start + int(due_ms * 1e6), end)
 
 
