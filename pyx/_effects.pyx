@@ -48,6 +48,7 @@ cdef extern from "<time.h>" nogil:
     int clock_gettime(int, timespec*)
     enum:
         CLOCK_MONOTONIC
+        CLOCK_THREAD_CPUTIME_ID
 
 cdef enum:
     NLMSG_HDRLEN = 16
@@ -337,10 +338,14 @@ cdef uint8_t* _format_lines(Effects fx, list idxs, list words, list priorities,
     return out
 
 
-cdef inline double _now() noexcept nogil:
+cdef inline double _clock(int clock) noexcept nogil:
     cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
+    clock_gettime(clock, &ts)
     return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+cdef inline double _now() noexcept nogil:
+    return _clock(CLOCK_MONOTONIC)
 
 
 @cython.final
@@ -369,13 +374,13 @@ cdef class VipMove:
             self._err[k] = -1
         return 0
 
-    def exchange(self, int fd, uint32_t seq0, int piece, double timeout):
+    def exchange(self, int fd, uint32_t seq0, int piece, double timeout, bint first_small=True):
         """Number the messages seq0.., send them `piece` per send() (the
-        first send at most FIRST_PIECE) on the rtnetlink socket fd
+        first send at most FIRST_PIECE if first_small) on the rtnetlink socket fd
         (non-blocking) and record each ACK's errno,
         reading them after each send so its socket buffer never overruns;
         then wait up to `timeout` for late ones.  The followup, if any, runs
-        as each instance's ACKs are in.  -> (seconds spent in
+        as each instance's ACKs are in.  -> (this thread's CPU seconds in
         send(), errno of a send the kernel refused or of lost ACKs, else 0).
         Only what was not sent is marked with the refusal's errno."""
         cdef int k = 0, k1, n, r, fail = 0, overrun = 0
@@ -392,11 +397,11 @@ cdef class VipMove:
                 (<uint32_t*>(self._buf + self._off[k] + 8))[0] = seq0 + k
             k = 0
             while k < self.count and not fail:
-                n = FIRST_PIECE if k == 0 and piece > FIRST_PIECE else piece
+                n = FIRST_PIECE if k == 0 and first_small and piece > FIRST_PIECE else piece
                 k1 = k + n if k + n < self.count else self.count
-                t0 = _now()
+                t0 = _clock(CLOCK_THREAD_CPUTIME_ID)
                 r = send(fd, self._buf + self._off[k], self._off[k1] - self._off[k], 0)
-                spent += _now() - t0
+                spent += _clock(CLOCK_THREAD_CPUTIME_ID) - t0
                 if r < 0:
                     if errno == EINTR:
                         continue

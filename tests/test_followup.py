@@ -295,7 +295,7 @@ def test_the_loop_reports_what_it_must_and_the_thread_the_rest(aio):
     async def main():
         t = Recorder(None, SimpleNamespace(hold=lambda: None, release=lambda: None),
                      SimpleNamespace(nmsgs=lambda idx: 1), SimpleNamespace(
-                         requester=SimpleNamespace(chunk=1000)))
+                         requester=SimpleNamespace(chunk=1000, busy=False)))
         t.hooks = [Hook()]
         t._is_prebuilt = lambda inst: True
         t.start_effects()

@@ -368,6 +368,33 @@ def test_vip_move_first_send_is_small():
     move.exchange(kernel.fileno(), 1, 50, 1.0)
     assert kernel.sends == [8, 50, 42] and move.acked == 100
     assert effects.finish(move) == []
+    kernel.sends = []
+    move = effects.vip_move(list(range(100)), True)
+    move.exchange(kernel.fileno(), 101, 50, 1.0, first_small=False)
+    assert kernel.sends == [50, 50] and move.acked == 100
+    kernel.close()
+
+
+def test_requester_starts_small_only_from_idle(monkeypatch):
+    """Only a move that finds the sender thread idle starts with a small
+    send: those queued behind it wait for it anyway, and every send costs
+    the kernel an address-lifetime scan besides its messages."""
+    kernel = FakeKernel()
+    monkeypatch.setattr(nl, "open_route_socket", lambda *a, **kw: kernel.ours)
+    effects = vip_effects([1] * 20)
+
+    async def main():
+        r = Requester()
+        futures = [r.submit(effects.vip_move(list(range(20)), True)) for _ in range(3)]
+        busy = r.busy
+        await asyncio.gather(*futures)
+        await asyncio.sleep(0)              # the done callbacks
+        idle = not r.busy
+        await r.submit(effects.vip_move(list(range(20)), True))
+        return busy, idle
+
+    assert asyncio.run(main()) == (True, True)
+    assert kernel.sends == [8, 12, 20, 20, 8, 12]
     kernel.close()
 
 

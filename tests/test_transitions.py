@@ -29,7 +29,7 @@ def inst(name: str, vips=()) -> Instance:
     conf = SimpleNamespace(garp_master_delay=5.0, garp_master_repeat=5, garp_master_refresh=0.0,
                            garp_master_refresh_repeat=1, garp_lower_prio_delay=None,
                            garp_lower_prio_repeat=None)
-    i = Instance(name, SimpleNamespace(conf=conf), 2, "eth0")
+    i = Instance(name, SimpleNamespace(conf=conf, needs_drop=False), 2, "eth0")
     i.vips = list(vips)
     return i
 
@@ -334,7 +334,7 @@ def test_a_call_after_effects_waits_for_the_batches_queued_before(aio):
     class Recorder(Transitions):
         dispatching = False
 
-        async def _move_run(self, kind, run):
+        def _move_run(self, kind, run):
             names = [i.name for i, *_ in run]
             seen.append(("moved", names, self._loop_reports))
             self._moving.put_nowait((run, kind, None, None))
@@ -477,9 +477,11 @@ def test_link_monitor_is_held_while_a_mass_failover_is_applied(aio, monkeypatch)
     class Recorder(Transitions):
         dispatching = False             # the Pump part: nothing left to hand out
 
-        async def _move_run(self, kind, run):
+        def _waits_first(self, batch):
+            return True         # each batch through the effects task (see the next test)
+
+        def _move_run(self, kind, run):
             calls.append(len(run))
-            await asyncio.sleep(0.01)
 
     async def main():
         d = Recorder(None, SimpleNamespace(hold=lambda: calls.append("hold"),
@@ -502,6 +504,71 @@ def test_link_monitor_is_held_while_a_mass_failover_is_applied(aio, monkeypatch)
 
     aio(main())
     assert calls == [3, 5, "hold", 72, "release", ("trim", False)]
+
+
+def test_a_batch_queued_while_the_effects_task_waits_moves_within_queue(aio):
+    """The effects task waiting for work and nothing to await before the
+    VIPs: queue() itself hands the batch's VIPs on, with no turn of the loop
+    in between.  A batch whose strict-mode drop must go in first goes
+    through the task, and one queued behind it waits its turn."""
+    import asyncio
+    seen: list = []
+
+    class Recorder(Transitions):
+        dispatching = False
+
+        def _move_run(self, kind, run):
+            seen.append([i.name for i, *_ in run])
+            self._loop_reports += 1
+            self._moving.put_nowait((run, kind, None, None))
+
+        async def _report(self, chunk, kind, insts, move):
+            pass
+
+    class Firewall:
+        async def add_vips(self, vips):
+            await asyncio.sleep(0.01)
+            seen.append(("drop", list(vips)))
+
+    def strict(name):
+        i = inst(name, vips=[name + "-vip"])
+        i.spec.needs_drop = True
+        return i
+
+    async def main():
+        d = Recorder(None, SimpleNamespace(hold=lambda: None, release=lambda: None), None, None)
+        d.start_effects()
+        await asyncio.sleep(0)                  # the task now waits for a batch
+        d.queue([(inst("VI_0"), BACKUP, MASTER, "r")])
+        assert seen == [["VI_0"]]
+        d.firewall = Firewall()
+        d.queue([(strict("VI_1"), BACKUP, MASTER, "r")])
+        d.queue([(inst("VI_2"), BACKUP, MASTER, "r")])
+        assert seen == [["VI_0"]]
+        await d.effects_done()
+        d.stop_effects()
+        return d
+
+    d = aio(main())
+    assert seen == [["VI_0"], ("drop", ["VI_1-vip"]), ["VI_1", "VI_2"]]
+    assert d.effects_idle and d._loop_reports == 0
+
+
+def test_chunks_grow_across_the_slices_of_one_takeover():
+    """A run's chunks: the first worth one netlink send, each next one twice
+    the last up to CHUNK_GROWTH sends; while moves are on their way (a
+    takeover dispatched in slices) the next run goes on from the size reached."""
+    requester = SimpleNamespace(chunk=10, busy=False)
+    t = Transitions(None, None, SimpleNamespace(nmsgs=lambda idx: 1),
+                    SimpleNamespace(requester=requester))
+    t._is_prebuilt = lambda inst: True
+    run = [(SimpleNamespace(idx=k), BACKUP, MASTER, "r") for k in range(150)]
+    assert transitions.CHUNK_GROWTH == 8
+    assert [len(c) for c in t._chunks(run)] == [10, 20, 40, 80]
+    requester.busy = True
+    assert [len(c) for c in t._chunks(run)] == [80, 70]
+    requester.busy = False
+    assert [len(c) for c in t._chunks(run[:30])] == [10, 20]
 
 
 def test_a_chunk_is_reported_in_turns_of_the_loop(aio, monkeypatch):

@@ -27,8 +27,8 @@ class VipMove:
     idxs: list[int]
     add: bool
     followup: Followup | None
-    def exchange(self, fd: int, seq0: int, piece: int,
-                 timeout: float) -> tuple[float, int]: ...
+    def exchange(self, fd: int, seq0: int, piece: int, timeout: float,
+                 first_small: bool = True) -> tuple[float, int]: ...
 
 class FifoGate:
     def __init__(self, fd: int) -> None: ...

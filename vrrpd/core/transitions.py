@@ -208,6 +208,8 @@ class Transitions:
         self._tasks: list[asyncio.Task] = []
         self._effects_waiting = 0       # transitions queued in _effects
         self._effects_unfinished = 0    # batches queued or being applied
+        self._effects_parked = False    # _run_effects waits for a batch
+        self._chunk_sends = 1           # netlink sends the last chunk was worth (_chunks)
         self._loop_reports = 0          # items in _moving whose lines the loop writes
         self._held_since: float | None = None     # the link monitor held (a mass failover)
         # garp_lower_prio_delay's bursts armed: idx -> the arming whose burst goes
@@ -221,6 +223,13 @@ class Transitions:
         self._effects_waiting += len(batch)
         self._effects_unfinished += 1
         self._effects.put_nowait(batch)
+        if self._effects_parked and self._effects.qsize() == 1 and not self._waits_first(batch):
+            # The effects task waits for work and nothing must be awaited
+            # before this batch's VIPs: they go to the netlink thread now,
+            # not a turn of the loop later behind the timers' and sockets'
+            # callbacks (a takeover's next slice of new masters among them).
+            self._effects.get_nowait()
+            self._move_batch_now(batch)
 
     def after_effects(self, call: Callable[[], None]) -> None:
         """Make `call` (from the loop) once the batches queued before have
@@ -258,7 +267,9 @@ class Transitions:
     # between them (after_effects) in their turn.
     async def _run_effects(self) -> None:
         while True:
+            self._effects_parked = True
             items = [await self._effects.get()]
+            self._effects_parked = False
             while not self._effects.empty():
                 items.append(self._effects.get_nowait())
             for is_call, group in itertools.groupby(items, callable):
@@ -275,6 +286,29 @@ class Transitions:
         moved as one: longer runs, so fewer and larger chunks."""
         taken = len(batches)
         batch = batches[0] if taken == 1 else [t for b in batches for t in b]
+        self._taking(batch)
+        try:
+            for kind, run in _runs(batch):
+                if kind in (UP, DOWN):
+                    await self._before_vips([item[0] for item in run], kind)
+                self._move_run(kind, run)
+        except Exception:       # never let one failure stop later transitions
+            log.exception("applying transitions failed")
+        finally:
+            self._moving.put_nowait((None, taken, None, None))
+
+    def _move_batch_now(self, batch) -> None:
+        """_move_batches for one batch whose moves await nothing (_waits_first)."""
+        self._taking(batch)
+        try:
+            for kind, run in _runs(batch):
+                self._move_run(kind, run)
+        except Exception:
+            log.exception("applying transitions failed")
+        finally:
+            self._moving.put_nowait((None, 1, None, None))
+
+    def _taking(self, batch) -> None:
         self._effects_waiting -= len(batch)
         # A mass failover: the kernel's notifications of the VIPs we add
         # (each decoded in Python) wait in the link monitor's socket
@@ -283,13 +317,16 @@ class Transitions:
         if self._held_since is None and len(batch) + self._effects_waiting >= HOLD_MONITOR:
             self._held_since = time.monotonic()
             self.links.hold()
-        try:
-            for kind, run in _runs(batch):
-                await self._move_run(kind, run)
-        except Exception:       # never let one failure stop later transitions
-            log.exception("applying transitions failed")
-        finally:
-            self._moving.put_nowait((None, taken, None, None))
+
+    def _waits_first(self, batch) -> bool:
+        """Whether some run of the batch has _before_vips work to await."""
+        for inst, old, new, _ in batch:
+            kind = _kind(old, new)
+            if kind == UP and self.firewall is not None and inst.spec.needs_drop:
+                return True
+            if kind == DOWN and (inst.spec.conf.virtual_routes or inst.spec.conf.virtual_rules):
+                return True
+        return False
 
     async def _run_reports(self) -> None:
         while True:
@@ -312,18 +349,16 @@ class Transitions:
                 chunk = insts = move = None
                 self._moving.task_done()
 
-    async def _move_run(self, kind: int, run) -> None:
+    def _move_run(self, kind: int, run) -> None:
         """A run of one kind (UP, DOWN, CLEAR, OTHER) in chunks: the first
         worth one netlink send, so the first instances of a takeover of
         thousands do not wait for the last one's VIPs.  What masters hold
         besides VIPs (the strict-mode drop, routes, rules) goes in and out
-        around them in keepalived's order (_before_vips, _after_vips)."""
+        around them in keepalived's order (_before_vips, then _after_vips)."""
         if kind == OTHER:
             self._loop_reports += 1
             self._moving.put_nowait((run, kind, None, None))
             return
-        if kind != CLEAR:
-            await self._before_vips([item[0] for item in run], kind)
         for chunk in self._chunks(run):
             insts = [item[0] for item in chunk]
             move = self._move_vips(insts, kind == UP, self._followup(chunk, kind))
@@ -398,8 +433,10 @@ class Transitions:
     def _chunks(self, run):
         """Consecutive pieces of `run`: the first worth one netlink send, each
         next one twice the last up to CHUNK_GROWTH sends (fewer wake-ups of
-        the loop)."""
-        sends = 1
+        the loop and fewer exchanges).  While moves are on their way (a
+        takeover dispatched in slices), a run goes on from the size the last
+        one reached."""
+        sends = self._chunk_sends if self.addresses.requester.busy else 1
         start, msgs = 0, 0
         per_send = self.addresses.requester.chunk
         nmsgs = self.effects.nmsgs
@@ -411,7 +448,7 @@ class Transitions:
             if msgs >= sends * per_send or i + 1 - start >= sends * CHUNK_MAX:
                 yield run[start:i + 1]
                 start, msgs = i + 1, 0
-                sends = min(2 * sends, CHUNK_GROWTH)
+                sends = self._chunk_sends = min(2 * sends, CHUNK_GROWTH)
         if start < len(run):
             yield run[start:]
 

@@ -14,7 +14,10 @@ CPU it runs on (netlink_rcv_skb does not reschedule, not even for a SCHED_FIFO t
 above ours), so sends are sized by time, not count: each takes about SEND_BUDGET_S at
 the cost per message sends have measured.  The cost depends on what the messages do
 (deleting an absent VIP costs a fraction of adding one), so the estimate follows a
-dearer cost at once and a cheaper one only slowly.
+dearer cost at once and a cheaper one only slowly.  It is the sending thread's CPU time:
+each address added queues the kernel's address-lifetime check (check_lifetime) on that
+CPU, which runs as send() returns; wall time would count that, and any other task's
+turn, as the send's own cost and shrink every later send.
 """
 from __future__ import annotations
 
@@ -54,7 +57,7 @@ class Requester:
     """Sends encoded requests, returns [(errno, [reply payloads])] in request order."""
 
     def __init__(self, ack_timeout: float = 5.0, rcvbuf: int = 4 << 20, sndbuf: int = 1 << 20,
-                 budget: float = SEND_BUDGET_S, clock=time.perf_counter):
+                 budget: float = SEND_BUDGET_S, clock=time.thread_time):
         self.budget = budget
         self._cost = FIRST_COST_S           # estimated seconds per message
         self.chunk = int(budget / self._cost)   # messages per sendmsg()
@@ -64,6 +67,7 @@ class Requester:
         self._sock: socket.socket | None = None
         self._sender: concurrent.futures.ThreadPoolExecutor | None = None
         self._seq = 0                       # the sender thread's
+        self._moves = 0                     # moves submitted and not exchanged yet
         self._buf = bytearray(1 << 16)
 
     def close(self) -> None:
@@ -83,8 +87,22 @@ class Requester:
     def submit(self, move) -> asyncio.Future:
         """A vrrpd._effects.VipMove to exchange after what was submitted
         before; -> a future of the errno of a refused send or lost ACKs (0:
-        none; the move holds each message's own)."""
-        return self._job(self._move, move)
+        none; the move holds each message's own).  Only a move that finds
+        the thread idle starts with a small send (FIRST_PIECE): one queued
+        behind others waits for them anyway, and each send costs a
+        check_lifetime run besides its messages."""
+        job = self._job(self._move, (move, self._moves == 0))
+        self._moves += 1
+        job.add_done_callback(self._moved)
+        return job
+
+    @property
+    def busy(self) -> bool:
+        """Moves are on their way through the sender thread."""
+        return self._moves > 0
+
+    def _moved(self, _job: asyncio.Future) -> None:
+        self._moves -= 1
 
     def _job(self, fn, arg) -> asyncio.Future:
         self._open()
@@ -96,9 +114,10 @@ class Requester:
         self._seq = (self._seq + count) & 0x7fffffff
         return first
 
-    def _move(self, move) -> int:
+    def _move(self, job) -> int:
+        move, first_small = job
         seconds, err = move.exchange(self._opened.fileno(), self._numbers(move.count),
-                                     self.chunk, self.ack_timeout)
+                                     self.chunk, self.ack_timeout, first_small)
         if move.count:
             self._size_next_chunk(move.count, seconds)
         return err
