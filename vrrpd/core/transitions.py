@@ -309,6 +309,7 @@ class Transitions:
             self._moving.put_nowait((None, 1, None, None))
 
     def _taking(self, batch) -> None:
+        """The batch leaves the queue for the netlink thread."""
         self._effects_waiting -= len(batch)
         # A mass failover: the kernel's notifications of the VIPs we add
         # (each decoded in Python) wait in the link monitor's socket
