@@ -320,12 +320,12 @@ class Transitions:
             self.links.hold()
 
     def _waits_first(self, batch) -> bool:
-        """Whether some run of the batch has _before_vips work to await."""
-        for inst, old, new, _ in batch:
-            kind = _kind(old, new)
-            if kind == UP and self.firewall is not None and inst.spec.needs_drop:
+        """Whether some run of the batch has _before_vips work to await (what
+        it collects: the strict-mode drop going in, routes and rules going out)."""
+        for kind, run in _runs(batch):
+            if kind == UP and self.firewall is not None and _dropped([i for i, *_ in run]):
                 return True
-            if kind == DOWN and (inst.spec.conf.virtual_routes or inst.spec.conf.virtual_rules):
+            if kind == DOWN and any(_routed([i for i, *_ in run])):
                 return True
         return False
 
