@@ -53,6 +53,7 @@ cdef extern from "<time.h>" nogil:
 cdef enum:
     NLMSG_HDRLEN = 16
     NLMSG_ERROR = 2
+    NLM_F_ACK = 4
     FRAME_HDR = 4           # u16 length, u16 socket slot before each frame
     TX_BATCH = 1024
     PIPE_BUF = 4096         # a pipe write up to this size lands whole (pipe(7))
@@ -352,7 +353,13 @@ cdef inline double _now() noexcept nogil:
 cdef class VipMove:
     """One batch of VIP messages and its replies, for the netlink sender
     thread: exchange() numbers, sends and collects the ACKs without the GIL,
-    so the loop runs on while the kernel adds (removes) the VIPs."""
+    so the loop runs on while the kernel adds (removes) the VIPs.
+
+    Only the last message of each send asks for an ACK: rtnetlink handles a
+    send's messages in order and answers every failed one whatever its
+    flags (netlink_rcv_skb), so that ACK stands for the messages before it
+    that no error came back for.  A takeover of 10,000 VIPs then reads a
+    few dozen replies rather than 10,000, each its own skb and recv()."""
 
     def __dealloc__(self):
         free(self._buf)
@@ -377,12 +384,13 @@ cdef class VipMove:
     def exchange(self, int fd, uint32_t seq0, int piece, double timeout, bint first_small=True):
         """Number the messages seq0.., send them `piece` per send() (the
         first send at most FIRST_PIECE if first_small) on the rtnetlink socket fd
-        (non-blocking) and record each ACK's errno,
-        reading them after each send so its socket buffer never overruns;
-        then wait up to `timeout` for late ones.  The followup, if any, runs
-        as each instance's ACKs are in.  -> (this thread's CPU seconds in
-        send(), errno of a send the kernel refused or of lost ACKs, else 0).
-        Only what was not sent is marked with the refusal's errno."""
+        (non-blocking) and record each one's errno from the replies (an
+        error's, or the send's closing ACK), reading them after each send so
+        its socket buffer never overruns; then wait up to `timeout` for late
+        ones.  The followup, if any, runs as each instance's messages are
+        answered.  -> (this thread's CPU seconds in send(), errno of a send
+        the kernel refused or of lost replies, else 0).  Only what was not
+        sent is marked with the refusal's errno."""
         cdef int k = 0, k1, n, r, fail = 0, overrun = 0
         cdef double spent = 0.0, t0, deadline
         cdef uint8_t* rbuf = <uint8_t*>malloc(RECV_BUF)
@@ -395,10 +403,12 @@ cdef class VipMove:
         with nogil:
             for k in range(self.count):
                 (<uint32_t*>(self._buf + self._off[k] + 8))[0] = seq0 + k
+                self._flags(k)[0] &= ~NLM_F_ACK
             k = 0
             while k < self.count and not fail:
                 n = FIRST_PIECE if k == 0 and first_small and piece > FIRST_PIECE else piece
                 k1 = k + n if k + n < self.count else self.count
+                self._flags(k1 - 1)[0] |= NLM_F_ACK
                 t0 = _clock(CLOCK_THREAD_CPUTIME_ID)
                 r = send(fd, self._buf + self._off[k], self._off[k1] - self._off[k], 0)
                 spent += _clock(CLOCK_THREAD_CPUTIME_ID) - t0
@@ -440,12 +450,17 @@ cdef class VipMove:
                 n += 1
         return n
 
+    cdef uint16_t* _flags(self, int k) noexcept nogil:
+        return <uint16_t*>(self._buf + self._off[k] + 6)
+
     cdef int _drain(self, int fd, uint8_t* rbuf, uint32_t seq0) noexcept nogil:
-        """Read every reply queued, recording ACKs; -> ENOBUFS if the socket
-        lost some (they never come), else 0."""
+        """Read every reply queued, recording errnos (a send's closing ACK:
+        its other messages without an error succeeded); -> ENOBUFS if the
+        socket lost some (they never come), else 0."""
         cdef ssize_t n
         cdef size_t off
         cdef uint32_t mlen, k
+        cdef int j
         while True:
             n = recv(fd, rbuf, RECV_BUF, MSG_DONTWAIT)
             if n < 0:
@@ -464,6 +479,13 @@ cdef class VipMove:
                         and mlen >= NLMSG_HDRLEN + 4 and self._err[k] < 0:
                     self._err[k] = -(<const int32_t*>(rbuf + off + NLMSG_HDRLEN))[0]
                     self.acked += 1
+                    if self._flags(k)[0] & NLM_F_ACK:
+                        j = <int>k - 1
+                        while j >= 0 and not self._flags(j)[0] & NLM_F_ACK:
+                            if self._err[j] < 0:
+                                self._err[j] = 0
+                                self.acked += 1
+                            j -= 1
                 off += (mlen + 3) & ~3
 
 

@@ -1,6 +1,6 @@
 """A stand-in for rtnetlink in unit tests of the VIP exchange
-(vrrpd._effects.VipMove): the other end of a datagram socketpair that ACKs
-each message, and Effects with dummy VIP messages."""
+(vrrpd._effects.VipMove): the other end of a datagram socketpair that
+answers messages as rtnetlink does, and Effects with dummy VIP messages."""
 from __future__ import annotations
 
 import socket
@@ -17,9 +17,11 @@ def ack(data, hdr, code: int = 0) -> bytes:
 
 class FakeKernel:
     """The other end of a datagram socketpair standing in for rtnetlink: each
-    datagram is a send() of messages; it ACKs them from a thread (so some ACKs
-    come late), with the errno `codes` gives a message by its position, and
-    never ACKs those in `silent`.  held: no ACK goes out until release()."""
+    datagram is a send() of messages; it answers them from a thread (so some
+    replies come late) with the errno `codes` gives a message by its
+    position: an error always, success only where the message asks for an
+    ACK (NLM_F_ACK), as netlink_rcv_skb does.  It never answers those in
+    `silent`.  held: no reply goes out until release()."""
 
     def __init__(self, codes=None, silent=(), held: bool = False):
         self.ours, self.theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -28,6 +30,7 @@ class FakeKernel:
         self.codes, self.silent = codes or {}, set(silent)
         self.sends: list[int] = []          # messages per send()
         self.seqs: list[int] = []
+        self.acks_asked: list[int] = []     # sequence numbers of messages with NLM_F_ACK
         self._held: list[bytes] | None = [] if held else None
         self._lock = threading.Lock()
         threading.Thread(target=self._serve, daemon=True).start()
@@ -39,8 +42,11 @@ class FakeKernel:
             for h in hdrs:
                 pos = len(self.seqs)
                 self.seqs.append(h.seq)
-                if pos not in self.silent:
-                    reply = ack(data, h, self.codes.get(pos, 0))
+                if h.flags & nl.NLM_F_ACK:
+                    self.acks_asked.append(h.seq)
+                code = self.codes.get(pos, 0)
+                if pos not in self.silent and (code or h.flags & nl.NLM_F_ACK):
+                    reply = ack(data, h, code)
                     with self._lock:
                         if self._held is None:
                             self.theirs.send(reply)
@@ -48,7 +54,7 @@ class FakeKernel:
                             self._held.append(reply)
 
     def release(self, n: int | None = None) -> None:
-        """Send the next n ACKs held (None: all, and stop holding)."""
+        """Send the next n replies held (None: all, and stop holding)."""
         with self._lock:
             assert self._held is not None
             out = self._held if n is None else self._held[:n]

@@ -54,41 +54,47 @@ def read_all(fd: int) -> bytes:
         out += chunk
 
 
-def test_each_instance_is_announced_then_reported_once_its_own_vips_are_acked():
-    """No frame and no line before an instance's ACKs; after them, its
-    burst (every frame, `repeat` rounds) and then its line, in order; the
-    next instance's only after its own ACKs."""
+def test_each_instance_is_announced_then_reported_once_its_own_vips_are_answered():
+    """No frame and no line before an instance's messages are answered (a
+    send's closing ACK answers the send); after them, its burst (every
+    frame, `repeat` rounds) and then its line, in order; the next
+    instance's only after its own."""
     kernel = FakeKernel(held=True)
     ours, wire = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     wire.setblocking(False)
     rfd, wfd = os.pipe2(os.O_NONBLOCK)
     n = 3
     frames = [[(0, b"garp-%d-a" % i), (0, b"garp-%d-b" % i)] for i in range(n)]
-    effects = vip_effects([2, 1, 2], frames=frames, names=names(n))
+    effects = vip_effects([2, 1, 2], frames=frames, names=names(n))    # m0-1, m2, m3-4
     effects.set_socket(0, ours.fileno())
     gate = FifoGate(wfd)
     move = effects.vip_move(list(range(n)), True, announce=True, words=[b"MASTER"] * n,
                             priorities=[100, 100, 250], gates=[gate])
     done = threading.Event()
-    threading.Thread(target=lambda: (move.exchange(kernel.fileno(), 1, 100, 5.0),
+    threading.Thread(target=lambda: (move.exchange(kernel.fileno(), 1, 2, 5.0),
                                      done.set()), daemon=True).start()
     time.sleep(0.1)
+    assert kernel.sends == [2, 2, 1]        # closing ACKs asked of m1, m3, m4
     assert frames_read(wire) == [] and read_all(rfd) == b""
-    kernel.release(1)               # instance 0 has one of its two ACKs
-    time.sleep(0.1)
-    assert frames_read(wire) == [] and read_all(rfd) == b""
-    kernel.release(2)               # instance 0's second, instance 1's only
+    kernel.release(1)               # m1's ACK: instance 0's messages
     deadline = time.monotonic() + 5
     got = b""
+    while not got and time.monotonic() < deadline:
+        got += read_all(rfd)
+    assert got == b'INSTANCE "VI_0000" MASTER 100\n'
+    assert frames_read(wire) == [b"garp-0-a", b"garp-0-b"]
+    kernel.release(1)               # m3's: instance 1's m2, and one of instance 2's
     while got.count(b"\n") < 2 and time.monotonic() < deadline:
         got += read_all(rfd)
-    assert got == b'INSTANCE "VI_0000" MASTER 100\nINSTANCE "VI_0001" MASTER 100\n'
-    assert frames_read(wire) == [b"garp-0-a", b"garp-0-b", b"garp-1-a", b"garp-1-b"]
+    time.sleep(0.1)
+    got += read_all(rfd)
+    assert got.count(b"\n") == 2 and got.endswith(b'INSTANCE "VI_0001" MASTER 100\n')
+    assert frames_read(wire) == [b"garp-1-a", b"garp-1-b"]
     kernel.release()
     assert done.wait(5)
     assert read_all(rfd) == b'INSTANCE "VI_0002" MASTER 250\n'
     assert frames_read(wire) == [b"garp-2-a", b"garp-2-b"]
-    assert effects.finish(move) == []
+    assert effects.finish(move) == [] and move.acked == 5
     assert effects.stats()["announce_sent"] == 6
     assert move.followup.fifo_take(gate) == (3, 0, None) and gate.owed == 0
     for fd in (rfd, wfd):

@@ -90,13 +90,14 @@ cdef class VipMove:
     cdef uint8_t* _buf          # the messages, concatenated
     cdef uint32_t* _off         # message k starts at _off[k]; _off[count] is the end
     cdef int32_t* _owner        # message k -> position in idxs
-    cdef int32_t* _err          # message k -> errno (-1: no ACK yet)
+    cdef int32_t* _err          # message k -> errno (-1: not answered yet)
     cdef readonly int count     # messages
-    cdef readonly int acked     # ACKs recorded
+    cdef readonly int acked     # messages answered (by an error or a closing ACK)
     cdef readonly list idxs     # the instances, in order
     cdef readonly bint add      # adding (else removing) their VIPs
     cdef readonly Followup followup     # None: the loop announces and reports them
 
     cdef int _alloc(self, uint32_t length, int count) except -1
     cdef int _missing_sent(self) noexcept nogil
+    cdef uint16_t* _flags(self, int k) noexcept nogil
     cdef int _drain(self, int fd, uint8_t* rbuf, uint32_t seq0) noexcept nogil

@@ -2,7 +2,8 @@
 
 A failover may have to add 10,000 VIPs at once.  One RTM_NEWADDR per VIP with NLM_F_ACK,
 packed many to a sendmsg() by nlbatch.Requester (chunks of SEND_BUDGET_S of the kernel's work,
-sent from a thread of its own so that the loop never waits for the RTNL lock).
+sent from a thread of its own so that the loop never waits for the RTNL lock).  A takeover's
+prebuilt messages (vrrpd._effects.VipMove) keep the ACK only on each send's last one.
 
 Encoding: pyroute2's ifaddrmsg lays out one message per distinct shape (family, prefix,
 ifindex, label, ...) - its encoder is too slow to call per VIP - and we copy
