@@ -477,7 +477,7 @@ def test_link_monitor_is_held_while_a_mass_failover_is_applied(aio, monkeypatch)
     class Recorder(Transitions):
         dispatching = False             # the Pump part: nothing left to hand out
 
-        def _waits_first(self, batch):
+        def _waits_first(self, runs):
             return True         # each batch through the effects task (see the next test)
 
         def _move_run(self, kind, run):
@@ -591,7 +591,7 @@ def test_a_chunk_is_reported_in_turns_of_the_loop(aio, monkeypatch):
         async def _vips_moved(self, insts, move, exchange):
             return []
 
-        async def _after_vips(self, insts, kind, failed):
+        async def _after_vips(self, insts, kind):
             pass
 
     async def ticker():
@@ -616,6 +616,55 @@ def test_a_chunk_is_reported_in_turns_of_the_loop(aio, monkeypatch):
     assert {len(s) for s in slices} == {transitions.REPORT_SLICE}
     # A slice costs 0.3 of a turn: the fourth one ends each turn.
     assert ticks[1:] == [4, 8], ticks
+
+
+@pytest.mark.parametrize("thread_reports", [False, True])
+def test_an_instance_whose_vips_failed_goes_fault_and_tries_again(aio, thread_reports):
+    """A chunk's instances whose VIP messages failed are FAULT (a master
+    without its VIPs black-holes their traffic) and retried after
+    VIP_RETRY_S, before the chunk is reported, whether the loop or the
+    netlink thread reports it; routes and rules follow the VIPs only where
+    the loop reports (_followup takes no chunk that has any)."""
+    import asyncio
+    calls: list = []
+    a, b = inst("VI_a"), inst("VI_b")
+    followup = SimpleNamespace(deferred=list)
+
+    class Recorder(Transitions):
+        async def _vips_moved(self, insts, move, exchange):
+            return [b]
+
+        async def _after_vips(self, insts, kind):
+            calls.append(("after_vips", [i.name for i in insts]))
+
+        def _announce_and_report(self, chunk, followup=None):
+            calls.append(("report", followup))
+
+        def _apply_verdict(self, i, t):
+            calls.append(("verdict", i.name, i.vip_fault))
+
+        def _pump(self):
+            calls.append("pump")
+
+        def chunk_reported(self):
+            pass
+
+    async def main():
+        t = Recorder(None, None, None, None)
+        t._loop = asyncio.get_running_loop()
+        later = []
+        t._loop.call_later = lambda delay, fn, *args: later.append((delay, fn.__name__, args))
+        move = SimpleNamespace(followup=followup) if thread_reports else None
+        chunk = [(a, BACKUP, MASTER, "r"), (b, BACKUP, MASTER, "r")]
+        await t._report(chunk, transitions.UP, [a, b], (move, None))
+        return later
+
+    later = aio(main())
+    assert later == [(transitions.VIP_RETRY_S, "_retry_vips", (b,))]
+    after = [] if thread_reports else [("after_vips", ["VI_a", "VI_b"])]
+    assert calls == after + [("verdict", "VI_b", True), "pump",
+                             ("report", followup if thread_reports else None)]
+    assert b.vip_fault and not a.vip_fault
 
 
 class BurstEffects(FakeEffects):

@@ -223,13 +223,15 @@ class Transitions:
         self._effects_waiting += len(batch)
         self._effects_unfinished += 1
         self._effects.put_nowait(batch)
-        if self._effects_parked and self._effects.qsize() == 1 and not self._waits_first(batch):
-            # The effects task waits for work and nothing must be awaited
-            # before this batch's VIPs: they go to the netlink thread now,
-            # not a turn of the loop later behind the timers' and sockets'
-            # callbacks (a takeover's next slice of new masters among them).
-            self._effects.get_nowait()
-            self._move_batch_now(batch)
+        if self._effects_parked and self._effects.qsize() == 1:
+            runs = list(_runs(batch))
+            if not self._waits_first(runs):
+                # The effects task waits for work and nothing must be awaited
+                # before this batch's VIPs: they go to the netlink thread now,
+                # not a turn of the loop later behind the timers' and sockets'
+                # callbacks (a takeover's next slice of new masters among them).
+                self._effects.get_nowait()
+                self._move_batch_now(batch, runs)
 
     def after_effects(self, call: Callable[[], None]) -> None:
         """Make `call` (from the loop) once the batches queued before have
@@ -297,11 +299,12 @@ class Transitions:
         finally:
             self._moving.put_nowait((None, taken, None, None))
 
-    def _move_batch_now(self, batch) -> None:
-        """_move_batches for one batch whose moves await nothing (_waits_first)."""
+    def _move_batch_now(self, batch, runs: list) -> None:
+        """_move_batches for one batch (its _runs) whose moves await nothing
+        (_waits_first)."""
         self._taking(batch)
         try:
-            for kind, run in _runs(batch):
+            for kind, run in runs:
                 self._move_run(kind, run)
         except Exception:
             log.exception("applying transitions failed")
@@ -319,10 +322,10 @@ class Transitions:
             self._held_since = time.monotonic()
             self.links.hold()
 
-    def _waits_first(self, batch) -> bool:
-        """Whether some run of the batch has _before_vips work to await (what
+    def _waits_first(self, runs: list) -> bool:
+        """Whether one of a batch's _runs has _before_vips work to await (what
         it collects: the strict-mode drop going in, routes and rules going out)."""
-        for kind, run in _runs(batch):
+        for kind, run in runs:
             if kind == UP and self.firewall is not None and _dropped([i for i, *_ in run]):
                 return True
             if kind == DOWN and any(_routed([i for i, *_ in run])):
@@ -401,7 +404,9 @@ class Transitions:
         followup = None
         if kind != OTHER:
             failed = await self._vips_moved(insts, *move)
-            await self._after_vips(insts, kind, failed)
+            if _loop_reports(move):     # (_followup's chunks have no routes, rules or drop)
+                await self._after_vips(insts, kind)
+            self._fault_failed(failed)
             if not _loop_reports(move):
                 followup = move[0].followup
                 for slot, frame in followup.deferred():     # a full device queue: retry
@@ -468,15 +473,17 @@ class Transitions:
                 await self._moving.join()
                 await self.routes.remove(routes, rules)
 
-    async def _after_vips(self, insts: list[Instance], kind: int, failed: list[Instance]) -> None:
-        """Routes and rules after the VIPs (UP), the drop after them (DOWN);
-        an instance whose VIPs failed to go up: FAULT."""
+    async def _after_vips(self, insts: list[Instance], kind: int) -> None:
+        """Routes and rules after the VIPs (UP), the drop after them (DOWN)."""
         if kind == UP:
             routes, rules = _routed(insts)
             if routes or rules:
                 await self.routes.add(routes, rules)
         elif kind == DOWN and self.firewall is not None and (drop := _dropped(insts)):
             await self.firewall.remove_vips(drop)
+
+    def _fault_failed(self, failed: list[Instance]) -> None:
+        """Instances whose VIPs failed to go up: FAULT."""
         for inst in failed:
             # A master without its VIPs black-holes their traffic: FAULT (priority 0
             # goes out, the backup takes over) and try again later.
