@@ -3,6 +3,7 @@ mode with an injected clock, and SyncGroups' bookkeeping."""
 from __future__ import annotations
 
 import socket
+from types import SimpleNamespace
 
 import pytest
 
@@ -214,6 +215,35 @@ def test_interface_weight_moves_priority():
     assert t.verdict("A").priority == 90
     t.on_link(link("eth2", up=False, index=4), LinkEvent.DELETED, None)
     assert t.verdict("A").priority == 70 and verdicts[-1] == ("A", t.verdict("A"))
+
+
+def test_a_link_event_applies_its_verdicts_then_pumps_once():
+    """The daemon's link callback: every instance on the link that went down
+    gets its verdict, then one pump hands all their transitions out as one
+    batch (one netlink move of their VIPs, one log line), not a pump and a
+    move each.  A verdict outside a link event (a script's) pumps at once;
+    a link event that changes no verdict pumps not at all."""
+    from vrrpd.core.daemon import Daemon
+    insts = [VrrpInstance(name=f"VI_{k}", interface="eth0", virtual_router_id=k + 1)
+             for k in range(200)]
+    calls: list = []
+    d = SimpleNamespace(_links_gen=0, _link_socks={}, _pump_held=False, _pump_owed=False,
+                        _electing=True, instances={i.name: SimpleNamespace(name=i.name)
+                                                   for i in insts},
+                        syncgroups=SimpleNamespace(group_of={}, members={}),
+                        _apply_verdict=lambda inst, t: calls.append(inst.name),
+                        _pump=lambda: calls.append("pump"))
+    cfg = Config(instances={i.name: i for i in insts})
+    d.trackers = Trackers(cfg, runner=None,
+                          on_verdict=lambda n, v: Daemon._on_verdict(d, n, v))
+    d.trackers.start({2: link("eth0")})
+    Daemon._on_link(d, link("eth0", up=False), LinkEvent.DOWN, None)
+    assert calls == [i.name for i in insts] + ["pump"]
+    calls.clear()
+    Daemon._on_link(d, link("eth0", up=False), LinkEvent.DOWN, None)     # no change
+    assert calls == []
+    Daemon._on_verdict(d, "VI_7", d.trackers.verdict("VI_7"))
+    assert calls == ["VI_7", "pump"]
 
 
 def test_deferred_sends_wait_for_flush():

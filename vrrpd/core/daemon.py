@@ -64,6 +64,8 @@ class Daemon(Pump, Transitions):
         self.trackers = Trackers(plan.config, self.runner, self._on_verdict)
         self.syncgroups = SyncGroups(plan.config)
         self._electing = False        # after vrrp_startup_delay: instances may start
+        # Inside a link event (_on_link) verdicts wait for one pump at its end.
+        self._pump_held = self._pump_owed = False
         self.instances: dict[str, Instance] = {}
         self.by_idx: dict[int, Instance] = {}
         capacity = max_instances or max(1024, 2 * len(plan.instances))
@@ -244,7 +246,17 @@ class Daemon(Pump, Transitions):
                 if index == link.index:     # frames carry the new source MAC from now on
                     ok = link.mac is not None and len(link.mac) == 6
                     self.engine.set_link_tx(sock_id, psock.fileno() if ok else -1, link.mac)
-        self.trackers.on_link(link, event, old)
+        # One pump for the event: a link that hundreds of instances track (or
+        # run on) moves them as one batch (one netlink move of their VIPs, one
+        # log line), not one pump and one move each.
+        self._pump_held = True
+        try:
+            self.trackers.on_link(link, event, old)
+        finally:
+            self._pump_held = False
+        if self._pump_owed:
+            self._pump_owed = False
+            self._pump()
 
     def _on_verdict(self, name: str, verdict: Verdict) -> None:
         inst = self.instances.get(name)
@@ -255,7 +267,10 @@ class Daemon(Pump, Transitions):
         members = self.syncgroups.members[group] if group else (name,)
         for m in members:
             self._apply_verdict(self.instances[m], t)
-        self._pump()
+        if self._pump_held:
+            self._pump_owed = True
+        else:
+            self._pump()
 
     def _apply_verdict(self, inst: Instance, t: int) -> None:
         """Tracking verdict -> engine: start once no weight-0 script is pending
