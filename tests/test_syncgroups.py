@@ -217,33 +217,42 @@ def test_interface_weight_moves_priority():
     assert t.verdict("A").priority == 70 and verdicts[-1] == ("A", t.verdict("A"))
 
 
-def test_a_link_event_applies_its_verdicts_then_pumps_once():
-    """The daemon's link callback: every instance on the link that went down
-    gets its verdict, then one pump hands all their transitions out as one
-    batch (one netlink move of their VIPs, one log line), not a pump and a
-    move each.  A verdict outside a link event (a script's) pumps at once;
-    a link event that changes no verdict pumps not at all."""
+def test_a_tracked_objects_change_settles_once_for_all_its_instances():
+    """One tracked object's change (a link going down, a script failing)
+    reaches every instance tracking it, each verdict reported, then settles
+    once: the daemon pumps there, so their transitions go out as one batch
+    (one netlink move of their VIPs, one log line), not a pump and a move
+    each.  A change that moves no verdict settles nothing; before the
+    daemon elects, settling pumps nothing."""
     from vrrpd.core.daemon import Daemon
-    insts = [VrrpInstance(name=f"VI_{k}", interface="eth0", virtual_router_id=k + 1)
-             for k in range(200)]
+    insts = [VrrpInstance(name=f"VI_{k}", interface="eth0", virtual_router_id=k + 1,
+                          track_script=(TrackLine(name="chk"),)) for k in range(200)]
+    names = [i.name for i in insts]
     calls: list = []
-    d = SimpleNamespace(_links_gen=0, _link_socks={}, _pump_held=False, _pump_owed=False,
-                        _electing=True, instances={i.name: SimpleNamespace(name=i.name)
-                                                   for i in insts},
+    d = SimpleNamespace(_electing=True, instances={n: SimpleNamespace(name=n) for n in names},
                         syncgroups=SimpleNamespace(group_of={}, members={}),
                         _apply_verdict=lambda inst, t: calls.append(inst.name),
                         _pump=lambda: calls.append("pump"))
-    cfg = Config(instances={i.name: i for i in insts})
-    d.trackers = Trackers(cfg, runner=None,
-                          on_verdict=lambda n, v: Daemon._on_verdict(d, n, v))
-    d.trackers.start({2: link("eth0")})
-    Daemon._on_link(d, link("eth0", up=False), LinkEvent.DOWN, None)
-    assert calls == [i.name for i in insts] + ["pump"]
+    cfg = Config(instances={i.name: i for i in insts}, scripts={"chk": VrrpScript(name="chk")})
+    t = Trackers(cfg, runner=None, on_verdict=lambda n, v: Daemon._on_verdict(d, n, v),
+                 on_settled=lambda: Daemon._verdicts_settled(d))
+    t.on_link(link("eth0"), LinkEvent.NEW, None)
+    t._update("script", "chk", True)            # what a script's first success reports
     calls.clear()
-    Daemon._on_link(d, link("eth0", up=False), LinkEvent.DOWN, None)     # no change
+    t.on_link(link("eth0", up=False), LinkEvent.DOWN, None)
+    assert calls == names + ["pump"] and t.verdict("VI_7").fault
+    calls.clear()
+    t.on_link(link("eth0", up=False), LinkEvent.DOWN, None)     # no change
     assert calls == []
-    Daemon._on_verdict(d, "VI_7", d.trackers.verdict("VI_7"))
-    assert calls == ["VI_7", "pump"]
+    t.on_link(link("eth0"), LinkEvent.UP, None)
+    calls.clear()
+    t._update("script", "chk", False)           # the script fails
+    assert calls == names + ["pump"] and t.verdict("VI_7").fault
+    t._update("script", "chk", True)
+    calls.clear()
+    d._electing = False
+    t.on_link(link("eth0", up=False), LinkEvent.DOWN, None)
+    assert calls == []
 
 
 def test_deferred_sends_wait_for_flush():

@@ -61,11 +61,9 @@ class Daemon(Pump, Transitions):
         g = plan.config.global_defs
         self.runner = runner or ScriptRunner(script_user=g.script_user, script_group=g.script_group,
                                              enable_script_security=g.enable_script_security)
-        self.trackers = Trackers(plan.config, self.runner, self._on_verdict)
+        self.trackers = self.make_trackers(plan.config, build=True)
         self.syncgroups = SyncGroups(plan.config)
         self._electing = False        # after vrrp_startup_delay: instances may start
-        # Inside a link event (_on_link) verdicts wait for one pump at its end.
-        self._pump_held = self._pump_owed = False
         self.instances: dict[str, Instance] = {}
         self.by_idx: dict[int, Instance] = {}
         capacity = max_instances or max(1024, 2 * len(plan.instances))
@@ -246,17 +244,7 @@ class Daemon(Pump, Transitions):
                 if index == link.index:     # frames carry the new source MAC from now on
                     ok = link.mac is not None and len(link.mac) == 6
                     self.engine.set_link_tx(sock_id, psock.fileno() if ok else -1, link.mac)
-        # One pump for the event: a link that hundreds of instances track (or
-        # run on) moves them as one batch (one netlink move of their VIPs, one
-        # log line), not one pump and one move each.
-        self._pump_held = True
-        try:
-            self.trackers.on_link(link, event, old)
-        finally:
-            self._pump_held = False
-        if self._pump_owed:
-            self._pump_owed = False
-            self._pump()
+        self.trackers.on_link(link, event, old)
 
     def _on_verdict(self, name: str, verdict: Verdict) -> None:
         inst = self.instances.get(name)
@@ -267,9 +255,12 @@ class Daemon(Pump, Transitions):
         members = self.syncgroups.members[group] if group else (name,)
         for m in members:
             self._apply_verdict(self.instances[m], t)
-        if self._pump_held:
-            self._pump_owed = True
-        else:
+
+    def _verdicts_settled(self) -> None:
+        """A tracked object's change reached every instance tracking it: one
+        pump for all their transitions (one batch: one netlink move of their
+        VIPs, one log line), not one pump and one move each."""
+        if self._electing:
             self._pump()
 
     def _apply_verdict(self, inst: Instance, t: int) -> None:
@@ -350,10 +341,12 @@ class Daemon(Pump, Transitions):
         """The engine's state now (Instance.state is the last one reported)."""
         return self.engine.state(inst.idx) == MASTER
 
-    def make_trackers(self, config) -> Trackers:
-        """Tracking for a new configuration, reporting its verdicts here;
-        built by the caller (Trackers.build), swapped in by swap_plan."""
-        return Trackers(config, self.runner, self._on_verdict, build=False)
+    def make_trackers(self, config, build: bool = False) -> Trackers:
+        """Tracking for a configuration, reporting its verdicts here; for a
+        reload (build=False) built by the caller (Trackers.build) and
+        swapped in by swap_plan."""
+        return Trackers(config, self.runner, self._on_verdict, build=build,
+                        on_settled=self._verdicts_settled)
 
     def swap_plan(self, plan, trackers: Trackers, syncgroups: SyncGroups,
                   kept: Iterable[tuple[Instance, InstanceSpec]] = ()) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from operator import methodcaller
 from typing import Callable
 
 from vrrpd.config.model import Config, Track, VrrpInstance
@@ -44,11 +45,17 @@ class Trackers:
     indexed by the objects they track, and the watchers feeding them."""
 
     def __init__(self, config: Config, runner: ScriptRunner,
-                 on_verdict: Callable[[str, Verdict], None], *, build: bool = True):
-        """build=False: empty; a reload fills it with build() in slices."""
+                 on_verdict: Callable[[str, Verdict], None], *, build: bool = True,
+                 on_settled: Callable[[], None] | None = None):
+        """on_verdict(name, verdict): an instance's verdict changed;
+        on_settled(): a tracked object's change has reached every instance
+        tracking it (a script or link that thousands track moves them as
+        one batch, not one each).  build=False: empty; a reload fills it
+        with build() in slices."""
         self.config = config
         self.runner = runner
         self.on_verdict = on_verdict
+        self.on_settled = on_settled
         self.instances: dict[str, TrackedInstance] = {}
         # (kind, name) -> the instances tracking it: one tracked object's change
         # touches only those, not every instance (100 scripts x 10,000 instances).
@@ -176,8 +183,8 @@ class Trackers:
             if script is None:
                 # keepalived removes a disabled script from its instances.
                 log.warning("vrrp_script %s disabled: its instances ignore it", name)
-                for ti in self._by_object.pop(("script", name), ()):
-                    ti.remove("script", name)
+                self._settle(self._by_object.pop(("script", name), ()),
+                             methodcaller("remove", "script", name))
                 continue
             tracker = VrrpScriptTracker(self.runner, vs, script,
                                         lambda n, up: self._update("script", n, up))
@@ -219,8 +226,19 @@ class Trackers:
         self._update("interface", link.name, up)
 
     def _update(self, kind: str, name: str, value) -> None:
-        for ti in self._by_object.get((kind, name), ()):
-            ti.update(kind, name, value)
+        self._settle(self._by_object.get((kind, name), ()),
+                     methodcaller("update", kind, name, value))
+
+    def _settle(self, users, change: Callable[[TrackedInstance], object]) -> None:
+        """change() each instance (its verdict, if new, to on_verdict), then
+        on_settled once if any verdict changed."""
+        changed = False
+        for ti in users:
+            before = ti.verdict
+            change(ti)
+            changed = changed or ti.verdict is not before
+        if changed and self.on_settled is not None:
+            self.on_settled()
 
     def verdict(self, name: str) -> Verdict:
         return self.instances[name].verdict
