@@ -172,14 +172,31 @@ cdef class Effects:
         free(p.name)
         memset(p, 0, sizeof(prebuilt_t))
 
-    def nmsgs(self, int idx):
-        return self._get(idx).nmsgs
+    def chunk_ends(self, list idxs, int per_send, int sends, int max_sends, int max_insts):
+        """Where a run of instances' VIP moves ends its chunks: the first
+        worth `sends` netlink sends of per_send messages (or sends *
+        max_insts instances), each next one twice the last, up to max_sends.
+        -> (end positions, the sends the last whole chunk reached)."""
+        cdef list ends = []
+        cdef int i, n = len(idxs), start = 0
+        cdef long msgs = 0
+        for i in range(n):
+            msgs += self._get(<int>idxs[i]).nmsgs
+            if msgs >= <long>sends * per_send or i + 1 - start >= sends * max_insts:
+                ends.append(i + 1)
+                start, msgs = i + 1, 0
+                sends = min(2 * sends, max_sends)
+        if start < n:
+            ends.append(n)
+        return ends, sends
 
     def vips_on(self, int idx):
         return bool(self._get(idx).vips_on)
 
-    def gen(self, int idx):
-        return self._get(idx).gen
+    def gens(self, list idxs):
+        """Each instance's gen (see bump)."""
+        cdef int idx
+        return [self._get(idx).gen for idx in idxs]
 
     def bump(self, list idxs):
         """The instances entered or left MASTER: bursts scheduled before are void."""

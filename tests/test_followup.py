@@ -18,9 +18,12 @@ import pytest
 
 from fake_rtnl import FakeKernel, vip_effects
 from vrrpd._effects import FifoGate
+from vrrpd.config import load
 from vrrpd.core.transitions import DOWN, OTHER, UP, Transitions
 from vrrpd.engine import BACKUP, MASTER
 from vrrpd.scripts.notify import NotifyFifo
+from vrrpd.scripts.reporting import Reporter
+from vrrpd.scripts.runner import ScriptRunner
 
 F_SETPIPE_SZ = 1031
 
@@ -234,6 +237,7 @@ def member(name: str, **conf) -> SimpleNamespace:
     c = SimpleNamespace(virtual_routes=conf.get("routes", []), virtual_rules=[],
                         smtp_alert=False)
     return SimpleNamespace(name=name, idx=0, garp_paced=conf.get("paced", False), priority=100,
+                           routed=bool(c.virtual_routes),
                            spec=SimpleNamespace(conf=c, needs_drop=conf.get("drop", False)))
 
 
@@ -250,7 +254,7 @@ def decide(chunk_confs, kind=UP, hook=None, loop_reports=0, firewall=True):
     t.hooks = [hook] if hook is not None else []
     t._loop_reports = loop_reports
     chunk = [(member(f"VI_{k}", **c), BACKUP, MASTER, "r") for k, c in enumerate(chunk_confs)]
-    return t._followup(chunk, kind)
+    return t._followup([item[0] for item in chunk], chunk, kind)
 
 
 @pytest.mark.parametrize("confs, kind, hook, loop_reports, expect", [
@@ -290,7 +294,7 @@ def test_the_loop_reports_what_it_must_and_the_thread_the_rest(aio):
     class Recorder(Transitions):
         dispatching = False
 
-        def _move_vips(self, insts, add, followup=None):
+        def _move_vips(self, insts, add, followup=None, idxs=None):
             seen.append(followup is not None)
             move = SimpleNamespace(followup=object() if followup else None)
             return move, None
@@ -300,7 +304,7 @@ def test_the_loop_reports_what_it_must_and_the_thread_the_rest(aio):
 
     async def main():
         t = Recorder(None, SimpleNamespace(hold=lambda: None, release=lambda: None),
-                     SimpleNamespace(nmsgs=lambda idx: 1), SimpleNamespace(
+                     vip_effects([1]), SimpleNamespace(
                          requester=SimpleNamespace(chunk=1000, busy=False)))
         t.hooks = [Hook()]
         t._is_prebuilt = lambda inst: True
@@ -318,3 +322,49 @@ def test_the_loop_reports_what_it_must_and_the_thread_the_rest(aio):
 
     assert aio(main()) == 0
     assert seen == [True, False, True]
+
+
+# -- which notifications the thread may write (Reporter.thread_lines) ------------------------
+INSTANCE = """
+vrrp_instance {name} {{
+    interface eth0
+    virtual_router_id {vrid}
+    priority 100
+    virtual_ipaddress {{
+        192.0.2.{vrid}/32
+    }}
+    {extra}
+}}
+"""
+
+
+def test_a_line_is_left_to_the_loop_only_when_a_script_or_alert_of_that_state_goes_first(
+        tmp_path):
+    """keepalived starts an instance's notify scripts before its fifo line:
+    the thread writes the line only when no script (notify_<state> or the
+    generic notify) and no SMTP alert goes with it.  A reload that rebuilds
+    an instance's scripts (Reporter.build) moves it either way."""
+    path = tmp_path / "keepalived.conf"
+
+    def config_of(extras: dict[str, str]):
+        path.write_text("".join(INSTANCE.format(name=name, vrid=k + 1, extra=extra)
+                                for k, (name, extra) in enumerate(extras.items())))
+        return load(str(path)).config
+
+    def lines(r: Reporter, name: str, new: int):
+        inst = SimpleNamespace(name=name, priority=100,
+                               spec=SimpleNamespace(conf=r.config.instances[name]))
+        return r.thread_lines([(inst, BACKUP, new, "master_down_timer")])
+
+    extras = {"VI_none": "", "VI_master": "notify_master /bin/true",
+              "VI_backup": "notify_backup /bin/true", "VI_any": "notify /bin/true",
+              "VI_alert": "smtp_alert"}
+    r = Reporter(config_of(extras), ScriptRunner())
+    ours = {(name, new) for name in extras for new in (MASTER, BACKUP)
+            if lines(r, name, new) is not None}
+    assert ours == {("VI_none", MASTER), ("VI_none", BACKUP), ("VI_master", BACKUP),
+                    ("VI_backup", MASTER)}
+    assert lines(r, "VI_none", MASTER) == ([b"MASTER"], [100], [])
+    r.config = config_of({**extras, "VI_master": "", "VI_none": "notify_master /bin/true"})
+    list(r.build(["VI_master", "VI_none"]))         # a reload without a new Reporter
+    assert lines(r, "VI_master", MASTER) is not None and lines(r, "VI_none", MASTER) is None

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from fake_rtnl import vip_effects
 from scriptfiles import read_kept_lines
 from vrrpd.engine import (BACKUP, EV_RX_LOWER_PRI, EV_STATE, MASTER,
                           REASON_PRIORITY_ZERO_ADVERT, Event)
@@ -28,7 +29,7 @@ from vrrpd.core.transitions import Transitions
 def inst(name: str, vips=()) -> Instance:
     conf = SimpleNamespace(garp_master_delay=5.0, garp_master_repeat=5, garp_master_refresh=0.0,
                            garp_master_refresh_repeat=1, garp_lower_prio_delay=None,
-                           garp_lower_prio_repeat=None)
+                           garp_lower_prio_repeat=None, virtual_routes=[], virtual_rules=[])
     i = Instance(name, SimpleNamespace(conf=conf, needs_drop=False), 2, "eth0")
     i.vips = list(vips)
     return i
@@ -559,16 +560,28 @@ def test_chunks_grow_across_the_slices_of_one_takeover():
     the last up to CHUNK_GROWTH sends; while moves are on their way (a
     takeover dispatched in slices) the next run goes on from the size reached."""
     requester = SimpleNamespace(chunk=10, busy=False)
-    t = Transitions(None, None, SimpleNamespace(nmsgs=lambda idx: 1),
-                    SimpleNamespace(requester=requester))
+    t = Transitions(None, None, vip_effects([1] * 150), SimpleNamespace(requester=requester))
     t._is_prebuilt = lambda inst: True
     run = [(SimpleNamespace(idx=k), BACKUP, MASTER, "r") for k in range(150)]
     assert transitions.CHUNK_GROWTH == 8
-    assert [len(c) for c in t._chunks(run)] == [10, 20, 40, 80]
+
+    def sizes(run):
+        chunks = t._chunks(run)
+        assert [idxs for _, idxs in chunks] == [[i.idx for i, *_ in c] for c, _ in chunks]
+        return [len(c) for c, _ in chunks]
+
+    assert sizes(run) == [10, 20, 40, 80]
     requester.busy = True
-    assert [len(c) for c in t._chunks(run)] == [80, 70]
+    assert sizes(run) == [80, 70]
     requester.busy = False
-    assert [len(c) for c in t._chunks(run[:30])] == [10, 20]
+    assert sizes(run[:30]) == [10, 20]
+    requester.busy = True                   # a partial chunk does not grow the next one
+    assert t._chunk_sends == 4 and sizes(run[:30]) == [30]
+    assert t._chunk_sends == 4 and sizes(run) == [40, 80, 30]
+    t = Transitions(None, None, vip_effects([3] * 150), SimpleNamespace(requester=requester))
+    t._is_prebuilt = lambda inst: True
+    requester.busy = False                  # counted in messages: 3 per instance
+    assert sizes(run) == [4, 7, 14, 27, 27, 27, 27, 17]
 
 
 def test_a_chunk_is_reported_in_turns_of_the_loop(aio, monkeypatch):
@@ -673,19 +686,19 @@ class BurstEffects(FakeEffects):
 
     def __init__(self):
         super().__init__()
-        self.gens: dict[int, int] = {}
+        self._gen: dict[int, int] = {}
         self.bursts: list[list[int]] = []
 
-    def gen(self, idx):
-        return self.gens.get(idx, 0)
+    def gens(self, idxs):
+        return [self._gen.get(i, 0) for i in idxs]
 
     def bump(self, idxs):
         for i in idxs:
-            self.gens[i] = self.gen(i) + 1
+            self._gen[i] = self._gen.get(i, 0) + 1
 
     def announce(self, idxs, gens=None):
         if gens is not None:
-            idxs = [i for i, g in zip(idxs, gens) if self.gen(i) == g]
+            idxs = [i for i, g, now in zip(idxs, gens, self.gens(idxs)) if now == g]
         self.bursts.append(list(idxs))
         return []
 

@@ -32,4 +32,5 @@ class Instance:
     announces: tuple = ((), ())
     prebuilt: tuple = ()          # (spec, vips, name, links_gen) its Effects bytes were built from
     garp_paced: bool = False      # announced by GarpScheduler (refresh or pacing configured)
+    routed: bool = False          # has virtual_routes or virtual_rules (set with garp_paced)
     vip_fault: bool = False       # a VIP could not be added: FAULT until the retry

@@ -309,43 +309,46 @@ class Pump:
         by_idx, priority = self.by_idx, self.engine.priority
         grouped = self.syncgroups.group_of
         now = time.time()
-        for ev in events:
-            idx, kind = ev[0], ev[1]
-            if kind == EV_SOCK_REJECT:
-                log.warning("advert from %s on socket %d rejected: %s", _addr(ev[3]), idx,
-                            REJECT_NAMES[ev[2]])
-                continue
-            inst = by_idx.get(idx)
-            if inst is None:
-                continue
-            if kind == EV_STATE:
+        for idx, kind, code, detail in events:
+            if kind == EV_STATE:        # first: a takeover is thousands of these
+                inst = by_idx.get(idx)
+                if inst is None:
+                    continue
                 if answered:        # answers heard before this transition go first
                     self._answer_lower(answered)
                     answered = []
-                old, new = inst.state, ev[2]
-                reason = REASON_NAMES[ev[3]]
-                inst.state = new
+                old = inst.state
+                reason = REASON_NAMES[detail]
+                inst.state = code
                 inst.priority = priority(idx)
                 inst.transitions += 1
                 inst.last_transition = now
                 inst.last_reason = reason
-                batch.append((inst, old, new, reason))
-                if inst.name in grouped:
-                    self._follow_group(inst, old, new, reason)
-            elif kind == EV_RX_LOWER_PRI:
+                batch.append((inst, old, code, reason))
+                if grouped and inst.name in grouped:
+                    self._follow_group(inst, old, code, reason)
+                continue
+            if kind == EV_SOCK_REJECT:
+                log.warning("advert from %s on socket %d rejected: %s", _addr(detail), idx,
+                            REJECT_NAMES[code])
+                continue
+            inst = by_idx.get(idx)
+            if inst is None:
+                continue
+            if kind == EV_RX_LOWER_PRI:
                 if batch:           # transitions before this answer go first
                     self._queue_logged(batch)
                     batch = []
                 # Every advert is answered by the engine and counted (rx_lower_pri);
                 # the log line goes out at most once per advert interval.
                 if self.lower_log.allow(inst.name, inst.spec.advert_int_cs / 100):
-                    lower.append((inst.name, ev[2], _addr(ev[3]),
+                    lower.append((inst.name, code, _addr(detail),
                                   self.lower_log.take_held(inst.name)))
-                answered.append((inst, ev[2]))
+                answered.append((inst, code))
             elif kind == EV_REJECT:
                 # The engine rate-limits these events; its counters stay exact.
-                log.warning("(%s) advert from %s rejected: %s", inst.name, _addr(ev[3]),
-                            REJECT_NAMES[ev[2]])
+                log.warning("(%s) advert from %s rejected: %s", inst.name, _addr(detail),
+                            REJECT_NAMES[code])
         if answered:
             self._answer_lower(answered)
         if len(lower) > LOG_EACH:       # a storm of them: one line, as for transitions

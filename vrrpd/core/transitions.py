@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from vrrpd.engine import BACKUP, INIT, MASTER
+from vrrpd.engine import BACKUP, FAULT, INIT, MASTER
 from vrrpd.core.instance import Instance
 from vrrpd.core.pump import LOG_EACH, now_us
 from vrrpd.net import firewall as strict, netlink as nl
@@ -49,6 +49,8 @@ CHUNK_GROWTH = 8          # netlink sends in a takeover's largest chunk
 # per turn of the loop: its GARPs and notify scripts are work per instance,
 # and the adverts due meanwhile go out between turns.  Shorter turns
 # keep adverts closer to time but give a takeover of thousands fewer ms each.
+# A chunk the netlink thread followed up goes whole: what it leaves the loop
+# is bookkeeping (the delayed bursts' timers, counters, sync-group lines).
 REPORT_SLICE = 16
 REPORT_TURN_S = 0.005
 VIP_RETRY_S = 5.0         # an instance FAULTed by a VIP it could not add tries again after this
@@ -68,17 +70,25 @@ def _kind(old: int, new: int) -> int:
     return OTHER
 
 
+# _kind of every pair of states (small ints), looked up as KINDS[old][new].
+_STATES = range(max(INIT, BACKUP, MASTER, FAULT) + 1)
+KINDS = [[_kind(old, new) for new in _STATES] for old in _STATES]
+
+
 def _runs(batch):
     """(kind, consecutive transitions of that kind) in batch order."""
-    start, run_kind = 0, None
-    for i, (_, old, new, _) in enumerate(batch):
-        kind = _kind(old, new)
-        if kind != run_kind:
-            if i:
-                yield run_kind, batch[start:i]
-            start, run_kind = i, kind
-    if batch:
-        yield run_kind, batch[start:]
+    kinds = [KINDS[old][new] for _, old, new, _ in batch]
+    if not kinds:
+        return
+    if kinds.count(kinds[0]) == len(kinds):     # a takeover: one run
+        yield kinds[0], batch
+        return
+    start = 0
+    for i in range(1, len(kinds)):
+        if kinds[i] != kinds[i - 1]:
+            yield kinds[i - 1], batch[start:i]
+            start = i
+    yield kinds[-1], batch[start:]
 
 
 def _loop_reports(move) -> bool:
@@ -363,14 +373,14 @@ class Transitions:
             self._loop_reports += 1
             self._moving.put_nowait((run, kind, None, None))
             return
-        for chunk in self._chunks(run):
+        for chunk, idxs in self._chunks(run):
             insts = [item[0] for item in chunk]
-            move = self._move_vips(insts, kind == UP, self._followup(chunk, kind))
+            move = self._move_vips(insts, kind == UP, self._followup(insts, chunk, kind), idxs)
             if _loop_reports(move):
                 self._loop_reports += 1
             self._moving.put_nowait((chunk, kind, insts, move))
 
-    def _followup(self, chunk, kind: int) -> dict | None:
+    def _followup(self, insts: list[Instance], chunk, kind: int) -> dict | None:
         """What the netlink thread does for a chunk as each instance's VIPs
         are ACKed (vrrpd._effects.Followup: the first GARP/NA burst, then the
         fifo line), as vip_move's keywords; None: the loop does it all.  Only
@@ -380,14 +390,11 @@ class Transitions:
         after them, no paced GARPs, no notify script or SMTP alert."""
         if kind not in (UP, DOWN) or self._loop_reports:
             return None
-        strict_down = kind == DOWN and self.firewall is not None
-        for item in chunk:
-            inst = item[0]
-            conf = inst.spec.conf
-            if inst.garp_paced or strict_down and inst.spec.needs_drop:
+        if kind == UP:
+            if [i for i in insts if i.garp_paced or i.routed]:
                 return None
-            if kind == UP and (conf.virtual_routes or conf.virtual_rules):
-                return None
+        elif [i for i in insts if i.garp_paced or self.firewall is not None and i.spec.needs_drop]:
+            return None
         args: dict[str, Any] = {"announce": kind == UP}
         for h in self.hooks:
             if hasattr(h, "thread_lines"):
@@ -411,12 +418,13 @@ class Transitions:
                 followup = move[0].followup
                 for slot, frame in followup.deferred():     # a full device queue: retry
                     self.garp.resend(self._ifindex_of_slot(slot), frame)
+        size = len(chunk) if followup is not None else REPORT_SLICE
         turn_ends = time.perf_counter() + REPORT_TURN_S
-        for start in range(0, len(chunk), REPORT_SLICE):
+        for start in range(0, len(chunk), size):
             if time.perf_counter() > turn_ends:
                 await asyncio.sleep(0)
                 turn_ends = time.perf_counter() + REPORT_TURN_S
-            self._announce_and_report(chunk[start:start + REPORT_SLICE], followup)
+            self._announce_and_report(chunk[start:start + size], followup)
         if kind != OTHER:
             self.chunk_reported()
 
@@ -436,27 +444,27 @@ class Transitions:
                 # (ctypes lets go of the GIL).
                 asyncio.get_running_loop().run_in_executor(None, memtrim.trim)
 
-    def _chunks(self, run):
-        """Consecutive pieces of `run`: the first worth one netlink send, each
-        next one twice the last up to CHUNK_GROWTH sends (fewer wake-ups of
-        the loop and fewer exchanges).  While moves are on their way (a
-        takeover dispatched in slices), a run goes on from the size the last
-        one reached."""
-        sends = self._chunk_sends if self.addresses.requester.busy else 1
-        start, msgs = 0, 0
-        per_send = self.addresses.requester.chunk
-        nmsgs = self.effects.nmsgs
-        for i, item in enumerate(run):
-            inst = item[0]
-            if not self._is_prebuilt(inst):
-                self._prebuild(inst)
-            msgs += nmsgs(inst.idx)
-            if msgs >= sends * per_send or i + 1 - start >= sends * CHUNK_MAX:
-                yield run[start:i + 1]
-                start, msgs = i + 1, 0
-                sends = self._chunk_sends = min(2 * sends, CHUNK_GROWTH)
-        if start < len(run):
-            yield run[start:]
+    def _chunks(self, run) -> list[tuple[list, list[int]]]:
+        """Consecutive pieces of `run` (with their instances' idx): the first
+        worth one netlink send, each next one twice the last up to
+        CHUNK_GROWTH sends (fewer wake-ups of the loop and fewer exchanges).
+        While moves are on their way (a takeover dispatched in slices), a run
+        goes on from the size the last one reached."""
+        is_prebuilt = self._is_prebuilt
+        for inst in [item[0] for item in run if not is_prebuilt(item[0])]:
+            self._prebuild(inst)
+        idxs = [item[0].idx for item in run]
+        requester = self.addresses.requester
+        sends = self._chunk_sends if requester.busy else 1
+        ends, reached = self.effects.chunk_ends(idxs, requester.chunk, sends, CHUNK_GROWTH,
+                                                CHUNK_MAX)
+        if reached != sends:        # a chunk was full: the next run goes on from there
+            self._chunk_sends = reached
+        out, start = [], 0
+        for end in ends:
+            out.append((run[start:end], idxs[start:end]))
+            start = end
+        return out
 
     async def _before_vips(self, insts: list[Instance], kind: int) -> None:
         """keepalived's vrrp_state_become_master: the strict-mode drop before
@@ -495,12 +503,15 @@ class Transitions:
                 self._apply_verdict(inst, t)
             self._pump()
 
-    def _move_vips(self, insts: list[Instance], add: bool,
-                   followup: dict | None = None) -> tuple[Any, Any]:
+    def _move_vips(self, insts: list[Instance], add: bool, followup: dict | None = None,
+                   idxs: list[int] | None = None) -> tuple[Any, Any]:
         """Hand the instances' prebuilt VIP messages (and what follows them
         there: _followup) to the requester's thread -> (the VipMove, the
-        future of its exchange), or Nones: nothing to send."""
-        move = self.effects.vip_move([i.idx for i in insts], add, **(followup or {}))
+        future of its exchange), or Nones: nothing to send.  idxs: the
+        instances' idx, when the caller has them."""
+        if idxs is None:
+            idxs = [i.idx for i in insts]
+        move = self.effects.vip_move(idxs, add, **(followup or {}))
         if not move.count:
             return None, None
         if not add:
@@ -567,7 +578,7 @@ class Transitions:
                 log.exception("transition hook failed")
         # A group's notification follows its last member's (keepalived).
         group_of = self.syncgroups.group_of
-        for inst, _, new, _ in chunk:
+        for inst, _, new, _ in chunk if group_of else ():
             if inst.name in group_of:
                 moved = self.syncgroups.reported(inst.name, new)
                 if moved is not None:
@@ -585,19 +596,18 @@ class Transitions:
         self.effects.bump(idxs)
         if not first_sent:
             self._burst(idxs)
-        later: dict[float, list[Instance]] = {}
+        later: dict[float, list[int]] = {}
         for inst in fast:
             delay = inst.spec.conf.garp_master_delay
             if delay > 0:
-                later.setdefault(delay, []).append(inst)
-        for delay, insts in later.items():
-            ids = [i.idx for i in insts]
-            self._loop.call_later(delay, self._burst, ids,
-                                  [self.effects.gen(i) for i in ids])
-        for inst in masters:
-            if inst.garp_paced:
-                for key, ann in self._announces(inst):
-                    self.garp.master(key, ann)
+                later.setdefault(delay, []).append(inst.idx)
+        for delay, ids in later.items():
+            self._loop.call_later(delay, self._burst, ids, self.effects.gens(ids))
+        if len(fast) < len(masters):
+            for inst in masters:
+                if inst.garp_paced:
+                    for key, ann in self._announces(inst):
+                        self.garp.master(key, ann)
 
     def _burst(self, idxs: list[int], gens: list[int] | None = None) -> None:
         """A burst of the instances' prebuilt GARP/NA frames; gens (a delayed
@@ -638,7 +648,7 @@ class Transitions:
             for idx in ids:
                 self._lower_armed[idx] = self._lower_arming
             self._loop.call_later(delay, self._announce_lower_again, ids,
-                                  [self.effects.gen(i) for i in ids], self._lower_arming)
+                                  self.effects.gens(ids), self._lower_arming)
 
     def _with_group_masters(self, masters: list[Instance]) -> list[Instance]:
         """Each master, then the other members of its sync group whose VIPs
@@ -671,9 +681,7 @@ class Transitions:
 
     # -- prebuilt side effects (vrrpd._effects) -----------------------------------------
     def _is_prebuilt(self, inst: Instance) -> bool:
-        pb = inst.prebuilt
-        return bool(pb) and pb[0] is inst.spec and pb[1] is inst.vips and pb[2] == inst.name \
-            and pb[3] == self._links_gen
+        return inst.prebuilt == (inst.spec, inst.vips, inst.name, self._links_gen)
 
     def _prebuild(self, inst: Instance) -> None:
         """The instance's VIP messages, GARP/NA frames and fifo name, built
@@ -683,6 +691,7 @@ class Transitions:
         g = self.plan.config.global_defs
         inst.garp_paced = bool(conf.garp_master_refresh > 0 or g.vrrp_garp_interval
                                or g.vrrp_gna_interval)
+        inst.routed = bool(conf.virtual_routes or conf.virtual_rules)
         encode = self.addresses.encode
         frames = []
         # Only the GarpScheduler (paced instances) needs the Announce objects

@@ -48,6 +48,9 @@ class Reporter:
                                  kill_on_stop=g.notify_script_kill_on_stop)
         self.lower_scripts = PerKey()
         self.scripts: dict[str, NotifyScripts] = {}
+        # Instances with a notify script or an SMTP alert: only theirs may
+        # need the loop (_loop_scripts); at scale, most have neither.
+        self.scripted: set[str] = set()
         self.group_scripts: dict[str, NotifyScripts] = {
             name: NotifyScripts(**{k: self._prepare(getattr(grp, k), f"{k} of group {name}")
                                    for k in NOTIFY_KEYWORDS if hasattr(grp, k)})
@@ -65,7 +68,12 @@ class Reporter:
             scripts = {k: self._prepare(getattr(inst, k), f"{k} of {name}")
                        for k in NOTIFY_KEYWORDS}
             # Instances without a notify script (most, at scale) share one empty set.
-            self.scripts[name] = NotifyScripts(**scripts) if any(scripts.values()) else NO_SCRIPTS
+            some = any(scripts.values())
+            self.scripts[name] = NotifyScripts(**scripts) if some else NO_SCRIPTS
+            if some or inst.smtp_alert:
+                self.scripted.add(name)
+            else:
+                self.scripted.discard(name)
             yield
 
     def _prepare(self, cmd: Command | None, label: str):
@@ -93,11 +101,10 @@ class Reporter:
         """The scripts of a notification that needs the loop: a script or an
         SMTP alert goes with it (started before the fifo line, keepalived's
         order); None: it is its fifo line alone."""
-        s = self.scripts.get(inst.name)
-        smtp = inst.spec.conf.smtp_alert
-        if (s is None or s is NO_SCRIPTS) and not smtp:
+        if inst.name not in self.scripted:
             return None             # most instances at scale: a fifo line alone
-        s = _scripts_for(s, new, reason) or NO_SCRIPTS
+        smtp = inst.spec.conf.smtp_alert
+        s = _scripts_for(self.scripts.get(inst.name), new, reason) or NO_SCRIPTS
         if smtp or s.notify is not None or s.for_state(word) is not None:
             return s
         return None
@@ -107,9 +114,11 @@ class Reporter:
         each instance's VIPs (vrrpd._effects.Followup): -> (words, priorities,
         fifo gates), or None when an instance's notification needs the loop."""
         words, priorities = [], []
+        scripted = self.scripted
         for inst, _, new, reason in chunk:
             word = _word(new, reason)
-            if word is None or self._loop_scripts(inst, word, new, reason) is not None:
+            if word is None or inst.name in scripted and \
+                    self._loop_scripts(inst, word, new, reason) is not None:
                 return None
             words.append(WORD_BYTES[word])
             priorities.append(inst.priority)
