@@ -104,6 +104,25 @@ def test_prebuilt_instances_keep_no_announcements_unless_paced():
     assert i.garp_paced and i.announces[1] and d._announces(i) is i.announces[1]
 
 
+def test_what_a_reload_or_a_link_changes_is_prebuilt_again():
+    """Prebuilt bytes are for the spec, VIPs, name and links they were built
+    from: a reload's new spec counts as new even when equal (what _prebuild
+    reads of global_defs is not in it); a link's change rebuilds them all."""
+    mac = bytes.fromhex("020000000001")
+    d = side_effects({3: Link(3, "eth0", 0, mac)})
+    i = inst("VI_1", [Vip.parse("192.0.2.1", 3)])
+    d._prebuild(i)
+    assert d._is_prebuilt(i)
+    i.spec = SimpleNamespace(**vars(i.spec))
+    assert i.spec == i.prebuilt[0] and not d._is_prebuilt(i)
+    d._prebuild(i)
+    i.vips = list(i.vips)
+    assert not d._is_prebuilt(i)
+    d._prebuild(i)
+    d._links_gen += 1
+    assert not d._is_prebuilt(i)
+
+
 def test_a_resent_frame_goes_to_the_interface_of_its_socket_slot():
     """Effects hands back (slot, frame) for a full device queue: the slot maps
     back to the ifindex it was assigned for, on each interface."""
@@ -618,17 +637,31 @@ def test_a_chunk_is_reported_in_turns_of_the_loop(aio, monkeypatch):
         chunk = [(inst(f"VI_{k}"), BACKUP, MASTER, "r") for k in range(n)]
         task = asyncio.create_task(ticker())
         await asyncio.sleep(0)
-        await t._report(chunk, transitions.UP, [i for i, *_ in chunk], (None, None))
+        insts = [i for i, *_ in chunk]
+        await t._report(chunk, transitions.UP, insts, (None, None))
         task.cancel()
-        return chunk
+        sliced = list(reported)
+        # New masters the netlink thread followed up (first GARPs, lines) go
+        # whole; those leaving MASTER in slices (they may prebuild as BACKUP).
+        followed = (SimpleNamespace(followup=SimpleNamespace(deferred=list)), None)
+        reported.clear()
+        await t._report(chunk, transitions.UP, insts, followed)
+        whole = list(reported)
+        reported.clear()
+        await t._report([(i, MASTER, BACKUP, "r") for i in insts], transitions.DOWN, insts,
+                        followed)
+        return chunk, sliced, whole, list(reported)
 
-    chunk = aio(main())
-    slices = reported[:-1]
-    assert reported[-1] == "reported" and "reported" not in slices
-    assert [n for s in slices for n in s] == [i.name for i, *_ in chunk]
+    chunk, sliced, whole, down = aio(main())
+    names = [i.name for i, *_ in chunk]
+    slices = sliced[:-1]
+    assert sliced[-1] == "reported" and "reported" not in slices
+    assert [n for s in slices for n in s] == names
     assert {len(s) for s in slices} == {transitions.REPORT_SLICE}
     # A slice costs 0.3 of a turn: the fourth one ends each turn.
     assert ticks[1:] == [4, 8], ticks
+    assert whole == [names, "reported"]
+    assert {len(s) for s in down[:-1]} == {transitions.REPORT_SLICE}
 
 
 @pytest.mark.parametrize("thread_reports", [False, True])

@@ -49,8 +49,9 @@ CHUNK_GROWTH = 8          # netlink sends in a takeover's largest chunk
 # per turn of the loop: its GARPs and notify scripts are work per instance,
 # and the adverts due meanwhile go out between turns.  Shorter turns
 # keep adverts closer to time but give a takeover of thousands fewer ms each.
-# A chunk the netlink thread followed up goes whole: what it leaves the loop
-# is bookkeeping (the delayed bursts' timers, counters, sync-group lines).
+# New masters the netlink thread followed up go whole: what they leave the
+# loop is bookkeeping (the delayed bursts' timers, counters, sync-group lines;
+# those entering BACKUP may have their side effects to prebuild).
 REPORT_SLICE = 16
 REPORT_TURN_S = 0.005
 VIP_RETRY_S = 5.0         # an instance FAULTed by a VIP it could not add tries again after this
@@ -418,7 +419,7 @@ class Transitions:
                 followup = move[0].followup
                 for slot, frame in followup.deferred():     # a full device queue: retry
                     self.garp.resend(self._ifindex_of_slot(slot), frame)
-        size = len(chunk) if followup is not None else REPORT_SLICE
+        size = len(chunk) if followup is not None and kind == UP else REPORT_SLICE
         turn_ends = time.perf_counter() + REPORT_TURN_S
         for start in range(0, len(chunk), size):
             if time.perf_counter() > turn_ends:
@@ -681,7 +682,11 @@ class Transitions:
 
     # -- prebuilt side effects (vrrpd._effects) -----------------------------------------
     def _is_prebuilt(self, inst: Instance) -> bool:
-        return inst.prebuilt == (inst.spec, inst.vips, inst.name, self._links_gen)
+        # By identity: a reload's new spec, even an equal one, is built again
+        # (what _prebuild reads of global_defs is not in the spec).
+        pb = inst.prebuilt
+        return bool(pb) and pb[0] is inst.spec and pb[1] is inst.vips and pb[2] == inst.name \
+            and pb[3] == self._links_gen
 
     def _prebuild(self, inst: Instance) -> None:
         """The instance's VIP messages, GARP/NA frames and fifo name, built
