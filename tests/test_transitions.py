@@ -2,6 +2,7 @@
 summarised logging, cached announcements, coalesced fifo writes, receive
 pacing.  Unit tests with fakes: no sockets, no namespaces."""
 import fcntl
+import gc
 import logging
 import os
 import select
@@ -18,6 +19,7 @@ from vrrpd.core import pump, transitions
 from vrrpd.net.addresses import Vip
 from vrrpd.net.garp import arp_frame
 from vrrpd.net.links import Link
+from vrrpd.ops import collector
 from vrrpd.ops.ratelimit import PerKey
 from vrrpd.scripts.notify import NotifyFifo, coalesced, fifo_line
 from vrrpd.core.instance import Instance
@@ -486,10 +488,12 @@ def test_coalesced_lines_behind_a_full_pipe_queue_in_order_and_drops_are_counted
 
 def test_link_monitor_is_held_while_a_mass_failover_is_applied(aio, monkeypatch):
     """transitions.HOLD_MONITOR transitions waiting: the link monitor's reading
-    waits until the effects queue is empty (its events stay in the socket);
-    then the failover's freed memory goes back to the kernel, off the loop."""
+    and the garbage collector wait until the effects queue is empty (the
+    monitor's events stay in the socket); then the failover's freed memory
+    goes back to the kernel, off the loop."""
     import asyncio
     import threading
+    assert gc.isenabled()
     calls = []
     monkeypatch.setattr(transitions.memtrim, "trim", lambda: calls.append(
         ("trim", threading.current_thread() is threading.main_thread())))
@@ -501,7 +505,7 @@ def test_link_monitor_is_held_while_a_mass_failover_is_applied(aio, monkeypatch)
             return True         # each batch through the effects task (see the next test)
 
         def _move_run(self, kind, run):
-            calls.append(len(run))
+            calls.append((len(run), gc.isenabled()))
 
     async def main():
         d = Recorder(None, SimpleNamespace(hold=lambda: calls.append("hold"),
@@ -523,7 +527,43 @@ def test_link_monitor_is_held_while_a_mass_failover_is_applied(aio, monkeypatch)
         d.stop_effects()
 
     aio(main())
-    assert calls == [3, 5, "hold", 72, "release", ("trim", False)]
+    assert calls == [(3, True), (5, True), "hold", (72, False), "release", ("trim", False)]
+    assert gc.isenabled() and not collector.paused()
+
+
+def test_a_hold_ends_with_the_effects_task(aio):
+    """Stopped in a mass failover (shutdown): the collector runs again."""
+    links = SimpleNamespace(hold=lambda: None, release=lambda: None)
+
+    async def main():
+        d = Transitions(None, links, None, None)
+        d.start_effects()
+        d._effects_waiting = transitions.HOLD_MONITOR        # as queue() counts them
+        d._taking([None] * transitions.HOLD_MONITOR)
+        assert not gc.isenabled()
+        d.stop_effects()
+
+    aio(main())
+    assert gc.isenabled() and not collector.paused()
+
+
+def test_collector_pauses_nest_and_bring_back_what_ran_before():
+    assert gc.isenabled()
+    collector.pause()
+    collector.pause()                   # a reload in a mass failover
+    collector.resume()
+    assert not gc.isenabled() and collector.paused()
+    collector.resume()
+    assert gc.isenabled() and not collector.paused()
+    gc.disable()                        # off before (start-up): stays off
+    try:
+        collector.pause()
+        collector.resume()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    with pytest.raises(RuntimeError):
+        collector.resume()
 
 
 def test_a_batch_queued_while_the_effects_task_waits_moves_within_queue(aio):

@@ -33,7 +33,7 @@ from vrrpd.core.pump import LOG_EACH, now_us
 from vrrpd.net import firewall as strict, netlink as nl
 from vrrpd.net.addresses import Vip
 from vrrpd.net.garp import Announce, GarpConfig, arp_frame, ipv6_forwarding, na_frame
-from vrrpd.ops import memtrim
+from vrrpd.ops import collector, memtrim
 from vrrpd.scripts.notify import coalesced
 
 if TYPE_CHECKING:
@@ -265,6 +265,8 @@ class Transitions:
     def stop_effects(self) -> None:
         for task in self._tasks:
             task.cancel()
+        if self._held_since is not None:
+            self._release_hold()
 
     async def effects_done(self) -> None:
         """Until every pending event is dispatched and every queued batch applied."""
@@ -329,9 +331,11 @@ class Transitions:
         # (each decoded in Python) wait in the link monitor's socket
         # until the transitions are through, instead of competing with
         # them; link events wait that long too (at most HOLD_MONITOR_S).
+        # The collector waits as well (vrrpd.ops.collector).
         if self._held_since is None and len(batch) + self._effects_waiting >= HOLD_MONITOR:
             self._held_since = time.monotonic()
             self.links.hold()
+            collector.pause()
 
     def _waits_first(self, runs: list) -> bool:
         """Whether one of a batch's _runs has _before_vips work to await (what
@@ -437,13 +441,18 @@ class Transitions:
         held_since = self._held_since
         if held_since is not None and (self._effects_unfinished == 0 or
                                        time.monotonic() - held_since > HOLD_MONITOR_S):
-            self._held_since = None
-            self.links.release()
+            self._release_hold()
             if self._effects_unfinished == 0:
                 # A mass failover's buffers (moves, follow-ups, batches) are
                 # freed: their pages go back to the kernel, off the loop
                 # (ctypes lets go of the GIL).
                 asyncio.get_running_loop().run_in_executor(None, memtrim.trim)
+
+    def _release_hold(self) -> None:
+        """The end of a mass failover's hold (_taking)."""
+        self._held_since = None
+        self.links.release()
+        collector.resume()
 
     def _chunks(self, run) -> list[tuple[list, list[int]]]:
         """Consecutive pieces of `run` (with their instances' idx): the first

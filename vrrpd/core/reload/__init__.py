@@ -51,7 +51,7 @@ from typing import Any
 
 from vrrpd.core import leftovers
 from vrrpd.core.reload import child as reloadchild
-from vrrpd.ops import sdnotify
+from vrrpd.ops import collector, sdnotify
 from vrrpd.ops.logs import Rows
 from vrrpd.core.plan import InstanceSpec, Plan, lean_spec
 from vrrpd.core.reload.child import ADDED, CHANGED, REPLACED, Outcome
@@ -169,12 +169,12 @@ class Reloader:
         # No collections while the new configuration is swapped in: a full
         # pass holds the loop (and the adverts) for tens of ms.  Afterwards
         # it is frozen like the first one.
-        gc.disable()
+        collector.pause()
         try:
             return await self._reload_gc_off()
         finally:
             gc.freeze()
-            gc.enable()
+            collector.resume()
 
     async def _reload_gc_off(self) -> dict:
         slices = Slices(self.daemon.engine)
