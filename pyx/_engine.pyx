@@ -837,6 +837,9 @@ cdef class Engine:
                 # Jitter-free: the next slot follows the previous deadline;
                 # slots missed by a late tick are skipped, not bunched.
                 d = p.deadline + p.adver_int
+                if p.phase_pending:         # the second advert of a new master: see _become_master
+                    p.phase_pending = 0
+                    d -= _phase(idx, p.adver_int)
                 while d <= now:
                     d += p.adver_int
                     self._ictr[<size_t>idx * NICTR + C_ADVERTS_LATE] += 1
@@ -1153,17 +1156,21 @@ cdef class Engine:
         p.master_priority = p.priority
         p.wants_master = 1
         self._set_state(idx, S_MASTER, reason)
-        # RFC 5798 6.4.2: send an advert at once, then every Advert_Interval
-        # counted from the timer's deadline (not from when we ran).  Instances
-        # that become master together (start-up, a failover of many) would
-        # otherwise advertise in one burst forever after; the second advert
-        # comes up to half an interval early, at a per-instance phase, which
-        # spreads them over the interval (an early advert only restarts the
-        # backups' timers; v3 backups learn the interval from the field).
+        # RFC 5798 6.4.2: send an advert at once and set the Adver_Timer to
+        # Advertisement_Interval (keepalived's sands = now + adver_int), then
+        # advertise every interval counted from the timer's deadline (not from
+        # when we ran).  Instances that become master together (start-up, a
+        # failover of many) would otherwise advertise in one burst forever
+        # after: the third advert comes up to half an interval early, at a
+        # per-instance phase, which spreads them over the interval (an early
+        # advert only restarts the backups' timers; v3 backups learn the
+        # interval from the field).  Not the second: in a takeover of
+        # thousands it would come while the others are still being made master.
         self._enqueue(idx, False)
-        d = base + p.adver_int - _phase(idx, p.adver_int)
+        d = base + p.adver_int
         while d <= now:
             d += p.adver_int
+        p.phase_pending = 1
         self._heap_set(idx, d)
 
     cdef void _become_backup(self, int idx, int64_t now, int reason) noexcept:

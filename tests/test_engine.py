@@ -96,22 +96,31 @@ def test_jitter_free_schedule_many_instances_one_heap():
            for v in range(255)]
     for i in idx:
         e.start(i, T0, want_master=True)
-    # The second advert comes up to half an interval early, at a per-instance
-    # phase, so instances that became master together do not stay one burst.
+    # The second advert comes one interval after the first (RFC 5798 6.4.2,
+    # keepalived's timer); the third up to half an interval early, at a
+    # per-instance phase, so instances that became master together do not
+    # stay one burst.
     second = [e.deadline(i) for i in idx]
-    for v, d in enumerate(second):
+    assert second == [T0 + (10 + v % 7) * 10_000 for v in range(len(idx))]
+    third = [0] * len(idx)
+    for t in sorted(set(second)):               # each third deadline, just after its second
+        e.tick(t)
+        for v, i in enumerate(idx):
+            if second[v] == t:
+                third[v] = e.deadline(i)
+    for v, d in enumerate(third):
         adv = (10 + v % 7) * 10_000
-        assert T0 + adv // 2 <= d <= T0 + adv
-    same_interval = {d for v, d in enumerate(second) if v % 7 == 0}   # 37 instances
+        assert T0 + adv + adv // 2 <= d <= T0 + 2 * adv
+    same_interval = {d for v, d in enumerate(third) if v % 7 == 0}   # 37 instances
     assert 6 <= len(same_interval) <= 8, "spread over the engine's 8 phase slots"
     t = T0
     while t < T0 + 10_000_000:                   # tick exactly at each deadline
         t = e.tick(t)
     for v, i in enumerate(idx):
         adv = (10 + v % 7) * 10_000
-        assert (e.deadline(i) - second[v]) % adv == 0     # then exactly periodic
-        # one at start, then one per slot before T0 + 10 s
-        assert e.counters(i)["adverts_sent"] == 1 + (T0 + 10_000_000 - 1 - second[v]) // adv + 1
+        assert (e.deadline(i) - third[v]) % adv == 0     # then exactly periodic
+        # one at start, one an interval later, then one per slot before T0 + 10 s
+        assert e.counters(i)["adverts_sent"] == 2 + (T0 + 10_000_000 - 1 - third[v]) // adv + 1
     assert e.socket_counters(sid)["tx_packets"] == sum(e.counters(i)["adverts_sent"] for i in idx)
 
 

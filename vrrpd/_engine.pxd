@@ -31,6 +31,7 @@ cdef struct inst_t:
     uint8_t higher_prio_send_advert # MASTER: one advert before yielding to a higher one
     uint8_t skip_check_adv_addr     # no address-list check while the master is the same
     uint8_t wants_master        # keepalived's wantstate == MASTER (sync groups wait for all)
+    uint8_t phase_pending       # MASTER: the next advert's timer takes the instance's phase
     int32_t sync_next           # next member of its sync group's ring; idx itself: none
     int family
     int sock_id
