@@ -837,7 +837,7 @@ cdef class Engine:
                 # Jitter-free: the next slot follows the previous deadline;
                 # slots missed by a late tick are skipped, not bunched.
                 d = p.deadline + p.adver_int
-                if p.phase_pending:         # the second advert of a new master: see _become_master
+                if p.phase_pending:         # a new master's second: its third takes the phase
                     p.phase_pending = 0
                     d -= _phase(idx, p.adver_int)
                 while d <= now:
