@@ -73,7 +73,9 @@ class Daemon(Pump, Transitions):
                              RouteManager(links.ifindex), GarpScheduler(),
                              # None: no instance needs the drop.
                              strict.firewall_for(plan.config))
-        vipwatch = self.links.on_address = VipWatch(self, now_us)    # a VIP deleted from outside
+        # A VIP deleted from outside.
+        vipwatch = self.links.on_address = VipWatch(self, now_us,
+                                                    lambda cb: self._loop.call_soon(cb))
         self.expect_deleted = vipwatch.expect_deleted
         self.vmacs = VmacManager()
         # sock_id -> (ifindex, packet socket)

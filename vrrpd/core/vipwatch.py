@@ -11,6 +11,11 @@ transition), after the instance became MASTER again, e.g. the stale VIPs
 of a crashed predecessor removed at start-up.  The kernel reports a
 deletion before a later re-add of the same address, so an RTM_NEWADDR for
 the address ends the expectation (also when our deletion found nothing).
+
+The deletions of one read of the link monitor's socket are one burst (`ip
+addr flush` on a router of thousands of VIPs): its instances go BACKUP in
+the engine at once, and their transitions are dispatched together once the
+burst is read, as one batch with one log line, not as a batch each.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ import ipaddress
 import logging
 import socket
 
+from vrrpd.core.pump import LOG_EACH
 from vrrpd.engine import BACKUP, MASTER
 
 log = logging.getLogger(__name__)
@@ -26,8 +32,12 @@ log = logging.getLogger(__name__)
 class VipWatch:
     """LinkMonitor's on_address callback for one Daemon."""
 
-    def __init__(self, daemon, clock):
+    def __init__(self, daemon, clock, call_soon):
+        """clock() -> the engine's time; call_soon(callback): run it once the
+        loop's current callbacks are through."""
         self.daemon, self.clock = daemon, clock
+        self._call_soon = call_soon
+        self._given_up: list[tuple[str, str, str]] = []   # this burst's (instance, VIP, link)
         self._plan = None
         self._owner: dict[tuple[int, str], str] = {}    # (ifindex, address) -> instance name
         self._expected: set[tuple[int, str]] = set()      # deletions of our own, not yet seen
@@ -62,9 +72,23 @@ class VipWatch:
         inst = self.daemon.instances.get(name) if name else None
         if inst is None or self.daemon.engine.state(inst.idx) != MASTER:
             return          # our own removal (the instance left MASTER first), or not a VIP
-        log.warning("(%s) VIP %s deleted from %s: priority 0, BACKUP (keepalived)",
-                    inst.name, addr.address, link.name)
         self.daemon.engine.force_state(inst.idx, BACKUP, self.clock())
+        self._given_up.append((inst.name, addr.address, link.name))
+        if len(self._given_up) == 1:
+            self._call_soon(self._settle)
+
+    def _settle(self) -> None:
+        """The end of a burst: its log, then its transitions in one pump."""
+        given_up, self._given_up = self._given_up, []
+        if len(given_up) <= LOG_EACH:
+            for name, address, link in given_up:
+                log.warning("(%s) VIP %s deleted from %s: priority 0, BACKUP (keepalived)",
+                            name, address, link)
+        else:
+            log.warning("%d instances' VIPs deleted from outside: priority 0, BACKUP "
+                        "(keepalived): %s", len(given_up),
+                        ", ".join(f"{name} ({address} on {link})"
+                                  for name, address, link in given_up))
         self.daemon.pump()
 
 
