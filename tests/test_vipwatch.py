@@ -91,6 +91,11 @@ def test_a_burst_of_outside_deletions_is_given_up_as_one_batch(caplog):
     assert "VI_1 (192.0.2.10 on eth0), VI_2 (192.0.2.101 on eth0)" in line
     watch(LINK, ADDR, False)                # a later burst is a burst of its own
     assert d.forced[n:] == [] and soon == []        # (VI_1 is no longer MASTER)
+    d.states[1] = MASTER
+    watch(LINK, SimpleNamespace(family=socket.AF_INET, address="192.0.2.101"), False)
+    d.stopping = True                       # stopped before the burst's end: no pump
+    settle(soon)
+    assert d.forced[n:] == [(1, BACKUP)] and d.pumps == [n]
 
 
 @pytest.mark.parametrize("vip, kernel", [

@@ -89,7 +89,8 @@ class VipWatch:
                         "(keepalived): %s", len(given_up),
                         ", ".join(f"{name} ({address} on {link})"
                                   for name, address, link in given_up))
-        self.daemon.pump()
+        if not self.daemon.stopping:        # (the stop sends every instance's priority 0)
+            self.daemon.pump()
 
 
 def _normal(addr) -> str:
