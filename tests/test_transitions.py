@@ -746,11 +746,36 @@ def test_an_instance_whose_vips_failed_goes_fault_and_tries_again(aio, thread_re
         return later
 
     later = aio(main())
-    assert later == [(transitions.VIP_RETRY_S, "_retry_vips", (b,))]
+    assert later == [(transitions.VIP_RETRY_S, "_retry_vips", ([b],))]
     after = [] if thread_reports else [("after_vips", ["VI_a", "VI_b"])]
     assert calls == after + [("verdict", "VI_b", True), "pump",
                              ("report", followup if thread_reports else None)]
     assert b.vip_fault and not a.vip_fault
+
+
+def test_instances_whose_vips_failed_together_try_again_in_one_pump():
+    """A mass failure (thousands of adds refused at once) retries as one batch;
+    an instance a reload removed meanwhile is left out."""
+    calls: list = []
+
+    class Recorder(Transitions):
+        def _apply_verdict(self, i, t):
+            calls.append((i.name, i.vip_fault))
+
+        def _pump(self):
+            calls.append("pump")
+
+    t = Recorder(None, None, None, None)
+    t.stopping = False
+    failed = [inst(f"VI_{k}") for k in range(3)]
+    for i in failed:
+        i.vip_fault = True
+    t.instances = {i.name: i for i in failed[:2]}
+    t._retry_vips(failed)
+    assert calls == [("VI_0", False), ("VI_1", False), "pump"]
+    t.stopping = True
+    t._retry_vips(failed)
+    assert calls == [("VI_0", False), ("VI_1", False), "pump"]
 
 
 class BurstEffects(FakeEffects):

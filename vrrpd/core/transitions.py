@@ -506,8 +506,8 @@ class Transitions:
             # A master without its VIPs black-holes their traffic: FAULT (priority 0
             # goes out, the backup takes over) and try again later.
             inst.vip_fault = True
-            self._loop.call_later(VIP_RETRY_S, self._retry_vips, inst)
         if failed:
+            self._loop.call_later(VIP_RETRY_S, self._retry_vips, failed)
             t = now_us()
             for inst in failed:
                 self._apply_verdict(inst, t)
@@ -550,11 +550,16 @@ class Transitions:
         -> the instances one of whose VIPs failed."""
         return await self._vips_moved(insts, *self._move_vips(insts, add))
 
-    def _retry_vips(self, inst: Instance) -> None:
-        if self.instances.get(inst.name) is not inst or self.stopping:
+    def _retry_vips(self, insts: list[Instance]) -> None:
+        """Instances FAULTed together by VIPs that failed, VIP_RETRY_S later:
+        their verdicts again, dispatched as one batch."""
+        if self.stopping:
             return
-        inst.vip_fault = False
-        self._apply_verdict(inst, now_us())
+        t = now_us()
+        for inst in insts:
+            if self.instances.get(inst.name) is inst:       # not removed by a reload
+                inst.vip_fault = False
+                self._apply_verdict(inst, t)
         self._pump()
 
     def _announce_and_report(self, chunk, followup=None) -> None:
