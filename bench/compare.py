@@ -1,7 +1,7 @@
 """vrrpd vs keepalived at scale: steady-state cost and failover latency, in both lab topologies.
 
     sudo .venv/bin/python bench/compare.py [--topology p2p,switch] [--instances 1000,2000]
-                                           [--scenario crash,graceful,link-down]
+                                           [--scenario crash,graceful,link-down,vip-delete]
 
 For each topology and instance count, runs `vrrpd-lab failover` with both
 daemons in one invocation per scenario (same generated config, 100 ms VRRPv3
@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 from vrrpd.lab.conf import LabSpec  # noqa: E402
 from vrrpd.lab import failover  # noqa: E402
 from vrrpd.lab.report import PlotUnavailable, plot_result, require_matplotlib  # noqa: E402
-from vrrpd.lab.testbed import OBSERVE, SCENARIOS, TOPOLOGIES, Testbed  # noqa: E402
+from vrrpd.lab.testbed import FAULTS, OBSERVE, SCENARIOS, TOPOLOGIES, Testbed  # noqa: E402
 
 MAX_SETUP = Testbed.MAX_SETUP
 
@@ -242,7 +242,8 @@ pfifo as a NIC has. keepalived runs with -G (its log to the lab's file only, as 
   µs CPU / advert: the master's CPU time divided by the adverts it should have sent.
 - Failover times are from the fault (crash: kill -9 of the master's process group;
   graceful: SIGTERM) until {TIMED_BY[first.get('observe', 'all')]}
-- Protocol time: Master_Down_Interval for crash and link-down, Skew_Time for graceful.
+- Protocol time: Master_Down_Interval for crash and link-down, Skew_Time for graceful
+  and vip-delete.
   Kernel floor: `ip -batch` adding the run's N /32 VIPs on the backup's links, measured in
   every lab before the daemons start (best of 3); "batched floor": the same adds in sends
   of many messages each, as vrrpd sends them (`vrrpd.lab.nlfloor`), the kernel's work with
@@ -253,6 +254,8 @@ pfifo as a NIC has. keepalived runs with -G (its log to the lab's file only, as 
 - link-down: switch, the master's links go down; p2p, the master's NICs drop every frame
   (nftables netdev hooks), as a cable cut behind a switch (downing a veth would take the
   backup's carrier too).
+- vip-delete (not run by default): every VIP deleted on the master from outside, in one
+  `ip -batch`; each instance answers with priority 0 and BACKUP (keepalived's answer).
 - The wire: each lab sends a burst of the takeover's size (an advert and a GARP per
   instance) from the backup's links to the master's and reports the frames/s it drains.
 - The switch's bridge ports poll in NAPI kernel threads (`vrrpd.lab.testbed.thread_wire`):
@@ -287,7 +290,7 @@ def main(argv=None) -> int:
     p.add_argument("--topology", type=words, default=list(TOPOLOGIES))
     p.add_argument("--instances", type=ints, default=[1000, 2000, 5000, 10000])
     p.add_argument("--daemon", type=words, default=["vrrpd", "keepalived"])
-    p.add_argument("--scenario", type=words, default=list(SCENARIOS))
+    p.add_argument("--scenario", type=words, default=list(FAULTS))
     p.add_argument("--advert-int", type=float, default=0.1)
     p.add_argument("--window", type=float, default=10.0, help="steady-state window, seconds")
     p.add_argument("--repeat", type=int, default=1)

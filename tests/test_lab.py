@@ -192,6 +192,27 @@ def test_p2p_link_down_cuts_the_cable_not_the_backups_carrier(tmp_path):
 
 @pytest.mark.netns
 @pytest.mark.slow
+def test_vip_delete_hands_every_instance_over_and_the_master_takes_them_back(tmp_path):
+    # Every VIP deleted on the master from outside: each instance sends priority 0 and
+    # goes BACKUP, the backup takes over after Skew_Time, and the master, still the
+    # higher priority, preempts them all back with their VIPs (no restore step).
+    out = tmp_path / "lab.json"
+    proc = subprocess.run(LAB + ["failover", "--daemon", "vrrpd", "--instances", "20",
+                                 "--scenario", "vip-delete", "--repeat", "2", "--observe",
+                                 "fifo", "--window", "1", "--json", str(out), "--quiet"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    first, second = result["daemons"]["vrrpd"]["failovers"]
+    for run in (first, second):
+        assert run["scenario"] == "vip-delete" and run["missing"] == 0
+        assert run["protocol_s"] == result["expected"]["skew_time_s"]
+        assert run["takeover"]["first"] < result["expected"]["master_down_interval_s"]
+    assert "restore_error" not in first and first["restore_flaps"] == 0
+
+
+@pytest.mark.netns
+@pytest.mark.slow
 def test_observe_fifo_times_by_the_master_line_alone(tmp_path):
     out = tmp_path / "lab.json"
     proc = subprocess.run(LAB + ["failover", "--daemon", "vrrpd", "--instances", "20",

@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--version", type=int, choices=(2, 3), default=3)
     f.add_argument("--family", type=int, choices=(4, 6), default=4)
     f.add_argument("--scenario", type=_list(SCENARIOS), default=["crash"],
-                   help="crash (kill -9), graceful (SIGTERM), link-down; a comma list runs each")
+                   help="crash (kill -9), graceful (SIGTERM), link-down, vip-delete (every VIP "
+                        "deleted on the master from outside); a comma list runs each")
     f.add_argument("--topology", choices=TOPOLOGIES, default="p2p",
                    help="p2p: the routers joined directly by veth pairs (default); "
                         "switch: a bridge between them")

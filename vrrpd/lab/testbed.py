@@ -29,7 +29,12 @@ from .watch import AddrMonitor, Takeover, WireCapture
 PREFIX = "vlab"
 WORKDIR_PREFIX = "vrrpd-lab-"
 MASTER_PRIORITY, BACKUP_PRIORITY = 150, 100
-SCENARIOS = ("crash", "graceful", "link-down")
+# The master fails: what bench/compare.py runs by default.
+FAULTS = ("crash", "graceful", "link-down")
+# ... and vip-delete: every VIP deleted on the master from outside (`ip -batch`, as a
+# flush would); each instance gives up MASTER with priority 0 (keepalived's answer), so
+# the backup waits Skew_Time, and the master preempts back by itself.
+SCENARIOS = FAULTS + ("vip-delete",)
 TOPOLOGIES = ("p2p", "switch")
 # What a failover is timed by: "all" also needs each VIP in `ip monitor` and
 # records the first adverts on the wire; "fifo" takes the MASTER line alone,
@@ -72,7 +77,7 @@ def queue_nics(host, nics: int) -> None:
 def protocol_time(spec: LabSpec, scenario: str) -> float:
     """What VRRP itself makes the backup wait: Skew_Time after a priority-0 advert
     (graceful), Master_Down_Interval after the last advert otherwise."""
-    if scenario == "graceful":
+    if scenario in ("graceful", "vip-delete"):
         return skew_time(spec, BACKUP_PRIORITY)
     return master_down_interval(spec, BACKUP_PRIORITY)
 
@@ -205,7 +210,21 @@ class Testbed:
             return self.master.signal(signal.SIGTERM)
         if scenario == "link-down":
             return self._links(self.master, "down")
+        if scenario == "vip-delete":
+            return self._delete_vips(self.master)
         raise ValueError(f"unknown scenario {scenario!r}")
+
+    def _delete_vips(self, d: DaemonProc) -> float:
+        plen = 32 if self.spec.family == 4 else 128
+        batch = "".join(f"address del {vip(self.spec, i, k)}/{plen} dev "
+                        f"eth{self.spec.placement(i)[0]}\n"
+                        for i in range(self.spec.instances)
+                        for k in range(self.spec.vips_per_instance))
+        t = time.monotonic()
+        # -force: on past an address already gone (a daemon that missed an earlier
+        # deletion keeps its instance MASTER without it).
+        d.ns.run("ip", "-force", "-batch", "-", input=batch, check=False)
+        return t
 
     def takeover_frames(self) -> int:
         """Frames a takeover puts on the wire at once: per instance an advert and its GARPs."""
@@ -257,6 +276,8 @@ class Testbed:
         t0 = time.monotonic()
         if scenario == "link-down":
             self._links(self.master, "up")
+        elif scenario == "vip-delete":
+            pass                                # it preempts them back with their VIPs
         else:
             self.master.wait_exit(30)           # graceful: let it finish its shutdown
             self.master.kill()                  # keepalived's children, if any
