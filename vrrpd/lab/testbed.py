@@ -176,19 +176,19 @@ class Testbed:
         cpu_s is the ip process's user + system time.  Beside it, the same in batched
         sends (vrrpd.lab.nlfloor: vip_add_batched_s, vip_del_batched_s).  Best of
         `repeat`, each."""
-        plen = 128 if self.spec.family == 6 else 32
-        where = [(a, f"eth{self.spec.placement(i)[0]}") for i, a in enumerate(self.vips)]
         runs = []
         for _ in range(repeat):
             run = {}
             for op in ("add", "del"):
-                batch = "".join(f"addr {op} {a}/{plen} dev {dev}\n" for a, dev in where)
+                batch = self._vip_batch(op)
                 cpu, t = _children_cpu(), time.monotonic()
                 sh("ip", "-n", self.backup.ns.name, "-batch", "-", input=batch)
                 run[f"vip_{op}_s"] = round(time.monotonic() - t, 4)
                 run[f"vip_{op}_cpu_s"] = round(_children_cpu() - cpu, 4)
-            out = self.backup.ns.run(sys.executable, "-m", "vrrpd.lab.nlfloor", str(plen),
-                                     input="".join(f"{a} {dev}\n" for a, dev in where)).stdout
+            out = self.backup.ns.run(sys.executable, "-m", "vrrpd.lab.nlfloor",
+                                     str(self._vip_plen()),
+                                     input="".join(f"{a} {dev}\n"
+                                                   for a, dev in self._vips_where())).stdout
             batched = json.loads(out)
             if batched["failed"]:
                 raise RuntimeError(f"batched floor: the kernel refused {batched['failed']} "
@@ -215,16 +215,24 @@ class Testbed:
         raise ValueError(f"unknown scenario {scenario!r}")
 
     def _delete_vips(self, d: DaemonProc) -> float:
-        plen = 32 if self.spec.family == 4 else 128
-        batch = "".join(f"address del {vip(self.spec, i, k)}/{plen} dev "
-                        f"eth{self.spec.placement(i)[0]}\n"
-                        for i in range(self.spec.instances)
-                        for k in range(self.spec.vips_per_instance))
+        batch = self._vip_batch("del")
         t = time.monotonic()
         # -force: on past an address already gone (a daemon that missed an earlier
         # deletion keeps its instance MASTER without it).
         d.ns.run("ip", "-force", "-batch", "-", input=batch, check=False)
         return t
+
+    def _vip_plen(self) -> int:
+        return 128 if self.spec.family == 6 else 32
+
+    def _vips_where(self) -> list[tuple[str, str]]:
+        """Each instance's VIP and the NIC it is on."""
+        return [(a, f"eth{self.spec.placement(i)[0]}") for i, a in enumerate(self.vips)]
+
+    def _vip_batch(self, op: str) -> str:
+        """`ip -batch` lines that `op` (add, del) every instance's VIP on its NIC."""
+        plen = self._vip_plen()
+        return "".join(f"addr {op} {a}/{plen} dev {dev}\n" for a, dev in self._vips_where())
 
     def takeover_frames(self) -> int:
         """Frames a takeover puts on the wire at once: per instance an advert and its GARPs."""
